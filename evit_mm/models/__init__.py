@@ -1,0 +1,4 @@
+"""Models registered by evit_mm."""
+from .backbones import EfficientViT
+
+__all__ = ['EfficientViT']

@@ -1,0 +1,135 @@
+"""Cascaded group attention inside local windows (EfficientViT, Liu et al., CVPR 2023, Sec. 3.2)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import ConvBN
+
+
+def relative_position_index(window_size: int) -> torch.Tensor:
+    """Index into a ``(window_size * window_size)``-entry bias table for every pair of window positions.
+
+    The table is indexed by the absolute offsets ``(|dy|, |dx|)`` as ``|dy| * window_size + |dx|``, which is
+    the order in which the official code (and timm) enumerates the offsets, so tables are interchangeable.
+
+    Returns:
+        A ``(N, N)`` long tensor with ``N = window_size ** 2``.
+    """
+    coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing='ij'))
+    coords = coords.flatten(1)  # (2, N): y, x
+    offsets = (coords[:, :, None] - coords[:, None, :]).abs()
+    return offsets[0] * window_size + offsets[1]
+
+
+class CascadedGroupAttention(nn.Module):
+    """Cascaded group attention over one window (paper Eq. 1-3).
+
+    The input channels are split into ``num_heads`` groups. Head ``i`` attends over group ``i`` plus the
+    output of head ``i - 1``, with its own 1x1 ConvBN giving q, k (``key_dim`` each) and v (``dim / num_heads``)
+    and a depthwise ConvBN on q. A learned bias per head and relative offset is added to the logits.
+
+    Args:
+        dim: Channels of the input and output.
+        key_dim: Channels of the query and key. EfficientViT uses 16.
+        num_heads: Number of heads (channel groups).
+        window_size: Side of the (square) window the attention runs over.
+        kernels: Kernel size of each head's depthwise conv on the query.
+    """
+
+    def __init__(self, dim: int, key_dim: int, num_heads: int, window_size: int, kernels: Sequence[int]) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'dim ({dim}) must be divisible by num_heads ({num_heads})')
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.val_dim = dim // num_heads
+        self.scale = key_dim ** -0.5
+        self.window_size = window_size
+        self.qkvs = nn.ModuleList(ConvBN(self.val_dim, 2 * key_dim + self.val_dim) for _ in range(num_heads))
+        self.dws = nn.ModuleList(
+            ConvBN(key_dim, key_dim, kernels[i], 1, kernels[i] // 2, groups=key_dim) for i in range(num_heads))
+        self.proj = nn.Sequential(nn.ReLU(), ConvBN(self.val_dim * num_heads, dim, bn_weight_init=0.0))
+        self.attention_biases = nn.Parameter(torch.zeros(num_heads, window_size * window_size))
+        self.register_buffer('attention_bias_idxs', relative_position_index(window_size), persistent=False)
+        self._bias_cache: dict[tuple, torch.Tensor] = {}
+
+    def attention_bias(self) -> torch.Tensor:
+        """The bias table gathered to ``(num_heads, N, N)``.
+
+        In eval mode the gathered table is cached. The cache key includes the parameter's storage and version
+        counter, so loading new weights after ``.eval()`` (or moving the module) never serves a stale table,
+        a trap of the official implementation.
+        """
+        if self.training or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return self.attention_biases[:, self.attention_bias_idxs]
+        param = self.attention_biases
+        key = (param.device, param.dtype, param.data_ptr(), param._version)
+        bias = self._bias_cache.get(key)
+        if bias is None:
+            with torch.no_grad():
+                bias = param[:, self.attention_bias_idxs]
+            self._bias_cache = {key: bias}
+        return bias
+
+    def train(self, mode: bool = True) -> 'CascadedGroupAttention':
+        self._bias_cache = {}
+        return super().train(mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Attend within ``x`` of shape ``(B, C, window_size, window_size)``."""
+        B, _, H, W = x.shape
+        bias = self.attention_bias()
+        groups = x.chunk(self.num_heads, dim=1)
+        outputs = []
+        feat = groups[0]
+        for i, (qkv, dw) in enumerate(zip(self.qkvs, self.dws)):
+            if i > 0:
+                feat = feat + groups[i]
+            q, k, v = qkv(feat).split([self.key_dim, self.key_dim, self.val_dim], dim=1)
+            q = dw(q)
+            q, k, v = q.flatten(2), k.flatten(2), v.flatten(2)
+            attn = (q.transpose(-2, -1) @ k) * self.scale + bias[i]
+            attn = attn.softmax(dim=-1)
+            feat = (v @ attn.transpose(-2, -1)).view(B, self.val_dim, H, W)
+            outputs.append(feat)
+        return self.proj(torch.cat(outputs, dim=1))
+
+
+class LocalWindowAttention(nn.Module):
+    """Cascaded group attention applied independently in non-overlapping square windows.
+
+    Maps are zero-padded at the bottom and right to a multiple of the window (as the official downstream
+    code and timm do), including maps smaller than one window, so any input size works.
+
+    Args:
+        dim: Channels.
+        key_dim: Query/key channels per head.
+        num_heads: Number of heads.
+        window_size: Window side.
+        kernels: Query depthwise kernel per head.
+    """
+
+    def __init__(self, dim: int, key_dim: int, num_heads: int, window_size: int, kernels: Sequence[int]) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.attn = CascadedGroupAttention(dim, key_dim, num_heads, window_size, kernels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        ws = self.window_size
+        if H == ws and W == ws:
+            return self.attn(x)
+        pad_b, pad_r = (-H) % ws, (-W) % ws
+        if pad_b or pad_r:
+            x = F.pad(x, (0, pad_r, 0, pad_b))
+        nh, nw = (H + pad_b) // ws, (W + pad_r) // ws
+        windows = x.view(B, C, nh, ws, nw, ws).permute(0, 2, 4, 1, 3, 5).reshape(B * nh * nw, C, ws, ws)
+        windows = self.attn(windows)
+        x = windows.view(B, nh, nw, C, ws, ws).permute(0, 3, 1, 4, 2, 5).reshape(B, C, nh * ws, nw * ws)
+        if pad_b or pad_r:
+            x = x[:, :, :H, :W]
+        return x

@@ -1,0 +1,3 @@
+from .efficientvit import ARCH_SETTINGS, CLASSIFICATION_WINDOWS, ArchSpec, EfficientViT
+
+__all__ = ['ARCH_SETTINGS', 'CLASSIFICATION_WINDOWS', 'ArchSpec', 'EfficientViT']

@@ -1,0 +1,298 @@
+"""EfficientViT backbone (M0-M5) for OpenMMLab 2.0.
+
+Liu et al., "EfficientViT: Memory Efficient Vision Transformer with Cascaded Group Attention", CVPR 2023,
+arXiv:2305.07027. Official code: github.com/microsoft/Cream (EfficientViT/). The parameter tree matches timm's
+``efficientvit_msra``; :mod:`evit_mm.checkpoint` converts official checkpoints to it.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.utils.checkpoint as cp
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from ...registry import register_model
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..attention import LocalWindowAttention
+from ..layers import BNLinear, ConvBN, PatchEmbed, PatchMerging, Residual, depthwise_residual, ffn_residual
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """One EfficientViT variant (paper Table 1 / official model zoo)."""
+
+    embed_dims: tuple[int, ...]
+    depths: tuple[int, ...]
+    num_heads: tuple[int, ...]
+    kernels: tuple[int, ...]
+    key_dim: int = 16
+
+    @classmethod
+    def from_any(cls, arch: str | dict[str, Any] | ArchSpec) -> ArchSpec:
+        """Resolve an arch name (case-insensitive, ``m4`` or ``efficientvit_m4``) or a custom dict."""
+        if isinstance(arch, ArchSpec):
+            return arch
+        if isinstance(arch, str):
+            name = arch.lower().removeprefix('efficientvit_').removeprefix('efficientvit-')
+            if name not in ARCH_SETTINGS:
+                raise ValueError(f'Unknown EfficientViT arch {arch!r}; valid choices: {sorted(ARCH_SETTINGS)} '
+                                 f'or a dict with keys {cls.required_keys()}')
+            return ARCH_SETTINGS[name]
+        if not isinstance(arch, dict):
+            raise TypeError(f'arch must be a name or a dict, got {type(arch).__name__}')
+        missing = set(cls.required_keys()) - set(arch)
+        unknown = set(arch) - set(cls.required_keys()) - {'key_dim'}
+        if missing or unknown:
+            raise ValueError(f'Custom EfficientViT arch: missing keys {sorted(missing)}, unknown keys '
+                             f'{sorted(unknown)}; expected {cls.required_keys()} (+ optional key_dim)')
+        spec = cls(**{k: tuple(v) if k != 'key_dim' else int(v) for k, v in arch.items()})
+        spec.validate()
+        return spec
+
+    @staticmethod
+    def required_keys() -> list[str]:
+        return ['embed_dims', 'depths', 'num_heads', 'kernels']
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.embed_dims)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first inconsistency."""
+        n = len(self.embed_dims)
+        if n == 0 or len(self.depths) != n or len(self.num_heads) != n:
+            raise ValueError(f'embed_dims, depths and num_heads need one entry per stage, got '
+                             f'{self.embed_dims}, {self.depths}, {self.num_heads}')
+        if self.embed_dims[0] % 8:
+            raise ValueError(f'embed_dims[0] must be divisible by 8 (patch embedding), got {self.embed_dims[0]}')
+        for dim, heads in zip(self.embed_dims, self.num_heads):
+            if heads < 1 or dim % heads:
+                raise ValueError(f'each embed_dim must be divisible by its num_heads, got {dim} and {heads}')
+        if len(self.kernels) < max(self.num_heads):
+            raise ValueError(f'kernels needs one entry per head ({max(self.num_heads)}), got {self.kernels}')
+        if any(k % 2 == 0 for k in self.kernels):
+            raise ValueError(f'query kernels must be odd, got {self.kernels}')
+        if any(d < 1 for d in self.depths) or self.key_dim < 1:
+            raise ValueError(f'depths and key_dim must be positive, got {self.depths}, {self.key_dim}')
+
+
+# The one arch table. M0's query kernels are (5, 5, 5, 5) as in the official classification code and timm;
+# the official downstream file's (7, 5, 3, 3) for M0 is a bug that silently mismatches ImageNet weights.
+ARCH_SETTINGS: dict[str, ArchSpec] = {
+    'm0': ArchSpec((64, 128, 192), (1, 2, 3), (4, 4, 4), (5, 5, 5, 5)),
+    'm1': ArchSpec((128, 144, 192), (1, 2, 3), (2, 3, 3), (7, 5, 3, 3)),
+    'm2': ArchSpec((128, 192, 224), (1, 2, 3), (4, 3, 2), (7, 5, 3, 3)),
+    'm3': ArchSpec((128, 240, 320), (1, 2, 3), (4, 3, 4), (5, 5, 5, 5)),
+    'm4': ArchSpec((128, 256, 384), (1, 2, 3), (4, 4, 4), (7, 5, 3, 3)),
+    'm5': ArchSpec((192, 288, 384), (1, 3, 4), (3, 3, 4), (7, 5, 3, 3)),
+}
+
+#: Windows of the classification geometry at 224x224 (what the official classifier and timm compute):
+#: stage 3 is 4x4 there, so its window is 4.
+CLASSIFICATION_WINDOWS = (7, 7, 4)
+
+
+class EfficientViTBlock(nn.Module):
+    """The sandwich layout (paper Fig. 3): DW, FFN, cascaded-group-attention, DW, FFN, each residual."""
+
+    def __init__(self, dim: int, key_dim: int, num_heads: int, window_size: int, kernels: Sequence[int],
+                 drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.dw0 = depthwise_residual(dim, drop_path, bn_weight_init=0.0)
+        self.ffn0 = ffn_residual(dim, drop_path)
+        self.mixer = Residual(LocalWindowAttention(dim, key_dim, num_heads, window_size, kernels), drop_path)
+        self.dw1 = depthwise_residual(dim, drop_path, bn_weight_init=0.0)
+        self.ffn1 = ffn_residual(dim, drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn1(self.dw1(self.mixer(self.ffn0(self.dw0(x)))))
+
+
+class Downsample(nn.Sequential):
+    """Between stages: ``x+DW``, ``x+FFN``, :class:`PatchMerging` (stride 2), ``x+DW``, ``x+FFN``."""
+
+    def __init__(self, in_dim: int, out_dim: int, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.res1 = nn.Sequential(depthwise_residual(in_dim, drop_path), ffn_residual(in_dim, drop_path))
+        self.patchmerge = PatchMerging(in_dim, out_dim)
+        self.res2 = nn.Sequential(depthwise_residual(out_dim, drop_path), ffn_residual(out_dim, drop_path))
+
+
+class EfficientViTStage(nn.Module):
+    """An optional :class:`Downsample` followed by ``depth`` :class:`EfficientViTBlock`."""
+
+    def __init__(self, in_dim: int, out_dim: int, depth: int, key_dim: int, num_heads: int, window_size: int,
+                 kernels: Sequence[int], downsample: bool, drop_paths: Sequence[float]) -> None:
+        super().__init__()
+        self.downsample = Downsample(in_dim, out_dim, drop_paths[0]) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*(
+            EfficientViTBlock(out_dim, key_dim, num_heads, window_size, kernels, drop_paths[i])
+            for i in range(depth)))
+
+
+def _per_stage(value: int | Sequence[int], num_stages: int, name: str) -> tuple[int, ...]:
+    values = (value,) * num_stages if isinstance(value, int) else tuple(value)
+    if len(values) != num_stages or any(not isinstance(v, int) or v < 1 for v in values):
+        raise ValueError(f'{name} must be a positive int or {num_stages} positive ints, got {value!r}')
+    return values
+
+
+@register_model
+class EfficientViT(BaseModule):
+    """EfficientViT backbone (Liu et al., CVPR 2023) with multi-scale outputs at strides 16, 32 and 64.
+
+    Args:
+        arch: ``'m0'`` ... ``'m5'`` or a dict with ``embed_dims``, ``depths``, ``num_heads``, ``kernels``
+            (and optionally ``key_dim``). Defaults to ``'m4'``.
+        in_channels: Image channels. Defaults to 3.
+        out_indices: Stages whose outputs are returned; negative indices count from the end.
+            Defaults to ``(0, 1, 2)``.
+        frozen_stages: ``-1`` freezes nothing, ``0`` the patch embedding, ``n`` the patch embedding and the
+            first ``n`` stages (their parameters stop training and their BatchNorms stay in eval mode).
+            Defaults to -1.
+        norm_eval: Keep every BatchNorm in eval mode during training. Defaults to False.
+        with_cp: Use activation checkpointing per block to save memory. Defaults to False.
+        drop_path_rate: Stochastic depth rate, increasing linearly over the blocks. Defaults to 0.
+        window_size: Attention window side, one int or one per stage. The default 7 everywhere is the dense
+            prediction geometry of the official downstream code; :data:`CLASSIFICATION_WINDOWS` ``(7, 7, 4)``
+            is what the official classifier and timm compute at 224x224. Checkpoint bias tables are resized
+            bicubically when they were trained with another window. Defaults to 7.
+        pretrained: Deprecated; use ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
+        init_cfg: Initialisation config. ``type='Pretrained'`` accepts official (``{'model': ...}``), timm and
+            evit_mm checkpoints (local path or URL), converted automatically. Defaults to None.
+    """
+
+    def __init__(
+        self,
+        arch: str | dict[str, Any] = 'm4',
+        in_channels: int = 3,
+        out_indices: int | Sequence[int] = (0, 1, 2),
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
+        with_cp: bool = False,
+        drop_path_rate: float = 0.0,
+        window_size: int | Sequence[int] = 7,
+        pretrained: str | None = None,
+        init_cfg: dict | list[dict] | None = None,
+    ) -> None:
+        if pretrained is not None:
+            if init_cfg is not None:
+                raise ValueError('pass either pretrained (deprecated) or init_cfg, not both')
+            print_log('EfficientViT: `pretrained` is deprecated, use init_cfg=dict(type="Pretrained", '
+                      'checkpoint=...)', logger='current', level=logging.WARNING)
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        super().__init__(init_cfg=init_cfg)
+        self.arch = spec = ArchSpec.from_any(arch)
+        n = spec.num_stages
+        if not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f'in_channels must be a positive int, got {in_channels!r}')
+        self.in_channels = in_channels
+        self.out_indices = self._normalize_out_indices(out_indices, n)
+        if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= n:
+            raise ValueError(f'frozen_stages must be an int in [-1, {n}] (-1: none, 0: patch embedding, '
+                             f'k: patch embedding and the first k stages), got {frozen_stages!r}')
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate}')
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
+        self.window_sizes = _per_stage(window_size, n, 'window_size')
+
+        self.patch_embed = PatchEmbed(in_channels, spec.embed_dims[0])
+        rates = torch.linspace(0, drop_path_rate, sum(spec.depths)).tolist()
+        self.stages = nn.ModuleList()
+        start = 0
+        for i in range(n):
+            self.stages.append(EfficientViTStage(
+                in_dim=spec.embed_dims[max(i - 1, 0)], out_dim=spec.embed_dims[i], depth=spec.depths[i],
+                key_dim=spec.key_dim, num_heads=spec.num_heads[i], window_size=self.window_sizes[i],
+                kernels=spec.kernels, downsample=i > 0, drop_paths=rates[start:start + spec.depths[i]]))
+            start += spec.depths[i]
+        self.stage_strides = tuple(PatchEmbed.stride * 2 ** i for i in range(n))
+        self.out_channels = [spec.embed_dims[i] for i in self.out_indices]
+        self.out_strides = [self.stage_strides[i] for i in self.out_indices]
+        self._freeze_stages()
+
+    @staticmethod
+    def _normalize_out_indices(out_indices: int | Sequence[int], num_stages: int) -> tuple[int, ...]:
+        indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
+        valid = f'ints in [{-num_stages}, {num_stages - 1}]'
+        if not indices or any(not isinstance(i, int) or not -num_stages <= i < num_stages for i in indices):
+            raise ValueError(f'out_indices must be non-empty {valid}, got {out_indices!r}')
+        normalized = [i % num_stages for i in indices]
+        if len(set(normalized)) != len(normalized):
+            raise ValueError(f'out_indices has duplicates after normalisation: {out_indices!r} -> {normalized}')
+        return tuple(sorted(normalized))
+
+    # ---- weights ---------------------------------------------------------------------------------------
+    def init_weights(self) -> None:
+        """Initialise, loading and converting a checkpoint when ``init_cfg`` is ``type='Pretrained'``."""
+        cfg = self.init_cfg
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            from ...checkpoint import load_pretrained  # local import: keeps `import evit_mm` light
+            load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
+            self._is_init = True
+        else:
+            super().init_weights()
+        self._freeze_stages()
+
+    def no_weight_decay_keys(self) -> set[str]:
+        """Parameter names that should get no weight decay (the attention bias tables)."""
+        return {name for name, _ in self.named_parameters() if name.endswith('attention_biases')}
+
+    # ---- freezing and modes ---------------------------------------------------------------------------
+    def _frozen_modules(self) -> list[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        return [self.patch_embed, *self.stages[:self.frozen_stages]]
+
+    def _freeze_stages(self) -> None:
+        for module in self._frozen_modules():
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'EfficientViT':
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
+
+    def switch_to_deploy(self) -> 'EfficientViT':
+        """Fuse every Conv+BN in place (paper Sec. 4: BN rather than LayerNorm so that it folds away)."""
+        for module in self.modules():
+            if isinstance(module, (ConvBN, BNLinear)):
+                module.fuse()
+        self.deploy = True
+        return self
+
+    # ---- forward --------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f'EfficientViT expects (N, {self.in_channels}, H, W) images, got shape '
+                             f'{tuple(x.shape)}; set in_channels to match the data')
+        if x.shape[2] < PatchEmbed.stride or x.shape[3] < PatchEmbed.stride:
+            raise ValueError(f'EfficientViT needs images of at least {PatchEmbed.stride}x{PatchEmbed.stride} '
+                             f'pixels, got {x.shape[2]}x{x.shape[3]}')
+        x = self.patch_embed(x)
+        outs = []
+        last = self.out_indices[-1]
+        for i, stage in enumerate(self.stages[:last + 1]):
+            x = stage.downsample(x)
+            for block in stage.blocks:
+                if self.with_cp and self.training and x.requires_grad:
+                    x = cp.checkpoint(block, x, use_reentrant=False)
+                else:
+                    x = block(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)

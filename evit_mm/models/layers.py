@@ -1,0 +1,187 @@
+"""Small building blocks of EfficientViT: Conv+BN, BN+Linear, residual with drop path, FFN, patch merging.
+
+Attribute names follow timm's ``efficientvit_msra`` parameter tree (``conv``/``bn``, ``pw1``/``pw2``, ``m``),
+so that evit_mm and timm state dicts share their keys.
+"""
+from __future__ import annotations
+
+import torch
+from timm.layers import DropPath, SqueezeExcite
+from torch import nn
+
+
+class ConvBN(nn.Module):
+    """A bias-free ``Conv2d`` followed by ``BatchNorm2d``, fusable into one ``Conv2d`` for deployment.
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels.
+        kernel_size: Convolution kernel size. Defaults to 1.
+        stride: Convolution stride. Defaults to 1.
+        padding: Convolution padding. Defaults to 0.
+        groups: Convolution groups. Defaults to 1.
+        bn_weight_init: Initial BatchNorm scale; the paper's residual branches that end in a ConvBN start
+            at 0 so that each block starts as the identity. Defaults to 1.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+        bn_weight_init: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False)
+        self.bn: nn.Module = nn.BatchNorm2d(out_channels)
+        nn.init.constant_(self.bn.weight, bn_weight_init)
+        nn.init.zeros_(self.bn.bias)
+
+    @property
+    def fused(self) -> bool:
+        """Whether the BatchNorm has been folded into the convolution."""
+        return isinstance(self.bn, nn.Identity)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Fold the BatchNorm (with its running statistics) into the convolution, in place."""
+        if self.fused:
+            return
+        conv, bn = self.conv, self.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        fused = nn.Conv2d(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+            dilation=conv.dilation, groups=conv.groups, bias=True,
+        ).to(conv.weight)
+        fused.weight.copy_(conv.weight * scale[:, None, None, None])
+        fused.bias.copy_(bn.bias - bn.running_mean * scale)
+        self.conv, self.bn = fused, nn.Identity()
+
+
+class BNLinear(nn.Module):
+    """``BatchNorm1d`` followed by ``Linear``: the paper's classification head, fusable into one ``Linear``.
+
+    Args:
+        in_features: Input features.
+        out_features: Output features (classes).
+        drop: Dropout between the norm and the linear layer. Defaults to 0.
+        std: Standard deviation of the truncated-normal weight init. Defaults to 0.02.
+    """
+
+    def __init__(self, in_features: int, out_features: int, drop: float = 0.0, std: float = 0.02) -> None:
+        super().__init__()
+        self.bn: nn.Module = nn.BatchNorm1d(in_features)
+        self.drop = nn.Dropout(drop)
+        self.linear = nn.Linear(in_features, out_features)
+        nn.init.trunc_normal_(self.linear.weight, std=std)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.drop(self.bn(x)))
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Fold the BatchNorm into the linear layer, in place."""
+        if isinstance(self.bn, nn.Identity):
+            return
+        bn, linear = self.bn, self.linear
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        shift = bn.bias - bn.running_mean * scale
+        fused = nn.Linear(linear.in_features, linear.out_features).to(linear.weight)
+        fused.weight.copy_(linear.weight * scale[None, :])
+        fused.bias.copy_(linear.weight @ shift + linear.bias)
+        self.linear, self.bn = fused, nn.Identity()
+
+
+class Residual(nn.Module):
+    """``x + drop_path(m(x))``.
+
+    Args:
+        m: The residual branch.
+        drop_path: Stochastic-depth probability of dropping the branch per sample. Defaults to 0.
+    """
+
+    def __init__(self, m: nn.Module, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.m = m
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(self.m(x))
+
+
+class ConvFFN(nn.Module):
+    """The paper's feed-forward network: 1x1 ConvBN to ``hidden`` channels, ReLU, 1x1 ConvBN back (BN init 0).
+
+    Args:
+        dim: Input and output channels.
+        hidden: Hidden channels (2x ``dim`` in EfficientViT).
+    """
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.pw1 = ConvBN(dim, hidden)
+        self.act = nn.ReLU()
+        self.pw2 = ConvBN(hidden, dim, bn_weight_init=0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pw2(self.act(self.pw1(x)))
+
+
+def depthwise_residual(dim: int, drop_path: float = 0.0, bn_weight_init: float = 1.0) -> Residual:
+    """The token-interaction layer of the sandwich layout: ``x + DWConv3x3+BN(x)`` (paper Sec. 3.1)."""
+    return Residual(ConvBN(dim, dim, 3, 1, 1, groups=dim, bn_weight_init=bn_weight_init), drop_path)
+
+
+def ffn_residual(dim: int, drop_path: float = 0.0) -> Residual:
+    """``x + FFN(x)`` with the FFN expanding to ``2 * dim`` channels (paper Sec. 3.1)."""
+    return Residual(ConvFFN(dim, 2 * dim), drop_path)
+
+
+class PatchMerging(nn.Module):
+    """Inverted-residual downsampling between stages: 1x1 to 4C, ReLU, 3x3 stride-2 depthwise, ReLU,
+    squeeze-excite (ratio 0.25), 1x1 to the next stage's channels.
+
+    Args:
+        dim: Input channels.
+        out_dim: Output channels.
+    """
+
+    def __init__(self, dim: int, out_dim: int) -> None:
+        super().__init__()
+        hidden = 4 * dim
+        self.conv1 = ConvBN(dim, hidden)
+        self.act = nn.ReLU()
+        self.conv2 = ConvBN(hidden, hidden, 3, 2, 1, groups=hidden)
+        self.se = SqueezeExcite(hidden, 0.25)
+        self.conv3 = ConvBN(hidden, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv3(self.se(self.act(self.conv2(self.act(self.conv1(x))))))
+
+
+class PatchEmbed(nn.Sequential):
+    """Overlapping patch embedding: four 3x3 stride-2 ConvBN (ReLU between), channels C/8, C/4, C/2, C.
+
+    Args:
+        in_channels: Image channels.
+        dim: Channels of the first stage (C).
+    """
+
+    stride = 16
+
+    def __init__(self, in_channels: int, dim: int) -> None:
+        super().__init__()
+        self.conv1 = ConvBN(in_channels, dim // 8, 3, 2, 1)
+        self.relu1 = nn.ReLU()
+        self.conv2 = ConvBN(dim // 8, dim // 4, 3, 2, 1)
+        self.relu2 = nn.ReLU()
+        self.conv3 = ConvBN(dim // 4, dim // 2, 3, 2, 1)
+        self.relu3 = nn.ReLU()
+        self.conv4 = ConvBN(dim // 2, dim, 3, 2, 1)

@@ -1,0 +1,24 @@
+"""Shared fixtures. The golden data lives in ../shared/golden beside the checkout (never in the project)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+GOLDEN_DIR = Path(os.environ.get('EVIT_MM_GOLDEN', REPO_ROOT.parent / 'shared' / 'golden'))
+
+
+@pytest.fixture(autouse=True)
+def _deterministic() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope='session')
+def golden_dir() -> Path:
+    if not (GOLDEN_DIR / 'efficientvit_m0_golden.pt').is_file():
+        pytest.skip(f'golden data (official EfficientViT outputs) not found at {GOLDEN_DIR}; it sits in '
+                    '../shared/golden beside a developer or CI checkout, or set EVIT_MM_GOLDEN')
+    return GOLDEN_DIR

@@ -1,0 +1,22 @@
+"""Helpers shared by the tests."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights *and* BatchNorm statistics, so that BN-init-0 branches and fusion are exercised."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point():
+                continue
+            if name.endswith('running_var'):
+                tensor.copy_(torch.rand(tensor.shape, generator=gen) * 0.5 + 0.5)
+            elif name.endswith(('bn.weight', 'bn.bias', 'running_mean')):
+                tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.2 + (1.0 if name.endswith('weight') else 0))
+            else:
+                fan_in = tensor[0].numel() if tensor.dim() > 1 else 1
+                tensor.copy_(torch.randn(tensor.shape, generator=gen) / fan_in ** 0.5)
+    return model.eval()

@@ -1,0 +1,200 @@
+"""EfficientViT backbone behaviour: shapes at any size, freezing, norm_eval, checkpointing, drop path, deploy."""
+from __future__ import annotations
+
+import pytest
+import torch
+from mmengine.registry import MODELS as ROOT_MODELS
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from evit_mm.models import EfficientViT
+from evit_mm.models.backbones import ARCH_SETTINGS
+
+from tests.helpers import randomize_
+
+
+def _expected_side(size: int) -> list[int]:
+    sides = []
+    for _ in range(4):  # patch embedding: four 3x3 stride-2 convs, padding 1
+        size = (size - 1) // 2 + 1
+    sides.append(size)
+    for _ in range(2):
+        size = (size - 1) // 2 + 1
+        sides.append(size)
+    return sides
+
+
+@pytest.mark.parametrize('arch', sorted(ARCH_SETTINGS))
+def test_output_channels_and_strides(arch):
+    model = EfficientViT(arch).eval()
+    spec = ARCH_SETTINGS[arch]
+    assert model.out_channels == list(spec.embed_dims)
+    assert model.out_strides == [16, 32, 64]
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, 128, 96))
+    assert [f.shape[1] for f in feats] == list(spec.embed_dims)
+
+
+@pytest.mark.parametrize('hw', [(16, 16), (17, 300), (33, 47), (224, 224), (333, 517), (96, 16), (112, 112)])
+def test_any_input_size(hw):
+    model = randomize_(EfficientViT('m0'))
+    with torch.no_grad():
+        feats = model(torch.randn(2, 3, *hw))
+    expected = list(zip(_expected_side(hw[0]), _expected_side(hw[1])))
+    assert [tuple(f.shape[2:]) for f in feats] == expected
+    assert all(torch.isfinite(f).all() for f in feats)
+
+
+def test_windows_are_independent():
+    """A change in one 7x7 window of the stage-1 map must not reach another window's attention output."""
+    model = randomize_(EfficientViT('m0', out_indices=0))
+    attn = model.stages[0].blocks[0].mixer.m
+    x = torch.randn(1, 64, 14, 14)
+    y = x.clone()
+    y[:, :, :7, :7] += 1.0
+    with torch.no_grad():
+        a, b = attn(x), attn(y)
+    assert not torch.allclose(a[:, :, :7, :7], b[:, :, :7, :7])
+    torch.testing.assert_close(a[:, :, 7:, 7:], b[:, :, 7:, 7:])
+
+
+def test_out_indices_negative_and_subset():
+    model = EfficientViT('m0', out_indices=(-1, 0)).eval()
+    assert model.out_indices == (0, 2)
+    assert model.out_channels == [64, 192]
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, 64, 64))
+    assert [f.shape[1] for f in feats] == [64, 192]
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(arch='m9'), r"Unknown EfficientViT arch 'm9'; valid choices: \['m0', 'm1'"),
+    (dict(arch=dict(embed_dims=[64, 128], depths=[1, 2])), 'missing keys'),
+    (dict(arch=dict(embed_dims=[64, 130, 192], depths=[1, 2, 3], num_heads=[4, 4, 4], kernels=[5] * 4)),
+     'divisible by its num_heads'),
+    (dict(arch=dict(embed_dims=[64], depths=[1], num_heads=[4], kernels=[5] * 4, width=3)), 'unknown keys'),
+    (dict(out_indices=(3,)), r'out_indices must be non-empty ints in \[-3, 2\]'),
+    (dict(out_indices=(0, -3)), 'duplicates'),
+    (dict(out_indices=()), 'out_indices'),
+    (dict(frozen_stages=4), r'frozen_stages must be an int in \[-1, 3\]'),
+    (dict(window_size=(7, 7)), 'window_size must be'),
+    (dict(window_size=0), 'window_size must be'),
+    (dict(in_channels=0), 'in_channels'),
+    (dict(drop_path_rate=1.0), 'drop_path_rate'),
+])
+def test_invalid_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        EfficientViT(**kwargs)
+
+
+def test_wrong_input_channels_and_too_small_input_raise():
+    model = EfficientViT('m0', in_channels=4).eval()
+    with pytest.raises(ValueError, match=r'expects \(N, 4, H, W\).*got shape \(1, 3, 32, 32\)'):
+        model(torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match='at least 16x16'):
+        model(torch.randn(1, 4, 15, 64))
+    assert model(torch.randn(1, 4, 16, 16))[0].shape == (1, 64, 1, 1)
+
+
+@pytest.mark.parametrize('frozen_stages', [-1, 0, 1, 3])
+def test_frozen_stages(frozen_stages):
+    model = EfficientViT('m0', frozen_stages=frozen_stages)
+    model.train()
+    frozen = [model.patch_embed, *model.stages[:frozen_stages]] if frozen_stages >= 0 else []
+    trainable = [] if frozen_stages >= 0 else [model.patch_embed]
+    trainable += list(model.stages[max(frozen_stages, 0):])
+    for module in frozen:
+        assert all(not p.requires_grad for p in module.parameters())
+        assert all(not m.training for m in module.modules())
+    for module in trainable:
+        assert all(p.requires_grad for p in module.parameters())
+        assert all(m.training for m in module.modules() if isinstance(m, _BatchNorm))
+
+
+def test_norm_eval_and_train_returns_self():
+    model = EfficientViT('m0', norm_eval=True)
+    assert model.train() is model
+    assert model.eval() is model
+    model.train()
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    assert bns and all(not m.training for m in bns)
+    assert model.stages[2].blocks[0].mixer.m.attn.training
+    x = torch.randn(2, 3, 64, 64)
+    before = [m.running_mean.clone() for m in bns]
+    model(x)
+    assert all(torch.equal(a, m.running_mean) for a, m in zip(before, bns))
+
+
+def test_with_cp_gives_same_gradients():
+    torch.manual_seed(0)
+    plain = EfficientViT('m0')
+    randomize_(plain).train()
+    ckpt = EfficientViT('m0', with_cp=True)
+    ckpt.load_state_dict(plain.state_dict())
+    ckpt.train()
+    x = torch.randn(2, 3, 80, 96)
+    for model in (plain, ckpt):
+        model.zero_grad()
+        sum(f.square().mean() for f in model(x)).backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters()):
+        assert a.grad is not None, name
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_drop_path_random_in_training_identity_in_eval():
+    model = EfficientViT('m0', drop_path_rate=0.5)
+    randomize_(model)
+    x = torch.randn(4, 3, 64, 64)
+    model.train()
+    torch.manual_seed(1)
+    a = model(x)[-1]
+    torch.manual_seed(2)
+    b = model(x)[-1]
+    assert not torch.allclose(a, b)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[-1], model(x)[-1])
+    dpr = [getattr(blk.mixer.drop_path, 'drop_prob', 0.0) for stage in model.stages for blk in stage.blocks]
+    assert dpr == sorted(dpr) and dpr[0] == 0.0 and dpr[-1] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize('arch', ['m0', 'm5'])
+def test_switch_to_deploy_keeps_outputs(arch):
+    model = randomize_(EfficientViT(arch))
+    x = torch.randn(2, 3, 115, 173)
+    with torch.no_grad():
+        ref = model(x)
+        model.switch_to_deploy()
+        fused = model(x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    for a, b in zip(fused, ref):
+        assert (a - b).abs().max() <= 1e-4 * b.abs().max()
+
+
+def test_eval_bias_cache_sees_new_weights():
+    """The official code's cached bias table ignores weights loaded after .eval(); ours must not."""
+    model = randomize_(EfficientViT('m0'))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)[0]
+        state = model.state_dict()
+        for k in state:
+            if k.endswith('attention_biases'):
+                state[k] = state[k] + 1.0
+        model.load_state_dict(state)
+        after = model(x)[0]
+    assert not torch.allclose(before, after)
+
+
+def test_registered_in_all_scopes():
+    from mmdet.registry import MODELS as DET_MODELS
+    from mmseg.registry import MODELS as SEG_MODELS
+    for registry in (DET_MODELS, SEG_MODELS, ROOT_MODELS):
+        assert registry.get('EfficientViT') is EfficientViT
+    assert DET_MODELS.get('evit_mm.EfficientViT') is EfficientViT
+    assert isinstance(SEG_MODELS.build(dict(type='EfficientViT', arch='m0')), EfficientViT)
+
+
+def test_no_weight_decay_keys():
+    keys = EfficientViT('m0').no_weight_decay_keys()
+    assert len(keys) == 6 and all(k.endswith('attention_biases') for k in keys)

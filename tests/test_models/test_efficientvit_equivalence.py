@@ -1,0 +1,79 @@
+"""EfficientViT reproduces the official code (golden data) and timm, from the same weights."""
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from evit_mm.checkpoint import load_pretrained, to_backbone_state_dict
+from evit_mm.models import EfficientViT
+from evit_mm.models.backbones import ARCH_SETTINGS, CLASSIFICATION_WINDOWS
+from tests.helpers import randomize_
+
+ATOL = 1e-4
+
+
+@pytest.mark.parametrize('arch', ['m0', 'm4'])
+def test_official_classification_geometry_matches_golden(golden_dir, tmp_path, arch):
+    golden = torch.load(golden_dir / f'efficientvit_{arch}_golden.pt', weights_only=True)
+    model = EfficientViT(arch, window_size=CLASSIFICATION_WINDOWS,
+                         init_cfg=dict(type='Pretrained', checkpoint=str(golden_dir / f'efficientvit_{arch}_random.pth')))
+    model.init_weights()
+    model.eval()
+    with torch.no_grad():
+        feats = model(golden['input_224'])
+    assert len(feats) == len(golden['feats_224']) == 3
+    for ours, ref in zip(feats, golden['feats_224']):
+        assert ours.shape == ref.shape
+        torch.testing.assert_close(ours, ref, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize('arch', ['m0', 'm4'])
+@pytest.mark.parametrize('size', ['384x512', '333x517'])
+def test_official_dense_geometry_matches_golden(golden_dir, arch, size):
+    golden = torch.load(golden_dir / f'efficientvit_{arch}_golden.pt', weights_only=True)
+    dense = golden['dense'][size]
+    model = EfficientViT(arch)  # default: 7x7 windows everywhere, stage-3 bias tables resized on load
+    load_pretrained(model, golden_dir / f'efficientvit_{arch}_random.pth')
+    model.eval()
+    with torch.no_grad():
+        feats = model(dense['input'])
+    for ours, ref in zip(feats, dense['feats']):
+        assert ours.shape == ref.shape
+        torch.testing.assert_close(ours, ref, atol=ATOL, rtol=0)
+
+
+def _timm_features(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return model.forward_intermediates(x, intermediates_only=True)
+
+
+@pytest.mark.parametrize('arch', sorted(ARCH_SETTINGS))
+def test_matches_timm_classification_geometry(arch):
+    ref = randomize_(timm.create_model(f'efficientvit_{arch}', pretrained=False), seed=1)
+    ours = EfficientViT(arch, window_size=CLASSIFICATION_WINDOWS).eval()
+    ours.load_state_dict(to_backbone_state_dict(ref.state_dict()))
+    n_head = sum(p.numel() for n, p in ref.named_parameters() if n.startswith('head.'))
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters()) - n_head
+    for shape in [(2, 3, 224, 224), (1, 3, 241, 177)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            feats = ours(x)
+        for a, b in zip(feats, _timm_features(ref, x), strict=True):
+            torch.testing.assert_close(a, b, atol=ATOL, rtol=1e-4)
+
+
+@pytest.mark.parametrize('arch', sorted(ARCH_SETTINGS))
+def test_matches_timm_dense_geometry(arch, tmp_path):
+    ref = randomize_(timm.create_model(f'efficientvit_{arch}', pretrained=False, img_size=448), seed=2)
+    path = tmp_path / 'timm.pth'
+    torch.save(ref.state_dict(), path)
+    ours = EfficientViT(arch, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    ours.init_weights()
+    ours.eval()
+    x = torch.randn(1, 3, 337, 459)
+    with torch.no_grad():
+        feats = ours(x)
+    for a, b in zip(feats, _timm_features(ref, x), strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=1e-4)

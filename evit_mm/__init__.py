@@ -1,2 +1,13 @@
-"""evit_mm: EfficientViT (Liu et al., CVPR 2023) as an OpenMMLab 2.0 backbone."""
-__version__ = "0.1.0"
+"""evit_mm: EfficientViT (Liu et al., CVPR 2023) as an OpenMMLab 2.0 backbone for mmdet and mmseg.
+
+Importing the package registers its models (``type='EfficientViT'`` from the mmdet and mmseg scopes,
+``type='evit_mm.EfficientViT'`` anywhere) and makes mmengine's training checkpoints loadable with torch's
+safe ``weights_only`` loader (see :mod:`evit_mm.compat.safe_checkpoints`). Nothing else happens on import.
+"""
+from .compat import safe_checkpoints as _safe_checkpoints
+from .models import EfficientViT
+
+__version__ = '0.1.0'
+__all__ = ['EfficientViT', '__version__']
+
+_safe_checkpoints.install()

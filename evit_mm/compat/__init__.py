@@ -1,0 +1,1 @@
+"""Compatibility fixes applied once on ``import evit_mm``."""

@@ -1,0 +1,147 @@
+"""Checkpoint formats, shape adaptation, strict errors and safe reading."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import timm
+import torch
+
+from evit_mm.checkpoint import (CheckpointMismatchError, detect_format, load_pretrained, read_checkpoint,
+                                to_backbone_state_dict)
+from evit_mm.models import EfficientViT
+from evit_mm.tools.convert import convert_checkpoint
+from tests.helpers import randomize_
+
+
+@pytest.fixture(scope='module')
+def m0_reference():
+    """A randomised M0 backbone, its output on a fixed input, and the matching timm classifier state dict."""
+    timm_model = randomize_(timm.create_model('efficientvit_m0', pretrained=False, img_size=448), seed=3)
+    model = EfficientViT('m0')
+    model.load_state_dict(to_backbone_state_dict(timm_model.state_dict()))
+    model.eval()
+    x = torch.randn(1, 3, 96, 160, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model(x)
+    return timm_model.state_dict(), x, out
+
+
+def _outputs(model, x):
+    model.eval()
+    with torch.no_grad():
+        return model(x)
+
+
+def _assert_same(a, b):
+    for u, v in zip(a, b, strict=True):
+        torch.testing.assert_close(u, v)
+
+
+@pytest.mark.parametrize('wrap', ['bare', 'state_dict', 'detector', 'module', 'safetensors'])
+def test_formats_load_to_identical_outputs(tmp_path, m0_reference, wrap):
+    timm_sd, x, expected = m0_reference
+    backbone_sd = to_backbone_state_dict(timm_sd)
+    if wrap == 'bare':
+        path, obj = tmp_path / 'a.pth', timm_sd
+    elif wrap == 'state_dict':
+        path, obj = tmp_path / 'a.pth', {'state_dict': backbone_sd, 'meta': {'epoch': 3}}
+    elif wrap == 'detector':
+        obj = {'state_dict': {**{f'backbone.{k}': v for k, v in backbone_sd.items()},
+                              'neck.lateral.weight': torch.zeros(3), 'bbox_head.cls.weight': torch.zeros(2)}}
+        path = tmp_path / 'a.pth'
+    elif wrap == 'module':
+        path, obj = tmp_path / 'a.pth', {f'module.{k}': v for k, v in timm_sd.items()}
+    else:
+        from safetensors.torch import save_file
+        path, obj = tmp_path / 'a.safetensors', None
+        save_file({k: v.contiguous() for k, v in timm_sd.items()}, path)
+    if obj is not None:
+        torch.save(obj, path)
+    model = EfficientViT('m0', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+    _assert_same(_outputs(model, x), expected)
+
+
+def test_two_dimensional_weights_reshaped_for_1x1_convs(tmp_path, m0_reference):
+    timm_sd, x, expected = m0_reference
+    flat = {k: (v.flatten(1) if v.dim() == 4 and v.shape[2:] == (1, 1) else v) for k, v in timm_sd.items()}
+    assert any(v.dim() == 2 and not k.startswith('head') for k, v in flat.items())
+    torch.save({'model': flat}, tmp_path / 'flat.pth')
+    model = EfficientViT('m0')
+    load_pretrained(model, tmp_path / 'flat.pth')
+    _assert_same(_outputs(model, x), expected)
+
+
+def test_other_arch_raises_listing_keys_and_loads_nothing(tmp_path, m0_reference):
+    timm_sd, _, _ = m0_reference
+    torch.save(timm_sd, tmp_path / 'm0.pth')
+    model = EfficientViT('m4')
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError, match=r'another arch.*shape mismatches: patch_embed\.conv1'):
+        load_pretrained(model, tmp_path / 'm0.pth')
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_missing_keys_raise_and_extra_keys_are_reported(tmp_path, m0_reference):
+    timm_sd, _, _ = m0_reference
+    partial = dict(timm_sd)
+    del partial['stages.2.blocks.2.ffn1.m.pw2.conv.weight']
+    torch.save(partial, tmp_path / 'partial.pth')
+    with pytest.raises(CheckpointMismatchError, match=r'1 missing keys: stages\.2\.blocks\.2\.ffn1\.m\.pw2\.conv'):
+        load_pretrained(EfficientViT('m0'), tmp_path / 'partial.pth')
+    extra = dict(timm_sd, **{'stages.0.extra_thing': torch.zeros(2)})
+    torch.save(extra, tmp_path / 'extra.pth')
+    assert load_pretrained(EfficientViT('m0'), tmp_path / 'extra.pth') == ['stages.0.extra_thing']
+
+
+def test_not_an_efficientvit_checkpoint(tmp_path):
+    torch.save({'state_dict': {'conv1.weight': torch.zeros(1), 'layer1.0.bn1.weight': torch.zeros(1)}},
+               tmp_path / 'resnet.pth')
+    with pytest.raises(ValueError, match='not an EfficientViT'):
+        load_pretrained(EfficientViT('m0'), tmp_path / 'resnet.pth')
+    with pytest.raises(FileNotFoundError, match='checkpoint not found'):
+        load_pretrained(EfficientViT('m0'), tmp_path / 'nope.pth')
+
+
+class ForeignObject:
+    """An arbitrary class: unpickling it would mean running code of the file's choosing."""
+
+
+def test_foreign_objects_are_refused(tmp_path):
+    torch.save({'state_dict': {}, 'x': ForeignObject()}, tmp_path / 'evil.pth')
+    with pytest.raises(pickle.UnpicklingError):
+        read_checkpoint(tmp_path / 'evil.pth')
+
+
+def test_url_goes_through_hub_with_weights_only(monkeypatch, m0_reference):
+    seen = {}
+
+    def fake_hub(url, **kwargs):
+        seen.update(kwargs, url=url)
+        return {'model': m0_reference[0]}
+
+    monkeypatch.setattr(torch.hub, 'load_state_dict_from_url', fake_hub)
+    url = 'https://github.com/xinyuliu-jeffrey/EfficientViT_Model_Zoo/releases/download/v1.0/efficientvit_m0.pth'
+    load_pretrained(EfficientViT('m0'), url)
+    assert seen['url'] == url and seen['weights_only'] is True
+
+
+def test_official_layout_detected_and_renamed(golden_dir):
+    raw = torch.load(golden_dir / 'efficientvit_m4_random.pth', weights_only=True)
+    assert detect_format(raw['model']) == 'official'
+    converted = to_backbone_state_dict(raw)
+    expected = set(EfficientViT('m4').state_dict())
+    assert set(converted) == expected
+    assert converted['stages.1.downsample.patchmerge.se.fc1.weight'] is raw['model']['blocks2.1.se.fc1.weight']
+
+
+def test_convert_tool_writes_clean_checkpoints(tmp_path, m0_reference):
+    timm_sd, x, expected = m0_reference
+    torch.save(timm_sd, tmp_path / 'timm.pth')
+    for name in ('clean.pth', 'clean.safetensors'):
+        assert convert_checkpoint(tmp_path / 'timm.pth', tmp_path / name, arch='m0') > 0
+        loaded = read_checkpoint(tmp_path / name)
+        model = EfficientViT('m0')
+        model.load_state_dict(loaded.get('state_dict', loaded))  # strict: exactly the backbone's keys
+        _assert_same(_outputs(model, x), expected)

@@ -67,7 +67,7 @@ def test_mmseg_encoder_decoder_from_its_own_config(tmp_path):
     from mmseg.utils import register_all_modules
     register_all_modules()
     cfg = _config(tmp_path, 'mmseg::_base_/models/fpn_r50.py',
-                  "model = dict(pretrained=None, backbone=dict(depth=18), "
+                  "model = dict(pretrained=None, data_preprocessor=dict(size=(64, 96)), backbone=dict(depth=18), "
                   "neck=dict(in_channels=[64, 128, 256, 512]), decode_head=dict(num_classes=5))")
     model = MODELS.build(cfg.model)
     model.init_weights()

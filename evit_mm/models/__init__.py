@@ -1,4 +1,5 @@
 """Models registered by evit_mm."""
 from .backbones import EfficientViT
+from .necks import EfficientViTFPN
 
-__all__ = ['EfficientViT']
+__all__ = ['EfficientViT', 'EfficientViTFPN']

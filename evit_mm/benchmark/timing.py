@@ -1,0 +1,58 @@
+"""Interleaved timing of several callables, so that ratios between them are measured under the same load."""
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Timing:
+    """Per-call latencies (seconds) of one candidate and the images each call processes."""
+
+    name: str
+    latencies: list[float]
+    images_per_call: int
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.latencies)
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_per_call / self.median
+
+
+def _sync(device: torch.device | None) -> None:
+    if device is not None and device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def time_interleaved(candidates: Mapping[str, Callable[[], object]], images_per_call: int, warmup: int = 3,
+                     repeats: int = 10, device: torch.device | None = None) -> dict[str, Timing]:
+    """Time each candidate ``repeats`` times, round-robin (A, B, A, B, ...) after ``warmup`` calls each.
+
+    Round-robin keeps slow drifts of the machine (other load, frequency changes) from favouring whichever
+    candidate happened to run first; medians are robust to the odd outlier.
+    """
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+        _sync(device)
+    latencies: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            latencies[name].append(time.perf_counter() - start)
+    return {name: Timing(name, values, images_per_call) for name, values in latencies.items()}

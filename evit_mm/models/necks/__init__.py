@@ -1,0 +1,3 @@
+from .efficientvit_fpn import EfficientViTFPN
+
+__all__ = ['EfficientViTFPN']

@@ -1,0 +1,89 @@
+"""Command-line options applied to an mmengine Config, shared by ``tools/train.py`` and ``tools/test.py``.
+
+The same tools serve detection (mmdet), segmentation (mmseg) and classification configs: the config's
+``default_scope`` says which, and these functions adapt the task-specific parts (result dumping, drawing).
+"""
+from __future__ import annotations
+
+import argparse
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--work-dir', help='where logs and checkpoints go (default: ./work_dirs/<config name>)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, e.g. model.backbone.arch=m0 train_dataloader.batch_size=4')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+                        help='job launcher: none (single process), pytorch (torchrun), slurm (srun)')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    """Read the config, apply ``--cfg-options``, the launcher and the work dir."""
+    if not osp.isfile(args.config):
+        raise FileNotFoundError(f'config file not found: {args.config!r}')
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.launcher = args.launcher
+    if args.work_dir:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    return cfg
+
+
+def enable_amp(cfg: Config) -> None:
+    """Mixed precision through mmengine's ``AmpOptimWrapper`` (dynamic loss scaling)."""
+    wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+    if wrapper == 'AmpOptimWrapper':
+        return
+    if wrapper != 'OptimWrapper':
+        raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper or AmpOptimWrapper, got {wrapper!r}')
+    cfg.optim_wrapper.type = 'AmpOptimWrapper'
+    cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+
+
+def enable_auto_scale_lr(cfg: Config) -> None:
+    if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
+        raise ValueError('--auto-scale-lr needs auto_scale_lr=dict(base_batch_size=...) in the config')
+    cfg.auto_scale_lr.enable = True
+
+
+def apply_resume(cfg: Config, resume: str | None) -> None:
+    """``--resume`` alone resumes from the work dir's latest checkpoint; ``--resume PATH`` from that file."""
+    if resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif resume is not None:
+        cfg.resume, cfg.load_from = True, resume
+
+
+def _task(cfg: Config) -> str:
+    return cfg.get('default_scope') or 'mmengine'
+
+
+def apply_show_dir(cfg: Config, show_dir: str, wait_time: float = 0.0) -> None:
+    """Draw predictions into ``work_dir/<timestamp>/show_dir`` through the task's visualization hook."""
+    hook = cfg.default_hooks.get('visualization')
+    if hook is None:
+        raise ValueError(f'--show-dir needs a visualization hook in default_hooks (task: {_task(cfg)})')
+    hook.draw = True
+    hook.test_out_dir = show_dir
+    hook.wait_time = wait_time
+
+
+def apply_out(cfg: Config, out: str) -> None:
+    """Write raw predictions: mmdet's ``DumpDetResults`` (``.pkl``) for detection, mmseg's prediction maps
+    (a folder) for segmentation, mmengine's ``DumpResults`` (``.pkl``) otherwise."""
+    task = _task(cfg)
+    if task == 'mmseg':
+        cfg.test_evaluator['output_dir'] = out
+        cfg.test_evaluator['keep_results'] = True
+        return
+    if not out.endswith(('.pkl', '.pickle')):
+        raise ValueError(f'--out must be a .pkl file for {task} configs, got {out!r}')
+    dump = dict(type='DumpDetResults' if task == 'mmdet' else 'DumpResults', out_file_path=out)
+    evaluator = cfg.test_evaluator
+    cfg.test_evaluator = [*evaluator, dump] if isinstance(evaluator, list) else [evaluator, dump]

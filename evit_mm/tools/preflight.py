@@ -1,0 +1,152 @@
+"""Checks run before training or testing starts, so that bad input stops with a message saying what is wrong
+and what would be right, instead of failing minutes later deep inside a data loader or a forward pass."""
+from __future__ import annotations
+
+import os.path as osp
+from collections.abc import Iterator
+from typing import Any
+
+from mmengine.config import Config, ConfigDict
+
+_LAYOUT_HINTS = {
+    'CocoDataset': 'the standard COCO layout: data/coco/annotations/instances_{train,val}2017.json and '
+                   'data/coco/{train,val}2017/; `make demo` writes a small one to data/coco_demo',
+    'ADE20KDataset': 'the standard ADE20K layout: data/ade/ADEChallengeData2016/{images,annotations}/'
+                     '{training,validation}',
+}
+
+
+class PreflightError(ValueError):
+    """A configuration problem found before training or testing started."""
+
+
+def _datasets(dataset: Any, where: str) -> Iterator[tuple[str, dict]]:
+    """Yield every leaf dataset config inside wrappers (RepeatDataset, ConcatDataset, ...)."""
+    if isinstance(dataset, (list, tuple)):
+        for i, d in enumerate(dataset):
+            yield from _datasets(d, f'{where}[{i}]')
+    elif isinstance(dataset, dict):
+        if 'datasets' in dataset:
+            yield from _datasets(dataset['datasets'], f'{where}.datasets')
+        elif 'dataset' in dataset:
+            yield from _datasets(dataset['dataset'], f'{where}.dataset')
+        else:
+            yield where, dataset
+
+
+def _join(root: str | None, path: str) -> str:
+    return path if (not root or osp.isabs(path) or path.startswith(root)) else osp.join(root, path)
+
+
+def check_datasets(cfg: Config, loaders: tuple[str, ...] = ('train_dataloader', 'val_dataloader',
+                                                            'test_dataloader')) -> None:
+    """Every local data root, annotation file and image/label folder that a dataloader names must exist."""
+    problems = []
+    for loader in loaders:
+        loader_cfg = cfg.get(loader)
+        if not loader_cfg or 'dataset' not in loader_cfg:
+            continue
+        for where, ds in _datasets(loader_cfg['dataset'], f'{loader}.dataset'):
+            root = ds.get('data_root')
+            hint = _LAYOUT_HINTS.get(str(ds.get('type')), 'the layout the dataset type expects')
+            if root and not osp.isdir(root):
+                problems.append(f'{where}.data_root: folder {root!r} does not exist (expected {hint})')
+                continue
+            ann = ds.get('ann_file')
+            if ann and not osp.isfile(_join(root, ann)):
+                problems.append(f'{where}.ann_file: {_join(root, ann)!r} does not exist (expected {hint})')
+            for key, prefix in (ds.get('data_prefix') or {}).items():
+                if prefix and not osp.isdir(_join(root, prefix)):
+                    problems.append(f'{where}.data_prefix.{key}: folder {_join(root, prefix)!r} does not exist '
+                                    f'(expected {hint})')
+    if problems:
+        raise PreflightError('dataset not found:\n  ' + '\n  '.join(problems) +
+                             '\nPut the data there, or point the config at it with --cfg-options '
+                             '<loader>.dataset.data_root=PATH.')
+
+
+def _num_classes_of_model(model: ConfigDict) -> list[tuple[str, int]]:
+    found = []
+    for head in ('bbox_head', 'decode_head', 'auxiliary_head', 'head'):
+        cfg = model.get(head)
+        if isinstance(cfg, dict) and 'num_classes' in cfg:
+            found.append((f'model.{head}.num_classes', cfg['num_classes']))
+    roi = model.get('roi_head')
+    if isinstance(roi, dict):
+        for head in ('bbox_head', 'mask_head'):
+            cfg = roi.get(head)
+            if isinstance(cfg, dict) and 'num_classes' in cfg:
+                found.append((f'model.roi_head.{head}.num_classes', cfg['num_classes']))
+    return found
+
+
+def _dataset_classes(ds: dict, scope: str | None) -> tuple[str, ...] | None:
+    meta = ds.get('metainfo')
+    if isinstance(meta, dict) and meta.get('classes'):
+        return tuple(meta['classes'])
+    from mmengine.registry import DATASETS
+    type_name = ds.get('type')
+    if not isinstance(type_name, str):
+        return None
+    try:
+        dataset_cls = DATASETS.get(f'{scope}.{type_name}' if scope and '.' not in type_name else type_name)
+    except Exception:  # noqa: BLE001 - unknown type: the runner will report it
+        return None
+    classes = getattr(dataset_cls, 'METAINFO', {}).get('classes') if dataset_cls else None
+    return tuple(classes) if classes else None
+
+
+def check_num_classes(cfg: Config) -> None:
+    """The model's heads must predict as many classes as the training data has."""
+    loader = cfg.get('train_dataloader') or cfg.get('test_dataloader')
+    if not loader or 'model' not in cfg:
+        return
+    leaves = list(_datasets(loader.get('dataset'), 'dataset'))
+    if not leaves:
+        return
+    classes = _dataset_classes(leaves[0][1], cfg.get('default_scope'))
+    if classes is None:
+        return
+    for name, value in _num_classes_of_model(cfg.model):
+        if value != len(classes):
+            raise PreflightError(
+                f'{name} is {value}, but the dataset has {len(classes)} classes {list(classes)[:8]}...; '
+                f'set {name}={len(classes)} (or the dataset metainfo.classes to the classes you train on)')
+
+
+def check_backbone_neck(model: Any) -> None:
+    """A built model's neck must take the channels its backbone gives (e.g. after changing ``arch``)."""
+    backbone, neck = getattr(model, 'backbone', None), getattr(model, 'neck', None)
+    given = getattr(backbone, 'out_channels', None)
+    wanted = getattr(neck, 'in_channels', None)
+    if given is not None and wanted is not None and list(given) != list(wanted):
+        raise PreflightError(f'the neck expects in_channels={list(wanted)} but the backbone '
+                             f'({type(backbone).__name__}) gives {list(given)}; set model.neck.in_channels='
+                             f'{list(given)}')
+
+
+def run_preflight(cfg: Config, loaders: tuple[str, ...]) -> None:
+    """All config-level checks; model-level ones run once the runner has built the model."""
+    check_datasets(cfg, loaders)
+    check_num_classes(cfg)
+
+
+def check_checkpoint_fits(model: Any, checkpoint: str) -> None:
+    """A checkpoint given to test or fine-tune (``load_from``) must hold every weight of the model with its
+    shape; mmengine would otherwise load it partially with only a warning (another arch, another task)."""
+    from ..checkpoint import read_checkpoint, unwrap_state_dict
+    state = unwrap_state_dict(read_checkpoint(checkpoint))
+    target = model.state_dict()
+    missing = [k for k in target if k not in state and not k.endswith('num_batches_tracked')]
+    mismatched = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}'
+                  for k, v in target.items() if k in state and state[k].shape != v.shape]
+    if missing or mismatched:
+        detail = []
+        if missing:
+            detail.append(f'{len(missing)} of the model\'s {len(target)} weights missing (first: {missing[:4]})')
+        if mismatched:
+            detail.append(f'{len(mismatched)} with other shapes (first: {mismatched[:3]})')
+        raise PreflightError(
+            f'checkpoint {checkpoint!r} does not fit this model ({type(model).__name__}): ' + '; '.join(detail) +
+            '. It was trained for another arch or task. ImageNet weights for the backbone go in '
+            'model.backbone.init_cfg=dict(type="Pretrained", checkpoint=...) instead.')

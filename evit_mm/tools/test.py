@@ -1,0 +1,38 @@
+"""``tools/test.py``: evaluation entry point for every task of evit_mm."""
+from __future__ import annotations
+
+import argparse
+
+from mmengine.runner import Runner
+
+from .config_options import add_common_arguments, apply_out, apply_show_dir, load_config
+from .preflight import check_backbone_neck, check_checkpoint_fits, run_preflight
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Evaluate an EfficientViT detector, segmentor or classifier')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint file (local path or URL)')
+    parser.add_argument('--out', help='write raw predictions (.pkl; a folder of maps for segmentation)')
+    parser.add_argument('--show-dir', help='draw predictions into WORK_DIR/<timestamp>/SHOW_DIR')
+    parser.add_argument('--wait-time', type=float, default=0.0, help='seconds between shown images')
+    add_common_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    cfg = load_config(args)
+    cfg.load_from = args.checkpoint
+    if args.show_dir:
+        apply_show_dir(cfg, args.show_dir, args.wait_time)
+    if args.out:
+        apply_out(cfg, args.out)
+    run_preflight(cfg, ('test_dataloader',))
+    runner = Runner.from_cfg(cfg)
+    model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+    check_backbone_neck(model)
+    if args.checkpoint:
+        check_checkpoint_fits(model, args.checkpoint)
+    runner.test()
+    return 0

@@ -1,0 +1,39 @@
+"""``tools/train.py``: mmdet/mmseg-style training entry point for every task of evit_mm."""
+from __future__ import annotations
+
+import argparse
+
+from mmengine.runner import Runner
+
+from .config_options import add_common_arguments, apply_resume, enable_amp, enable_auto_scale_lr, load_config
+from .preflight import check_backbone_neck, check_checkpoint_fits, run_preflight
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Train a detector, segmentor or classifier with EfficientViT')
+    parser.add_argument('config', help='config file, e.g. configs/retinanet_evit_m4.py')
+    parser.add_argument('--amp', action='store_true', help='mixed-precision training')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the learning rate linearly with the total batch size (auto_scale_lr)')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto',
+                        help='resume from PATH, or from the latest checkpoint in the work dir if no PATH')
+    add_common_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    cfg = load_config(args)
+    if args.amp:
+        enable_amp(cfg)
+    if args.auto_scale_lr:
+        enable_auto_scale_lr(cfg)
+    apply_resume(cfg, args.resume)
+    run_preflight(cfg, ('train_dataloader', 'val_dataloader'))
+    runner = Runner.from_cfg(cfg)
+    model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+    check_backbone_neck(model)
+    if cfg.get('load_from'):
+        check_checkpoint_fits(model, cfg.get('load_from'))
+    runner.train()
+    return 0

@@ -1,0 +1,108 @@
+"""Every config in configs/ builds, runs one training step and one prediction at a small image size."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+
+from tests.conftest import REPO_ROOT
+
+CONFIGS = sorted(p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / 'configs').rglob('*.py'))
+
+
+def _build(cfg: Config):
+    init_default_scope(cfg.default_scope)
+    if cfg.default_scope == 'mmdet':
+        from mmdet.registry import MODELS
+    elif cfg.default_scope == 'mmseg':
+        from mmseg.registry import MODELS
+    else:
+        from mmengine.registry import MODELS
+    cfg.model.backbone.init_cfg = None  # never reach the network in tests
+    return MODELS.build(cfg.model)
+
+
+def _det_step(model, num_classes: int, with_mask: bool) -> None:
+    from mmdet.testing import demo_mm_inputs
+    packed = demo_mm_inputs(2, [(3, 97, 131), (3, 128, 96)], num_classes=num_classes, with_mask=with_mask)
+    model.train()
+    losses = model(**model.data_preprocessor(packed, True), mode='loss')
+    parsed, _ = model.parse_losses(losses)
+    assert torch.isfinite(parsed)
+    parsed.backward()
+    assert model.backbone.patch_embed.conv1.conv.weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        results = model(**model.data_preprocessor(packed, False), mode='predict')
+    assert len(results) == 2
+    assert results[0].pred_instances.bboxes.shape[1] == 4
+    if with_mask:
+        assert results[0].pred_instances.masks.shape[1:] == (97, 131)
+
+
+def _seg_step(model, num_classes: int) -> None:
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    model.data_preprocessor.size = (96, 128)  # the crop size; tests stay small
+    inputs, samples = [], []
+    for _ in range(2):
+        h, w = 93, 121  # odd, smaller than the crop: padded by the preprocessor
+        inputs.append(torch.randint(0, 255, (3, h, w), dtype=torch.uint8))
+        sample = SegDataSample(gt_sem_seg=PixelData(data=torch.randint(0, num_classes, (1, h, w))))
+        sample.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w)))
+        samples.append(sample)
+    model.train()
+    losses = model(**model.data_preprocessor(dict(inputs=inputs, data_samples=samples), True), mode='loss')
+    parsed, _ = model.parse_losses(losses)
+    assert torch.isfinite(parsed)
+    parsed.backward()
+    assert model.backbone.patch_embed.conv1.conv.weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        preds = model(**model.data_preprocessor(dict(inputs=inputs, data_samples=samples), False), mode='predict')
+    assert preds[0].pred_sem_seg.data.shape == (1, 93, 121)
+    assert preds[0].seg_logits.data.shape[0] == num_classes
+
+
+@pytest.mark.parametrize('config', CONFIGS)
+def test_config_builds_trains_one_step_and_predicts(config):
+    cfg = Config.fromfile(str(REPO_ROOT / config))
+    assert 'evit_mm' in cfg.custom_imports['imports']
+    model = _build(cfg)
+    backbone = model.backbone
+    assert type(backbone).__name__ == 'EfficientViT'
+    if getattr(model, 'neck', None) is not None:
+        assert list(model.neck.in_channels) == backbone.out_channels
+    if cfg.default_scope == 'mmdet':
+        with_mask = 'mask_head' in cfg.model.get('roi_head', {})
+        head = cfg.model.get('bbox_head') or cfg.model.roi_head.bbox_head
+        _det_step(model, head.num_classes, with_mask)
+    elif cfg.default_scope == 'mmseg':
+        _seg_step(model, cfg.model.decode_head.num_classes)
+    else:
+        pytest.fail(f'no step test for scope {cfg.default_scope!r} ({config})')
+
+
+def test_official_recipe_in_retinanet_m4():
+    cfg = Config.fromfile(str(REPO_ROOT / 'configs/retinanet_evit_m4.py'))
+    assert cfg.optim_wrapper.optimizer.type == 'AdamW'
+    assert cfg.optim_wrapper.optimizer.lr == 1e-4 and cfg.optim_wrapper.optimizer.weight_decay == 0.05
+    assert cfg.optim_wrapper.paramwise_cfg.custom_keys['attention_biases']['decay_mult'] == 0.0
+    assert cfg.train_cfg.max_epochs == 12
+    assert cfg.param_scheduler[1].milestones == [8, 11] and cfg.param_scheduler[0].end == 500
+    assert cfg.train_dataloader.batch_size * 8 == cfg.auto_scale_lr.base_batch_size == 16
+    assert cfg.model.backbone.init_cfg.checkpoint.endswith('efficientvit_m4.pth')
+    assert cfg.train_pipeline[2].scale == (1333, 800)
+
+
+@pytest.mark.parametrize('arch', ['m0', 'm1', 'm2', 'm3', 'm5'])
+def test_thin_retinanet_configs_only_change_arch(arch):
+    base = Config.fromfile(str(REPO_ROOT / 'configs/retinanet_evit_m4.py'))
+    thin = Config.fromfile(str(REPO_ROOT / f'configs/retinanet_evit_{arch}.py'))
+    assert thin.model.backbone.arch == arch
+    assert thin.model.backbone.init_cfg.checkpoint.endswith(f'efficientvit_{arch}.pth')
+    assert thin.optim_wrapper == base.optim_wrapper and thin.param_scheduler == base.param_scheduler
+    assert Path(REPO_ROOT / f'configs/retinanet_evit_{arch}.py').read_text().count('\n') < 15

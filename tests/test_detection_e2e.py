@@ -1,0 +1,132 @@
+"""End-to-end detection runs on tiny generated COCO data: train, test, resume, torchrun, bad input."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from evit_mm.data.demo_coco import make_coco_demo
+from evit_mm.tools import test as test_tool
+from evit_mm.tools import train as train_tool
+from evit_mm.tools.preflight import PreflightError
+from tests.conftest import REPO_ROOT
+
+DEMO_CONFIG = str(REPO_ROOT / 'configs/demo/retinanet_evit_m0_coco_demo.py')
+
+
+@pytest.fixture(scope='module')
+def coco_root(tmp_path_factory) -> Path:
+    return make_coco_demo(tmp_path_factory.mktemp('coco'), num_train=16, num_val=4, size=(128, 128))
+
+
+def _options(root: Path, epochs: int = 1, **extra: str) -> list[str]:
+    ann = f'{root}/annotations/instances_val2017.json'
+    opts = {
+        'train_dataloader.dataset.data_root': f'{root}/', 'val_dataloader.dataset.data_root': f'{root}/',
+        'test_dataloader.dataset.data_root': f'{root}/', 'val_evaluator.ann_file': ann,
+        'test_evaluator.ann_file': ann, 'train_dataloader.num_workers': '0', 'val_dataloader.num_workers': '0',
+        'test_dataloader.num_workers': '0', 'train_dataloader.persistent_workers': 'False',
+        'val_dataloader.persistent_workers': 'False', 'test_dataloader.persistent_workers': 'False',
+        'train_cfg.max_epochs': str(epochs), 'train_cfg.val_interval': str(epochs),
+        'default_hooks.checkpoint.interval': '1', 'default_hooks.checkpoint.max_keep_ckpts': '-1',
+        'param_scheduler.1.T_max': str(epochs), 'param_scheduler.1.end': str(epochs),
+        'randomness.seed': '0', **extra}
+    return ['--cfg-options', *(f'{k}={v}' for k, v in opts.items())]
+
+
+def _metrics(work_dir: Path, key: str = 'coco/bbox_mAP') -> dict:
+    for path in sorted(work_dir.glob('*/*.json')):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if key in record:
+                return record
+    raise AssertionError(f'no {key} in {work_dir}')
+
+
+@pytest.mark.slow
+def test_train_then_test_writes_checkpoint_metrics_and_predictions(coco_root, tmp_path):
+    work = tmp_path / 'work'
+    assert train_tool.main([DEMO_CONFIG, '--work-dir', str(work), *_options(coco_root)]) == 0
+    ckpt = work / 'epoch_1.pth'
+    assert ckpt.is_file()
+    state = torch.load(ckpt)  # safe loading by default
+    assert any(k.startswith('backbone.stages.') for k in state['state_dict'])
+    test_dir = tmp_path / 'test'
+    out = tmp_path / 'preds.pkl'
+    assert test_tool.main([DEMO_CONFIG, str(ckpt), '--work-dir', str(test_dir), '--out', str(out),
+                           *_options(coco_root)]) == 0
+    metrics = _metrics(test_dir)
+    for name in ('mAP', 'mAP_50', 'mAP_75', 'mAP_s', 'mAP_m', 'mAP_l'):
+        assert 0.0 <= metrics[f'coco/bbox_{name}'] <= 1.0 or metrics[f'coco/bbox_{name}'] == -1.0
+    assert out.is_file() and out.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_resume_continues_from_saved_iteration(coco_root, tmp_path):
+    work = tmp_path / 'work'
+    train_tool.main([DEMO_CONFIG, '--work-dir', str(work), *_options(coco_root, epochs=1)])
+    first = torch.load(work / 'epoch_1.pth')
+    assert first['meta']['iter'] == 2  # 16 images, batch 8
+    train_tool.main([DEMO_CONFIG, '--work-dir', str(work), '--resume', *_options(coco_root, epochs=2)])
+    second = torch.load(work / 'epoch_2.pth')
+    assert second['meta']['epoch'] == 2 and second['meta']['iter'] == 4
+    logs = sorted(work.glob('*/*.log'), key=os.path.getmtime)[-1].read_text()
+    assert 'resumed epoch: 1, iter: 2' in logs
+    # The optimizer state was carried over: AdamW's step count kept growing instead of restarting.
+    steps = [v['step'] for v in second['optimizer']['state'].values()]
+    assert steps and all(float(s) == 4 for s in steps)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_keep_identical_weights(coco_root, tmp_path):
+    work = tmp_path / 'work'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29531',
+           str(REPO_ROOT / 'tests/dist_train_check.py'), DEMO_CONFIG, '--work-dir', str(work),
+           '--launcher', 'pytorch', *_options(coco_root)]
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rank0, rank1 = (torch.load(work / f'rank{r}_weights.pth') for r in (0, 1))
+    assert rank0.keys() == rank1.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    assert torch.load(work / 'epoch_1.pth')['meta']['iter'] == 1  # 16 images / (2 ranks x 8)
+
+
+def test_missing_dataset_stops_before_training(tmp_path):
+    with pytest.raises(PreflightError, match=r"data_root: folder '.*nowhere/' does not exist .*standard COCO layout"):
+        train_tool.main([DEMO_CONFIG, '--work-dir', str(tmp_path), '--cfg-options',
+                         f'train_dataloader.dataset.data_root={tmp_path}/nowhere/'])
+
+
+def test_wrong_num_classes_stops_before_training(coco_root, tmp_path):
+    with pytest.raises(PreflightError, match=r'model.bbox_head.num_classes is 80, but the dataset has 4 classes'):
+        train_tool.main([DEMO_CONFIG, '--work-dir', str(tmp_path),
+                         *_options(coco_root, **{'model.bbox_head.num_classes': '80'})])
+
+
+def test_unknown_arch_stops_before_training(coco_root, tmp_path):
+    with pytest.raises(ValueError, match=r"Unknown EfficientViT arch 'm7'; valid choices"):
+        train_tool.main([DEMO_CONFIG, '--work-dir', str(tmp_path),
+                         *_options(coco_root, **{'model.backbone.arch': 'm7'})])
+
+
+def test_arch_without_matching_neck_stops_before_training(coco_root, tmp_path):
+    with pytest.raises(PreflightError, match=r'neck expects in_channels=\[64, 128, 192\] but the backbone'):
+        train_tool.main([DEMO_CONFIG, '--work-dir', str(tmp_path),
+                         *_options(coco_root, **{'model.backbone.arch': 'm4'})])
+
+
+@pytest.mark.slow
+def test_checkpoint_of_another_arch_is_refused_by_test_tool(coco_root, tmp_path):
+    work = tmp_path / 'work'
+    train_tool.main([DEMO_CONFIG, '--work-dir', str(work), *_options(coco_root)])
+    with pytest.raises(PreflightError, match='does not fit this model.*another arch or task'):
+        test_tool.main([DEMO_CONFIG, str(work / 'epoch_1.pth'), '--work-dir', str(tmp_path / 't'),
+                        *_options(coco_root, **{'model.backbone.arch': 'm1',
+                                                'model.neck.in_channels': '[128,144,192]'})])

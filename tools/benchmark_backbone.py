@@ -1,0 +1,36 @@
+#!/usr/bin/env python
+"""CPU/GPU images/s of evit_mm's EfficientViT backbone against timm's (features_only, same weights),
+unfused and with the same Conv+BN fusion, measured interleaved in one run.
+
+    python tools/benchmark_backbone.py --arch m4 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from evit_mm.benchmark.backbone import compare, format_rows  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--arch', default='m4')
+    parser.add_argument('--shapes', nargs='+', default=['16x224x224', '1x800x1344'], help='BxHxW per case')
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--repeats', type=int, default=10)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shapes = tuple(tuple(int(v) for v in s.lower().split('x')) for s in args.shapes)
+    print(f'torch {torch.__version__}, {torch.get_num_threads()} CPU threads, fp32')
+    print(format_rows(compare(args.arch, shapes, args.warmup, args.repeats)))
+
+
+if __name__ == '__main__':
+    main()

@@ -35,7 +35,7 @@ def _options(root: Path, epochs: int = 1, **extra: str) -> list[str]:
         'train_cfg.max_epochs': str(epochs), 'train_cfg.val_interval': str(epochs),
         'default_hooks.checkpoint.interval': '1', 'default_hooks.checkpoint.max_keep_ckpts': '-1',
         'param_scheduler.1.T_max': str(epochs), 'param_scheduler.1.end': str(epochs),
-        'randomness.seed': '0', **extra}
+        'randomness.seed': '0', 'model.test_cfg.score_thr': '0.0', **extra}
     return ['--cfg-options', *(f'{k}={v}' for k, v in opts.items())]
 
 
@@ -92,7 +92,7 @@ def test_torchrun_two_processes_keep_identical_weights(coco_root, tmp_path):
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rank0, rank1 = (torch.load(work / f'rank{r}_weights.pth') for r in (0, 1))
-    assert rank0.keys() == rank1.keys()
+    assert rank0.keys() == rank1.keys() and len(rank0) > 100
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
     assert torch.load(work / 'epoch_1.pth')['meta']['iter'] == 1  # 16 images / (2 ranks x 8)

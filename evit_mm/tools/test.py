@@ -5,6 +5,7 @@ import argparse
 
 from mmengine.runner import Runner
 
+from ..engine import prepare_cpu_distributed
 from .config_options import add_common_arguments, apply_out, apply_show_dir, load_config
 from .preflight import check_backbone_neck, check_checkpoint_fits, run_preflight
 
@@ -29,6 +30,7 @@ def main(argv: list[str]) -> int:
     if args.out:
         apply_out(cfg, args.out)
     run_preflight(cfg, ('test_dataloader',))
+    prepare_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
     model = runner.model.module if hasattr(runner.model, 'module') else runner.model
     check_backbone_neck(model)

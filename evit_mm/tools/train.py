@@ -5,6 +5,7 @@ import argparse
 
 from mmengine.runner import Runner
 
+from ..engine import prepare_cpu_distributed
 from .config_options import add_common_arguments, apply_resume, enable_amp, enable_auto_scale_lr, load_config
 from .preflight import check_backbone_neck, check_checkpoint_fits, run_preflight
 
@@ -30,6 +31,7 @@ def main(argv: list[str]) -> int:
         enable_auto_scale_lr(cfg)
     apply_resume(cfg, args.resume)
     run_preflight(cfg, ('train_dataloader', 'val_dataloader'))
+    prepare_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
     model = runner.model.module if hasattr(runner.model, 'module') else runner.model
     check_backbone_neck(model)

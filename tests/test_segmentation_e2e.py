@@ -63,9 +63,9 @@ def test_train_then_test_reports_miou(ade_root, tmp_path):
 @pytest.mark.slow
 def test_slide_inference_on_odd_sizes(ade_root, tmp_path):
     work = tmp_path / 'work'
-    train_tool.main([DEMO_CONFIG, '--work-dir', str(work), *_options(ade_root, iters=1)])
+    train_tool.main([DEMO_CONFIG, '--work-dir', str(work), *_options(ade_root, iters=2)])
     assert test_tool.main([
-        DEMO_CONFIG, str(work / 'iter_1.pth'), '--work-dir', str(tmp_path / 'test'),
+        DEMO_CONFIG, str(work / 'iter_2.pth'), '--work-dir', str(tmp_path / 'test'),
         *_options(ade_root, **{'model.test_cfg.mode': 'slide', 'model.test_cfg.crop_size': '(96,96)',
                                'model.test_cfg.stride': '(64,64)'})]) == 0
     assert 'mIoU' in _metrics(tmp_path / 'test')

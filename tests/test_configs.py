@@ -22,6 +22,7 @@ def _build(cfg: Config):
     else:
         from mmengine.registry import MODELS
     cfg.model.backbone.init_cfg = None  # never reach the network in tests
+    cfg.model.init_cfg = None
     return MODELS.build(cfg.model)
 
 
@@ -67,6 +68,20 @@ def _seg_step(model, num_classes: int) -> None:
     assert preds[0].seg_logits.data.shape[0] == num_classes
 
 
+def _cls_step(model, num_classes: int) -> None:
+    data = dict(inputs=[torch.randn(3, 64, 80) for _ in range(4)], data_samples=[0, 1, 2, num_classes - 1])
+    model.train()
+    losses = model(**model.data_preprocessor(data, True), mode='loss')
+    parsed, _ = model.parse_losses(losses)
+    assert torch.isfinite(parsed)
+    parsed.backward()
+    model.eval()
+    with torch.no_grad():
+        preds = model(**model.data_preprocessor(data, False), mode='predict')
+    assert len(preds) == 4 and preds[0]['pred_score'].shape == (num_classes,)
+    torch.testing.assert_close(preds[0]['pred_score'].sum(), torch.tensor(1.0))
+
+
 @pytest.mark.parametrize('config', CONFIGS)
 def test_config_builds_trains_one_step_and_predicts(config):
     cfg = Config.fromfile(str(REPO_ROOT / config))
@@ -82,6 +97,8 @@ def test_config_builds_trains_one_step_and_predicts(config):
         _det_step(model, head.num_classes, with_mask)
     elif cfg.default_scope == 'mmseg':
         _seg_step(model, cfg.model.decode_head.num_classes)
+    elif cfg.default_scope == 'evit_mm':
+        _cls_step(model, cfg.model.num_classes)
     else:
         pytest.fail(f'no step test for scope {cfg.default_scope!r} ({config})')
 

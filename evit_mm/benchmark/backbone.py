@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 
 import timm
@@ -32,7 +33,10 @@ def build_pair(arch: str, img_size: int = 224) -> tuple[nn.Module, nn.Module]:
     ours = EfficientViT(arch, window_size=windows)
     ours.load_state_dict(to_backbone_state_dict(reference.state_dict()))
     features = timm.create_model(f'efficientvit_{arch}', pretrained=False, img_size=img_size, features_only=True)
-    features.load_state_dict(reference.state_dict(), strict=False)
+    # timm's FeatureListNet flattens the top-level modules: patch_embed.conv1 -> patch_embed_conv1, stages.0 -> stages_0
+    renamed = {re.sub(r'^(patch_embed|stages)\.(\w+)', r'\1_\2', k): v
+               for k, v in reference.state_dict().items() if not k.startswith('head.')}
+    features.load_state_dict(renamed)
     return ours.eval(), features.eval()
 
 
@@ -59,6 +63,9 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
     for batch, height, width in shapes:
         x = torch.randn(batch, 3, height, width)
         for fused, (a, b) in variants.items():
+            with torch.no_grad():  # same weights must give the same features before any timing counts
+                for u, v in zip(a(x), b(x), strict=True):
+                    torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-3)
             timings = time_interleaved({'ours': lambda: a(x), 'timm': lambda: b(x)}, batch, warmup, repeats)
             rows.append(Row(arch, (batch, height, width), fused, timings['ours'].images_per_second,
                             timings['timm'].images_per_second))

@@ -48,7 +48,7 @@ def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
     return 'unknown'
 
 
-def _official_key_to_timm(key: str) -> str:
+def official_key_to_timm(key: str) -> str:
     match = _PATCH_EMBED_KEY.match(key)
     if match:  # Sequential(conv, relu, conv, relu, ...): convs at 0, 2, 4, 6
         index, rest = int(match.group(1)), match.group(2)
@@ -96,7 +96,7 @@ def to_backbone_state_dict(checkpoint: Mapping[str, Any], prefix: str | None = N
                          'patch_embed.0.) or timm/evit_mm keys (stages., patch_embed.conv1.); '
                          f'first keys: {sorted(state_dict)[:5]}')
     if layout == 'official':
-        state_dict = {_official_key_to_timm(k): v for k, v in state_dict.items()}
+        state_dict = {official_key_to_timm(k): v for k, v in state_dict.items()}
     return {k: v for k, v in state_dict.items()
             if not k.startswith(_HEAD_PREFIXES) and not k.endswith('attention_bias_idxs')}
 

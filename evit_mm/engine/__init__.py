@@ -1,4 +1,6 @@
-"""Training-engine helpers (mmengine runs on CPU-only machines too)."""
+"""Training-engine helpers: CPU torchrun support, adaptive gradient clipping, repeated augmentation."""
+from .agc import AGCOptimWrapper
 from .cpu_distributed import CPUDistributedDataParallel, prepare_cpu_distributed
+from .samplers import RepeatAugSampler
 
-__all__ = ['CPUDistributedDataParallel', 'prepare_cpu_distributed']
+__all__ = ['AGCOptimWrapper', 'CPUDistributedDataParallel', 'RepeatAugSampler', 'prepare_cpu_distributed']

@@ -2,6 +2,7 @@
 and what would be right, instead of failing minutes later deep inside a data loader or a forward pass."""
 from __future__ import annotations
 
+import os
 import os.path as osp
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +14,7 @@ _LAYOUT_HINTS = {
                    'data/coco/{train,val}2017/; `make demo` writes a small one to data/coco_demo',
     'ADE20KDataset': 'the standard ADE20K layout: data/ade/ADEChallengeData2016/{images,annotations}/'
                      '{training,validation}',
+    'ImageFolderDataset': 'the ImageNet folder layout: data/imagenet/{train,val}/<class>/*.JPEG',
 }
 
 
@@ -66,7 +68,7 @@ def check_datasets(cfg: Config, loaders: tuple[str, ...] = ('train_dataloader', 
 
 
 def _num_classes_of_model(model: ConfigDict) -> list[tuple[str, int]]:
-    found = []
+    found = [('model.num_classes', model['num_classes'])] if 'num_classes' in model else []
     for head in ('bbox_head', 'decode_head', 'auxiliary_head', 'head'):
         cfg = model.get(head)
         if isinstance(cfg, dict) and 'num_classes' in cfg:
@@ -88,6 +90,8 @@ def _dataset_classes(ds: dict, scope: str | None) -> tuple[str, ...] | None:
     type_name = ds.get('type')
     if not isinstance(type_name, str):
         return None
+    if type_name == 'ImageFolderDataset' and osp.isdir(ds.get('data_root', '')):
+        return tuple(sorted(e.name for e in os.scandir(ds['data_root']) if e.is_dir()))
     try:
         dataset_cls = DATASETS.get(f'{scope}.{type_name}' if scope and '.' not in type_name else type_name)
     except Exception:  # noqa: BLE001 - unknown type: the runner will report it

@@ -24,7 +24,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     cfg = load_config(args)
-    cfg.load_from = args.checkpoint
+    cfg.load_from = None  # loaded below, after checking that it fits
     if args.show_dir:
         apply_show_dir(cfg, args.show_dir, args.wait_time)
     if args.out:
@@ -34,7 +34,11 @@ def main(argv: list[str]) -> int:
     runner = Runner.from_cfg(cfg)
     model = runner.model.module if hasattr(runner.model, 'module') else runner.model
     check_backbone_neck(model)
-    if args.checkpoint:
+    if hasattr(model, 'load_checkpoint'):
+        # classifiers read official/timm/evit_mm checkpoints themselves (strict, heads converted)
+        model.load_checkpoint(args.checkpoint)
+    else:
         check_checkpoint_fits(model, args.checkpoint)
+        runner.load_checkpoint(args.checkpoint)
     runner.test()
     return 0

@@ -1,0 +1,4 @@
+# EfficientViT-M2 classifier on ImageNet-1k: the official recipe of evit_m4_in1k.py with the M2 arch.
+_base_ = ['./evit_m4_in1k.py']
+
+model = dict(backbone=dict(arch='m2'))

@@ -1,0 +1,12 @@
+"""The backbone benchmark runs, checks equal outputs first, and reports positive throughputs (no timing asserts)."""
+from __future__ import annotations
+
+from evit_mm.benchmark.backbone import compare, format_rows
+
+
+def test_compare_runs_at_tiny_size():
+    rows = compare('m0', shapes=((2, 64, 96),), warmup=0, repeats=1)
+    assert [r.fused for r in rows] == [False, True]
+    assert all(r.ours > 0 and r.timm > 0 for r in rows)
+    table = format_rows(rows)
+    assert table.count('\n') == 3 and '| m0 | 2x64x96 | yes |' in table

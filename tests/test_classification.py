@@ -109,7 +109,7 @@ def _options(root: Path, epochs: int = 2, **extra: str) -> list[str]:
 
 
 def _top1(work_dir: Path) -> float:
-    for path in sorted(work_dir.glob('*/*.json')):
+    for path in sorted(work_dir.glob('**/*.json')):
         for line in path.read_text().splitlines():
             record = json.loads(line)
             if 'accuracy/top1' in record:
@@ -157,3 +157,15 @@ def test_missing_dataset_and_wrong_classes_stop_before_training(imagenet_root, t
     with pytest.raises(PreflightError, match=r'model.num_classes is 1000, but the dataset has 4 classes'):
         train_tool.main([DEMO_CONFIG, '--work-dir', str(tmp_path),
                          *_options(imagenet_root, **{'model.num_classes': '1000'})])
+
+
+def test_randaugment_posterize_at_full_magnitude_gives_black_image():
+    from PIL import Image
+    from timm.data import auto_augment
+
+    from evit_mm.compat import timm_posterize
+    timm_posterize.install()
+    image = Image.new('RGB', (8, 8), (200, 100, 50))
+    out = auto_augment.NAME_TO_OP['PosterizeIncreasing'](image, 0)
+    assert out.getpixel((0, 0)) == (0, 0, 0)
+    assert auto_augment.NAME_TO_OP['PosterizeIncreasing'](image, 4).getpixel((0, 0)) == (192, 96, 48)

@@ -7,7 +7,7 @@ data_root = 'data/coco_demo/'
 classes = ('circle', 'square', 'triangle', 'star')
 metainfo = dict(classes=classes)
 image_size = (256, 256)
-max_epochs = 24
+max_epochs = 12
 
 model = dict(
     data_preprocessor=dict(pad_size_divisor=64),

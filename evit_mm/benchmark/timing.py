@@ -37,18 +37,23 @@ def _sync(device: torch.device | None) -> None:
 
 @torch.inference_mode()
 def time_interleaved(candidates: Mapping[str, Callable[[], object]], images_per_call: int, warmup: int = 3,
-                     repeats: int = 10, device: torch.device | None = None) -> dict[str, Timing]:
+                     repeats: int = 10, device: torch.device | None = None,
+                     time_budget: float | None = None) -> dict[str, Timing]:
     """Time each candidate ``repeats`` times, round-robin (A, B, A, B, ...) after ``warmup`` calls each.
 
     Round-robin keeps slow drifts of the machine (other load, frequency changes) from favouring whichever
-    candidate happened to run first; medians are robust to the odd outlier.
+    candidate happened to run first; medians are robust to the odd outlier. With ``time_budget`` (seconds),
+    rounds continue until the budget is spent (at least 3 rounds), instead of a fixed ``repeats``.
     """
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
         _sync(device)
     latencies: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
+    began = time.perf_counter()
+    rounds = 0
+    while (rounds < repeats) if time_budget is None else (rounds < 3 or time.perf_counter() - began < time_budget):
+        rounds += 1
         for name, fn in candidates.items():
             _sync(device)
             start = time.perf_counter()

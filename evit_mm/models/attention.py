@@ -121,15 +121,17 @@ class LocalWindowAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         ws = self.window_size
-        if H == ws and W == ws:
+        # Shortcuts on sizes only in eager mode: a traced graph (ONNX export) must hold for every input size.
+        general = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        if not general and H == ws and W == ws:
             return self.attn(x)
         pad_b, pad_r = (-H) % ws, (-W) % ws
-        if pad_b or pad_r:
+        if general or pad_b or pad_r:
             x = F.pad(x, (0, pad_r, 0, pad_b))
         nh, nw = (H + pad_b) // ws, (W + pad_r) // ws
         windows = x.view(B, C, nh, ws, nw, ws).permute(0, 2, 4, 1, 3, 5).reshape(B * nh * nw, C, ws, ws)
         windows = self.attn(windows)
         x = windows.view(B, nh, nw, C, ws, ws).permute(0, 3, 1, 4, 2, 5).reshape(B, C, nh * ws, nw * ws)
-        if pad_b or pad_r:
+        if general or pad_b or pad_r:
             x = x[:, :, :H, :W]
         return x

@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description='Train and evaluate the demo detector on synthetic COCO data')
     parser.add_argument('--work-dir', default='work_dirs/demo')
     parser.add_argument('--data-root', default=DEMO_DATA)
-    parser.add_argument('--epochs', type=int, default=None, help='override the demo config (default 24)')
+    parser.add_argument('--epochs', type=int, default=None, help='override the demo config (default 12)')
     args = parser.parse_args(argv)
     make_coco_demo(args.data_root)
     options = [f'train_dataloader.dataset.data_root={args.data_root}/',

@@ -1,0 +1,147 @@
+"""``tools/benchmark.py``: how fast is a backbone or a whole detection/segmentation/classification pipeline on this
+machine, and where does the time go. Every target and mode runs in one invocation, so ratios are measured
+together."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+from mmengine.config import DictAction
+
+from .measure import DTYPES, MODES, Options, Result, backbone_gflops, measure, prepare
+from .targets import build_target
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description='Throughput of EfficientViT and baseline backbones and of whole pipelines, CPU or GPU.',
+        epilog='examples:\n'
+               '  tools/benchmark.py evit_m4 timm:efficientvit_m4 resnet50 swin-t --shape 224x224 --batch-size 16\n'
+               '  tools/benchmark.py configs/retinanet_evit_m4.py --modes predict --shape 800x1333 '
+               '--checkpoint ckpt.pth\n',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('targets', nargs='+', help='config files, evit_m0..evit_m5, resnet18, resnet50, swin-t, '
+                                               'timm:<model>')
+    p.add_argument('--modes', nargs='+', default=['backbone'], choices=MODES,
+                   help='backbone: backbone only; forward: model in tensor mode; predict: test_step with a '
+                        'per-stage breakdown; pipeline: data loading + test_step; onnx: backbone in ONNX Runtime')
+    p.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N')
+    p.add_argument('--batch-size', type=int, default=1)
+    p.add_argument('--shape', nargs='+', default=['224x224'], help='HxW, one or more')
+    p.add_argument('--dtype', choices=sorted(DTYPES), default='fp32', help='autocast precision')
+    p.add_argument('--channels-last', action='store_true')
+    p.add_argument('--compile', action='store_true', help='torch.compile the backbone')
+    p.add_argument('--deploy', action='store_true', help='fuse Conv+BN (switch_to_deploy) where supported')
+    p.add_argument('--threads', type=int, help='CPU threads (torch.set_num_threads)')
+    p.add_argument('--warmup', type=int, default=3)
+    p.add_argument('--repeats', type=int, default=10)
+    p.add_argument('--time-budget', type=float, help='seconds per measurement instead of a fixed --repeats')
+    p.add_argument('--checkpoint', help='weights for config targets (realistic post-processing times)')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override entries of config targets')
+    p.add_argument('--json', help='write results as JSON')
+    p.add_argument('--csv', help='write results as CSV')
+    p.add_argument('--plot', help='write a PNG of images/s against GFLOPs')
+    return p.parse_args(argv)
+
+
+def _parse_shape(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise ValueError(f'shape must be HxW, e.g. 800x1333, got {text!r}') from None
+    return h, w
+
+
+def format_table(results: list[Result]) -> str:
+    head = ('target', 'mode', 'batch', 'shape', 'img/s', 'p50 ms', 'p90 ms', 'p99 ms', 'peak MB', 'params M',
+            'GFLOPs')
+    rows = [head]
+    for r in results:
+        rows.append((r.target, r.mode + (' (deploy)' if r.deploy else ''), str(r.batch), r.shape,
+                     f'{r.images_per_s:.2f}', f'{r.latency_p50_ms:.1f}', f'{r.latency_p90_ms:.1f}',
+                     f'{r.latency_p99_ms:.1f}', f'{r.peak_memory_mb:.0f}', f'{r.params_m:.2f}',
+                     '-' if r.gflops is None else f'{r.gflops:.2f}'))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ['| ' + ' | '.join(c.ljust(w) for c, w in zip(row, widths)) + ' |' for row in rows]
+    lines.insert(1, '|' + '|'.join('-' * (w + 2) for w in widths) + '|')
+    breakdowns = [r for r in results if r.breakdown_ms]
+    if breakdowns:
+        lines += ['', '| target | shape | preprocess | backbone | neck | head | post-process | total (ms) |',
+                  '|---|---|---|---|---|---|---|---|']
+        for r in breakdowns:
+            b = r.breakdown_ms
+            lines.append(f'| {r.target} | {r.shape} | ' + ' | '.join(
+                f'{b[k]:.1f}' for k in ('preprocess', 'backbone', 'neck', 'head', 'postprocess', 'total')) + ' |')
+    return '\n'.join(lines)
+
+
+def write_outputs(results: list[Result], args: argparse.Namespace) -> None:
+    records = [r.as_dict() for r in results]
+    env = dict(torch=torch.__version__, device=args.device, threads=torch.get_num_threads(),
+               cpu=platform.processor() or platform.machine(), python=platform.python_version())
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(environment=env, results=records), indent=2))
+    if args.csv:
+        with open(args.csv, 'w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=[k for k in records[0] if k != 'breakdown_ms'] +
+                                    ['breakdown_ms'])
+            writer.writeheader()
+            for record in records:
+                writer.writerow(dict(record, breakdown_ms=json.dumps(record['breakdown_ms'])))
+    if args.plot:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in results:
+            if r.gflops is not None:
+                ax.scatter(r.gflops, r.images_per_s)
+                ax.annotate(f'{r.target} ({r.mode})', (r.gflops, r.images_per_s), fontsize=7)
+        ax.set(xlabel='GFLOPs (MACs) per image, backbone', ylabel='images/s',
+               title=f'{args.device}, batch {args.batch_size}, {args.dtype}')
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+        plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shapes = [_parse_shape(s) for s in args.shape]
+    results: list[Result] = []
+    jobs = [(t, m, s) for t in args.targets for s in shapes for m in args.modes]
+    print(f'torch {torch.__version__} | {args.device} | {torch.get_num_threads()} threads | {args.dtype}',
+          file=sys.stderr)
+    built = {}
+    for index, (spec, mode, (h, w)) in enumerate(jobs, 1):
+        if spec not in built:
+            target = build_target(spec, args.checkpoint if spec.endswith('.py') else None, args.cfg_options)
+            opts = Options(args.device, args.batch_size, h, w, args.dtype, args.channels_last, args.compile,
+                           args.deploy, args.warmup, args.repeats, args.time_budget)
+            device = prepare(target, opts)
+            for note in target.notes:
+                print(f'WARNING [{target.name}]: {note}', file=sys.stderr)
+            built[spec] = (target, device)
+        target, device = built[spec]
+        opts = Options(args.device, args.batch_size, h, w, args.dtype, args.channels_last, args.compile,
+                       args.deploy, args.warmup, args.repeats, args.time_budget)
+        print(f'[{index}/{len(jobs)}] {target.name}: {mode} at {args.batch_size}x{h}x{w} ...', file=sys.stderr,
+              flush=True)
+        result = measure(target, mode, opts, device)
+        result.gflops = backbone_gflops(_uncompiled(target.backbone), h, w) if mode in ('backbone', 'onnx') \
+            else None
+        print(f'    {result.images_per_s:.2f} img/s, p50 {result.latency_p50_ms:.1f} ms', file=sys.stderr)
+        results.append(result)
+    print(format_table(results))
+    write_outputs(results, args)
+    return 0
+
+
+def _uncompiled(module: torch.nn.Module) -> torch.nn.Module:
+    return getattr(module, '_orig_mod', module)

@@ -1,0 +1,38 @@
+"""``tools/get_flops.py``: parameters and FLOPs of a config's model (tensor mode) or a backbone at a shape."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from .targets import build_target
+from .tensor_mode import TensorMode
+
+
+def complexity(spec: str, height: int, width: int) -> dict:
+    """mmengine's counter on the model in tensor mode (for configs) or the backbone; FLOPs are MACs."""
+    from mmengine.analysis import get_model_complexity_info
+    target = build_target(spec)
+    module = TensorMode(target).eval()
+    with torch.no_grad():
+        info = get_model_complexity_info(module, inputs=(torch.randn(1, 3, height, width),), show_table=False,
+                                         show_arch=False)
+    backbone = get_model_complexity_info(target.backbone.eval(), input_shape=(3, height, width),
+                                         show_table=False, show_arch=False)
+    return dict(target=target.name, shape=f'{height}x{width}', gflops=info['flops'] / 1e9,
+                params_m=sum(p.numel() for p in target.model.parameters()) / 1e6,
+                backbone_gflops=backbone['flops'] / 1e9,
+                backbone_params_m=sum(p.numel() for p in target.backbone.parameters()) / 1e6)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description='Parameters and FLOPs (MACs) of a config or backbone')
+    parser.add_argument('target', help='config file, evit_m0..evit_m5, resnet50, swin-t, timm:<model>')
+    parser.add_argument('--shape', default='224x224', help='HxW')
+    args = parser.parse_args(argv)
+    height, width = (int(v) for v in args.shape.lower().split('x'))
+    c = complexity(args.target, height, width)
+    print(f"{c['target']} at {c['shape']} (tensor mode, no pre/post-processing):\n"
+          f"  whole model: {c['gflops']:.2f} GFLOPs (MACs), {c['params_m']:.2f} M parameters\n"
+          f"  backbone:    {c['backbone_gflops']:.2f} GFLOPs (MACs), {c['backbone_params_m']:.2f} M parameters")
+    return 0

@@ -1,0 +1,32 @@
+"""Synthetic inputs in the format each task's ``test_step`` and ``data_preprocessor`` expect."""
+from __future__ import annotations
+
+import torch
+
+
+def synthetic_batch(kind: str, batch: int, height: int, width: int, num_classes: int = 80) -> dict:
+    """A packed batch (before the data preprocessor) of random ``uint8`` images with test-time metadata."""
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
+              for _ in range(batch)]
+    meta = dict(img_shape=(height, width), ori_shape=(height, width), pad_shape=(height, width),
+                scale_factor=(1.0, 1.0), batch_input_shape=(height, width))
+    if kind == 'detector':
+        from mmdet.structures import DetDataSample
+        samples = []
+        for i in range(batch):
+            sample = DetDataSample()
+            sample.set_metainfo(dict(meta, img_id=i))
+            samples.append(sample)
+        return dict(inputs=images, data_samples=samples)
+    if kind == 'segmentor':
+        from mmseg.structures import SegDataSample
+        samples = []
+        for _ in range(batch):
+            sample = SegDataSample()
+            sample.set_metainfo(meta)
+            samples.append(sample)
+        return dict(inputs=images, data_samples=samples)
+    if kind == 'classifier':
+        return dict(inputs=[img.float() for img in images], data_samples=[0] * batch)
+    raise ValueError(f'no synthetic batch for {kind!r}')

@@ -1,0 +1,201 @@
+"""Throughput, latency, memory, parameters and FLOPs of backbones and whole pipelines, in one run."""
+from __future__ import annotations
+
+import contextlib
+import resource
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .inputs import synthetic_batch
+from .targets import Target
+from .timing import Timing, time_interleaved
+
+MODES = ('backbone', 'forward', 'predict', 'pipeline', 'onnx')
+DTYPES = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+@dataclass
+class Options:
+    device: str = 'cpu'
+    batch_size: int = 1
+    height: int = 224
+    width: int = 224
+    dtype: str = 'fp32'
+    channels_last: bool = False
+    compile: bool = False
+    deploy: bool = False
+    warmup: int = 3
+    repeats: int = 10
+    time_budget: float | None = None
+
+
+@dataclass
+class Result:
+    target: str
+    kind: str
+    mode: str
+    device: str
+    dtype: str
+    batch: int
+    shape: str
+    images_per_s: float
+    latency_p50_ms: float
+    latency_p90_ms: float
+    latency_p99_ms: float
+    peak_memory_mb: float
+    memory_kind: str
+    params_m: float
+    gflops: float | None
+    deploy: bool
+    trained: bool | None
+    breakdown_ms: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def count_params(module: torch.nn.Module) -> float:
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+def backbone_gflops(backbone: torch.nn.Module, height: int, width: int) -> float | None:
+    """Multiply-accumulates (G) of one image through the backbone, by mmengine's counter (None if it fails)."""
+    from mmengine.analysis import get_model_complexity_info
+    try:
+        info = get_model_complexity_info(backbone, input_shape=(3, height, width), show_table=False,
+                                         show_arch=False)
+    except Exception:  # noqa: BLE001 - some timm models do not trace; the table then shows no FLOPs
+        return None
+    return info['flops'] / 1e9
+
+
+def _autocast(device: str, dtype: str):
+    if DTYPES[dtype] is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=DTYPES[dtype])
+
+
+def _peak_memory(device: torch.device) -> tuple[float, str]:
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20, 'cuda allocator peak'
+    scale = 1 if sys.platform == 'darwin' else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2 ** 20, 'process peak RSS'
+
+
+def prepare(target: Target, opts: Options) -> torch.device:
+    """Move, fuse, convert and compile the target as the options say (in place)."""
+    device = torch.device(opts.device)
+    if opts.deploy and hasattr(target.backbone, 'switch_to_deploy'):
+        target.backbone.switch_to_deploy()
+    target.model.to(device)
+    if opts.channels_last:
+        target.model.to(memory_format=torch.channels_last)
+    if opts.compile:
+        compiled = torch.compile(target.backbone)
+        if target.model is target.backbone:
+            target.model = compiled
+        elif hasattr(target.model, 'backbone'):
+            target.model.backbone = compiled
+        target.backbone = compiled
+    return device
+
+
+def _callables(target: Target, mode: str, opts: Options, device: torch.device) -> dict[str, Callable[[], object]]:
+    b, h, w = opts.batch_size, opts.height, opts.width
+    x = torch.randn(b, 3, h, w, device=device)
+    if opts.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if mode == 'backbone':
+        return {'total': lambda: target.backbone(x)}
+    if target.kind == 'backbone':
+        raise ValueError(f'mode {mode!r} needs a config target (a detector, segmentor or classifier)')
+    model = target.model
+    packed = synthetic_batch(target.kind, b, h, w)
+    data = model.data_preprocessor(packed, False)
+    inputs, samples = data['inputs'], data['data_samples']
+    if opts.channels_last:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    if mode == 'forward':
+        return {'total': lambda: model(inputs, samples, mode='tensor')}
+    if mode == 'predict':
+        parts = {'total': lambda: model.test_step(packed),
+                 'preprocess': lambda: model.data_preprocessor(packed, False),
+                 'backbone': lambda: target.backbone(inputs),
+                 'forward': lambda: model(inputs, samples, mode='tensor')}
+        if getattr(model, 'neck', None) is not None:
+            parts['backbone+neck'] = lambda: model.extract_feat(inputs)
+        return parts
+    raise ValueError(f'unknown mode {mode!r}; choose from {MODES}')
+
+
+def _breakdown(timings: dict[str, Timing]) -> dict[str, float]:
+    ms = {name: t.median * 1e3 for name, t in timings.items()}
+    backbone = ms['backbone']
+    neck = max(ms.get('backbone+neck', backbone) - backbone, 0.0)
+    head = max(ms['forward'] - backbone - neck, 0.0)
+    post = max(ms['total'] - ms['preprocess'] - ms['forward'], 0.0)
+    return {'preprocess': ms['preprocess'], 'backbone': backbone, 'neck': neck, 'head': head,
+            'postprocess': post, 'total': ms['total']}
+
+
+def _pipeline_timing(target: Target, opts: Options, device: torch.device) -> Timing:
+    """Data loading from the config's test dataset + ``test_step``, per batch, in order."""
+    import time
+
+    from mmengine.runner import Runner
+
+    from ..tools.preflight import check_datasets
+    check_datasets(target.cfg, ('test_dataloader',))
+    loader_cfg = target.cfg.test_dataloader.copy()
+    loader_cfg['batch_size'] = opts.batch_size
+    loader = Runner.build_dataloader(loader_cfg)
+    latencies: list[float] = []
+    iterator = iter(loader)
+    total = opts.warmup + opts.repeats
+    with torch.inference_mode():
+        for i in range(total):
+            start = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                iterator = iter(loader)
+                batch = next(iterator)
+            target.model.test_step(batch)
+            if device.type == 'cuda':
+                torch.cuda.synchronize(device)
+            if i >= opts.warmup:
+                latencies.append(time.perf_counter() - start)
+    return Timing('total', latencies, opts.batch_size)
+
+
+def measure(target: Target, mode: str, opts: Options, device: torch.device) -> Result:
+    """Measure one target in one mode; all sub-timings of the mode are interleaved in one run."""
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    breakdown: dict[str, float] = {}
+    with _autocast(device.type, opts.dtype):
+        if mode == 'pipeline':
+            if target.cfg is None:
+                raise ValueError('mode pipeline needs a config target with a test dataset')
+            total = _pipeline_timing(target, opts, device)
+        elif mode == 'onnx':
+            from .onnx_runtime import onnx_backbone_timing
+            total = onnx_backbone_timing(target.backbone, opts)
+        else:
+            timings = time_interleaved(_callables(target, mode, opts, device), opts.batch_size, opts.warmup,
+                                       opts.repeats, device, opts.time_budget)
+            total = timings['total']
+            if mode == 'predict':
+                breakdown = _breakdown(timings)
+    peak, memory_kind = _peak_memory(device)
+    measured = target.backbone if mode in ('backbone', 'onnx') else target.model
+    return Result(
+        target=target.name, kind=target.kind, mode=mode, device=str(device), dtype=opts.dtype,
+        batch=opts.batch_size, shape=f'{opts.height}x{opts.width}', images_per_s=total.images_per_second,
+        latency_p50_ms=total.median * 1e3, latency_p90_ms=total.percentile(90) * 1e3,
+        latency_p99_ms=total.percentile(99) * 1e3, peak_memory_mb=peak, memory_kind=memory_kind,
+        params_m=count_params(measured), gflops=None, deploy=opts.deploy,
+        trained=None if target.kind == 'backbone' else target.trained, breakdown_ms=breakdown)

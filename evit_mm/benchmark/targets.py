@@ -1,0 +1,107 @@
+"""What the throughput tool can measure: a config (detector, segmentor, classifier) or a backbone by name."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+#: Backbone names accepted besides configs and ``timm:<model>``: evit_mm archs and mmdet baselines.
+MMDET_BASELINES: dict[str, dict] = {
+    'resnet18': dict(type='ResNet', depth=18, out_indices=(1, 2, 3)),
+    'resnet50': dict(type='ResNet', depth=50, out_indices=(1, 2, 3)),
+    'swin-t': dict(type='SwinTransformer', embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
+                   window_size=7, out_indices=(1, 2, 3)),
+}
+
+
+@dataclass
+class Target:
+    """A built model to measure."""
+
+    name: str
+    kind: str  # 'backbone', 'detector', 'segmentor', 'classifier'
+    model: nn.Module
+    backbone: nn.Module
+    cfg: Any = None
+    trained: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+class _TimmFeatures(nn.Module):
+    """timm model as a backbone: ``features_only`` where timm supports it."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        import timm
+        self.model = timm.create_model(name, pretrained=False, features_only=True)
+
+    def forward(self, x: torch.Tensor):
+        return self.model(x)
+
+
+def _backbone_target(name: str) -> Target:
+    lowered = name.lower()
+    if lowered.startswith('timm:'):
+        module = _TimmFeatures(name[5:])
+    elif lowered.startswith(('evit_', 'efficientvit_')) or lowered in ('m0', 'm1', 'm2', 'm3', 'm4', 'm5'):
+        from ..models import EfficientViT
+        module = EfficientViT(lowered.split('_')[-1])
+    elif lowered in MMDET_BASELINES:
+        from mmdet.registry import MODELS
+        from mmdet.utils import register_all_modules
+        register_all_modules(init_default_scope=False)
+        module = MODELS.build(dict(MMDET_BASELINES[lowered]))
+    else:
+        raise ValueError(f'unknown target {name!r}: give a config file (.py), an EfficientViT arch (evit_m0 ... '
+                         f'evit_m5), a baseline ({", ".join(MMDET_BASELINES)}) or timm:<model name>')
+    return Target(name, 'backbone', module.eval(), module.eval())
+
+
+def _config_target(path: str, checkpoint: str | None, cfg_options: dict | None = None) -> Target:
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    scope = cfg.get('default_scope', 'mmengine')
+    init_default_scope(scope)
+    if scope == 'mmdet':
+        from mmdet.registry import MODELS
+        kind = 'detector'
+    elif scope == 'mmseg':
+        from mmseg.registry import MODELS
+        kind = 'segmentor'
+    else:
+        from mmengine.registry import MODELS
+        kind = 'classifier'
+    if cfg.model.get('backbone', {}).get('init_cfg') is not None:
+        cfg.model.backbone.init_cfg = None  # weights come from --checkpoint, never from the network
+    cfg.model.pop('pretrained', None)
+    model = MODELS.build(cfg.model)
+    notes = []
+    if checkpoint:
+        if hasattr(model, 'load_checkpoint'):
+            model.load_checkpoint(checkpoint)
+        else:
+            from mmengine.runner import load_checkpoint
+            load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    else:
+        notes.append('untrained weights: post-processing time depends on how many candidates pass the score '
+                     'threshold; pass --checkpoint for breakdowns that reflect a real model')
+    name = os.path.splitext(os.path.basename(path))[0]
+    return Target(name, kind, model.eval(), model.backbone, cfg=cfg, trained=bool(checkpoint), notes=notes)
+
+
+def build_target(spec: str, checkpoint: str | None = None, cfg_options: dict | None = None) -> Target:
+    """``spec``: a config path, ``evit_m4``, ``resnet50``, ``swin-t`` or ``timm:<name>``; ``cfg_options``
+    override config entries (mmengine's ``--cfg-options``)."""
+    if spec.endswith('.py'):
+        if not os.path.isfile(spec):
+            raise FileNotFoundError(f'config not found: {spec!r}')
+        return _config_target(spec, checkpoint, cfg_options)
+    if checkpoint:
+        raise ValueError('--checkpoint applies to configs, not to backbone names')
+    return _backbone_target(spec)

@@ -1,0 +1,38 @@
+"""``tools/export_onnx.py``: ONNX export of a backbone or of a config's model in tensor mode, checked with ORT."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..benchmark.targets import build_target
+from ..benchmark.tensor_mode import TensorMode
+from .onnx_export import check_onnx, export_onnx
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description='Export to ONNX (dynamic batch/height/width) and verify')
+    parser.add_argument('target', help='config file or evit_m0..evit_m5')
+    parser.add_argument('output', help='.onnx file')
+    parser.add_argument('--checkpoint', help='weights for a config target')
+    parser.add_argument('--shape', default='224x224', help='HxW used for tracing')
+    parser.add_argument('--deploy', action='store_true', help='fuse Conv+BN before exporting')
+    parser.add_argument('--opset', type=int, default=17)
+    parser.add_argument('--atol', type=float, default=1e-3, help='largest accepted ORT-PyTorch difference')
+    args = parser.parse_args(argv)
+    target = build_target(args.target, args.checkpoint)
+    if target.kind == 'detector' and getattr(target.model, 'with_rpn', False):
+        raise ValueError('two-stage detectors (RPN + RoI heads) are not exported in tensor mode; export the '
+                         'backbone (evit_m*) or a single-stage detector/segmentor/classifier')
+    if args.deploy and hasattr(target.backbone, 'switch_to_deploy'):
+        target.backbone.switch_to_deploy()
+    module = TensorMode(target).eval()
+    height, width = (int(v) for v in args.shape.lower().split('x'))
+    names = export_onnx(module, torch.randn(1, 3, height, width), args.output, opset=args.opset)
+    checks = [torch.randn(1, 3, height, width), torch.randn(2, 3, height + 37, width - 19)]
+    errors = check_onnx(args.output, module, checks)
+    sizes = ', '.join(f'{tuple(x.shape)}: {e:.2e}' for x, e in zip(checks, errors))
+    print(f'wrote {args.output} ({len(names)} outputs); max |ORT - PyTorch| at {sizes}')
+    if max(errors) > args.atol:
+        raise SystemExit(f'ONNX outputs differ from PyTorch by more than {args.atol}')
+    return 0

@@ -1,0 +1,100 @@
+"""The throughput tool: every mode runs on CPU at tiny sizes and writes JSON/CSV/PNG with the documented fields;
+ONNX export matches PyTorch; FLOPs are counted. No timing is asserted."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from evit_mm.benchmark import cli
+from evit_mm.benchmark.flops import complexity
+from evit_mm.data.demo_coco import make_coco_demo
+from evit_mm.deploy import cli as export_cli
+from tests.conftest import REPO_ROOT
+
+DET_DEMO = str(REPO_ROOT / 'configs/demo/retinanet_evit_m0_coco_demo.py')
+SEG_DEMO = str(REPO_ROOT / 'configs/demo/fpn_evit_m0_ade20k_demo.py')
+FIELDS = {'target', 'kind', 'mode', 'device', 'dtype', 'batch', 'shape', 'images_per_s', 'latency_p50_ms',
+          'latency_p90_ms', 'latency_p99_ms', 'peak_memory_mb', 'memory_kind', 'params_m', 'gflops', 'deploy',
+          'trained', 'breakdown_ms'}
+
+
+def _run(tmp_path, *args: str) -> list[dict]:
+    out = tmp_path / 'r.json'
+    assert cli.main([*args, '--warmup', '1', '--repeats', '2', '--json', str(out), '--csv',
+                     str(tmp_path / 'r.csv'), '--threads', '2']) == 0
+    data = json.loads(out.read_text())
+    assert data['environment']['threads'] == 2
+    rows = list(csv.DictReader(open(tmp_path / 'r.csv')))
+    assert len(rows) == len(data['results'])
+    for record in data['results']:
+        assert set(record) == FIELDS
+        assert record['images_per_s'] > 0 and record['latency_p50_ms'] > 0 and record['peak_memory_mb'] > 0
+        assert record['latency_p50_ms'] <= record['latency_p90_ms'] <= record['latency_p99_ms']
+    return data['results']
+
+
+def test_backbone_mode_with_baselines_and_plot(tmp_path):
+    results = _run(tmp_path, 'evit_m0', 'resnet18', 'timm:efficientvit_m0', '--shape', '64x96', '--batch-size', '2',
+                   '--deploy', '--plot', str(tmp_path / 'p.png'))
+    assert [r['target'] for r in results] == ['evit_m0', 'resnet18', 'timm:efficientvit_m0']
+    assert all(r['gflops'] and r['gflops'] > 0 for r in results)
+    assert (tmp_path / 'p.png').stat().st_size > 1000
+
+
+def test_forward_and_predict_modes_with_breakdown(tmp_path, capsys):
+    results = _run(tmp_path, DET_DEMO, SEG_DEMO, '--modes', 'forward', 'predict', '--shape', '96x128')
+    predict = [r for r in results if r['mode'] == 'predict']
+    assert len(predict) == 2 and all(r['trained'] is False for r in predict)
+    for r in predict:
+        b = r['breakdown_ms']
+        assert set(b) == {'preprocess', 'backbone', 'neck', 'head', 'postprocess', 'total'}
+        assert b['backbone'] > 0 and b['total'] >= b['backbone']
+    captured = capsys.readouterr()
+    assert 'untrained weights' in captured.err and '| post-process |' in captured.out
+
+
+def test_pipeline_mode_loads_data(tmp_path):
+    root = make_coco_demo(tmp_path / 'coco', num_train=2, num_val=4, size=(96, 128))
+    results = _run(tmp_path, DET_DEMO, '--modes', 'pipeline', '--shape', '96x128', '--batch-size', '2',
+                   '--checkpoint', _tiny_checkpoint(tmp_path), '--cfg-options',
+                   f'test_dataloader.dataset.data_root={root}/', 'test_dataloader.num_workers=0',
+                   'test_dataloader.persistent_workers=False')
+    assert results[0]['mode'] == 'pipeline' and results[0]['trained'] is True
+    assert root.is_dir()
+
+
+def _tiny_checkpoint(tmp_path) -> str:
+    import torch
+    from mmengine.config import Config
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+    cfg = Config.fromfile(DET_DEMO)
+    init_default_scope('mmdet')
+    model = MODELS.build(cfg.model)
+    path = tmp_path / 'det.pth'
+    torch.save({'state_dict': model.state_dict()}, path)
+    return str(path)
+
+
+def test_onnx_runtime_mode(tmp_path):
+    results = _run(tmp_path, 'evit_m0', '--modes', 'onnx', '--shape', '64x64')
+    assert results[0]['mode'] == 'onnx'
+
+
+def test_unknown_target_is_explained():
+    with pytest.raises(ValueError, match=r"unknown target 'vgg16'.*evit_m0 \.\.\. evit_m5"):
+        cli.main(['vgg16'])
+
+
+@pytest.mark.parametrize('target', ['evit_m0', DET_DEMO, SEG_DEMO])
+def test_onnx_export_matches_pytorch(tmp_path, target, capsys):
+    assert export_cli.main([target, str(tmp_path / 'm.onnx'), '--shape', '96x128', '--atol', '1e-3']) == 0
+    assert 'max |ORT - PyTorch|' in capsys.readouterr().out
+
+
+def test_flops_of_config_and_backbone():
+    c = complexity(DET_DEMO, 224, 224)
+    assert c['gflops'] > c['backbone_gflops'] > 0
+    assert complexity('evit_m4', 224, 224)['backbone_gflops'] == pytest.approx(0.30, abs=0.02)  # paper: 299M

@@ -46,6 +46,9 @@ if [ ! -f "$ENV_DIR/.stack-installed" ]; then
   "$ENV_DIR/bin/python" -m pip install -r "$STACK"
   touch "$ENV_DIR/.stack-installed"
 fi
+if [ -e "$ROOT/.venv" ] && [ ! -L "$ROOT/.venv" ]; then
+  die "$ROOT/.venv exists and is not the link make setup manages; move it away (or use it directly: see README, 'Already have an OpenMMLab environment?')"
+fi
 ln -sfn "$ENV_DIR" "$ROOT/.venv"
 PY="$ROOT/.venv/bin/python"
 

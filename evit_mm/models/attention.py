@@ -92,7 +92,8 @@ class CascadedGroupAttention(nn.Module):
             q, k, v = qkv(feat).split([self.key_dim, self.key_dim, self.val_dim], dim=1)
             q = dw(q)
             q, k, v = q.flatten(2), k.flatten(2), v.flatten(2)
-            attn = (q.transpose(-2, -1) @ k) * self.scale + bias[i]
+            # bias + scale * q^T k in one kernel (same values as scaling the product, then adding the bias)
+            attn = torch.baddbmm(bias[i].expand(q.shape[0], -1, -1), q.transpose(-2, -1), k, alpha=self.scale)
             attn = attn.softmax(dim=-1)
             feat = (v @ attn.transpose(-2, -1)).view(B, self.val_dim, H, W)
             outputs.append(feat)

@@ -163,6 +163,9 @@ class EfficientViT(BaseModule):
             prediction geometry of the official downstream code; :data:`CLASSIFICATION_WINDOWS` ``(7, 7, 4)``
             is what the official classifier and timm compute at 224x224. Checkpoint bias tables are resized
             bicubically when they were trained with another window. Defaults to 7.
+        channels_last: Run on channels-last (NHWC) memory. Same values; oneDNN's depthwise and 1x1 convolutions
+            run faster on it (measured +6% at 16x224x224 and +15% at 1x800x1344 on CPU, docs/benchmarks.md).
+            Outputs are then channels-last tensors. Defaults to True.
         pretrained: Deprecated; use ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
         init_cfg: Initialisation config. ``type='Pretrained'`` accepts official (``{'model': ...}``), timm and
             evit_mm checkpoints (local path or URL), converted automatically. Defaults to None.
@@ -178,6 +181,7 @@ class EfficientViT(BaseModule):
         with_cp: bool = False,
         drop_path_rate: float = 0.0,
         window_size: int | Sequence[int] = 7,
+        channels_last: bool = True,
         pretrained: str | None = None,
         init_cfg: dict | list[dict] | None = None,
     ) -> None:
@@ -202,6 +206,7 @@ class EfficientViT(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
+        self.channels_last = channels_last
         self.window_sizes = _per_stage(window_size, n, 'window_size')
 
         self.patch_embed = PatchEmbed(in_channels, spec.embed_dims[0])
@@ -283,6 +288,8 @@ class EfficientViT(BaseModule):
         if x.shape[2] < PatchEmbed.stride or x.shape[3] < PatchEmbed.stride:
             raise ValueError(f'EfficientViT needs images of at least {PatchEmbed.stride}x{PatchEmbed.stride} '
                              f'pixels, got {x.shape[2]}x{x.shape[3]}')
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.patch_embed(x)
         outs = []
         last = self.out_indices[-1]

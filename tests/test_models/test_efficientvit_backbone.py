@@ -214,4 +214,4 @@ def test_channels_last_path_matches_contiguous_path(training):
     b = plain(x)
     assert a[0].is_contiguous(memory_format=torch.channels_last)
     for u, v in zip(a, b):
-        torch.testing.assert_close(u, v, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-4)  # training: BN batch statistics round differently

@@ -130,9 +130,13 @@ class LocalWindowAttention(nn.Module):
         if general or pad_b or pad_r:
             x = F.pad(x, (0, pad_r, 0, pad_b))
         nh, nw = (H + pad_b) // ws, (W + pad_r) // ws
-        windows = x.view(B, C, nh, ws, nw, ws).permute(0, 2, 4, 1, 3, 5).reshape(B * nh * nw, C, ws, ws)
+        # Partition through an NHWC view: for channels-last input (the backbone's default) the windows come out
+        # channels-last as well, so the convolutions inside never reorder memory.
+        windows = x.permute(0, 2, 3, 1).reshape(B, nh, ws, nw, ws, C).transpose(2, 3)
+        windows = windows.reshape(B * nh * nw, ws, ws, C).permute(0, 3, 1, 2)
         windows = self.attn(windows)
-        x = windows.view(B, nh, nw, C, ws, ws).permute(0, 3, 1, 4, 2, 5).reshape(B, C, nh * ws, nw * ws)
+        x = windows.permute(0, 2, 3, 1).reshape(B, nh, nw, ws, ws, C).transpose(2, 3)
+        x = x.reshape(B, nh * ws, nw * ws, C)
         if general or pad_b or pad_r:
-            x = x[:, :, :H, :W]
-        return x
+            x = x[:, :H, :W]
+        return x.permute(0, 3, 1, 2)

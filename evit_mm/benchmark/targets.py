@@ -57,7 +57,8 @@ def _backbone_target(name: str) -> Target:
     else:
         raise ValueError(f'unknown target {name!r}: give a config file (.py), an EfficientViT arch (evit_m0 ... '
                          f'evit_m5), a baseline ({", ".join(MMDET_BASELINES)}) or timm:<model name>')
-    return Target(name, 'backbone', module.eval(), module.eval())
+    module.eval()  # not chained: some mmdet backbones' train() returns None
+    return Target(name, 'backbone', module, module)
 
 
 def _config_target(path: str, checkpoint: str | None, cfg_options: dict | None = None) -> Target:
@@ -92,7 +93,8 @@ def _config_target(path: str, checkpoint: str | None, cfg_options: dict | None =
         notes.append('untrained weights: post-processing time depends on how many candidates pass the score '
                      'threshold; pass --checkpoint for breakdowns that reflect a real model')
     name = os.path.splitext(os.path.basename(path))[0]
-    return Target(name, kind, model.eval(), model.backbone, cfg=cfg, trained=bool(checkpoint), notes=notes)
+    model.eval()
+    return Target(name, kind, model, model.backbone, cfg=cfg, trained=bool(checkpoint), notes=notes)
 
 
 def build_target(spec: str, checkpoint: str | None = None, cfg_options: dict | None = None) -> Target:

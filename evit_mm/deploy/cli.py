@@ -28,8 +28,16 @@ def main(argv: list[str]) -> int:
         target.backbone.switch_to_deploy()
     module = TensorMode(target).eval()
     height, width = (int(v) for v in args.shape.lower().split('x'))
-    names = export_onnx(module, torch.randn(1, 3, height, width), args.output, opset=args.opset)
-    checks = [torch.randn(1, 3, height, width), torch.randn(2, 3, height + 37, width - 19)]
+    # mmseg's decode heads compute upsampling sizes with Python ints, which tracing freezes: a segmentor's graph
+    # holds for the export size only (dynamic batch); backbones, detectors and classifiers take any size.
+    dynamic_hw = target.kind != 'segmentor'
+    if not dynamic_hw:
+        print(f'note: segmentor exported for {height}x{width} inputs only (mmseg heads fix their upsampling '
+              'sizes when traced); export once per input size')
+    names = export_onnx(module, torch.randn(1, 3, height, width), args.output, opset=args.opset,
+                        dynamic_hw=dynamic_hw)
+    checks = [torch.randn(1, 3, height, width),
+              torch.randn(2, 3, height + 37, width - 19) if dynamic_hw else torch.randn(2, 3, height, width)]
     errors = check_onnx(args.output, module, checks)
     sizes = ', '.join(f'{tuple(x.shape)}: {e:.2e}' for x, e in zip(checks, errors))
     print(f'wrote {args.output} ({len(names)} outputs); max |ORT - PyTorch| at {sizes}')

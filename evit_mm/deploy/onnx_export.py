@@ -31,8 +31,10 @@ class _FlatOutputs(nn.Module):
         return tuple(_flatten(self.module(x)))
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike, opset: int = 17) -> list[str]:
-    """Export ``model(x)`` to ONNX with dynamic batch, height and width (TorchScript-based exporter).
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike, opset: int = 17,
+                dynamic_hw: bool = True) -> list[str]:
+    """Export ``model(x)`` to ONNX with dynamic batch (and height and width unless ``dynamic_hw=False``),
+    with the TorchScript-based exporter.
 
     Returns:
         The output names, one per tensor of the flattened output.
@@ -41,7 +43,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
     with torch.no_grad():
         count = len(wrapped(example))
     names = [f'output_{i}' for i in range(count)]
-    dynamic = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
+    dynamic = {'input': {0: 'batch', 2: 'height', 3: 'width'} if dynamic_hw else {0: 'batch'}}
     dynamic.update({name: {0: 'batch'} for name in names})
     torch.onnx.export(wrapped, (example,), os.fspath(path), input_names=['input'], output_names=names,
                       dynamic_axes=dynamic, opset_version=opset, dynamo=False)

@@ -98,3 +98,10 @@ def test_flops_of_config_and_backbone():
     c = complexity(DET_DEMO, 224, 224)
     assert c['gflops'] > c['backbone_gflops'] > 0
     assert complexity('evit_m4', 224, 224)['backbone_gflops'] == pytest.approx(0.30, abs=0.02)  # paper: 299M
+
+
+@pytest.mark.parametrize('config', ['retinanet_r50_fpn_coco.py', 'fpn_r50_ade20k.py'])
+def test_baseline_configs_build_offline(config):
+    from evit_mm.benchmark.targets import build_target
+    target = build_target(str(REPO_ROOT / 'configs/baselines' / config))
+    assert type(target.backbone).__name__.startswith('ResNet') and not target.trained

@@ -9,7 +9,7 @@ _base_ = ['../evit_m4_in1k.py']
 arch = 'm0'
 num_classes = 4
 data_root = 'data/imagenet_demo/'
-epochs = 12
+epochs = 60
 model = dict(
     backbone=dict(arch=arch),
     num_classes=num_classes,
@@ -26,7 +26,7 @@ val_dataloader = dict(
 test_dataloader = val_dataloader
 val_evaluator = dict(topk=(1, 2))
 test_evaluator = val_evaluator
-optim_wrapper = dict(optimizer=dict(lr=2e-3))
+optim_wrapper = dict(optimizer=dict(lr=4e-3))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=True, begin=0, end=1, convert_to_iter_based=True),
     dict(type='CosineAnnealingLR', T_max=epochs - 1, eta_min=1e-5, by_epoch=True, begin=1, end=epochs,

@@ -9,7 +9,7 @@ data_root = 'data/ade_demo/ADEChallengeData2016'
 classes = ('background', 'circle', 'square', 'triangle', 'star')
 metainfo = dict(classes=classes, palette=[[0, 0, 0], [220, 20, 60], [0, 160, 0], [0, 80, 220], [230, 190, 0]])
 crop_size = (192, 192)
-max_iters = 1500
+max_iters = 600
 
 model = dict(
     data_preprocessor=dict(size=crop_size),

@@ -5,23 +5,21 @@ import argparse
 
 import torch
 
+from .flop_count import count_macs
 from .targets import build_target
 from .tensor_mode import TensorMode
 
 
 def complexity(spec: str, height: int, width: int) -> dict:
     """mmengine's counter on the model in tensor mode (for configs) or the backbone; FLOPs are MACs."""
-    from mmengine.analysis import get_model_complexity_info
     target = build_target(spec)
     module = TensorMode(target).eval()
+    x = torch.randn(1, 3, height, width)
     with torch.no_grad():
-        info = get_model_complexity_info(module, inputs=(torch.randn(1, 3, height, width),), show_table=False,
-                                         show_arch=False)
-    backbone = get_model_complexity_info(target.backbone.eval(), input_shape=(3, height, width),
-                                         show_table=False, show_arch=False)
-    return dict(target=target.name, shape=f'{height}x{width}', gflops=info['flops'] / 1e9,
+        total, backbone = count_macs(module, (x,)), count_macs(target.backbone, (x,))
+    return dict(target=target.name, shape=f'{height}x{width}', gflops=total / 1e9,
                 params_m=sum(p.numel() for p in target.model.parameters()) / 1e6,
-                backbone_gflops=backbone['flops'] / 1e9,
+                backbone_gflops=backbone / 1e9,
                 backbone_params_m=sum(p.numel() for p in target.backbone.parameters()) / 1e6)
 
 

@@ -105,13 +105,13 @@ def test_runner_resumes_with_safe_loading(tmp_path):
     from tests.tiny_runner import build_runner
     runner, first = build_runner(tmp_path, max_epochs=2)
     runner.train()
-    assert first.iters == list(range(1, 9))
+    assert first.iters == list(range(8))  # runner.iter before its increment, in after_train_iter
     saved = torch.load(tmp_path / 'epoch_2.pth')  # torch's default: weights_only=True
     assert saved['meta']['epoch'] == 2 and saved['meta']['iter'] == 8 and 'message_hub' in saved
 
     resumed, second = build_runner(tmp_path, max_epochs=3, resume=True)
     resumed.train()
-    assert second.iters == [9, 10, 11, 12], 'the resumed run must continue from the saved iteration'
+    assert second.iters == [8, 9, 10, 11], 'the resumed run must continue from the saved iteration'
     start_state = second.optimizer_state_at_start['state']
     for key, value in saved['optimizer']['state'].items():
         for name in ('exp_avg', 'exp_avg_sq', 'step'):

@@ -1,6 +1,7 @@
 """A tiny mmengine training setup for resume tests: a linear model, 8 samples, batch 2 (4 iterations/epoch)."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -40,7 +41,7 @@ class RecordingHook(Hook):
         self.optimizer_state_at_start: dict | None = None
 
     def before_train(self, runner) -> None:
-        self.optimizer_state_at_start = runner.optim_wrapper.optimizer.state_dict()
+        self.optimizer_state_at_start = copy.deepcopy(runner.optim_wrapper.optimizer.state_dict())
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
         self.iters.append(runner.iter)

@@ -10,9 +10,9 @@ from torch import nn
 
 #: Backbone names accepted besides configs and ``timm:<model>``: evit_mm archs and mmdet baselines.
 MMDET_BASELINES: dict[str, dict] = {
-    'resnet18': dict(type='ResNet', depth=18, out_indices=(1, 2, 3)),
-    'resnet50': dict(type='ResNet', depth=50, out_indices=(1, 2, 3)),
-    'swin-t': dict(type='SwinTransformer', embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
+    'resnet18': dict(type='mmdet.ResNet', depth=18, out_indices=(1, 2, 3)),
+    'resnet50': dict(type='mmdet.ResNet', depth=50, out_indices=(1, 2, 3)),
+    'swin-t': dict(type='mmdet.SwinTransformer', embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
                    window_size=7, out_indices=(1, 2, 3)),
 }
 
@@ -53,7 +53,7 @@ def _backbone_target(name: str) -> Target:
         from mmdet.registry import MODELS
         from mmdet.utils import register_all_modules
         register_all_modules(init_default_scope=False)
-        module = MODELS.build(dict(MMDET_BASELINES[lowered]))
+        module = MODELS.build(dict(MMDET_BASELINES[lowered]))  # 'mmdet.' types: whatever the default scope
     else:
         raise ValueError(f'unknown target {name!r}: give a config file (.py), an EfficientViT arch (evit_m0 ... '
                          f'evit_m5), a baseline ({", ".join(MMDET_BASELINES)}) or timm:<model name>')

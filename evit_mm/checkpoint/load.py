@@ -25,12 +25,13 @@ def _list(keys: list[str], limit: int = 12) -> str:
     return shown + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
 
 
-def adapt_state_dict(target: Mapping[str, torch.Tensor],
-                     source: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+def adapt_state_dict(target: Mapping[str, torch.Tensor], source: Mapping[str, torch.Tensor],
+                     adapt_shapes: bool = True) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Match ``source`` tensors to the ``target`` state dict's keys and shapes.
 
-    Attention-bias tables trained with another window are resized bicubically; 2-D weights are reshaped
-    where the target has 1x1 convolutions. Anything else that is missing or mis-shaped raises.
+    With ``adapt_shapes``, attention-bias tables trained with another window are resized bicubically and 2-D
+    weights are reshaped where the target has 1x1 convolutions. Anything else that is missing or mis-shaped
+    raises.
 
     Returns:
         The adapted state dict (target keys only) and the sorted list of unused source keys.
@@ -47,6 +48,9 @@ def adapt_state_dict(target: Mapping[str, torch.Tensor],
             continue
         value = source[key]
         if value.shape != expected.shape:
+            if not adapt_shapes:
+                mismatched.append(f'{key}: checkpoint {tuple(value.shape)} vs model {tuple(expected.shape)}')
+                continue
             if key.endswith('attention_biases') and value.dim() == 2 and value.shape[0] == expected.shape[0]:
                 value = resize_attention_biases(value, round(expected.shape[1] ** 0.5))
             elif value.dim() == 2 and expected.dim() == 4 and expected.shape[2:] == (1, 1) \
@@ -63,7 +67,7 @@ def adapt_state_dict(target: Mapping[str, torch.Tensor],
         if mismatched:
             parts.append(f'{len(mismatched)} shape mismatches: {_list(mismatched, 6)}')
         raise CheckpointMismatchError(
-            'checkpoint does not fit the model (another arch or task?); ' + '; '.join(parts))
+            f'checkpoint does not fit the model ({len(target)} weights; another arch or task?): ' + '; '.join(parts))
     unused = sorted(set(source) - set(target))
     return adapted, unused
 

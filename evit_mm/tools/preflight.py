@@ -138,19 +138,10 @@ def run_preflight(cfg: Config, loaders: tuple[str, ...]) -> None:
 def check_checkpoint_fits(model: Any, checkpoint: str) -> None:
     """A checkpoint given to test or fine-tune (``load_from``) must hold every weight of the model with its
     shape; mmengine would otherwise load it partially with only a warning (another arch, another task)."""
-    from ..checkpoint import read_checkpoint, unwrap_state_dict
-    state = unwrap_state_dict(read_checkpoint(checkpoint))
-    target = model.state_dict()
-    missing = [k for k in target if k not in state and not k.endswith('num_batches_tracked')]
-    mismatched = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}'
-                  for k, v in target.items() if k in state and state[k].shape != v.shape]
-    if missing or mismatched:
-        detail = []
-        if missing:
-            detail.append(f'{len(missing)} of the model\'s {len(target)} weights missing (first: {missing[:4]})')
-        if mismatched:
-            detail.append(f'{len(mismatched)} with other shapes (first: {mismatched[:3]})')
+    from ..checkpoint import CheckpointMismatchError, adapt_state_dict, read_checkpoint, unwrap_state_dict
+    try:
+        adapt_state_dict(model.state_dict(), unwrap_state_dict(read_checkpoint(checkpoint)), adapt_shapes=False)
+    except CheckpointMismatchError as error:
         raise PreflightError(
-            f'checkpoint {checkpoint!r} does not fit this model ({type(model).__name__}): ' + '; '.join(detail) +
-            '. It was trained for another arch or task. ImageNet weights for the backbone go in '
-            'model.backbone.init_cfg=dict(type="Pretrained", checkpoint=...) instead.')
+            f'{checkpoint!r} does not fit this model ({type(model).__name__}): {error}. ImageNet weights for the '
+            'backbone go in model.backbone.init_cfg=dict(type="Pretrained", checkpoint=...) instead.') from None

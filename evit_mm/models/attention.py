@@ -10,6 +10,24 @@ from torch import nn
 from .layers import ConvBN
 
 
+def pointwise_tokens(layer: ConvBN, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 :class:`ConvBN` applied to tokens ``(..., C)``: the same values (and, in training, the same
+    BatchNorm statistics and running-stat updates) as the conv on the equivalent NCHW map, as one GEMM."""
+    conv, bn = layer.conv, layer.bn
+    y = F.linear(x, conv.weight.flatten(1), conv.bias)
+    if isinstance(bn, nn.Identity):  # fused for deployment
+        return y
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:  # cumulative moving average, as nn.BatchNorm2d does
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    use_batch_stats = bn.training or bn.running_mean is None
+    flat = F.batch_norm(y.reshape(-1, y.shape[-1]), bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                        use_batch_stats, momentum, bn.eps)
+    return flat.view(y.shape)
+
+
 def relative_position_index(window_size: int) -> torch.Tensor:
     """Index into a ``(window_size * window_size)``-entry bias table for every pair of window positions.
 
@@ -79,8 +97,31 @@ class CascadedGroupAttention(nn.Module):
         self._bias_cache = {}
         return super().train(mode)
 
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The fast path: the same computation on windows as tokens ``(B, N, C)`` (``N = window_size ** 2``).
+
+        The 1x1 ConvBNs become GEMMs on tokens, the products need no transposes, and only the query's depthwise
+        conv sees a (channels-last) map, so no memory-layout conversions happen inside the attention.
+        """
+        B, N, _ = x.shape
+        ws = self.window_size
+        bias = self.attention_bias()
+        groups = x.chunk(self.num_heads, dim=-1)
+        outputs = []
+        feat = groups[0]
+        for i, (qkv, dw) in enumerate(zip(self.qkvs, self.dws)):
+            if i > 0:
+                feat = feat + groups[i]
+            q, k, v = pointwise_tokens(qkv, feat).split([self.key_dim, self.key_dim, self.val_dim], dim=-1)
+            q = dw(q.reshape(B, ws, ws, self.key_dim).permute(0, 3, 1, 2))  # channels-last NCHW view
+            q = q.permute(0, 2, 3, 1).reshape(B, N, self.key_dim)
+            attn = torch.baddbmm(bias[i].expand(B, -1, -1), q, k.transpose(1, 2), alpha=self.scale)
+            feat = attn.softmax(dim=-1) @ v
+            outputs.append(feat)
+        return pointwise_tokens(self.proj[1], F.relu(torch.cat(outputs, dim=-1)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Attend within ``x`` of shape ``(B, C, window_size, window_size)``."""
+        """The reference path: attend within ``x`` of shape ``(B, C, window_size, window_size)``."""
         B, _, H, W = x.shape
         bias = self.attention_bias()
         groups = x.chunk(self.num_heads, dim=1)
@@ -112,11 +153,15 @@ class LocalWindowAttention(nn.Module):
         num_heads: Number of heads.
         window_size: Window side.
         kernels: Query depthwise kernel per head.
+        fast: Use :meth:`CascadedGroupAttention.forward_tokens` (same values, faster); False runs the reference
+            NCHW path. Defaults to True.
     """
 
-    def __init__(self, dim: int, key_dim: int, num_heads: int, window_size: int, kernels: Sequence[int]) -> None:
+    def __init__(self, dim: int, key_dim: int, num_heads: int, window_size: int, kernels: Sequence[int],
+                 fast: bool = True) -> None:
         super().__init__()
         self.window_size = window_size
+        self.fast = fast
         self.attn = CascadedGroupAttention(dim, key_dim, num_heads, window_size, kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,7 +169,7 @@ class LocalWindowAttention(nn.Module):
         ws = self.window_size
         # Shortcuts on sizes only in eager mode: a traced graph (ONNX export) must hold for every input size.
         general = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-        if not general and H == ws and W == ws:
+        if not general and not self.fast and H == ws and W == ws:
             return self.attn(x)
         pad_b, pad_r = (-H) % ws, (-W) % ws
         if general or pad_b or pad_r:
@@ -133,9 +178,11 @@ class LocalWindowAttention(nn.Module):
         # Partition through an NHWC view: for channels-last input (the backbone's default) the windows come out
         # channels-last as well, so the convolutions inside never reorder memory.
         windows = x.permute(0, 2, 3, 1).reshape(B, nh, ws, nw, ws, C).transpose(2, 3)
-        windows = windows.reshape(B * nh * nw, ws, ws, C).permute(0, 3, 1, 2)
-        windows = self.attn(windows)
-        x = windows.permute(0, 2, 3, 1).reshape(B, nh, nw, ws, ws, C).transpose(2, 3)
+        if self.fast:
+            windows = self.attn.forward_tokens(windows.reshape(B * nh * nw, ws * ws, C))
+        else:
+            windows = self.attn(windows.reshape(B * nh * nw, ws, ws, C).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = windows.reshape(B, nh, nw, ws, ws, C).transpose(2, 3)
         x = x.reshape(B, nh * ws, nw * ws, C)
         if general or pad_b or pad_r:
             x = x[:, :H, :W]

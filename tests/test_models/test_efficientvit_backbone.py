@@ -216,3 +216,42 @@ def test_channels_last_path_matches_contiguous_path(training):
     assert a[0].is_contiguous(memory_format=torch.channels_last)
     for u, v in zip(a, b):
         torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-4)  # training: BN batch statistics round differently
+
+
+@pytest.mark.parametrize('arch', ['m0', 'm1'])
+@pytest.mark.parametrize('training', [False, True])
+def test_fast_attention_matches_reference_path(arch, training):
+    """Token-GEMM attention == reference NCHW attention: outputs, gradients, BatchNorm running statistics."""
+    fast = randomize_(EfficientViT(arch))
+    ref = EfficientViT(arch, fast_attention=False, channels_last=False)
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 3, 193, 257) if training else torch.randn(2, 3, 101, 77)
+    for model in (fast, ref):
+        model.train(training)
+        model.zero_grad()
+    outs = []
+    for model in (fast, ref):
+        feats = model(x)
+        if training:
+            sum(f.square().mean() for f in feats).backward()
+        outs.append(feats)
+    for u, v in zip(*outs):
+        torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-4)
+    if training:
+        for (name, a), (_, b) in zip(fast.named_parameters(), ref.named_parameters()):
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-3, msg=name)
+        for (name, a), (_, b) in zip(fast.named_buffers(), ref.named_buffers()):
+            if a.is_floating_point() or name.endswith('num_batches_tracked'):
+                torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_fast_attention_deployed_matches_reference():
+    fast = randomize_(EfficientViT('m2'))
+    ref = EfficientViT('m2', fast_attention=False)
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(1, 3, 145, 203)
+    with torch.no_grad():
+        expected = ref.eval()(x)
+        got = fast.switch_to_deploy()(x)
+    for u, v in zip(got, expected):
+        assert (u - v).abs().max() <= 1e-4 * v.abs().max()

@@ -102,11 +102,12 @@ class EfficientViTBlock(nn.Module):
     """The sandwich layout (paper Fig. 3): DW, FFN, cascaded-group-attention, DW, FFN, each residual."""
 
     def __init__(self, dim: int, key_dim: int, num_heads: int, window_size: int, kernels: Sequence[int],
-                 drop_path: float = 0.0) -> None:
+                 drop_path: float = 0.0, fast_attention: bool = True) -> None:
         super().__init__()
         self.dw0 = depthwise_residual(dim, drop_path, bn_weight_init=0.0)
         self.ffn0 = ffn_residual(dim, drop_path)
-        self.mixer = Residual(LocalWindowAttention(dim, key_dim, num_heads, window_size, kernels), drop_path)
+        self.mixer = Residual(
+            LocalWindowAttention(dim, key_dim, num_heads, window_size, kernels, fast=fast_attention), drop_path)
         self.dw1 = depthwise_residual(dim, drop_path, bn_weight_init=0.0)
         self.ffn1 = ffn_residual(dim, drop_path)
 
@@ -128,11 +129,12 @@ class EfficientViTStage(nn.Module):
     """An optional :class:`Downsample` followed by ``depth`` :class:`EfficientViTBlock`."""
 
     def __init__(self, in_dim: int, out_dim: int, depth: int, key_dim: int, num_heads: int, window_size: int,
-                 kernels: Sequence[int], downsample: bool, drop_paths: Sequence[float]) -> None:
+                 kernels: Sequence[int], downsample: bool, drop_paths: Sequence[float],
+                 fast_attention: bool = True) -> None:
         super().__init__()
         self.downsample = Downsample(in_dim, out_dim, drop_paths[0]) if downsample else nn.Identity()
         self.blocks = nn.Sequential(*(
-            EfficientViTBlock(out_dim, key_dim, num_heads, window_size, kernels, drop_paths[i])
+            EfficientViTBlock(out_dim, key_dim, num_heads, window_size, kernels, drop_paths[i], fast_attention)
             for i in range(depth)))
 
 
@@ -163,6 +165,8 @@ class EfficientViT(BaseModule):
             prediction geometry of the official downstream code; :data:`CLASSIFICATION_WINDOWS` ``(7, 7, 4)``
             is what the official classifier and timm compute at 224x224. Checkpoint bias tables are resized
             bicubically when they were trained with another window. Defaults to 7.
+        fast_attention: Run the attention on tokens (GEMMs instead of 1x1 convs, no layout conversions); same
+            values as the reference NCHW path, which ``False`` selects. Defaults to True.
         channels_last: Run on channels-last (NHWC) memory. Same values; oneDNN's depthwise and 1x1 convolutions
             run faster on it (measured +6% at 16x224x224 and +15% at 1x800x1344 on CPU, docs/benchmarks.md).
             Outputs are then channels-last tensors. Defaults to True.
@@ -181,6 +185,7 @@ class EfficientViT(BaseModule):
         with_cp: bool = False,
         drop_path_rate: float = 0.0,
         window_size: int | Sequence[int] = 7,
+        fast_attention: bool = True,
         channels_last: bool = True,
         pretrained: str | None = None,
         init_cfg: dict | list[dict] | None = None,
@@ -217,7 +222,8 @@ class EfficientViT(BaseModule):
             self.stages.append(EfficientViTStage(
                 in_dim=spec.embed_dims[max(i - 1, 0)], out_dim=spec.embed_dims[i], depth=spec.depths[i],
                 key_dim=spec.key_dim, num_heads=spec.num_heads[i], window_size=self.window_sizes[i],
-                kernels=spec.kernels, downsample=i > 0, drop_paths=rates[start:start + spec.depths[i]]))
+                kernels=spec.kernels, downsample=i > 0, drop_paths=rates[start:start + spec.depths[i]],
+                fast_attention=fast_attention))
             start += spec.depths[i]
         self.stage_strides = tuple(PatchEmbed.stride * 2 ** i for i in range(n))
         self.out_channels = [spec.embed_dims[i] for i in self.out_indices]

@@ -17,4 +17,4 @@ demo: setup  ## setup + the main job on built-in demo data
 	$(PY) tools/demo.py
 
 benchmark: setup  ## backbone speed against timm (results: docs/benchmarks.md)
-	$(PY) tools/benchmark_backbone.py
+	$(PY) tools/benchmark_backbone.py --arch m4 --threads 2 --repeats 30

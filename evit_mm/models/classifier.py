@@ -17,9 +17,6 @@ from ..registry import register_model
 from .backbones import CLASSIFICATION_WINDOWS
 from .layers import BNLinear
 
-IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-
 
 @register_model
 class ClsDataPreprocessor(BaseDataPreprocessor):

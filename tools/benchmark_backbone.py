@@ -24,12 +24,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--repeats', type=int, default=10)
+    parser.add_argument('--train', action='store_true', help='also time a training step (forward + backward)')
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = tuple(tuple(int(v) for v in s.lower().split('x')) for s in args.shapes)
     print(f'torch {torch.__version__}, {torch.get_num_threads()} CPU threads, fp32')
-    print(format_rows(compare(args.arch, shapes, args.warmup, args.repeats)))
+    print(format_rows(compare(args.arch, shapes, args.warmup, args.repeats, args.train)))
 
 
 if __name__ == '__main__':

@@ -44,7 +44,7 @@ def build_pair(arch: str, img_size: int = 224) -> tuple[nn.Module, nn.Module]:
 class Row:
     arch: str
     shape: tuple[int, int, int]  # batch, height, width
-    fused: bool
+    fused: bool | str  # True/False, or 'train' for a training step (forward + backward)
     ours: float  # images/s
     timm: float
 
@@ -53,9 +53,17 @@ class Row:
         return self.ours / self.timm
 
 
+def _training_step(model: nn.Module, x: torch.Tensor):
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        sum(f.float().square().mean() for f in model(x)).backward()
+    return step
+
+
 def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 224, 224), (1, 800, 1344)),
-            warmup: int = 3, repeats: int = 10) -> list[Row]:
-    """Images/s of evit_mm and timm, unfused and fused, at each ``(batch, height, width)``, interleaved."""
+            warmup: int = 3, repeats: int = 10, train: bool = False) -> list[Row]:
+    """Images/s of evit_mm and timm, unfused and fused (and a training step, forward + backward, when
+    ``train``), at each ``(batch, height, width)``, interleaved."""
     ours, reference = build_pair(arch)
     variants = {False: (ours, reference),
                 True: (copy.deepcopy(ours).switch_to_deploy(), fuse_timm_efficientvit(copy.deepcopy(reference)))}
@@ -69,12 +77,19 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
             timings = time_interleaved({'ours': lambda: a(x), 'timm': lambda: b(x)}, batch, warmup, repeats)
             rows.append(Row(arch, (batch, height, width), fused, timings['ours'].images_per_second,
                             timings['timm'].images_per_second))
+        if train:
+            ours.train(), reference.train()
+            timings = time_interleaved({'ours': _training_step(ours, x), 'timm': _training_step(reference, x)},
+                                       batch, warmup, repeats, grad=True)
+            ours.eval(), reference.eval()
+            rows.append(Row(arch, (batch, height, width), 'train', timings['ours'].images_per_second,
+                            timings['timm'].images_per_second))
     return rows
 
 
 def format_rows(rows: list[Row]) -> str:
-    lines = ['| arch | input (BxHxW) | fused | evit_mm img/s | timm img/s | ratio |', '|---|---|---|---|---|---|']
+    lines = ['| arch | input (BxHxW) | fused / train | evit_mm img/s | timm img/s | ratio |', '|---|---|---|---|---|---|']
     for r in rows:
-        lines.append(f'| {r.arch} | {r.shape[0]}x{r.shape[1]}x{r.shape[2]} | {"yes" if r.fused else "no"} | '
+        lines.append(f'| {r.arch} | {r.shape[0]}x{r.shape[1]}x{r.shape[2]} | {r.fused if isinstance(r.fused, str) else ("yes" if r.fused else "no")} | '
                      f'{r.ours:.1f} | {r.timm:.1f} | {r.ratio:.2f} |')
     return '\n'.join(lines)

@@ -35,16 +35,22 @@ def _sync(device: torch.device | None) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.inference_mode()
 def time_interleaved(candidates: Mapping[str, Callable[[], object]], images_per_call: int, warmup: int = 3,
                      repeats: int = 10, device: torch.device | None = None,
-                     time_budget: float | None = None) -> dict[str, Timing]:
+                     time_budget: float | None = None, grad: bool = False) -> dict[str, Timing]:
     """Time each candidate ``repeats`` times, round-robin (A, B, A, B, ...) after ``warmup`` calls each.
 
     Round-robin keeps slow drifts of the machine (other load, frequency changes) from favouring whichever
     candidate happened to run first; medians are robust to the odd outlier. With ``time_budget`` (seconds),
-    rounds continue until the budget is spent (at least 3 rounds), instead of a fixed ``repeats``.
+    rounds continue until the budget is spent (at least 3 rounds), instead of a fixed ``repeats``. Candidates
+    run under ``torch.inference_mode`` unless ``grad`` (training steps with a backward pass).
     """
+    with torch.inference_mode(not grad):
+        return _time_rounds(candidates, images_per_call, warmup, repeats, device, time_budget)
+
+
+def _time_rounds(candidates: Mapping[str, Callable[[], object]], images_per_call: int, warmup: int, repeats: int,
+                 device: torch.device | None, time_budget: float | None) -> dict[str, Timing]:
     for fn in candidates.values():
         for _ in range(warmup):
             fn()

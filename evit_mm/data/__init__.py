@@ -1,0 +1,1 @@
+"""Deterministic demo datasets in the standard COCO, ADE20K and ImageNet layouts."""

@@ -130,3 +130,11 @@ def test_checkpoint_of_another_arch_is_refused_by_test_tool(coco_root, tmp_path)
         test_tool.main([DEMO_CONFIG, str(work / 'epoch_1.pth'), '--work-dir', str(tmp_path / 't'),
                         *_options(coco_root, **{'model.backbone.arch': 'm1',
                                                 'model.neck.in_channels': '[128,144,192]'})])
+
+
+def test_train_script_reports_bad_input_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / 'tools/train.py'), DEMO_CONFIG, '--work-dir', str(tmp_path),
+                           '--cfg-options', f'train_dataloader.dataset.data_root={tmp_path}/absent/'],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith('error: dataset not found') and 'Traceback' not in proc.stderr

@@ -111,7 +111,7 @@ def test_wrong_num_classes_stops_before_training(coco_root, tmp_path):
 
 
 def test_unknown_arch_stops_before_training(coco_root, tmp_path):
-    with pytest.raises(ValueError, match=r"Unknown EfficientViT arch 'm7'; valid choices"):
+    with pytest.raises(PreflightError, match=r"Unknown EfficientViT arch 'm7'; valid choices"):
         train_tool.main([DEMO_CONFIG, '--work-dir', str(tmp_path),
                          *_options(coco_root, **{'model.backbone.arch': 'm7'})])
 

@@ -129,8 +129,30 @@ def check_backbone_neck(model: Any) -> None:
                              f'{list(given)}')
 
 
+def _efficientvit_configs(node: Any) -> Iterator[dict]:
+    if isinstance(node, dict):
+        if str(node.get('type', '')).split('.')[-1] == 'EfficientViT':
+            yield node
+        for value in node.values():
+            yield from _efficientvit_configs(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from _efficientvit_configs(value)
+
+
+def check_backbone_arch(cfg: Config) -> None:
+    """Every EfficientViT in the model names a known (or a valid custom) arch."""
+    from ..models.backbones import ArchSpec
+    for backbone in _efficientvit_configs(cfg.get('model', {})):
+        try:
+            ArchSpec.from_any(backbone.get('arch', 'm4'))
+        except (TypeError, ValueError) as error:
+            raise PreflightError(f'model backbone: {error}') from None
+
+
 def run_preflight(cfg: Config, loaders: tuple[str, ...]) -> None:
     """All config-level checks; model-level ones run once the runner has built the model."""
+    check_backbone_arch(cfg)
     check_datasets(cfg, loaders)
     check_num_classes(cfg)
 

@@ -78,13 +78,14 @@ class CascadedGroupAttention(nn.Module):
     def attention_bias(self) -> torch.Tensor:
         """The bias table gathered to ``(num_heads, N, N)``.
 
-        In eval mode the gathered table is cached. The cache key includes the parameter's storage and version
+        In eval mode without gradients the gathered table is cached. The cache key includes the parameter's storage and version
         counter, so loading new weights after ``.eval()`` (or moving the module) never serves a stale table,
         a trap of the official implementation.
         """
-        if self.training or torch.jit.is_tracing() or torch.compiler.is_compiling():
-            return self.attention_biases[:, self.attention_bias_idxs]
         param = self.attention_biases
+        needs_grad = torch.is_grad_enabled() and param.requires_grad  # e.g. fine-tuning in eval mode
+        if self.training or needs_grad or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return param[:, self.attention_bias_idxs]
         key = (param.device, param.dtype, param.data_ptr(), param._version)
         bias = self._bias_cache.get(key)
         if bias is None:

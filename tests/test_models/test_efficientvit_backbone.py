@@ -255,3 +255,13 @@ def test_fast_attention_deployed_matches_reference():
         got = fast.switch_to_deploy()(x)
     for u, v in zip(got, expected):
         assert (u - v).abs().max() <= 1e-4 * v.abs().max()
+
+
+def test_attention_biases_get_gradients_in_eval_mode():
+    """The eval-mode bias cache must not cut the gradient when someone trains with BatchNorm in eval mode."""
+    model = randomize_(EfficientViT('m0'))  # eval mode
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))  # fills the cache
+    model(torch.randn(1, 3, 64, 64))[-1].square().mean().backward()
+    grad = model.stages[2].blocks[0].mixer.m.attn.attention_biases.grad
+    assert grad is not None and grad.abs().sum() > 0

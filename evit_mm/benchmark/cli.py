@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from mmengine.config import DictAction
 
-from .measure import DTYPES, MODES, Options, Result, backbone_gflops, measure, prepare
+from .measure import DTYPES, MODES, Options, Result, backbone_gflops, measure, model_gflops, prepare
 from .targets import build_target
 
 
@@ -102,7 +102,7 @@ def write_outputs(results: list[Result], args: argparse.Namespace) -> None:
             if r.gflops is not None:
                 ax.scatter(r.gflops, r.images_per_s)
                 ax.annotate(f'{r.target} ({r.mode})', (r.gflops, r.images_per_s), fontsize=7)
-        ax.set(xlabel='GFLOPs (MACs) per image, backbone', ylabel='images/s',
+        ax.set(xlabel='GFLOPs (MACs) per image (backbone, or whole model in tensor mode)', ylabel='images/s',
                title=f'{args.device}, batch {args.batch_size}, {args.dtype}')
         fig.tight_layout()
         fig.savefig(args.plot, dpi=120)
@@ -134,8 +134,10 @@ def main(argv: list[str]) -> int:
         print(f'[{index}/{len(jobs)}] {target.name}: {mode} at {args.batch_size}x{h}x{w} ...', file=sys.stderr,
               flush=True)
         result = measure(target, mode, opts, device)
-        result.gflops = backbone_gflops(_uncompiled(target.backbone), h, w) if mode in ('backbone', 'onnx') \
-            else None
+        if mode in ('backbone', 'onnx') or target.kind == 'backbone':
+            result.gflops = backbone_gflops(_uncompiled(target.backbone), h, w)
+        elif not opts.compile:
+            result.gflops = model_gflops(target, h, w)
         print(f'    {result.images_per_s:.2f} img/s, p50 {result.latency_p50_ms:.1f} ms', file=sys.stderr)
         results.append(result)
     print(format_table(results))

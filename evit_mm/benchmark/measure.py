@@ -71,6 +71,19 @@ def backbone_gflops(backbone: torch.nn.Module, height: int, width: int) -> float
         return None
 
 
+def model_gflops(target: Target, height: int, width: int) -> float | None:
+    """MACs (G) of one image through the whole model in tensor mode (backbone, neck, heads; no pre/post-
+    processing), or None where the model does not trace."""
+    from .flop_count import count_macs
+    from .tensor_mode import TensorMode
+    module = TensorMode(target).eval()
+    try:
+        with torch.no_grad():
+            return count_macs(module, (torch.randn(1, 3, height, width),)) / 1e9
+    except Exception:  # noqa: BLE001 - the table then shows no FLOPs
+        return None
+
+
 def _autocast(device: str, dtype: str):
     if DTYPES[dtype] is None:
         return contextlib.nullcontext()

@@ -47,6 +47,7 @@ def test_forward_and_predict_modes_with_breakdown(tmp_path, capsys):
     results = _run(tmp_path, DET_DEMO, SEG_DEMO, '--modes', 'forward', 'predict', '--shape', '96x128')
     predict = [r for r in results if r['mode'] == 'predict']
     assert len(predict) == 2 and all(r['trained'] is False for r in predict)
+    assert all(r['gflops'] and r['gflops'] > 0 for r in results)  # whole model in tensor mode
     for r in predict:
         b = r['breakdown_ms']
         assert set(b) == {'preprocess', 'backbone', 'neck', 'head', 'postprocess', 'total'}

@@ -103,8 +103,9 @@ def _options(root: Path, epochs: int = 2, **extra: str) -> list[str]:
             'test_dataloader.persistent_workers': 'False', 'train_dataloader.batch_size': '8',
             'train_cfg.max_epochs': str(epochs), 'train_cfg.val_interval': str(epochs),
             'default_hooks.checkpoint.interval': str(epochs), 'param_scheduler.1.T_max': str(epochs - 1),
-            'param_scheduler.1.end': str(epochs), 'train_transform.input_size': '64',
-            'test_transform.input_size': '64', **extra}
+            'param_scheduler.1.end': str(epochs), 'train_dataloader.dataset.transform.input_size': '64',
+            'val_dataloader.dataset.transform.input_size': '64',
+            'test_dataloader.dataset.transform.input_size': '64', **extra}
     return ['--cfg-options', *(f'{k}={v}' for k, v in opts.items())]
 
 
@@ -128,21 +129,31 @@ def test_train_test_with_ema_and_reuse_for_detection(imagenet_root, tmp_path):
     val_top1 = _top1(work)
 
     test_dir = tmp_path / 'test'
+    preds_file = tmp_path / 'preds.pkl'
     assert test_tool.main([DEMO_CONFIG, str(work / 'epoch_2.pth'), '--work-dir', str(test_dir),
-                           *_options(imagenet_root)]) == 0
+                           '--out', str(preds_file), *_options(imagenet_root)]) == 0
     assert _top1(test_dir) == pytest.approx(val_top1)
+    import pickle
+    with open(preds_file, 'rb') as f:  # written by mmengine's DumpResults in this test: our own file
+        dumped = torch.stack([p['pred_score'] for p in pickle.load(f)])
 
     # The EMA weights are what was evaluated: recompute top-1 from them directly.
     model = EfficientViTClassifier(dict(type='EfficientViT', arch='m0'), num_classes=4)
     model.load_state_dict({k: v for k, v in ema.items()})
     model.eval()
-    dataset = ImageFolderDataset(imagenet_root / 'val', transform=dict(input_size=64, crop_pct=1.0,
-                                                                      interpolation='bicubic'))
+    val_transform = dict(Config.fromfile(DEMO_CONFIG).val_dataloader.dataset.transform, input_size=64)
+    dataset = ImageFolderDataset(imagenet_root / 'val', transform=val_transform)
     with torch.no_grad():
         inputs = torch.stack([dataset[i]['inputs'] for i in range(len(dataset))])
         labels = torch.tensor([dataset[i]['data_samples'] for i in range(len(dataset))])
-        top1 = (model(inputs).argmax(1) == labels).float().mean().item() * 100
+        scores = model(inputs).softmax(-1)
+        top1 = (scores.argmax(1) == labels).float().mean().item() * 100
+        raw_model = EfficientViTClassifier(dict(type='EfficientViT', arch='m0'), num_classes=4)
+        raw_model.load_state_dict({k[len('module.'):]: v for k, v in raw.items() if k.startswith('module.')})
+        raw_scores = raw_model.eval()(inputs).softmax(-1)
     assert top1 == pytest.approx(val_top1)
+    torch.testing.assert_close(dumped, scores, atol=1e-5, rtol=1e-4)  # the evaluated scores are the EMA model's
+    assert not torch.allclose(dumped, raw_scores, atol=1e-4)
 
     # A pretraining checkpoint initialises a detection backbone with no conversion and no missing keys.
     backbone = EfficientViT('m0', init_cfg=dict(type='Pretrained', checkpoint=str(work / 'epoch_2.pth')))

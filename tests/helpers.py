@@ -1,6 +1,9 @@
 """Helpers shared by the tests."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -23,3 +26,13 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
                 fan_in = tensor[0].numel() if tensor.dim() > 1 else 1
                 tensor.copy_(torch.randn(tensor.shape, generator=gen) / fan_in ** 0.5)
     return model.eval()
+
+
+def logged_metrics(work_dir: Path, key: str) -> dict:
+    """The first record holding ``key`` in the JSON logs mmengine wrote under ``work_dir`` (any depth)."""
+    for path in sorted(work_dir.glob('**/*.json')):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if key in record:
+                return record
+    raise AssertionError(f'no {key!r} in the logs under {work_dir}')

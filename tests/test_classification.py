@@ -1,7 +1,6 @@
 """ImageNet classifier: official/timm logits, the recipe config, demo training with EMA, weights for detection."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from evit_mm.tools import test as test_tool
 from evit_mm.tools import train as train_tool
 from evit_mm.tools.preflight import PreflightError
 from tests.conftest import REPO_ROOT
-from tests.helpers import randomize_
+from tests.helpers import logged_metrics, randomize_
 
 DEMO_CONFIG = str(REPO_ROOT / 'configs/demo/evit_m0_in1k_demo.py')
 
@@ -109,15 +108,6 @@ def _options(root: Path, epochs: int = 2, **extra: str) -> list[str]:
     return ['--cfg-options', *(f'{k}={v}' for k, v in opts.items())]
 
 
-def _top1(work_dir: Path) -> float:
-    for path in sorted(work_dir.glob('**/*.json')):
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            if 'accuracy/top1' in record:
-                return record['accuracy/top1']
-    raise AssertionError(f'no accuracy in {work_dir}')
-
-
 @pytest.mark.slow
 def test_train_test_with_ema_and_reuse_for_detection(imagenet_root, tmp_path):
     work = tmp_path / 'work'
@@ -126,13 +116,13 @@ def test_train_test_with_ema_and_reuse_for_detection(imagenet_root, tmp_path):
     raw, ema = ckpt['ema_state_dict'], ckpt['state_dict']  # mmengine's EMAHook saves the EMA weights as state_dict
     differing = [k for k in ema if k.startswith('backbone.') and not torch.equal(ema[k], raw[f'module.{k}'])]
     assert differing, 'EMA and raw weights should differ after training'
-    val_top1 = _top1(work)
+    val_top1 = logged_metrics(work, 'accuracy/top1')['accuracy/top1']
 
     test_dir = tmp_path / 'test'
     preds_file = tmp_path / 'preds.pkl'
     assert test_tool.main([DEMO_CONFIG, str(work / 'epoch_2.pth'), '--work-dir', str(test_dir),
                            '--out', str(preds_file), *_options(imagenet_root)]) == 0
-    assert _top1(test_dir) == pytest.approx(val_top1)
+    assert logged_metrics(test_dir, 'accuracy/top1')['accuracy/top1'] == pytest.approx(val_top1)
     import pickle
     with open(preds_file, 'rb') as f:  # written by mmengine's DumpResults in this test: our own file
         dumped = torch.stack([p['pred_score'] for p in pickle.load(f)])

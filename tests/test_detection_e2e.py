@@ -1,7 +1,6 @@
 """End-to-end detection runs on tiny generated COCO data: train, test, resume, torchrun, bad input."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from evit_mm.tools import test as test_tool
 from evit_mm.tools import train as train_tool
 from evit_mm.tools.preflight import PreflightError
 from tests.conftest import REPO_ROOT
+from tests.helpers import logged_metrics
 
 DEMO_CONFIG = str(REPO_ROOT / 'configs/demo/retinanet_evit_m0_coco_demo.py')
 
@@ -39,15 +39,6 @@ def _options(root: Path, epochs: int = 1, **extra: str) -> list[str]:
     return ['--cfg-options', *(f'{k}={v}' for k, v in opts.items())]
 
 
-def _metrics(work_dir: Path, key: str = 'coco/bbox_mAP') -> dict:
-    for path in sorted(work_dir.glob('*/*.json')):
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            if key in record:
-                return record
-    raise AssertionError(f'no {key} in {work_dir}')
-
-
 @pytest.mark.slow
 def test_train_then_test_writes_checkpoint_metrics_and_predictions(coco_root, tmp_path):
     work = tmp_path / 'work'
@@ -60,7 +51,7 @@ def test_train_then_test_writes_checkpoint_metrics_and_predictions(coco_root, tm
     out = tmp_path / 'preds.pkl'
     assert test_tool.main([DEMO_CONFIG, str(ckpt), '--work-dir', str(test_dir), '--out', str(out),
                            *_options(coco_root)]) == 0
-    metrics = _metrics(test_dir)
+    metrics = logged_metrics(test_dir, 'coco/bbox_mAP')
     for name in ('mAP', 'mAP_50', 'mAP_75', 'mAP_s', 'mAP_m', 'mAP_l'):
         assert 0.0 <= metrics[f'coco/bbox_{name}'] <= 1.0 or metrics[f'coco/bbox_{name}'] == -1.0
     assert out.is_file() and out.stat().st_size > 0

@@ -12,12 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evit_mm.checkpoint import CheckpointMismatchError  # noqa: E402
-from evit_mm.tools.preflight import PreflightError  # noqa: E402
+from evit_mm.tools.entry import run  # noqa: E402
 from evit_mm.tools.train import main  # noqa: E402
 
 if __name__ == '__main__':
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except (PreflightError, CheckpointMismatchError) as error:  # bad input: the message, not a traceback
-        sys.exit(f'error: {error}')
+    sys.exit(run(main, sys.argv[1:]))

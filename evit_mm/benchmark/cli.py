@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 from mmengine.config import DictAction
 
-from .measure import DTYPES, MODES, Options, Result, backbone_gflops, measure, model_gflops, prepare
+from .measure import DTYPES, MODES, Options, Result, gflops, measure, prepare
 from .targets import build_target
+from .tensor_mode import TensorMode
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -120,24 +121,22 @@ def main(argv: list[str]) -> int:
           file=sys.stderr)
     built = {}
     for index, (spec, mode, (h, w)) in enumerate(jobs, 1):
+        opts = Options(args.device, args.batch_size, h, w, args.dtype, args.channels_last, args.compile,
+                       args.deploy, args.warmup, args.repeats, args.time_budget)
         if spec not in built:
             target = build_target(spec, args.checkpoint if spec.endswith('.py') else None, args.cfg_options)
-            opts = Options(args.device, args.batch_size, h, w, args.dtype, args.channels_last, args.compile,
-                           args.deploy, args.warmup, args.repeats, args.time_budget)
             device = prepare(target, opts)
             for note in target.notes:
                 print(f'WARNING [{target.name}]: {note}', file=sys.stderr)
             built[spec] = (target, device)
         target, device = built[spec]
-        opts = Options(args.device, args.batch_size, h, w, args.dtype, args.channels_last, args.compile,
-                       args.deploy, args.warmup, args.repeats, args.time_budget)
         print(f'[{index}/{len(jobs)}] {target.name}: {mode} at {args.batch_size}x{h}x{w} ...', file=sys.stderr,
               flush=True)
         result = measure(target, mode, opts, device)
         if mode in ('backbone', 'onnx') or target.kind == 'backbone':
-            result.gflops = backbone_gflops(_uncompiled(target.backbone), h, w)
+            result.gflops = gflops(_uncompiled(target.backbone), h, w)
         elif not opts.compile:
-            result.gflops = model_gflops(target, h, w)
+            result.gflops = gflops(TensorMode(target).eval(), h, w)  # whole model, no pre/post-processing
         print(f'    {result.images_per_s:.2f} img/s, p50 {result.latency_p50_ms:.1f} ms', file=sys.stderr)
         results.append(result)
     print(format_table(results))

@@ -61,22 +61,10 @@ def count_params(module: torch.nn.Module) -> float:
     return sum(p.numel() for p in module.parameters()) / 1e6
 
 
-def backbone_gflops(backbone: torch.nn.Module, height: int, width: int) -> float | None:
-    """Multiply-accumulates (G) of one image through the backbone, by mmengine's counter (None if it fails)."""
+def gflops(module: torch.nn.Module, height: int, width: int) -> float | None:
+    """Multiply-accumulates (G) of one image through ``module`` (a backbone, or a model in tensor mode), by
+    mmengine's counter; None where the module does not trace."""
     from .flop_count import count_macs
-    try:
-        with torch.no_grad():
-            return count_macs(backbone, (torch.randn(1, 3, height, width),)) / 1e9
-    except Exception:  # noqa: BLE001 - some models do not trace; the table then shows no FLOPs
-        return None
-
-
-def model_gflops(target: Target, height: int, width: int) -> float | None:
-    """MACs (G) of one image through the whole model in tensor mode (backbone, neck, heads; no pre/post-
-    processing), or None where the model does not trace."""
-    from .flop_count import count_macs
-    from .tensor_mode import TensorMode
-    module = TensorMode(target).eval()
     try:
         with torch.no_grad():
             return count_macs(module, (torch.randn(1, 3, height, width),)) / 1e9

@@ -69,12 +69,14 @@ def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[st
     return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
-def to_backbone_state_dict(checkpoint: Mapping[str, Any], prefix: str | None = None) -> dict[str, torch.Tensor]:
-    """Turn any supported checkpoint into evit_mm backbone keys (timm's names), heads dropped.
+def to_timm_state_dict(checkpoint: Mapping[str, Any], prefix: str | None = None,
+                       keep_heads: bool = False) -> dict[str, torch.Tensor]:
+    """Turn any supported checkpoint into timm's (= evit_mm's) key names.
 
     Handles official (``{'model': ...}``), timm, and evit_mm checkpoints: a backbone, a classifier, or a
     detector/segmentor whose backbone keys start with ``backbone.`` (found automatically; ``prefix``
-    forces one). ``module.`` (DataParallel) is stripped. Buffers ``attention_bias_idxs`` are dropped.
+    forces one). ``module.`` (DataParallel) is stripped and ``attention_bias_idxs`` buffers are dropped;
+    classification heads (``head.``, ``head_dist.``) are dropped unless ``keep_heads``.
 
     Raises:
         ValueError: If the checkpoint is not an EfficientViT checkpoint, naming what was found.
@@ -98,7 +100,12 @@ def to_backbone_state_dict(checkpoint: Mapping[str, Any], prefix: str | None = N
     if layout == 'official':
         state_dict = {official_key_to_timm(k): v for k, v in state_dict.items()}
     return {k: v for k, v in state_dict.items()
-            if not k.startswith(_HEAD_PREFIXES) and not k.endswith('attention_bias_idxs')}
+            if (keep_heads or not k.startswith(_HEAD_PREFIXES)) and not k.endswith('attention_bias_idxs')}
+
+
+def to_backbone_state_dict(checkpoint: Mapping[str, Any], prefix: str | None = None) -> dict[str, torch.Tensor]:
+    """:func:`to_timm_state_dict` without the classification heads: the backbone's weights."""
+    return to_timm_state_dict(checkpoint, prefix)
 
 
 def resize_attention_biases(table: torch.Tensor, window_size: int) -> torch.Tensor:

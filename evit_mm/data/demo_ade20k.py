@@ -10,17 +10,15 @@ the classes after reduction are :data:`DEMO_SEG_CLASSES`.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .shapes import SHAPE_CLASSES, rasterize, render_scene
+from .shapes import SHAPE_CLASSES, rasterize, render_scene, write_once
 
 DEMO_SEG_CLASSES = ('background', *SHAPE_CLASSES)
-COMPLETE_MARKER = '.complete.json'
 
 
 def _write_split(root: Path, split: str, prefix: str, count: int, size: tuple[int, int], seed: int) -> None:
@@ -39,12 +37,10 @@ def _write_split(root: Path, split: str, prefix: str, count: int, size: tuple[in
 def make_ade20k_demo(root: str | os.PathLike, num_train: int = 200, num_val: int = 40,
                      size: tuple[int, int] = (192, 256), seed: int = 0) -> Path:
     """Write the demo dataset under ``root`` unless a complete one with the same parameters is there."""
-    root = Path(root)
     params = dict(num_train=num_train, num_val=num_val, size=list(size), seed=seed, version=1)
-    marker = root / COMPLETE_MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == params:
-        return root
-    _write_split(root, 'training', 'ADE_train', num_train, size, seed)
-    _write_split(root, 'validation', 'ADE_val', num_val, size, seed + 1)
-    marker.write_text(json.dumps(params))
-    return root
+
+    def write(root: Path) -> None:
+        _write_split(root, 'training', 'ADE_train', num_train, size, seed)
+        _write_split(root, 'validation', 'ADE_val', num_val, size, seed + 1)
+
+    return write_once(root, params, write)

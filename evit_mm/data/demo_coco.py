@@ -16,10 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .shapes import SHAPE_CLASSES, render_scene
+from .shapes import SHAPE_CLASSES, render_scene, write_once
 
-#: Marker written last: a folder holding it is a complete dataset of the recorded parameters.
-COMPLETE_MARKER = '.complete.json'
 
 
 def _write_split(root: Path, split: str, count: int, size: tuple[int, int], seed: int) -> None:
@@ -53,12 +51,10 @@ def make_coco_demo(root: str | os.PathLike, num_train: int = 400, num_val: int =
     Returns:
         ``root`` as a Path.
     """
-    root = Path(root)
     params = dict(num_train=num_train, num_val=num_val, size=list(size), seed=seed, version=1)
-    marker = root / COMPLETE_MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == params:
-        return root
-    _write_split(root, 'train', num_train, size, seed)
-    _write_split(root, 'val', num_val, size, seed + 1)
-    marker.write_text(json.dumps(params))
-    return root
+
+    def write(root: Path) -> None:
+        _write_split(root, 'train', num_train, size, seed)
+        _write_split(root, 'val', num_val, size, seed + 1)
+
+    return write_once(root, params, write)

@@ -2,16 +2,14 @@
 centred shape per image, the class is the shape; same generator family as the COCO and ADE20K demos."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .shapes import SHAPE_CLASSES, render_scene
+from .shapes import SHAPE_CLASSES, render_scene, write_once
 
-COMPLETE_MARKER = '.complete.json'
 
 
 def _write_split(root: Path, split: str, per_class: int, size: int, seed: int) -> None:
@@ -32,12 +30,10 @@ def _write_split(root: Path, split: str, per_class: int, size: int, seed: int) -
 def make_imagenet_demo(root: str | os.PathLike, train_per_class: int = 60, val_per_class: int = 15,
                        size: int = 96, seed: int = 0) -> Path:
     """Write the demo dataset under ``root`` unless a complete one with the same parameters is there."""
-    root = Path(root)
     params = dict(train=train_per_class, val=val_per_class, size=size, seed=seed, version=1)
-    marker = root / COMPLETE_MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == params:
-        return root
-    _write_split(root, 'train', train_per_class, size, seed)
-    _write_split(root, 'val', val_per_class, size, seed + 1)
-    marker.write_text(json.dumps(params))
-    return root
+
+    def write(root: Path) -> None:
+        _write_split(root, 'train', train_per_class, size, seed)
+        _write_split(root, 'val', val_per_class, size, seed + 1)
+
+    return write_once(root, params, write)

@@ -2,7 +2,11 @@
 layouts). Each shape is a polygon, so boxes, instance masks and semantic maps agree exactly."""
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -85,3 +89,23 @@ def rasterize(shapes: list[Shape], height: int, width: int) -> np.ndarray:
     for s in shapes:
         cv2.fillPoly(seg, [np.round(s.polygon).astype(np.int32)], s.label + 1, lineType=cv2.LINE_8)
     return seg
+
+
+#: Written last into a demo dataset's folder: the folder is a complete dataset of the recorded parameters.
+COMPLETE_MARKER = '.complete.json'
+
+
+def write_once(root: str | os.PathLike, params: dict, write: Callable[[Path], None]) -> Path:
+    """Run ``write(root)`` unless ``root`` already holds a complete dataset made with the same ``params``
+    (so demos regenerate nothing on a second run, and a half-written folder is rewritten).
+
+    Returns:
+        ``root`` as a Path.
+    """
+    root = Path(root)
+    marker = root / COMPLETE_MARKER
+    if marker.is_file() and json.loads(marker.read_text()) == params:
+        return root
+    write(root)
+    marker.write_text(json.dumps(params))
+    return root

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from mmengine.evaluator import BaseMetric
 from mmengine.registry import METRICS
 

@@ -11,21 +11,13 @@ from .layers import ConvBN
 
 
 def pointwise_tokens(layer: ConvBN, x: torch.Tensor) -> torch.Tensor:
-    """A 1x1 :class:`ConvBN` applied to tokens ``(..., C)``: the same values (and, in training, the same
-    BatchNorm statistics and running-stat updates) as the conv on the equivalent NCHW map, as one GEMM."""
-    conv, bn = layer.conv, layer.bn
-    y = F.linear(x, conv.weight.flatten(1), conv.bias)
-    if isinstance(bn, nn.Identity):  # fused for deployment
-        return y
-    momentum = 0.0 if bn.momentum is None else bn.momentum
-    if bn.training and bn.track_running_stats:
-        bn.num_batches_tracked.add_(1)
-        if bn.momentum is None:  # cumulative moving average, as nn.BatchNorm2d does
-            momentum = 1.0 / float(bn.num_batches_tracked)
-    use_batch_stats = bn.training or bn.running_mean is None
-    flat = F.batch_norm(y.reshape(-1, y.shape[-1]), bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                        use_batch_stats, momentum, bn.eps)
-    return flat.view(y.shape)
+    """A 1x1 :class:`ConvBN` applied to tokens ``(..., C)`` as one GEMM.
+
+    The BatchNorm module itself runs on the tokens viewed as ``(M, C, 1, 1)``, so its statistics, running-stat
+    updates and counters are exactly those of the conv on the equivalent NCHW map.
+    """
+    y = F.linear(x, layer.conv.weight.flatten(1), layer.conv.bias)
+    return layer.bn(y.reshape(-1, y.shape[-1], 1, 1)).view(y.shape)
 
 
 def relative_position_index(window_size: int) -> torch.Tensor:
@@ -78,9 +70,9 @@ class CascadedGroupAttention(nn.Module):
     def attention_bias(self) -> torch.Tensor:
         """The bias table gathered to ``(num_heads, N, N)``.
 
-        In eval mode without gradients the gathered table is cached. The cache key includes the parameter's storage and version
-        counter, so loading new weights after ``.eval()`` (or moving the module) never serves a stale table,
-        a trap of the official implementation.
+        In eval mode without gradients the gathered table is cached. The cache key includes the parameter's
+        storage and version counter, so loading new weights after ``.eval()`` (or moving the module) never
+        serves a stale table, a trap of the official implementation.
         """
         param = self.attention_biases
         needs_grad = torch.is_grad_enabled() and param.requires_grad  # e.g. fine-tuning in eval mode

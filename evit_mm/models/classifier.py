@@ -11,8 +11,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from mmengine.registry import MODELS as ROOT_MODELS
 
-from ..checkpoint import detect_format, unwrap_state_dict
-from ..checkpoint.convert import official_key_to_timm
+from ..checkpoint import adapt_state_dict, read_checkpoint, to_timm_state_dict, unwrap_state_dict
 from ..registry import register_model
 from .backbones import CLASSIFICATION_WINDOWS
 from .layers import BNLinear
@@ -93,18 +92,10 @@ class EfficientViTClassifier(BaseModel):
         """Map an official (``head.l``), timm (``head.linear``) or evit_mm classifier checkpoint to this
         model's keys (``backbone.*``, ``head.*``, ``head_dist.*``)."""
         state = unwrap_state_dict(checkpoint)
-        if any(k.startswith('backbone.') for k in state):
+        if any(k.startswith('backbone.') for k in state):  # already an evit_mm classifier
             return state
-        layout = detect_format(state)
-        if layout == 'unknown':
-            raise ValueError(f'not an EfficientViT classifier checkpoint; first keys: {sorted(state)[:5]}')
-        converted = {}
-        for key, value in state.items():
-            if key.endswith('attention_bias_idxs'):
-                continue
-            new = official_key_to_timm(key) if layout == 'official' else key
-            converted[new if new.startswith(('head.', 'head_dist.')) else f'backbone.{new}'] = value
-        return converted
+        state = to_timm_state_dict(state, keep_heads=True)
+        return {k if k.startswith(('head.', 'head_dist.')) else f'backbone.{k}': v for k, v in state.items()}
 
     def load_checkpoint(self, checkpoint: str) -> None:
         """Load an official, timm or evit_mm classifier checkpoint strictly (backbone and heads).
@@ -112,8 +103,6 @@ class EfficientViTClassifier(BaseModel):
         Heads trained for another number of classes stop the load, or are re-initialised with a warning when
         ``head_mismatch='reinit'``.
         """
-        from ..checkpoint import read_checkpoint
-        from ..checkpoint.load import adapt_state_dict
         state = self.convert_checkpoint(read_checkpoint(checkpoint))
         ckpt_classes = state['head.linear.weight'].shape[0] if 'head.linear.weight' in state else None
         target = self.state_dict()

@@ -15,6 +15,7 @@ import torch
 import torch.utils.checkpoint as cp
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
+from ...checkpoint import load_pretrained
 from ...registry import register_model
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -167,8 +168,8 @@ class EfficientViT(BaseModule):
             bicubically when they were trained with another window. Defaults to 7.
         fast_attention: Run the attention on tokens (GEMMs instead of 1x1 convs, no layout conversions); same
             values as the reference NCHW path, which ``False`` selects. Defaults to True.
-        channels_last: Run on channels-last (NHWC) memory. Same values; oneDNN's depthwise and 1x1 convolutions
-            run faster on it (measured +6% at 16x224x224 and +15% at 1x800x1344 on CPU, docs/benchmarks.md).
+        channels_last: Run on channels-last (NHWC) memory. Same values; with ``fast_attention`` no memory-layout
+            conversion happens between the convolutions (docs/benchmarks.md has the measured effect of both).
             Outputs are then channels-last tensors. Defaults to True.
         pretrained: Deprecated; use ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
         init_cfg: Initialisation config. ``type='Pretrained'`` accepts official (``{'model': ...}``), timm and
@@ -246,7 +247,6 @@ class EfficientViT(BaseModule):
         """Initialise, loading and converting a checkpoint when ``init_cfg`` is ``type='Pretrained'``."""
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            from ...checkpoint import load_pretrained  # local import: keeps `import evit_mm` light
             load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
             self._is_init = True
         else:
@@ -283,7 +283,6 @@ class EfficientViT(BaseModule):
         for module in self.modules():
             if isinstance(module, (ConvBN, BNLinear)):
                 module.fuse()
-        self.deploy = True
         return self
 
     # ---- forward --------------------------------------------------------------------------------------

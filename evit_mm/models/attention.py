@@ -76,7 +76,9 @@ class CascadedGroupAttention(nn.Module):
         """
         param = self.attention_biases
         needs_grad = torch.is_grad_enabled() and param.requires_grad  # e.g. fine-tuning in eval mode
-        if self.training or needs_grad or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        # inference tensors (a model copied or built under torch.inference_mode) have no version counter
+        if (self.training or needs_grad or torch.jit.is_tracing() or torch.compiler.is_compiling()
+                or param.is_inference()):
             return param[:, self.attention_bias_idxs]
         key = (param.device, param.dtype, param.data_ptr(), param._version)
         bias = self._bias_cache.get(key)

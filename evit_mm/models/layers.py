@@ -9,6 +9,8 @@ import torch
 from timm.layers import DropPath, SqueezeExcite
 from torch import nn
 
+from .fused_conv import FusedConv2d
+
 
 class ConvBN(nn.Module):
     """A bias-free ``Conv2d`` followed by ``BatchNorm2d``, fusable into one ``Conv2d`` for deployment.
@@ -23,6 +25,8 @@ class ConvBN(nn.Module):
         bn_weight_init: Initial BatchNorm scale; the paper's residual branches that end in a ConvBN start
             at 0 so that each block starts as the identity. Defaults to 1.
     """
+
+    accepts_residual = True  # forward(x, residual): see Residual
 
     def __init__(
         self,
@@ -45,23 +49,33 @@ class ConvBN(nn.Module):
         """Whether the BatchNorm has been folded into the convolution."""
         return isinstance(self.bn, nn.Identity)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(x))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``BN(conv(x))``, plus ``residual`` when given (in the conv's kernel once fused)."""
+        if self.fused:
+            return self.conv(x, residual)
+        y = self.bn(self.conv(x))
+        return y if residual is None else residual + y
 
     @torch.no_grad()
-    def fuse(self) -> None:
-        """Fold the BatchNorm (with its running statistics) into the convolution, in place."""
-        if self.fused:
-            return
-        conv, bn = self.conv, self.bn
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        fused = nn.Conv2d(
-            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-            dilation=conv.dilation, groups=conv.groups, bias=True,
-        ).to(conv.weight)
-        fused.weight.copy_(conv.weight * scale[:, None, None, None])
-        fused.bias.copy_(bn.bias - bn.running_mean * scale)
-        self.conv, self.bn = fused, nn.Identity()
+    def fuse(self, relu: bool = False, use_fused_kernel: bool = True) -> None:
+        """Fold the BatchNorm (with its running statistics) into the convolution, in place.
+
+        Args:
+            relu: The ReLU that follows this layer moves into the convolution; the caller drops its own.
+            use_fused_kernel: Let :class:`FusedConv2d` run oneDNN's fused kernel on CPU.
+        """
+        if not self.fused:
+            conv, bn = self.conv, self.bn
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            fused = FusedConv2d(
+                conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                dilation=conv.dilation, groups=conv.groups, bias=True,
+            ).to(conv.weight)
+            fused.weight.copy_(conv.weight * scale[:, None, None, None])
+            fused.bias.copy_(bn.bias - bn.running_mean * scale)
+            self.conv, self.bn = fused, nn.Identity()
+        self.conv.relu = self.conv.relu or relu
+        self.conv.use_fused_kernel = use_fused_kernel
 
 
 class BNLinear(nn.Module):
@@ -102,6 +116,9 @@ class BNLinear(nn.Module):
 class Residual(nn.Module):
     """``x + drop_path(m(x))``.
 
+    A branch with ``accepts_residual`` is called as ``m(x, residual=x)`` whenever no path is being dropped, so
+    that once deployed the add runs inside its last convolution (:class:`~.fused_conv.FusedConv2d`).
+
     Args:
         m: The residual branch.
         drop_path: Stochastic-depth probability of dropping the branch per sample. Defaults to 0.
@@ -113,6 +130,9 @@ class Residual(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dropping = self.training and isinstance(self.drop_path, DropPath)
+        if getattr(self.m, 'accepts_residual', False) and not dropping:
+            return self.m(x, residual=x)
         return x + self.drop_path(self.m(x))
 
 
@@ -124,14 +144,22 @@ class ConvFFN(nn.Module):
         hidden: Hidden channels (2x ``dim`` in EfficientViT).
     """
 
+    accepts_residual = True
+
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.pw1 = ConvBN(dim, hidden)
         self.act = nn.ReLU()
         self.pw2 = ConvBN(hidden, dim, bn_weight_init=0.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pw2(self.act(self.pw1(x)))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        return self.pw2(self.act(self.pw1(x)), residual)
+
+    def fuse(self, use_fused_kernel: bool = True) -> None:
+        """Fold both BatchNorms; the ReLU moves into the first convolution."""
+        self.pw1.fuse(relu=True, use_fused_kernel=use_fused_kernel)
+        self.pw2.fuse(use_fused_kernel=use_fused_kernel)
+        self.act = nn.Identity()
 
 
 def depthwise_residual(dim: int, drop_path: float = 0.0, bn_weight_init: float = 1.0) -> Residual:
@@ -165,6 +193,13 @@ class PatchMerging(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv3(self.se(self.act(self.conv2(self.act(self.conv1(x))))))
 
+    def fuse(self, use_fused_kernel: bool = True) -> None:
+        """Fold the BatchNorms; both ReLUs move into the convolutions before them."""
+        self.conv1.fuse(relu=True, use_fused_kernel=use_fused_kernel)
+        self.conv2.fuse(relu=True, use_fused_kernel=use_fused_kernel)
+        self.conv3.fuse(use_fused_kernel=use_fused_kernel)
+        self.act = nn.Identity()
+
 
 class PatchEmbed(nn.Sequential):
     """Overlapping patch embedding: four 3x3 stride-2 ConvBN (ReLU between), channels C/8, C/4, C/2, C.
@@ -185,3 +220,10 @@ class PatchEmbed(nn.Sequential):
         self.conv3 = ConvBN(dim // 4, dim // 2, 3, 2, 1)
         self.relu3 = nn.ReLU()
         self.conv4 = ConvBN(dim // 2, dim, 3, 2, 1)
+
+    def fuse(self, use_fused_kernel: bool = True) -> None:
+        """Fold the BatchNorms; each ReLU moves into the convolution before it."""
+        for i in (1, 2, 3):
+            getattr(self, f'conv{i}').fuse(relu=True, use_fused_kernel=use_fused_kernel)
+            setattr(self, f'relu{i}', nn.Identity())
+        self.conv4.fuse(use_fused_kernel=use_fused_kernel)

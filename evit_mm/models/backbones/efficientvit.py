@@ -21,7 +21,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..attention import LocalWindowAttention
-from ..layers import BNLinear, ConvBN, PatchEmbed, PatchMerging, Residual, depthwise_residual, ffn_residual
+from ..layers import (BNLinear, ConvBN, ConvFFN, PatchEmbed, PatchMerging, Residual, depthwise_residual,
+                      ffn_residual)
 
 
 @dataclass(frozen=True)
@@ -278,10 +279,18 @@ class EfficientViT(BaseModule):
                     module.eval()
         return self
 
-    def switch_to_deploy(self) -> 'EfficientViT':
-        """Fuse every Conv+BN in place (paper Sec. 4: BN rather than LayerNorm so that it folds away)."""
+    def switch_to_deploy(self, fused_kernels: bool = True) -> 'EfficientViT':
+        """Fuse every Conv+BN in place (paper Sec. 4: BN rather than LayerNorm so that it folds away).
+
+        Args:
+            fused_kernels: On CPU, also run each ReLU and residual add inside the convolution before it
+                (:class:`~evit_mm.models.fused_conv.FusedConv2d`; same values, fewer passes over memory).
+                Defaults to True.
+        """
         for module in self.modules():
-            if isinstance(module, (ConvBN, BNLinear)):
+            if isinstance(module, (ConvBN, ConvFFN, PatchMerging, PatchEmbed)):
+                module.fuse(use_fused_kernel=fused_kernels)
+            elif isinstance(module, BNLinear):
                 module.fuse()
         return self
 

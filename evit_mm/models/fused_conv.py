@@ -1,0 +1,77 @@
+"""Deploy-time convolution whose ReLU or residual add runs inside the convolution kernel (oneDNN, CPU)."""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@functools.cache
+def onednn_fusion_available() -> bool:
+    """Whether this PyTorch build has oneDNN's fused convolution (x86 and aarch64 CPU builds do)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_convolution_pointwise')
+
+
+def _exporting_or_compiling() -> bool:
+    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_compiling())
+
+
+class FusedConv2d(nn.Conv2d):
+    """A ``Conv2d`` (BatchNorm already folded in) that can apply a ReLU or add a residual in the same kernel.
+
+    Why our own: eager PyTorch runs conv, ReLU and add as separate kernels, each writing a whole feature map
+    to memory and allocating a new one; oneDNN applies the ReLU or the sum as post-ops while the conv output
+    is still in cache. This is the kernel that ``torch.compile`` emits for frozen CPU graphs
+    (``torch.ops.mkldnn._convolution_pointwise``), used here in eager mode, at any input size, without a
+    compile step. The values are those of the separate ops (tests check it).
+
+    The plain ops run instead whenever the fused kernel cannot: autograd is needed, the tensors are not CPU
+    float32, the graph is being traced, exported or compiled (``torch.compile`` fuses by itself), or
+    ``use_fused_kernel`` is False.
+
+    Args:
+        *args: As for ``nn.Conv2d``.
+        relu: Apply a ReLU to the output. Defaults to False.
+        use_fused_kernel: Allow the oneDNN kernel. Defaults to True.
+        **kwargs: As for ``nn.Conv2d``.
+    """
+
+    def __init__(self, *args, relu: bool = False, use_fused_kernel: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.relu = relu
+        self.use_fused_kernel = use_fused_kernel
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (', relu=True' if self.relu else '')
+
+    def _fused_kernel_applies(self, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
+        if _exporting_or_compiling():  # checked first: the checks below are not traceable
+            return False
+        if not (self.use_fused_kernel and x.device.type == 'cpu' and x.dtype == torch.float32
+                and self.weight.dtype == torch.float32 and self.padding_mode == 'zeros'
+                and not isinstance(self.padding, str) and onednn_fusion_available()):
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
+                                        or (residual is not None and residual.requires_grad)):
+            return False
+        # oneDNN adds the residual in the output's memory layout, which follows the input's
+        return residual is None or any(x.is_contiguous(memory_format=f) and residual.is_contiguous(memory_format=f)
+                                       for f in (torch.channels_last, torch.contiguous_format))
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``relu(conv(x))`` or ``residual + conv(x)`` (or ``conv(x)``)."""
+        if residual is not None and self.relu:
+            raise ValueError('FusedConv2d applies either a ReLU or a residual add, not both')
+        if (self.relu or residual is not None) and self._fused_kernel_applies(x, residual):
+            geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
+            if residual is not None:
+                return torch.ops.mkldnn._convolution_pointwise(
+                    x, residual, self.weight, self.bias, *geometry, 'add', 1.0, None, [], None)
+            return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, *geometry, 'relu', [], '')
+        y = self._conv_forward(x, self.weight, self.bias)
+        if self.relu:
+            return F.relu(y)
+        return y if residual is None else residual + y

@@ -1,0 +1,119 @@
+"""FusedConv2d and the deploy-time kernel fusion of the backbone: same values as the separate ops."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.profiler import profile
+
+from evit_mm.models import EfficientViT
+from evit_mm.models.fused_conv import FusedConv2d, onednn_fusion_available
+from tests.helpers import randomize_
+
+needs_onednn = pytest.mark.skipif(not onednn_fusion_available(), reason='this PyTorch build has no oneDNN')
+FUSED_OP = 'mkldnn::_convolution_pointwise'
+
+
+def fused_kernel_calls(fn) -> int:
+    with profile() as prof:
+        fn()
+    return sum(e.count for e in prof.key_averages() if e.key == FUSED_OP)
+
+
+def make_conv(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, relu: bool = False) -> FusedConv2d:
+    torch.manual_seed(0)
+    conv = FusedConv2d(cin, cout, k, stride, k // 2, groups=groups, bias=True, relu=relu)
+    with torch.no_grad():
+        conv.bias.normal_()
+    return conv.eval()
+
+
+@needs_onednn
+@pytest.mark.parametrize('channels_last', [True, False])
+@pytest.mark.parametrize('cin,cout,k,stride,groups', [(3, 16, 3, 2, 1), (24, 48, 1, 1, 1), (32, 32, 3, 1, 32)])
+def test_relu_in_kernel_equals_conv_then_relu(channels_last, cin, cout, k, stride, groups):
+    conv = make_conv(cin, cout, k, stride, groups, relu=True)
+    x = torch.randn(2, cin, 37, 23)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert fused_kernel_calls(lambda: conv(x)) == 1
+        got = conv(x)
+    expected = F.relu(F.conv2d(x, conv.weight, conv.bias, stride, k // 2, 1, groups))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+@needs_onednn
+@pytest.mark.parametrize('channels_last', [True, False])
+def test_residual_in_kernel_equals_conv_plus_residual(channels_last):
+    conv = make_conv(32, 32, 3, groups=32)
+    x = torch.randn(2, 32, 19, 41)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert fused_kernel_calls(lambda: conv(x, residual=x)) == 1
+        got = conv(x, residual=x)
+    torch.testing.assert_close(got, x + F.conv2d(x, conv.weight, conv.bias, 1, 1, 1, 32), atol=1e-5, rtol=1e-5)
+
+
+def test_plain_ops_when_autograd_needs_them():
+    conv = make_conv(8, 8, 3, relu=True)
+    x = torch.randn(1, 8, 11, 13, requires_grad=True)
+    assert fused_kernel_calls(lambda: conv(x)) == 0
+    conv(x).sum().backward()
+    reference = x.detach().clone().requires_grad_()
+    F.relu(F.conv2d(reference, conv.weight, conv.bias, 1, 1)).sum().backward()
+    torch.testing.assert_close(x.grad, reference.grad)
+
+
+def test_plain_ops_when_switched_off_or_layouts_differ():
+    conv = make_conv(8, 8, 1)
+    conv.use_fused_kernel = False
+    x = torch.randn(1, 8, 5, 7)
+    with torch.inference_mode():
+        assert fused_kernel_calls(lambda: conv(x, residual=x)) == 0
+        torch.testing.assert_close(conv(x, residual=x), x + F.conv2d(x, conv.weight, conv.bias))
+        conv.use_fused_kernel = True
+        mixed = x.contiguous(memory_format=torch.channels_last)  # residual in another memory layout
+        assert fused_kernel_calls(lambda: conv(x, residual=mixed)) == 0
+        torch.testing.assert_close(conv(x, residual=mixed), x + F.conv2d(x, conv.weight, conv.bias))
+
+
+def test_relu_and_residual_together_is_an_error():
+    conv = make_conv(4, 4, 1, relu=True)
+    with pytest.raises(ValueError, match='either a ReLU or a residual'):
+        conv(torch.randn(1, 4, 3, 3), residual=torch.randn(1, 4, 3, 3))
+
+
+@pytest.mark.parametrize('arch', ['m0', 'm3'])
+def test_deployed_backbone_fused_kernels_keep_outputs(arch):
+    model = randomize_(EfficientViT(arch))
+    x = torch.randn(2, 3, 117, 171)
+    with torch.inference_mode():
+        expected = model(x)
+        plain = copy.deepcopy(model).switch_to_deploy(fused_kernels=False)
+        fused = model.switch_to_deploy()
+        without = plain(x)
+        got = fused(x)
+        if onednn_fusion_available():
+            # the stem's 3 ReLUs, patch merging's 2 per stage, and every DW/FFN residual of the backbone
+            assert fused_kernel_calls(lambda: fused(x)) > 20
+        assert fused_kernel_calls(lambda: plain(x)) == 0
+    assert not any(isinstance(m, torch.nn.ReLU) for m in fused.patch_embed.modules())
+    for g, w, e in zip(got, without, expected):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+        assert (g - e).abs().max() <= 1e-4 * e.abs().max()
+
+
+def test_deployed_backbone_trains_through_plain_ops():
+    """A deployed model used with autograd (e.g. fine-tuning, attribution) runs the differentiable ops."""
+    model = randomize_(EfficientViT('m0')).switch_to_deploy()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.inference_mode():
+        expected = model(x)
+    got = model(x)
+    sum(f.sum() for f in got).backward()
+    assert model.patch_embed.conv1.conv.weight.grad is not None
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g.detach(), e, atol=1e-5, rtol=1e-5)

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""CPU/GPU images/s of evit_mm's EfficientViT backbone against timm's (features_only, same weights),
-unfused and with the same Conv+BN fusion, measured interleaved in one run.
+"""CPU images/s of evit_mm's EfficientViT backbone against timm's (features_only, same weights): as built,
+evit_mm deployed against timm as shipped and against timm with the same Conv+BN fusion, optionally both compiled
+and a training step, all measured interleaved in one run; ratios are paired medians over rounds.
 
     python tools/benchmark_backbone.py --arch m4 --threads 2
 """
@@ -25,12 +26,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--repeats', type=int, default=10)
     parser.add_argument('--train', action='store_true', help='also time a training step (forward + backward)')
+    parser.add_argument('--compile', action='store_true',
+                        help='also time both deployed models under torch.compile (inductor, freezing)')
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = tuple(tuple(int(v) for v in s.lower().split('x')) for s in args.shapes)
     print(f'torch {torch.__version__}, {torch.get_num_threads()} CPU threads, fp32')
-    print(format_rows(compare(args.arch, shapes, args.warmup, args.repeats, args.train)))
+    print(format_rows(compare(args.arch, shapes, args.warmup, args.repeats, args.train, args.compile)))
 
 
 if __name__ == '__main__':

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import re
+import statistics
 from dataclasses import dataclass
 
 import timm
@@ -11,7 +12,7 @@ from torch import nn
 
 from ..checkpoint import to_backbone_state_dict
 from ..models import EfficientViT
-from .timing import time_interleaved
+from .timing import Timing, time_interleaved
 
 
 def fuse_timm_efficientvit(model: nn.Module) -> nn.Module:
@@ -42,15 +43,29 @@ def build_pair(arch: str, img_size: int = 224) -> tuple[nn.Module, nn.Module]:
 
 @dataclass
 class Row:
+    """One comparison: images/s of an evit_mm variant and a timm variant timed in the same rounds."""
+
     arch: str
     shape: tuple[int, int, int]  # batch, height, width
-    fused: bool | str  # True/False, or 'train' for a training step (forward + backward)
-    ours: float  # images/s
+    case: str  # which evit_mm variant against which timm variant (see CASES)
+    ours: float  # images/s (median latency)
     timm: float
+    ratio: float  # median over rounds of timm latency / evit_mm latency (paired: robust to machine drift)
 
-    @property
-    def ratio(self) -> float:
-        return self.ours / self.timm
+
+CASES = {
+    'eval': ('evit_mm', 'timm'),  # both as built, unfused
+    'deploy vs timm as shipped': ('evit_mm deploy', 'timm'),  # issue 8's target
+    'deploy vs timm fused': ('evit_mm deploy', 'timm fused'),  # same Conv+BN folding on both
+    'compiled deploy vs timm compiled': ('evit_mm deploy compiled', 'timm compiled'),
+    'compiled deploy vs timm as shipped': ('evit_mm deploy compiled', 'timm'),
+    'train': ('evit_mm train', 'timm train'),  # forward + backward
+}
+
+
+def paired_ratio(reference: Timing, candidate: Timing) -> float:
+    """Median over rounds of ``reference / candidate`` latency (> 1: the candidate is faster)."""
+    return statistics.median(r / c for r, c in zip(reference.latencies, candidate.latencies, strict=True))
 
 
 def _training_step(model: nn.Module, x: torch.Tensor):
@@ -60,36 +75,50 @@ def _training_step(model: nn.Module, x: torch.Tensor):
     return step
 
 
+def _compiled(model: nn.Module) -> nn.Module:
+    """``torch.compile`` with inductor's freezing (weights become constants: conv+BN folding, weight prepacking)."""
+    import torch._inductor.config as inductor_config
+    inductor_config.freezing = True
+    return torch.compile(model)
+
+
 def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 224, 224), (1, 800, 1344)),
-            warmup: int = 3, repeats: int = 10, train: bool = False) -> list[Row]:
-    """Images/s of evit_mm and timm, unfused and fused (and a training step, forward + backward, when
-    ``train``), at each ``(batch, height, width)``, interleaved."""
+            warmup: int = 3, repeats: int = 10, train: bool = False, compile: bool = False) -> list[Row]:
+    """Images/s of evit_mm and timm at each ``(batch, height, width)``: as built, evit_mm deployed
+    (``switch_to_deploy``) against timm as shipped and against timm with the same fusion, optionally both
+    compiled and a training step. All inference candidates of one shape run in the same interleaved rounds."""
     ours, reference = build_pair(arch)
-    variants = {False: (ours, reference),
-                True: (copy.deepcopy(ours).switch_to_deploy(), fuse_timm_efficientvit(copy.deepcopy(reference)))}
+    models = {'evit_mm': ours, 'timm': reference, 'evit_mm deploy': copy.deepcopy(ours).switch_to_deploy(),
+              'timm fused': fuse_timm_efficientvit(copy.deepcopy(reference))}
+    if compile:
+        models['evit_mm deploy compiled'] = _compiled(models['evit_mm deploy'])
+        models['timm compiled'] = _compiled(reference)
     rows = []
     for batch, height, width in shapes:
         x = torch.randn(batch, 3, height, width)
-        for fused, (a, b) in variants.items():
-            with torch.no_grad():  # same weights must give the same features before any timing counts
-                for u, v in zip(a(x), b(x), strict=True):
-                    torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-3)
-            timings = time_interleaved({'ours': lambda: a(x), 'timm': lambda: b(x)}, batch, warmup, repeats)
-            rows.append(Row(arch, (batch, height, width), fused, timings['ours'].images_per_second,
-                            timings['timm'].images_per_second))
+        with torch.inference_mode():  # same weights must give the same features before any timing counts
+            expected = reference(x)
+            for name, model in models.items():
+                for u, v in zip(model(x), expected, strict=True):
+                    torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-3, msg=f'{name} differs from timm')
+        timings = time_interleaved({name: (lambda m=m: m(x)) for name, m in models.items()}, batch, warmup, repeats)
         if train:
             ours.train(), reference.train()
-            timings = time_interleaved({'ours': _training_step(ours, x), 'timm': _training_step(reference, x)},
-                                       batch, warmup, repeats, grad=True)
+            timings.update(time_interleaved({'evit_mm train': _training_step(ours, x),
+                                             'timm train': _training_step(reference, x)},
+                                            batch, warmup, repeats, grad=True))
             ours.eval(), reference.eval()
-            rows.append(Row(arch, (batch, height, width), 'train', timings['ours'].images_per_second,
-                            timings['timm'].images_per_second))
+        for case, (a, b) in CASES.items():
+            if a in timings:
+                rows.append(Row(arch, (batch, height, width), case, timings[a].images_per_second,
+                                timings[b].images_per_second, paired_ratio(timings[b], timings[a])))
     return rows
 
 
 def format_rows(rows: list[Row]) -> str:
-    lines = ['| arch | input (BxHxW) | fused / train | evit_mm img/s | timm img/s | ratio |', '|---|---|---|---|---|---|']
+    lines = ['| arch | input (BxHxW) | comparison | evit_mm img/s | timm img/s | ratio (paired median) |',
+             '|---|---|---|---|---|---|']
     for r in rows:
-        lines.append(f'| {r.arch} | {r.shape[0]}x{r.shape[1]}x{r.shape[2]} | {r.fused if isinstance(r.fused, str) else ("yes" if r.fused else "no")} | '
-                     f'{r.ours:.1f} | {r.timm:.1f} | {r.ratio:.2f} |')
+        lines.append(f'| {r.arch} | {r.shape[0]}x{r.shape[1]}x{r.shape[2]} | {r.case} | {r.ours:.1f} | {r.timm:.1f} | '
+                     f'{r.ratio:.2f} |')
     return '\n'.join(lines)

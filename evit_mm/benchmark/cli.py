@@ -27,7 +27,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                '--checkpoint ckpt.pth\n',
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('targets', nargs='+', help='config files, evit_m0..evit_m5, resnet18, resnet50, swin-t, '
-                                               'timm:<model>')
+                                               'timm:<model>; append @deploy to deploy one target (a target may '
+                                               'be listed both ways)')
     p.add_argument('--modes', nargs='+', default=['backbone'], choices=MODES,
                    help='backbone: backbone only; forward: model in tensor mode; predict: test_step with a '
                         'per-stage breakdown; pipeline: data loading + test_step; onnx: backbone in ONNX Runtime')
@@ -37,7 +38,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument('--dtype', choices=sorted(DTYPES), default='fp32', help='autocast precision')
     p.add_argument('--channels-last', action='store_true')
     p.add_argument('--compile', action='store_true', help='torch.compile the backbone')
-    p.add_argument('--deploy', action='store_true', help='fuse Conv+BN (switch_to_deploy) where supported')
+    p.add_argument('--deploy', action='store_true',
+                   help='deploy every target (evit_mm.deploy.optimize_for_inference: Conv+BN folding, fused '
+                        'kernels, Winograd 3x3); TARGET@deploy deploys one target only')
+    p.add_argument('--no-fused-kernels', dest='fused_kernels', action='store_false',
+                   help='with deploy: keep ReLUs and residual adds out of the conv kernels')
+    p.add_argument('--no-winograd', dest='winograd', action='store_false',
+                   help='with deploy: keep direct 3x3 convolutions')
     p.add_argument('--threads', type=int, help='CPU threads (torch.set_num_threads)')
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--repeats', type=int, default=10)
@@ -47,7 +54,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument('--json', help='write results as JSON')
     p.add_argument('--csv', help='write results as CSV')
     p.add_argument('--plot', help='write a PNG of images/s against GFLOPs')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for spec in args.targets:
+        if '@' in spec and spec.partition('@')[2] != 'deploy':
+            p.error(f'unknown target suffix in {spec!r}; the only suffix is @deploy')
+    return args
 
 
 def _parse_shape(text: str) -> tuple[int, int]:
@@ -76,7 +87,7 @@ def format_table(results: list[Result]) -> str:
                   '|---|---|---|---|---|---|---|---|']
         for r in breakdowns:
             b = r.breakdown_ms
-            lines.append(f'| {r.target} | {r.shape} | ' + ' | '.join(
+            lines.append(f'| {r.target}{" (deploy)" if r.deploy else ""} | {r.shape} | ' + ' | '.join(
                 f'{b[k]:.1f}' for k in ('preprocess', 'backbone', 'neck', 'head', 'postprocess', 'total')) + ' |')
     return '\n'.join(lines)
 
@@ -121,10 +132,12 @@ def main(argv: list[str]) -> int:
           file=sys.stderr)
     built = {}
     for index, (spec, mode, (h, w)) in enumerate(jobs, 1):
+        name, deploy = _split_deploy(spec)
         opts = Options(args.device, args.batch_size, h, w, args.dtype, args.channels_last, args.compile,
-                       args.deploy, args.warmup, args.repeats, args.time_budget)
+                       args.deploy or deploy, args.fused_kernels, args.winograd, args.warmup, args.repeats,
+                       args.time_budget)
         if spec not in built:
-            target = build_target(spec, args.checkpoint if spec.endswith('.py') else None, args.cfg_options)
+            target = build_target(name, args.checkpoint if name.endswith('.py') else None, args.cfg_options)
             device = prepare(target, opts)
             for note in target.notes:
                 print(f'WARNING [{target.name}]: {note}', file=sys.stderr)
@@ -142,6 +155,11 @@ def main(argv: list[str]) -> int:
     print(format_table(results))
     write_outputs(results, args)
     return 0
+
+
+def _split_deploy(spec: str) -> tuple[str, bool]:
+    name, sep, _ = spec.partition('@')  # parse_args allows only '@deploy'
+    return name, bool(sep)
 
 
 def _uncompiled(module: torch.nn.Module) -> torch.nn.Module:

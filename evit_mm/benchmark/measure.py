@@ -27,6 +27,8 @@ class Options:
     channels_last: bool = False
     compile: bool = False
     deploy: bool = False
+    fused_kernels: bool = True  # with deploy: ReLU/residual add inside the conv kernels (CPU)
+    winograd: bool = True  # with deploy: 3x3 convolutions by Winograd F(2x2, 3x3) (CPU)
     warmup: int = 3
     repeats: int = 10
     time_budget: float | None = None
@@ -88,8 +90,10 @@ def _peak_memory(device: torch.device) -> tuple[float, str]:
 def prepare(target: Target, opts: Options) -> torch.device:
     """Move, fuse, convert and compile the target as the options say (in place)."""
     device = torch.device(opts.device)
-    if opts.deploy and hasattr(target.backbone, 'switch_to_deploy'):
-        target.backbone.switch_to_deploy()
+    if opts.deploy:
+        from ..deploy import optimize_for_inference
+        summary = optimize_for_inference(target.model, fused_kernels=opts.fused_kernels, winograd=opts.winograd)
+        print(f'{target.name}: {summary}', file=sys.stderr)
     target.model.to(device)
     if opts.channels_last:
         target.model.to(memory_format=torch.channels_last)

@@ -61,6 +61,20 @@ def _backbone_target(name: str) -> Target:
     return Target(name, 'backbone', module, module)
 
 
+def _quiet_init_weights(model: torch.nn.Module) -> None:
+    """``model.init_weights()`` without mmengine's per-parameter INFO report (hundreds of lines)."""
+    import logging
+
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
+
+
 def _config_target(path: str, checkpoint: str | None, cfg_options: dict | None = None) -> Target:
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
@@ -90,8 +104,11 @@ def _config_target(path: str, checkpoint: str | None, cfg_options: dict | None =
             from mmengine.runner import load_checkpoint
             load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
     else:
-        notes.append('untrained weights: post-processing time depends on how many candidates pass the score '
-                     'threshold; pass --checkpoint for breakdowns that reflect a real model')
+        # the model's own initialisation (e.g. RetinaNet's classification prior): with PyTorch's default init
+        # instead, thousands of random candidates pass the score threshold and post-processing dominates
+        _quiet_init_weights(model)
+        notes.append('untrained weights (the model\'s own initialisation): post-processing time depends on how many '
+                     'candidates pass the score threshold; pass --checkpoint for breakdowns of a trained model')
     name = os.path.splitext(os.path.basename(path))[0]
     model.eval()
     return Target(name, kind, model, model.backbone, cfg=cfg, trained=bool(checkpoint), notes=notes)

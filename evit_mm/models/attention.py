@@ -62,7 +62,7 @@ class CascadedGroupAttention(nn.Module):
         self.qkvs = nn.ModuleList(ConvBN(self.val_dim, 2 * key_dim + self.val_dim) for _ in range(num_heads))
         self.dws = nn.ModuleList(
             ConvBN(key_dim, key_dim, kernels[i], 1, kernels[i] // 2, groups=key_dim) for i in range(num_heads))
-        self.proj = nn.Sequential(nn.ReLU(), ConvBN(self.val_dim * num_heads, dim, bn_weight_init=0.0))
+        self.proj = nn.Sequential(nn.ReLU(inplace=True), ConvBN(self.val_dim * num_heads, dim, bn_weight_init=0.0))
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, window_size * window_size))
         self.register_buffer('attention_bias_idxs', relative_position_index(window_size), persistent=False)
         self._bias_cache: dict[tuple, torch.Tensor] = {}
@@ -113,7 +113,7 @@ class CascadedGroupAttention(nn.Module):
             attn = torch.baddbmm(bias[i].expand(B, -1, -1), q, k.transpose(1, 2), alpha=self.scale)
             feat = attn.softmax(dim=-1) @ v
             outputs.append(feat)
-        return pointwise_tokens(self.proj[1], F.relu(torch.cat(outputs, dim=-1)))
+        return pointwise_tokens(self.proj[1], torch.cat(outputs, dim=-1).relu_())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The reference path: attend within ``x`` of shape ``(B, C, window_size, window_size)``."""

@@ -54,7 +54,8 @@ class ConvBN(nn.Module):
         if self.fused:
             return self.conv(x, residual)
         y = self.bn(self.conv(x))
-        return y if residual is None else residual + y
+        # in place: BatchNorm's backward does not read its output, so autograd allows it and a map is saved
+        return y if residual is None else y.add_(residual)
 
     @torch.no_grad()
     def fuse(self, relu: bool = False, use_fused_kernel: bool = True) -> None:
@@ -149,7 +150,7 @@ class ConvFFN(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.pw1 = ConvBN(dim, hidden)
-        self.act = nn.ReLU()
+        self.act = nn.ReLU(inplace=True)
         self.pw2 = ConvBN(hidden, dim, bn_weight_init=0.0)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -185,7 +186,7 @@ class PatchMerging(nn.Module):
         super().__init__()
         hidden = 4 * dim
         self.conv1 = ConvBN(dim, hidden)
-        self.act = nn.ReLU()
+        self.act = nn.ReLU(inplace=True)
         self.conv2 = ConvBN(hidden, hidden, 3, 2, 1, groups=hidden)
         self.se = SqueezeExcite(hidden, 0.25)
         self.conv3 = ConvBN(hidden, out_dim)
@@ -214,11 +215,11 @@ class PatchEmbed(nn.Sequential):
     def __init__(self, in_channels: int, dim: int) -> None:
         super().__init__()
         self.conv1 = ConvBN(in_channels, dim // 8, 3, 2, 1)
-        self.relu1 = nn.ReLU()
+        self.relu1 = nn.ReLU(inplace=True)
         self.conv2 = ConvBN(dim // 8, dim // 4, 3, 2, 1)
-        self.relu2 = nn.ReLU()
+        self.relu2 = nn.ReLU(inplace=True)
         self.conv3 = ConvBN(dim // 4, dim // 2, 3, 2, 1)
-        self.relu3 = nn.ReLU()
+        self.relu3 = nn.ReLU(inplace=True)
         self.conv4 = ConvBN(dim // 2, dim, 3, 2, 1)
 
     def fuse(self, use_fused_kernel: bool = True) -> None:

@@ -6,7 +6,7 @@ from evit_mm.benchmark.backbone import compare, format_rows
 
 def test_compare_runs_at_tiny_size():
     rows = compare('m0', shapes=((2, 64, 96),), warmup=0, repeats=1, train=True)
-    assert [r.fused for r in rows] == [False, True, 'train']
-    assert all(r.ours > 0 and r.timm > 0 for r in rows)
+    assert [r.case for r in rows] == ['eval', 'deploy vs timm as shipped', 'deploy vs timm fused', 'train']
+    assert all(r.ours > 0 and r.timm > 0 and r.ratio > 0 for r in rows)
     table = format_rows(rows)
-    assert table.count('\n') == 4 and '| m0 | 2x64x96 | yes |' in table and '| train |' in table
+    assert table.count('\n') == 5 and '| m0 | 2x64x96 | deploy vs timm as shipped |' in table

@@ -43,6 +43,15 @@ def test_backbone_mode_with_baselines_and_plot(tmp_path):
     assert (tmp_path / 'p.png').stat().st_size > 1000
 
 
+def test_deploy_suffix_deploys_one_listing_of_a_target(tmp_path, capsys):
+    results = _run(tmp_path, DET_DEMO, DET_DEMO + '@deploy', '--modes', 'forward', '--shape', '96x128')
+    assert [r['deploy'] for r in results] == [False, True]
+    assert 'Winograd' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.parse_args([DET_DEMO + '@fast'])
+    assert 'the only suffix is @deploy' in capsys.readouterr().err
+
+
 def test_forward_and_predict_modes_with_breakdown(tmp_path, capsys):
     results = _run(tmp_path, DET_DEMO, SEG_DEMO, '--modes', 'forward', 'predict', '--shape', '96x128')
     predict = [r for r in results if r['mode'] == 'predict']

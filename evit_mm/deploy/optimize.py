@@ -1,0 +1,43 @@
+"""Deploy-time rewrites of a whole model (backbone, neck, head) that keep its outputs."""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..models.winograd import convert_to_winograd
+
+
+@dataclass
+class DeploySummary:
+    """What :func:`optimize_for_inference` changed."""
+
+    fused: str | None  # the module whose switch_to_deploy ran (Conv+BN folding, fused kernels), if any
+    winograd_convs: int  # 3x3 convolutions now computed by Winograd F(2x2, 3x3) on CPU
+
+    def __str__(self) -> str:
+        return (f'deploy: Conv+BN folded in {self.fused or "nothing (no switch_to_deploy)"}; '
+                f'{self.winograd_convs} 3x3 convolutions on Winograd F(2x2,3x3)')
+
+
+def optimize_for_inference(model: nn.Module, fused_kernels: bool = True, winograd: bool = True) -> DeploySummary:
+    """Prepare ``model`` (a detector, segmentor, classifier or backbone) for inference, in place.
+
+    1. ``switch_to_deploy`` of the model (classifiers: backbone and heads) or else of its backbone: BatchNorm
+       folded into the convolutions and, with ``fused_kernels``, ReLUs and residual adds run inside them (CPU).
+    2. With ``winograd``, every other 3x3 stride-1 convolution (FPN outputs, RetinaNet/FCN heads) becomes a
+       :class:`~evit_mm.models.winograd.WinogradConv2d`, faster on CPU for wide maps and many channels and
+       unchanged elsewhere (GPU, autograd, tracing, small maps). Outputs move by a few 1e-6 relative.
+
+    The model should not be trained afterwards (BatchNorm is gone); tracing and ONNX export still work.
+    """
+    target = model if hasattr(model, 'switch_to_deploy') else getattr(model, 'backbone', None)
+    fused = None
+    if target is not None and hasattr(target, 'switch_to_deploy'):
+        if 'fused_kernels' in inspect.signature(target.switch_to_deploy).parameters:  # evit_mm's own
+            target.switch_to_deploy(fused_kernels=fused_kernels)
+        else:
+            target.switch_to_deploy()
+        fused = type(target).__name__
+    return DeploySummary(fused, convert_to_winograd(model) if winograd else 0)

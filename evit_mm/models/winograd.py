@@ -1,0 +1,137 @@
+"""3x3 convolutions by Winograd's minimal filtering F(2x2, 3x3), for CPU inference of dense-prediction heads.
+
+Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016: each 4x4 input tile and each 3x3
+filter are transformed so that a 2x2 output tile costs 16 multiplies per channel pair instead of 36, turning a
+3x3 convolution into 16 independent GEMMs (one per tile position) between transformed inputs and filters.
+
+Why our own: oneDNN (PyTorch's CPU convolution) has no Winograd kernels on AVX2 CPUs, and a RetinaNet or FPN head
+spends nearly all of its time in 256-channel 3x3 convolutions that already run at the machine's GEMM peak, so
+fewer multiplies are the only way to make them faster. F(2x2, 3x3) keeps fp32 results within a few 1e-6 of the
+direct convolution (relative to the output's scale; tests check it), unlike larger tiles such as F(4x4, 3x3).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .fused_conv import _exporting_or_compiling
+
+# B^T (input), G (filter) and A^T (output) transforms of F(2x2, 3x3).
+_BT = ((1., 0., -1., 0.), (0., 1., 1., 0.), (0., -1., 1., 0.), (0., 1., 0., -1.))
+_G = ((1., 0., 0.), (.5, .5, .5), (.5, -.5, .5), (0., 0., 1.))
+_AT = ((1., 1., 1., 0.), (0., 1., -1., -1.))
+
+# Tiles per GEMM: enough rows for an efficient GEMM while one chunk's transformed tiles stay in cache.
+# Measured on a 2-core AVX2 CPU (docs/benchmarks.md): 300-700 tiles beat both smaller and whole-map chunks.
+_TILES_PER_CHUNK = 512
+
+
+def winograd_filter(weight: torch.Tensor) -> torch.Tensor:
+    """``G g G^T`` for every filter: ``(O, C, 3, 3)`` -> ``(16, C, O)``, computed in float64."""
+    g = torch.tensor(_G, dtype=torch.float64, device=weight.device)
+    u = torch.einsum('ai,ocij,bj->abco', g, weight.double(), g)
+    return u.reshape(16, weight.shape[1], weight.shape[0]).to(weight.dtype).contiguous()
+
+
+def winograd_conv3x3(x: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A 3x3, stride-1, padding-1 convolution of ``x`` ``(N, C, H, W)`` with transformed ``filters``
+    (:func:`winograd_filter`). Returns a channels-last ``(N, O, H, W)`` tensor."""
+    n, c, h, w = x.shape
+    out_channels = filters.shape[2]
+    th, tw = (h + 1) // 2, (w + 1) // 2
+    bt = torch.tensor(_BT, dtype=x.dtype, device=x.device)
+    at = torch.tensor(_AT, dtype=x.dtype, device=x.device)
+    kin, kout = torch.kron(bt, bt), torch.kron(at, at)  # (16, 16) and (4, 16): both sides of a tile at once
+    # NHWC, zero border of 1 plus what completes the last 2x2 output tile
+    padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 2 * tw + 1 - w, 1, 2 * th + 1 - h))
+    out = torch.empty(n, 2 * th, 2 * tw, out_channels, dtype=x.dtype, device=x.device)
+    rows = max(1, _TILES_PER_CHUNK // (n * tw))
+    for r0 in range(0, th, rows):
+        r = min(rows, th - r0)
+        tiles = padded[:, 2 * r0:2 * (r0 + r) + 2].unfold(1, 4, 2).unfold(2, 4, 2)  # (N, r, tw, C, 4, 4)
+        count = n * r * tw
+        v = torch.mm(kin, tiles.permute(4, 5, 0, 1, 2, 3).reshape(16, count * c)).view(16, count, c)
+        m = torch.bmm(v, filters)  # (16, tiles, O): the 16 GEMMs
+        y = torch.mm(kout, m.view(16, count * out_channels)).view(2, 2, n, r, tw, out_channels)
+        out[:, 2 * r0:2 * (r0 + r)].view(n, r, 2, tw, 2, out_channels).copy_(y.permute(2, 3, 0, 4, 1, 5))
+    if (h, w) != (2 * th, 2 * tw):  # odd sizes: crop in the same pass that adds the bias
+        out = out[:, :h, :w]
+        out = out.contiguous() if bias is None else torch.add(out, bias)
+    elif bias is not None:
+        out.add_(bias)
+    return out.permute(0, 3, 1, 2)
+
+
+class WinogradConv2d(nn.Conv2d):
+    """A 3x3, stride-1, padding-1, ungrouped ``Conv2d`` that runs :func:`winograd_conv3x3` where that is faster.
+
+    Same parameters (and state-dict keys) as the ``Conv2d`` it replaces. The Winograd path runs for CPU float32
+    inference (no autograd, not traced, exported or compiled) on maps of at least ``min_pixels`` and at least
+    ``min_channels`` input and output channels; everything else runs the direct convolution. The transformed
+    filters are cached and recomputed when the weights change.
+
+    Args:
+        *args: As for ``nn.Conv2d``.
+        min_channels: Smallest input and output channel count for the Winograd path. Defaults to 64.
+        min_pixels: Smallest ``H * W`` for the Winograd path. Defaults to 256.
+        **kwargs: As for ``nn.Conv2d``.
+    """
+
+    def __init__(self, *args, min_channels: int = 64, min_pixels: int = 256, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.supports(self):
+            raise ValueError('WinogradConv2d needs kernel 3x3, stride 1, padding 1, dilation 1, groups 1 and zero '
+                             f'padding; got {super().extra_repr()}')
+        self.min_channels = min_channels
+        self.min_pixels = min_pixels
+        self._filters: tuple[tuple, torch.Tensor] | None = None
+
+    @staticmethod
+    def supports(conv: nn.Conv2d) -> bool:
+        """Whether ``conv`` has the geometry F(2x2, 3x3) computes."""
+        return (tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1) and conv.padding in ((1, 1), 1)
+                and tuple(conv.dilation) == (1, 1) and conv.groups == 1 and conv.padding_mode == 'zeros')
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, **kwargs) -> WinogradConv2d:
+        """A WinogradConv2d sharing ``conv``'s parameters."""
+        new = cls(conv.in_channels, conv.out_channels, 3, 1, 1, bias=conv.bias is not None,
+                  device=conv.weight.device, dtype=conv.weight.dtype, **kwargs)
+        new.weight, new.bias = conv.weight, conv.bias
+        new.train(conv.training)
+        return new
+
+    def transformed_filters(self) -> torch.Tensor:
+        w = self.weight
+        key = (w.device, w.dtype, w.data_ptr(), None if w.is_inference() else w._version)
+        if self._filters is None or self._filters[0] != key or key[3] is None:
+            with torch.no_grad():
+                self._filters = (key, winograd_filter(w))
+        return self._filters[1]
+
+    def _winograd_applies(self, x: torch.Tensor) -> bool:
+        if _exporting_or_compiling():
+            return False
+        return (x.device.type == 'cpu' and x.dtype == torch.float32 and x.dim() == 4 and x.shape[0] > 0
+                and min(self.in_channels, self.out_channels) >= self.min_channels
+                and x.shape[-2] * x.shape[-1] >= self.min_pixels
+                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._winograd_applies(x):
+            return winograd_conv3x3(x, self.transformed_filters(), self.bias)
+        return super().forward(x)
+
+
+def convert_to_winograd(model: nn.Module, **kwargs) -> int:
+    """Replace, in place, every ``nn.Conv2d`` of ``model`` that :meth:`WinogradConv2d.supports` with a
+    :class:`WinogradConv2d` sharing its parameters. Returns how many were replaced."""
+    replaced = 0
+    for name, child in list(model.named_children()):
+        if type(child) is nn.Conv2d and WinogradConv2d.supports(child):
+            setattr(model, name, WinogradConv2d.from_conv(child, **kwargs))
+            replaced += 1
+        else:
+            replaced += convert_to_winograd(child, **kwargs)
+    return replaced

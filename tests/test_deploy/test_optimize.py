@@ -1,0 +1,53 @@
+"""optimize_for_inference on whole models: same outputs, and the rewrites it reports actually happened."""
+import pytest
+import torch
+
+from evit_mm.benchmark.targets import build_target
+from evit_mm.benchmark.tensor_mode import TensorMode
+from evit_mm.deploy import optimize_for_inference
+from evit_mm.models.fused_conv import FusedConv2d
+from evit_mm.models.winograd import WinogradConv2d
+from tests.conftest import REPO_ROOT
+from tests.helpers import randomize_
+
+
+def flat_outputs(module: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    out = module(x)
+    stack = [out]
+    flat = []
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            flat.append(item)
+        else:
+            stack.extend(reversed(list(item)))
+    return flat
+
+
+@pytest.mark.parametrize('config', ['retinanet_evit_m0.py', 'fpn_evit_m4_ade20k.py'])
+def test_deployed_model_keeps_outputs(config):
+    target = build_target(str(REPO_ROOT / 'configs' / config))
+    randomize_(target.backbone)  # trained-like BatchNorm statistics, so that folding them is not trivial
+    module = TensorMode(target).eval()
+    x = torch.randn(1, 3, 203, 299)
+    with torch.inference_mode():
+        expected = flat_outputs(module, x)
+        summary = optimize_for_inference(target.model)
+        got = flat_outputs(module, x)
+    assert summary.fused == 'EfficientViT' and summary.winograd_convs > 0
+    assert any(isinstance(m, WinogradConv2d) for m in target.model.modules())
+    assert any(isinstance(m, FusedConv2d) and m.relu for m in target.backbone.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in target.backbone.modules())
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape
+        assert (g - e).abs().max() <= 1e-4 * e.abs().max() + 1e-6
+
+
+def test_switches_turn_rewrites_off():
+    target = build_target(str(REPO_ROOT / 'configs/retinanet_evit_m0.py'))
+    summary = optimize_for_inference(target.model, fused_kernels=False, winograd=False)
+    assert summary.winograd_convs == 0
+    assert not any(isinstance(m, WinogradConv2d) for m in target.model.modules())
+    assert all(not m.use_fused_kernel for m in target.backbone.modules() if isinstance(m, FusedConv2d))
+    assert 'Conv+BN folded in EfficientViT' in str(summary)

@@ -55,6 +55,13 @@ def test_train_then_test_writes_checkpoint_metrics_and_predictions(coco_root, tm
     for name in ('mAP', 'mAP_50', 'mAP_75', 'mAP_s', 'mAP_m', 'mAP_l'):
         assert 0.0 <= metrics[f'coco/bbox_{name}'] <= 1.0 or metrics[f'coco/bbox_{name}'] == -1.0
     assert out.is_file() and out.stat().st_size > 0
+    deployed_dir = tmp_path / 'test_deployed'
+    assert test_tool.main([DEMO_CONFIG, str(ckpt), '--work-dir', str(deployed_dir), '--deploy',
+                           *_options(coco_root)]) == 0
+    deployed = logged_metrics(deployed_dir, 'coco/bbox_mAP')
+    for name, value in metrics.items():  # the deployed model scores the same
+        if name.startswith('coco/bbox_'):
+            assert deployed[name] == pytest.approx(value, abs=1e-3), name
 
 
 @pytest.mark.slow

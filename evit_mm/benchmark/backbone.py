@@ -79,7 +79,7 @@ def _compiled(model: nn.Module) -> nn.Module:
     """``torch.compile`` with inductor's freezing (weights become constants: conv+BN folding, weight prepacking)."""
     import torch._inductor.config as inductor_config
     inductor_config.freezing = True
-    return torch.compile(model)
+    return torch.compile(model, dynamic=False)  # one static graph per shape: dynamic-shape recompiles broke here
 
 
 def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 224, 224), (1, 800, 1344)),
@@ -102,12 +102,10 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
                 for u, v in zip(model(x), expected, strict=True):
                     torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-3, msg=f'{name} differs from timm')
         timings = time_interleaved({name: (lambda m=m: m(x)) for name, m in models.items()}, batch, warmup, repeats)
-        if train:
-            ours.train(), reference.train()
-            timings.update(time_interleaved({'evit_mm train': _training_step(ours, x),
-                                             'timm train': _training_step(reference, x)},
+        if train:  # on copies: training-mode BatchNorm updates running statistics
+            timings.update(time_interleaved({'evit_mm train': _training_step(copy.deepcopy(ours).train(), x),
+                                             'timm train': _training_step(copy.deepcopy(reference).train(), x)},
                                             batch, warmup, repeats, grad=True))
-            ours.eval(), reference.eval()
         for case, (a, b) in CASES.items():
             if a in timings:
                 rows.append(Row(arch, (batch, height, width), case, timings[a].images_per_second,

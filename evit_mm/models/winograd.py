@@ -23,8 +23,8 @@ _G = ((1., 0., 0.), (.5, .5, .5), (.5, -.5, .5), (0., 0., 1.))
 _AT = ((1., 1., 1., 0.), (0., 1., -1., -1.))
 
 # Tiles per GEMM: enough rows for an efficient GEMM while one chunk's transformed tiles stay in cache.
-# Measured on a 2-core AVX2 CPU (docs/benchmarks.md): 300-700 tiles beat both smaller and whole-map chunks.
-_TILES_PER_CHUNK = 512
+# Measured on a 2-core AVX2 CPU for 256-2048 channels: 128-512 tiles beat both smaller and whole-map chunks.
+_TILES_PER_CHUNK = 256
 
 
 def winograd_filter(weight: torch.Tensor) -> torch.Tensor:
@@ -36,7 +36,7 @@ def winograd_filter(weight: torch.Tensor) -> torch.Tensor:
 
 def winograd_conv3x3(x: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """A 3x3, stride-1, padding-1 convolution of ``x`` ``(N, C, H, W)`` with transformed ``filters``
-    (:func:`winograd_filter`). Returns a channels-last ``(N, O, H, W)`` tensor."""
+    (:func:`winograd_filter`). Returns ``(N, O, H, W)`` in ``x``'s memory layout (channels-last or contiguous)."""
     n, c, h, w = x.shape
     out_channels = filters.shape[2]
     th, tw = (h + 1) // 2, (w + 1) // 2
@@ -55,12 +55,17 @@ def winograd_conv3x3(x: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor 
         m = torch.bmm(v, filters)  # (16, tiles, O): the 16 GEMMs
         y = torch.mm(kout, m.view(16, count * out_channels)).view(2, 2, n, r, tw, out_channels)
         out[:, 2 * r0:2 * (r0 + r)].view(n, r, 2, tw, 2, out_channels).copy_(y.permute(2, 3, 0, 4, 1, 5))
-    if (h, w) != (2 * th, 2 * tw):  # odd sizes: crop in the same pass that adds the bias
-        out = out[:, :h, :w]
-        out = out.contiguous() if bias is None else torch.add(out, bias)
-    elif bias is not None:
-        out.add_(bias)
-    return out.permute(0, 3, 1, 2)
+    result = out[:, :h, :w].permute(0, 3, 1, 2)  # (N, O, H, W) view of channels-last memory
+    bias = None if bias is None else bias.view(1, -1, 1, 1)
+    if x.is_contiguous(memory_format=torch.channels_last):
+        if result.is_contiguous(memory_format=torch.channels_last):  # even sizes: nothing to crop
+            return result if bias is None else result.add_(bias)
+        layout = torch.channels_last
+    else:  # the caller's layout: switching layouts between convs sends oneDNN down slow paths
+        layout = torch.contiguous_format
+    # crop and/or change layout in the same pass that adds the bias
+    target = torch.empty(result.shape, dtype=x.dtype, device=x.device, memory_format=layout)
+    return target.copy_(result) if bias is None else torch.add(result, bias, out=target)
 
 
 class WinogradConv2d(nn.Conv2d):

@@ -17,6 +17,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument('--out', help='write raw predictions (.pkl; a folder of maps for segmentation)')
     parser.add_argument('--show-dir', help='draw predictions into WORK_DIR/<timestamp>/SHOW_DIR')
     parser.add_argument('--wait-time', type=float, default=0.0, help='seconds between shown images')
+    parser.add_argument('--deploy', action='store_true',
+                        help='evaluate the deployed model (evit_mm.deploy.optimize_for_inference: Conv+BN folding, '
+                             'fused kernels, Winograd 3x3 on CPU), e.g. to check that it scores the same')
     add_common_arguments(parser)
     return parser.parse_args(argv)
 
@@ -40,5 +43,8 @@ def main(argv: list[str]) -> int:
     else:
         check_checkpoint_fits(model, args.checkpoint)
         runner.load_checkpoint(args.checkpoint)
+    if args.deploy:
+        from ..deploy import optimize_for_inference
+        runner.logger.info(str(optimize_for_inference(model)))
     runner.test()
     return 0

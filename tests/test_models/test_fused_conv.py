@@ -117,3 +117,23 @@ def test_deployed_backbone_trains_through_plain_ops():
     assert model.patch_embed.conv1.conv.weight.grad is not None
     for g, e in zip(got, expected):
         torch.testing.assert_close(g.detach(), e, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('variant', ['eval', 'deploy', 'train'])
+def test_backbone_compiles_without_graph_breaks(variant):
+    """torch.compile(fullgraph=True) traces the whole backbone in one graph (dynamo only: backend='eager')."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    model = randomize_(EfficientViT('m0'))
+    if variant == 'deploy':
+        model.switch_to_deploy()
+    model.train(variant == 'train')
+    x = torch.randn(2, 3, 97, 131)
+    compiled = torch.compile(model, fullgraph=True, backend='eager')
+    with torch.no_grad():
+        torch.manual_seed(0)
+        got = compiled(x)
+        torch.manual_seed(0)
+        expected = model(x)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)

@@ -8,6 +8,7 @@ import torch
 from ..benchmark.targets import build_target
 from ..benchmark.tensor_mode import TensorMode
 from .onnx_export import check_onnx, export_onnx
+from .optimize import optimize_for_inference
 
 
 def main(argv: list[str]) -> int:
@@ -16,7 +17,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument('output', help='.onnx file')
     parser.add_argument('--checkpoint', help='weights for a config target')
     parser.add_argument('--shape', default='224x224', help='HxW used for tracing')
-    parser.add_argument('--deploy', action='store_true', help='fuse Conv+BN before exporting')
+    parser.add_argument('--deploy', action='store_true',
+                        help='export the deployed model (optimize_for_inference: Conv+BN folded)')
     parser.add_argument('--opset', type=int, default=17)
     parser.add_argument('--atol', type=float, default=1e-3, help='largest accepted ORT-PyTorch difference')
     args = parser.parse_args(argv)
@@ -24,8 +26,8 @@ def main(argv: list[str]) -> int:
     if target.kind == 'detector' and getattr(target.model, 'with_rpn', False):
         raise ValueError('two-stage detectors (RPN + RoI heads) are not exported in tensor mode; export the '
                          'backbone (evit_m*) or a single-stage detector/segmentor/classifier')
-    if args.deploy and hasattr(target.backbone, 'switch_to_deploy'):
-        target.backbone.switch_to_deploy()
+    if args.deploy:  # the exported graph has the folded convs; fused kernels and Winograd are eager-CPU only
+        print(optimize_for_inference(target.model))
     module = TensorMode(target).eval()
     height, width = (int(v) for v in args.shape.lower().split('x'))
     # mmseg's decode heads compute upsampling sizes with Python ints, which tracing freezes: a segmentor's graph

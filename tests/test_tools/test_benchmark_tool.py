@@ -98,10 +98,14 @@ def test_unknown_target_is_explained():
         cli.main(['vgg16'])
 
 
-@pytest.mark.parametrize('target', ['evit_m0', DET_DEMO, SEG_DEMO])
-def test_onnx_export_matches_pytorch(tmp_path, target, capsys):
-    assert export_cli.main([target, str(tmp_path / 'm.onnx'), '--shape', '96x128', '--atol', '1e-3']) == 0
-    assert 'max |ORT - PyTorch|' in capsys.readouterr().out
+@pytest.mark.parametrize('target,deploy', [('evit_m0', False), (DET_DEMO, False), (SEG_DEMO, False),
+                                           ('evit_m0', True), (DET_DEMO, True)])
+def test_onnx_export_matches_pytorch(tmp_path, target, deploy, capsys):
+    extra = ['--deploy'] if deploy else []
+    assert export_cli.main([target, str(tmp_path / 'm.onnx'), '--shape', '96x128', '--atol', '1e-3', *extra]) == 0
+    out = capsys.readouterr().out
+    assert 'max |ORT - PyTorch|' in out
+    assert ('deploy: Conv+BN folded in EfficientViT' in out) == deploy
 
 
 def test_flops_of_config_and_backbone():

@@ -14,7 +14,8 @@ def onednn_fusion_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_convolution_pointwise')
 
 
-def _exporting_or_compiling() -> bool:
+def exporting_or_compiling() -> bool:
+    """Whether the current call is being traced, scripted, exported to ONNX or compiled (eager-only kernels off)."""
     return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
             or torch.compiler.is_compiling())
 
@@ -48,7 +49,7 @@ class FusedConv2d(nn.Conv2d):
         return super().extra_repr() + (', relu=True' if self.relu else '')
 
     def _fused_kernel_applies(self, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
-        if _exporting_or_compiling():  # checked first: the checks below are not traceable
+        if exporting_or_compiling():  # checked first: the checks below are not traceable
             return False
         if not (self.use_fused_kernel and x.device.type == 'cpu' and x.dtype == torch.float32
                 and self.weight.dtype == torch.float32 and self.padding_mode == 'zeros'

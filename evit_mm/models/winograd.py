@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fused_conv import _exporting_or_compiling
+from .fused_conv import exporting_or_compiling
 
 # B^T (input), G (filter) and A^T (output) transforms of F(2x2, 3x3).
 _BT = ((1., 0., -1., 0.), (0., 1., 1., 0.), (0., -1., 1., 0.), (0., 1., 0., -1.))
@@ -116,7 +116,7 @@ class WinogradConv2d(nn.Conv2d):
         return self._filters[1]
 
     def _winograd_applies(self, x: torch.Tensor) -> bool:
-        if _exporting_or_compiling():
+        if exporting_or_compiling():
             return False
         return (x.device.type == 'cpu' and x.dtype == torch.float32 and x.dim() == 4 and x.shape[0] > 0
                 and min(self.in_channels, self.out_channels) >= self.min_channels

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..models.winograd import convert_to_winograd
+from ..models.winograd import WinogradConv2d, convert_to_winograd
 
 
 @dataclass
@@ -15,10 +15,11 @@ class DeploySummary:
 
     fused: str | None  # the module whose switch_to_deploy ran (Conv+BN folding, fused kernels), if any
     winograd_convs: int  # 3x3 convolutions now computed by Winograd F(2x2, 3x3) on CPU
+    winograd_relus: int = 0  # ReLUs of mmcv ConvModules now applied inside those convolutions
 
     def __str__(self) -> str:
         return (f'deploy: Conv+BN folded in {self.fused or "nothing (no switch_to_deploy)"}; '
-                f'{self.winograd_convs} 3x3 convolutions on Winograd F(2x2,3x3)')
+                f'{self.winograd_convs} 3x3 convolutions on Winograd F(2x2,3x3), {self.winograd_relus} with their ReLU')
 
 
 def optimize_for_inference(model: nn.Module, fused_kernels: bool = True, winograd: bool = True) -> DeploySummary:
@@ -28,7 +29,9 @@ def optimize_for_inference(model: nn.Module, fused_kernels: bool = True, winogra
        folded into the convolutions and, with ``fused_kernels``, ReLUs and residual adds run inside them (CPU).
     2. With ``winograd``, every other 3x3 stride-1 convolution (FPN outputs, RetinaNet/FCN heads) becomes a
        :class:`~evit_mm.models.winograd.WinogradConv2d`, faster on CPU for wide maps and many channels and
-       unchanged elsewhere (GPU, autograd, tracing, small maps). Outputs move by a few 1e-6 relative.
+       unchanged elsewhere (GPU, autograd, tracing, small maps). Outputs move by a few 1e-6 relative. The ReLU
+       of a norm-free mmcv ``ConvModule`` around such a conv moves into it (its ``activate=False`` argument then
+       no longer removes the ReLU; OpenMMLab heads do not use it).
 
     The model should not be trained afterwards (BatchNorm is gone); tracing and ONNX export still work.
     """
@@ -40,4 +43,20 @@ def optimize_for_inference(model: nn.Module, fused_kernels: bool = True, winogra
         else:
             target.switch_to_deploy()
         fused = type(target).__name__
-    return DeploySummary(fused, convert_to_winograd(model) if winograd else 0)
+    converted = convert_to_winograd(model) if winograd else 0
+    return DeploySummary(fused, converted, _relus_into_winograd(model) if winograd else 0)
+
+
+def _relus_into_winograd(model: nn.Module) -> int:
+    """Move the ReLU of every norm-free mmcv ``ConvModule`` (RetinaNet/FCN head convs) into its Winograd conv, which
+    applies it while the output is in cache. Returns how many moved."""
+    from mmcv.cnn import ConvModule
+    moved = 0
+    for module in model.modules():
+        if (isinstance(module, ConvModule) and isinstance(module.conv, WinogradConv2d) and not module.with_norm
+                and module.with_activation and type(module.activate) is nn.ReLU
+                and tuple(module.order) == ('conv', 'norm', 'act')):
+            module.conv.relu = True
+            module.with_activation = False  # ConvModule.forward skips its own activation
+            moved += 1
+    return moved

@@ -34,9 +34,11 @@ def winograd_filter(weight: torch.Tensor) -> torch.Tensor:
     return u.reshape(16, weight.shape[1], weight.shape[0]).to(weight.dtype).contiguous()
 
 
-def winograd_conv3x3(x: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def winograd_conv3x3(x: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor | None = None,
+                     relu: bool = False) -> torch.Tensor:
     """A 3x3, stride-1, padding-1 convolution of ``x`` ``(N, C, H, W)`` with transformed ``filters``
-    (:func:`winograd_filter`). Returns ``(N, O, H, W)`` in ``x``'s memory layout (channels-last or contiguous)."""
+    (:func:`winograd_filter`), plus ``bias`` and a ReLU when asked (applied per chunk, while it is in cache).
+    Returns ``(N, O, H, W)`` in ``x``'s memory layout (channels-last or contiguous)."""
     n, c, h, w = x.shape
     out_channels = filters.shape[2]
     th, tw = (h + 1) // 2, (w + 1) // 2
@@ -54,18 +56,22 @@ def winograd_conv3x3(x: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor 
         v = torch.mm(kin, tiles.permute(4, 5, 0, 1, 2, 3).reshape(16, count * c)).view(16, count, c)
         m = torch.bmm(v, filters)  # (16, tiles, O): the 16 GEMMs
         y = torch.mm(kout, m.view(16, count * out_channels)).view(2, 2, n, r, tw, out_channels)
-        out[:, 2 * r0:2 * (r0 + r)].view(n, r, 2, tw, 2, out_channels).copy_(y.permute(2, 3, 0, 4, 1, 5))
+        dest = out[:, 2 * r0:2 * (r0 + r)].view(n, r, 2, tw, 2, out_channels)
+        y = y.permute(2, 3, 0, 4, 1, 5)
+        if bias is None:
+            dest.copy_(y)
+        else:
+            torch.add(y, bias, out=dest)
+        if relu:
+            dest.clamp_min_(0)
     result = out[:, :h, :w].permute(0, 3, 1, 2)  # (N, O, H, W) view of channels-last memory
-    bias = None if bias is None else bias.view(1, -1, 1, 1)
     if x.is_contiguous(memory_format=torch.channels_last):
         if result.is_contiguous(memory_format=torch.channels_last):  # even sizes: nothing to crop
-            return result if bias is None else result.add_(bias)
+            return result
         layout = torch.channels_last
     else:  # the caller's layout: switching layouts between convs sends oneDNN down slow paths
         layout = torch.contiguous_format
-    # crop and/or change layout in the same pass that adds the bias
-    target = torch.empty(result.shape, dtype=x.dtype, device=x.device, memory_format=layout)
-    return target.copy_(result) if bias is None else torch.add(result, bias, out=target)
+    return torch.empty(result.shape, dtype=x.dtype, device=x.device, memory_format=layout).copy_(result)
 
 
 class WinogradConv2d(nn.Conv2d):
@@ -80,11 +86,13 @@ class WinogradConv2d(nn.Conv2d):
         *args: As for ``nn.Conv2d``.
         min_channels: Smallest input and output channel count for the Winograd path. Defaults to 64.
         min_pixels: Smallest ``H * W`` for the Winograd path. Defaults to 256.
+        relu: Apply a ReLU to the output (the caller drops its own). Defaults to False.
         **kwargs: As for ``nn.Conv2d``.
     """
 
-    def __init__(self, *args, min_channels: int = 64, min_pixels: int = 256, **kwargs) -> None:
+    def __init__(self, *args, min_channels: int = 64, min_pixels: int = 256, relu: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.relu = relu
         if not self.supports(self):
             raise ValueError('WinogradConv2d needs kernel 3x3, stride 1, padding 1, dilation 1, groups 1 and zero '
                              f'padding; got {super().extra_repr()}')
@@ -123,10 +131,14 @@ class WinogradConv2d(nn.Conv2d):
                 and x.shape[-2] * x.shape[-1] >= self.min_pixels
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)))
 
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (', relu=True' if self.relu else '')
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._winograd_applies(x):
-            return winograd_conv3x3(x, self.transformed_filters(), self.bias)
-        return super().forward(x)
+            return winograd_conv3x3(x, self.transformed_filters(), self.bias, self.relu)
+        y = super().forward(x)
+        return F.relu(y) if self.relu else y
 
 
 def convert_to_winograd(model: nn.Module, **kwargs) -> int:

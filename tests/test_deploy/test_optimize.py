@@ -35,6 +35,8 @@ def test_deployed_model_keeps_outputs(config):
         summary = optimize_for_inference(target.model)
         got = flat_outputs(module, x)
     assert summary.fused == 'EfficientViT' and summary.winograd_convs > 0
+    if 'retinanet' in config:  # the 4 + 4 stacked head convs carry their ReLU
+        assert summary.winograd_relus == 8
     assert any(isinstance(m, WinogradConv2d) for m in target.model.modules())
     assert any(isinstance(m, FusedConv2d) and m.relu for m in target.backbone.modules())
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in target.backbone.modules())

@@ -13,16 +13,18 @@ def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 @pytest.mark.parametrize('shape', [(1, 64, 16, 16), (2, 96, 37, 23), (3, 80, 17, 50), (1, 128, 1, 1)])
 @pytest.mark.parametrize('channels_last', [False, True])
-@pytest.mark.parametrize('bias', [True, False])
-def test_winograd_equals_direct_convolution(shape, channels_last, bias):
+@pytest.mark.parametrize('bias,relu', [(True, False), (False, False), (True, True)])
+def test_winograd_equals_direct_convolution(shape, channels_last, bias, relu):
     torch.manual_seed(0)
     x = torch.randn(*shape)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     weight = torch.randn(72, shape[1], 3, 3) * 0.05
     b = torch.randn(72) if bias else None
-    got = winograd_conv3x3(x, winograd_filter(weight), b)
+    got = winograd_conv3x3(x, winograd_filter(weight), b, relu)
     expected = F.conv2d(x, weight, b, padding=1)
+    if relu:
+        expected = F.relu(expected)
     assert got.shape == expected.shape
     assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     assert relative_error(got, expected) < 1e-5
@@ -44,6 +46,8 @@ def test_module_runs_winograd_only_where_it_applies(monkeypatch):
     y = conv(big)  # autograd: the direct convolution
     assert calls == [1] and y.requires_grad
     assert relative_error(out, F.conv2d(big, conv.weight.detach(), conv.bias.detach(), padding=1)) < 1e-5
+    conv.relu = True  # the direct path applies it too
+    torch.testing.assert_close(conv(small), F.relu(F.conv2d(small, conv.weight, conv.bias, padding=1)))
 
 
 def test_cached_filters_follow_new_weights():

@@ -14,7 +14,6 @@ _base_ = [
 custom_imports = dict(imports=['evit_mm'], allow_failed_imports=False)
 
 crop_size = (512, 512)
-norm_cfg = dict(type='SyncBN', requires_grad=True)
 model = dict(
     data_preprocessor=dict(size=crop_size),
     pretrained=None,

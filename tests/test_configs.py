@@ -27,9 +27,8 @@ def _build(cfg: Config):
     return MODELS.build(cfg.model)
 
 
-def _det_step(model, num_classes: int, with_mask: bool) -> None:
-    from mmdet.testing import demo_mm_inputs
-    packed = demo_mm_inputs(2, [(3, 97, 131), (3, 128, 96)], num_classes=num_classes, with_mask=with_mask)
+def _train_step_then_predict(model, packed: dict) -> list:
+    """A finite loss whose gradient reaches the backbone's first conv, then the predictions in eval mode."""
     model.train()
     losses = model(**model.data_preprocessor(packed, True), mode='loss')
     parsed, _ = model.parse_losses(losses)
@@ -38,7 +37,13 @@ def _det_step(model, num_classes: int, with_mask: bool) -> None:
     assert model.backbone.patch_embed.conv1.conv.weight.grad is not None
     model.eval()
     with torch.no_grad():
-        results = model(**model.data_preprocessor(packed, False), mode='predict')
+        return model(**model.data_preprocessor(packed, False), mode='predict')
+
+
+def _det_step(model, num_classes: int, with_mask: bool) -> None:
+    from mmdet.testing import demo_mm_inputs
+    packed = demo_mm_inputs(2, [(3, 97, 131), (3, 128, 96)], num_classes=num_classes, with_mask=with_mask)
+    results = _train_step_then_predict(model, packed)
     assert len(results) == 2
     assert results[0].pred_instances.bboxes.shape[1] == 4
     if with_mask:
@@ -56,15 +61,7 @@ def _seg_step(model, num_classes: int) -> None:
         sample = SegDataSample(gt_sem_seg=PixelData(data=torch.randint(0, num_classes, (1, h, w))))
         sample.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w)))
         samples.append(sample)
-    model.train()
-    losses = model(**model.data_preprocessor(dict(inputs=inputs, data_samples=samples), True), mode='loss')
-    parsed, _ = model.parse_losses(losses)
-    assert torch.isfinite(parsed)
-    parsed.backward()
-    assert model.backbone.patch_embed.conv1.conv.weight.grad is not None
-    model.eval()
-    with torch.no_grad():
-        preds = model(**model.data_preprocessor(dict(inputs=inputs, data_samples=samples), False), mode='predict')
+    preds = _train_step_then_predict(model, dict(inputs=inputs, data_samples=samples))
     assert preds[0].pred_sem_seg.data.shape == (1, 93, 121)
     assert preds[0].seg_logits.data.shape[0] == num_classes
 

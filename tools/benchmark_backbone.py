@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from evit_mm.benchmark.backbone import compare, format_rows  # noqa: E402
+from evit_mm.benchmark.inputs import parse_shape  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    shapes = tuple(tuple(int(v) for v in s.lower().split('x')) for s in args.shapes)
+    shapes = tuple(parse_shape(s, dims=3) for s in args.shapes)
     print(f'torch {torch.__version__}, {torch.get_num_threads()} CPU threads, fp32')
     print(format_rows(compare(args.arch, shapes, args.warmup, args.repeats, args.train, args.compile)))
 

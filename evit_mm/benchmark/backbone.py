@@ -26,6 +26,12 @@ def fuse_timm_efficientvit(model: nn.Module) -> nn.Module:
     return model
 
 
+def timm_features_key(key: str) -> str:
+    """A timm/evit_mm parameter name as timm's ``features_only`` model spells it: its FeatureListNet flattens the
+    top-level modules (``patch_embed.conv1`` -> ``patch_embed_conv1``, ``stages.0`` -> ``stages_0``)."""
+    return re.sub(r'^(patch_embed|stages)\.(\w+)', r'\1_\2', key)
+
+
 def build_pair(arch: str, img_size: int = 224) -> tuple[nn.Module, nn.Module]:
     """timm ``efficientvit_{arch}`` (features_only, created at ``img_size``) and evit_mm's backbone with the
     same weights and the same window geometry, both in eval mode."""
@@ -34,10 +40,8 @@ def build_pair(arch: str, img_size: int = 224) -> tuple[nn.Module, nn.Module]:
     ours = EfficientViT(arch, window_size=windows)
     ours.load_state_dict(to_backbone_state_dict(reference.state_dict()))
     features = timm.create_model(f'efficientvit_{arch}', pretrained=False, img_size=img_size, features_only=True)
-    # timm's FeatureListNet flattens the top-level modules: patch_embed.conv1 -> patch_embed_conv1, stages.0 -> stages_0
-    renamed = {re.sub(r'^(patch_embed|stages)\.(\w+)', r'\1_\2', k): v
-               for k, v in reference.state_dict().items() if not k.startswith('head.')}
-    features.load_state_dict(renamed)
+    features.load_state_dict({timm_features_key(k): v for k, v in reference.state_dict().items()
+                              if not k.startswith('head.')})
     return ours.eval(), features.eval()
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from mmengine.config import DictAction
 
+from .inputs import parse_shape
 from .measure import DTYPES, MODES, Options, Result, gflops, measure, prepare
 from .targets import build_target
 from .tensor_mode import TensorMode
@@ -59,14 +60,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if '@' in spec and spec.partition('@')[2] != 'deploy':
             p.error(f'unknown target suffix in {spec!r}; the only suffix is @deploy')
     return args
-
-
-def _parse_shape(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise ValueError(f'shape must be HxW, e.g. 800x1333, got {text!r}') from None
-    return h, w
 
 
 def format_table(results: list[Result]) -> str:
@@ -125,7 +118,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    shapes = [_parse_shape(s) for s in args.shape]
+    shapes = [parse_shape(s) for s in args.shape]
     results: list[Result] = []
     jobs = [(t, m, s) for t in args.targets for s in shapes for m in args.modes]
     print(f'torch {torch.__version__} | {args.device} | {torch.get_num_threads()} threads | {args.dtype}',

@@ -1,4 +1,4 @@
-"""FLOPs (multiply-accumulates) with mmengine's counter, plus the one op it misses in EfficientViT."""
+"""Parameters, and FLOPs (multiply-accumulates) with mmengine's counter plus the one op it misses in EfficientViT."""
 from __future__ import annotations
 
 from typing import Any
@@ -14,6 +14,11 @@ def _baddbmm_flop(inputs: list[Any], outputs: list[Any]) -> int:
     batch, n, k = get_shape(inputs[1])
     m = get_shape(inputs[2])[-1]
     return batch * n * k * m
+
+
+def count_params(module: torch.nn.Module) -> float:
+    """Parameters of ``module``, in millions."""
+    return sum(p.numel() for p in module.parameters()) / 1e6
 
 
 def count_macs(module: torch.nn.Module, inputs: tuple) -> int:

@@ -5,7 +5,8 @@ import argparse
 
 import torch
 
-from .flop_count import count_macs
+from .flop_count import count_macs, count_params
+from .inputs import parse_shape
 from .targets import build_target
 from .tensor_mode import TensorMode
 
@@ -18,9 +19,9 @@ def complexity(spec: str, height: int, width: int) -> dict:
     with torch.no_grad():
         total, backbone = count_macs(module, (x,)), count_macs(target.backbone, (x,))
     return dict(target=target.name, shape=f'{height}x{width}', gflops=total / 1e9,
-                params_m=sum(p.numel() for p in target.model.parameters()) / 1e6,
+                params_m=count_params(target.model),
                 backbone_gflops=backbone / 1e9,
-                backbone_params_m=sum(p.numel() for p in target.backbone.parameters()) / 1e6)
+                backbone_params_m=count_params(target.backbone))
 
 
 def main(argv: list[str]) -> int:
@@ -28,7 +29,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument('target', help='config file, evit_m0..evit_m5, resnet50, swin-t, timm:<model>')
     parser.add_argument('--shape', default='224x224', help='HxW')
     args = parser.parse_args(argv)
-    height, width = (int(v) for v in args.shape.lower().split('x'))
+    height, width = parse_shape(args.shape)
     c = complexity(args.target, height, width)
     print(f"{c['target']} at {c['shape']} (tensor mode, no pre/post-processing):\n"
           f"  whole model: {c['gflops']:.2f} GFLOPs (MACs), {c['params_m']:.2f} M parameters\n"

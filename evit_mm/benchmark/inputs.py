@@ -4,6 +4,18 @@ from __future__ import annotations
 import torch
 
 
+def parse_shape(text: str, dims: int = 2) -> tuple[int, ...]:
+    """``'800x1333'`` -> ``(800, 1333)``: ``dims`` positive integers joined by ``x`` (HxW, or BxHxW with 3)."""
+    try:
+        values = tuple(int(v) for v in text.lower().split('x'))
+    except ValueError:
+        values = ()
+    if len(values) != dims or min(values) < 1:
+        form = 'HxW, e.g. 800x1333' if dims == 2 else 'BxHxW, e.g. 16x224x224'
+        raise ValueError(f'shape must be {form}, got {text!r}')
+    return values
+
+
 def synthetic_batch(kind: str, batch: int, height: int, width: int, num_classes: int = 80) -> dict:
     """A packed batch (before the data preprocessor) of random ``uint8`` images with test-time metadata."""
     generator = torch.Generator().manual_seed(0)

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .flop_count import count_params
 from .inputs import synthetic_batch
 from .targets import Target
 from .timing import Timing, time_interleaved
@@ -57,10 +58,6 @@ class Result:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def count_params(module: torch.nn.Module) -> float:
-    return sum(p.numel() for p in module.parameters()) / 1e6
 
 
 def gflops(module: torch.nn.Module, height: int, width: int) -> float | None:

@@ -5,6 +5,7 @@ import argparse
 
 import torch
 
+from ..benchmark.inputs import parse_shape
 from ..benchmark.targets import build_target
 from ..benchmark.tensor_mode import TensorMode
 from .onnx_export import check_onnx, export_onnx
@@ -29,7 +30,7 @@ def main(argv: list[str]) -> int:
     if args.deploy:  # the exported graph has the folded convs; fused kernels and Winograd are eager-CPU only
         print(optimize_for_inference(target.model))
     module = TensorMode(target).eval()
-    height, width = (int(v) for v in args.shape.lower().split('x'))
+    height, width = parse_shape(args.shape)
     # mmseg's decode heads compute upsampling sizes with Python ints, which tracing freezes: a segmentor's graph
     # holds for the export size only (dynamic batch); backbones, detectors and classifiers take any size.
     dynamic_hw = target.kind != 'segmentor'

@@ -83,13 +83,11 @@ def test_matches_timm_dense_geometry(arch, tmp_path):
 def test_training_step_matches_timm(arch):
     """Train mode at an odd size against timm, an independent implementation: outputs, every gradient and the
     BatchNorm statistics after one step (covers the token-GEMM attention and the in-place ReLU/residual adds)."""
-    import re
-
-    from evit_mm.benchmark.backbone import build_pair
+    from evit_mm.benchmark.backbone import build_pair, timm_features_key
     from tests.helpers import randomize_
     ours, reference = build_pair(arch)
     randomize_(ours)
-    rename = {k: re.sub(r'^(patch_embed|stages)\.(\w+)', r'\1_\2', k) for k in ours.state_dict()}
+    rename = {k: timm_features_key(k) for k in ours.state_dict()}
     reference.load_state_dict({rename[k]: v for k, v in ours.state_dict().items()})
     x = torch.randn(2, 3, 161, 227)
     outputs = []

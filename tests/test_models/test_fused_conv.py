@@ -86,8 +86,9 @@ def test_relu_and_residual_together_is_an_error():
         conv(torch.randn(1, 4, 3, 3), residual=torch.randn(1, 4, 3, 3))
 
 
-@pytest.mark.parametrize('arch', ['m0', 'm3'])
-def test_deployed_backbone_fused_kernels_keep_outputs(arch):
+@pytest.mark.parametrize('arch', ['m0', 'm3', 'm5'])
+def test_switch_to_deploy_keeps_outputs(arch):
+    """BatchNorm folded (no BatchNorm left), with and without the fused kernels, at an odd size."""
     model = randomize_(EfficientViT(arch))
     x = torch.randn(2, 3, 117, 171)
     with torch.inference_mode():
@@ -100,6 +101,7 @@ def test_deployed_backbone_fused_kernels_keep_outputs(arch):
             # the stem's 3 ReLUs, patch merging's 2 per stage, and every DW/FFN residual of the backbone
             assert fused_kernel_calls(lambda: fused(x)) > 20
         assert fused_kernel_calls(lambda: plain(x)) == 0
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     assert not any(isinstance(m, torch.nn.ReLU) for m in fused.patch_embed.modules())
     for g, w, e in zip(got, without, expected):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)

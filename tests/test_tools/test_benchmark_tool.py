@@ -126,3 +126,12 @@ def test_baseline_configs_build_offline(config):
     from evit_mm.benchmark.targets import build_target
     target = build_target(str(REPO_ROOT / 'configs/baselines' / config))
     assert type(target.backbone).__name__.startswith('ResNet') and not target.trained
+
+
+def test_shapes_parse_or_explain():
+    from evit_mm.benchmark.inputs import parse_shape
+    assert parse_shape('800X1333') == (800, 1333)
+    assert parse_shape('16x224x224', dims=3) == (16, 224, 224)
+    for bad, dims in (('800', 2), ('800x', 2), ('0x224', 2), ('224x224', 3)):
+        with pytest.raises(ValueError, match='shape must be'):
+            parse_shape(bad, dims)

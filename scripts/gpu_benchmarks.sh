@@ -1,19 +1,42 @@
 #!/usr/bin/env bash
 # The GPU tables of docs/benchmarks.md in one prepared run (for a machine with CUDA and this project's
-# environment): backbones at batch 1 and a large batch in fp16, evit_mm vs timm vs baselines, and whole
-# RetinaNet / segmentation predictions. Results go to ${OUT:-gpu_results}/ as JSON (and the tables to stdout).
+# environment), AMP fp16 at batch 1 and a large batch:
+#   1. evit_mm's M4 backbone against timm's (same weights; eval, deploy, training step), paired ratios;
+#   2. whole RetinaNet-EViT-M4 predictions (as built and deployed) against mmdet's RetinaNet-R50;
+#   3. semantic FPN-EViT-M4 against FPN-R50;
+#   4. backbones side by side (evit_mm, timm, ResNet-50, Swin-T).
+# Results go to ${OUT:-gpu_results}/ as JSON / Markdown, the tables to stdout. A failing step is reported and
+# the others still run; the exit status says whether any failed.
 #   OUT=gpu_results bash scripts/gpu_benchmarks.sh
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_results}
 mkdir -p "$OUT"
 PY=${PY:-.venv/bin/python}
-B="$PY tools/benchmark.py --device cuda --warmup 10"
+B="$PY tools/benchmark.py --device cuda --warmup 10 --dtype fp16"
+FAILED=()
+step() {  # step NAME COMMAND...: run one measurement, keep going if it fails
+  local name=$1; shift
+  echo "=== $name: $*"
+  "$@" || { echo "=== $name FAILED (exit $?)"; FAILED+=("$name"); }
+}
+
+step backbone_vs_timm bash -c "$PY tools/benchmark_backbone.py --arch m4 --device cuda --dtype fp16 --train \
+  --shapes 1x224x224 256x224x224 1x800x1344 --warmup 10 --repeats 50 | tee '$OUT/backbone_m4_vs_timm_fp16.md'"
+step retinanet_b1 $B configs/retinanet_evit_m4.py configs/retinanet_evit_m4.py@deploy \
+  configs/baselines/retinanet_r50_fpn_coco.py --modes predict --shape 800x1333 --batch-size 1 --repeats 30 \
+  --json "$OUT/retinanet_predict_b1_fp16.json"
+step segmentation_b1 $B configs/fpn_evit_m4_ade20k.py configs/fpn_evit_m4_ade20k.py@deploy \
+  configs/baselines/fpn_r50_ade20k.py --modes predict --shape 512x512 --batch-size 1 --repeats 30 \
+  --json "$OUT/segmentation_predict_b1_fp16.json"
 EV="evit_m0 evit_m4 evit_m4@deploy evit_m5 timm:efficientvit_m0 timm:efficientvit_m4 timm:efficientvit_m5 resnet50 swin-t"
-$B $EV --shape 224x224 --batch-size 1 --dtype fp16 --repeats 100 --json "$OUT/backbones_224_b1_fp16.json"
-$B $EV --shape 224x224 --batch-size 256 --dtype fp16 --repeats 30 --json "$OUT/backbones_224_b256_fp16.json"
-$B $EV --shape 800x1344 --batch-size 1 --dtype fp16 --repeats 50 --json "$OUT/backbones_800x1344_b1_fp16.json"
-$B configs/retinanet_evit_m4.py configs/retinanet_evit_m4.py@deploy configs/baselines/retinanet_r50_fpn_coco.py --modes predict \
-   --shape 800x1333 --batch-size 1 --dtype fp16 --repeats 20 --json "$OUT/retinanet_predict_fp16.json"
-$B configs/fpn_evit_m4_ade20k.py configs/baselines/fpn_r50_ade20k.py --modes predict \
-   --shape 512x512 --batch-size 1 --dtype fp16 --repeats 20 --json "$OUT/segmentation_predict_fp16.json"
+step backbones_b1 $B $EV --shape 224x224 --batch-size 1 --repeats 100 --json "$OUT/backbones_224_b1_fp16.json"
+step backbones_b256 $B $EV --shape 224x224 --batch-size 256 --repeats 30 --json "$OUT/backbones_224_b256_fp16.json"
+step retinanet_b16 $B configs/retinanet_evit_m4.py configs/retinanet_evit_m4.py@deploy \
+  configs/baselines/retinanet_r50_fpn_coco.py --modes predict --shape 800x1333 --batch-size 16 --repeats 10 \
+  --json "$OUT/retinanet_predict_b16_fp16.json"
+
+if [ ${#FAILED[@]} -gt 0 ]; then
+  echo "failed steps: ${FAILED[*]}"
+  exit 1
+fi

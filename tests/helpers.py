@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -36,3 +37,8 @@ def logged_metrics(work_dir: Path, key: str) -> dict:
             if key in record:
                 return record
     raise AssertionError(f'no {key!r} in the logs under {work_dir}')
+
+
+#: Devices the device-parametrized tests run on; CUDA ones skip, saying why, where no GPU is present.
+DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                 reason='no CUDA device on this machine'))]

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""CPU images/s of evit_mm's EfficientViT backbone against timm's (features_only, same weights): as built,
+"""Images/s of evit_mm's EfficientViT backbone against timm's (features_only, same weights): as built,
 evit_mm deployed against timm as shipped and against timm with the same Conv+BN fusion, optionally both compiled
 and a training step, all measured interleaved in one run; ratios are paired medians over rounds.
 
     python tools/benchmark_backbone.py --arch m4 --threads 2
+    python tools/benchmark_backbone.py --arch m4 --device cuda --dtype fp16 --shapes 1x224x224 256x224x224 --train
 """
 from __future__ import annotations
 
@@ -17,12 +18,16 @@ import torch  # noqa: E402
 
 from evit_mm.benchmark.backbone import compare, format_rows  # noqa: E402
 from evit_mm.benchmark.inputs import parse_shape  # noqa: E402
+from evit_mm.benchmark.precision import DTYPES  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--arch', default='m4')
     parser.add_argument('--shapes', nargs='+', default=['16x224x224', '1x800x1344'], help='BxHxW per case')
+    parser.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N')
+    parser.add_argument('--dtype', choices=sorted(DTYPES), default='fp32',
+                        help='autocast precision of the timed calls (the equivalence check runs in float32)')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--repeats', type=int, default=10)
@@ -33,8 +38,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = tuple(parse_shape(s, dims=3) for s in args.shapes)
-    print(f'torch {torch.__version__}, {torch.get_num_threads()} CPU threads, fp32')
-    print(format_rows(compare(args.arch, shapes, args.warmup, args.repeats, args.train, args.compile)))
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith('cuda') else 'cpu'
+    print(f'torch {torch.__version__}, {where}, {torch.get_num_threads()} CPU threads, {args.dtype}')
+    print(format_rows(compare(args.arch, shapes, args.warmup, args.repeats, args.train, args.compile,
+                              args.device, args.dtype)))
 
 
 if __name__ == '__main__':

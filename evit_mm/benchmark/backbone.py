@@ -1,9 +1,11 @@
 """evit_mm's EfficientViT backbone against timm's ``efficientvit_m*`` (features_only), same weights."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import timm
@@ -12,6 +14,7 @@ from torch import nn
 
 from ..checkpoint import to_backbone_state_dict
 from ..models import EfficientViT
+from .precision import autocast, exact_float32
 from .timing import Timing, time_interleaved
 
 
@@ -72,44 +75,59 @@ def paired_ratio(reference: Timing, candidate: Timing) -> float:
     return statistics.median(r / c for r, c in zip(reference.latencies, candidate.latencies, strict=True))
 
 
-def _training_step(model: nn.Module, x: torch.Tensor):
+def _training_step(model: nn.Module, x: torch.Tensor, precision: Callable[[], contextlib.AbstractContextManager]):
     def step() -> None:
         model.zero_grad(set_to_none=True)
-        sum(f.float().square().mean() for f in model(x)).backward()
+        with precision():
+            loss = sum(f.float().square().mean() for f in model(x))
+        loss.backward()
     return step
 
 
-def _compiled(model: nn.Module) -> nn.Module:
-    """``torch.compile`` with inductor's freezing (weights become constants: conv+BN folding, weight prepacking)."""
-    import torch._inductor.config as inductor_config
-    inductor_config.freezing = True
-    return torch.compile(model, dynamic=False)  # one static graph per shape: dynamic-shape recompiles broke here
-
-
 def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 224, 224), (1, 800, 1344)),
-            warmup: int = 3, repeats: int = 10, train: bool = False, compile: bool = False) -> list[Row]:
+            warmup: int = 3, repeats: int = 10, train: bool = False, compile: bool = False,
+            device: str = 'cpu', dtype: str = 'fp32') -> list[Row]:
     """Images/s of evit_mm and timm at each ``(batch, height, width)``: as built, evit_mm deployed
     (``switch_to_deploy``) against timm as shipped and against timm with the same fusion, optionally both
-    compiled and a training step. All inference candidates of one shape run in the same interleaved rounds."""
-    ours, reference = build_pair(arch)
+    compiled and a training step. All inference candidates of one shape run in the same interleaved rounds.
+
+    Args:
+        device: Where both models run (``cpu``, ``cuda``, ``cuda:N``).
+        dtype: Autocast precision of the timed calls (``fp32``, ``fp16``, ``bf16``); the equivalence check that
+            precedes the timing always runs in exact float32.
+    """
+    target = torch.device(device)
+    autocast(target.type, dtype)  # an unknown dtype fails here, before any model is built
+
+    def precision() -> contextlib.AbstractContextManager:
+        return autocast(target.type, dtype)
+    ours, reference = (m.to(target) for m in build_pair(arch))
     models = {'evit_mm': ours, 'timm': reference, 'evit_mm deploy': copy.deepcopy(ours).switch_to_deploy(),
-              'timm fused': fuse_timm_efficientvit(copy.deepcopy(reference))}
+              'timm fused': fuse_timm_efficientvit(copy.deepcopy(reference)).to(target)}  # timm fuses on the CPU
     if compile:
         models['evit_mm deploy compiled'] = _compiled(models['evit_mm deploy'])
         models['timm compiled'] = _compiled(reference)
     rows = []
     for batch, height, width in shapes:
-        x = torch.randn(batch, 3, height, width)
-        with torch.inference_mode():  # same weights must give the same features before any timing counts
+        x = torch.randn(batch, 3, height, width, device=target)
+        with torch.inference_mode(), exact_float32():  # same weights must give the same features first
             expected = reference(x)
             for name, model in models.items():
                 for u, v in zip(model(x), expected, strict=True):
                     torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-3, msg=f'{name} differs from timm')
-        timings = time_interleaved({name: (lambda m=m: m(x)) for name, m in models.items()}, batch, warmup, repeats)
+
+        def infer(model: nn.Module) -> Callable[[], object]:
+            def call() -> object:
+                with precision():
+                    return model(x)
+            return call
+        timings = time_interleaved({name: infer(m) for name, m in models.items()}, batch, warmup, repeats,
+                                   device=target)
         if train:  # on copies: training-mode BatchNorm updates running statistics
-            timings.update(time_interleaved({'evit_mm train': _training_step(copy.deepcopy(ours).train(), x),
-                                             'timm train': _training_step(copy.deepcopy(reference).train(), x)},
-                                            batch, warmup, repeats, grad=True))
+            timings.update(time_interleaved(
+                {'evit_mm train': _training_step(copy.deepcopy(ours).train(), x, precision),
+                 'timm train': _training_step(copy.deepcopy(reference).train(), x, precision)},
+                batch, warmup, repeats, device=target, grad=True))
         for case, (a, b) in CASES.items():
             if a in timings:
                 rows.append(Row(arch, (batch, height, width), case, timings[a].images_per_second,

@@ -14,7 +14,8 @@ import torch
 from mmengine.config import DictAction
 
 from .inputs import parse_shape
-from .measure import DTYPES, MODES, Options, Result, gflops, measure, prepare
+from .measure import MODES, Options, Result, gflops, measure, prepare
+from .precision import DTYPES
 from .targets import build_target
 from .tensor_mode import TensorMode
 

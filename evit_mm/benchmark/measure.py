@@ -1,7 +1,6 @@
 """Throughput, latency, memory, parameters and FLOPs of backbones and whole pipelines, in one run."""
 from __future__ import annotations
 
-import contextlib
 import resource
 import sys
 from collections.abc import Callable
@@ -11,11 +10,11 @@ import torch
 
 from .flop_count import count_params
 from .inputs import synthetic_batch
+from .precision import autocast
 from .targets import Target
 from .timing import Timing, time_interleaved
 
 MODES = ('backbone', 'forward', 'predict', 'pipeline', 'onnx')
-DTYPES = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
 @dataclass
@@ -69,12 +68,6 @@ def gflops(module: torch.nn.Module, height: int, width: int) -> float | None:
             return count_macs(module, (torch.randn(1, 3, height, width),)) / 1e9
     except Exception:  # noqa: BLE001 - the table then shows no FLOPs
         return None
-
-
-def _autocast(device: str, dtype: str):
-    if DTYPES[dtype] is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device, dtype=DTYPES[dtype])
 
 
 def _peak_memory(device: torch.device) -> tuple[float, str]:
@@ -177,7 +170,7 @@ def measure(target: Target, mode: str, opts: Options, device: torch.device) -> R
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
     breakdown: dict[str, float] = {}
-    with _autocast(device.type, opts.dtype):
+    with autocast(device.type, opts.dtype):
         if mode == 'pipeline':
             if target.cfg is None:
                 raise ValueError('mode pipeline needs a config target with a test dataset')

@@ -251,3 +251,28 @@ def test_attention_biases_get_gradients_in_eval_mode():
     model(torch.randn(1, 3, 64, 64))[-1].square().mean().backward()
     grad = model.stages[2].blocks[0].mixer.m.attn.attention_biases.grad
     assert grad is not None and grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('training', [False, True])
+@pytest.mark.parametrize('batch_limit', [10 ** 9, 10], ids=['per-token-batch', 'one-image'])
+def test_pointwise_tokens_equals_convbn_on_the_map(monkeypatch, training, batch_limit):
+    """Both BatchNorm views of the tokens (chosen by size) equal the ConvBN on the NCHW map: outputs, gradients,
+    running statistics and counters."""
+    from evit_mm.models import attention
+    from evit_mm.models.layers import ConvBN
+    monkeypatch.setattr(attention, 'CUDNN_BATCH_NORM_MAX_BATCH', batch_limit)
+    tokens_layer = randomize_(ConvBN(12, 20)).train(training)
+    map_layer = randomize_(ConvBN(12, 20)).train(training)
+    map_layer.load_state_dict(tokens_layer.state_dict())
+    tokens = torch.randn(3, 49, 12, requires_grad=True)  # 3 windows of 7x7 tokens
+    nchw = tokens.detach().reshape(3, 7, 7, 12).permute(0, 3, 1, 2).requires_grad_()
+    got = attention.pointwise_tokens(tokens_layer, tokens)
+    expected = map_layer(nchw).permute(0, 2, 3, 1).reshape(3, 49, 20)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    (got.square().sum()).backward()
+    (expected.square().sum()).backward()
+    torch.testing.assert_close(tokens.grad, nchw.grad.permute(0, 2, 3, 1).reshape(3, 49, 12), atol=1e-5, rtol=1e-5)
+    for (name, a), (_, b) in zip(tokens_layer.named_parameters(), map_layer.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5, msg=name)
+    for (name, a), (_, b) in zip(tokens_layer.named_buffers(), map_layer.named_buffers()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6, msg=name)

@@ -4,7 +4,9 @@
 #   1. evit_mm's M4 backbone against timm's (same weights; eval, deploy, training step), paired ratios;
 #   2. whole RetinaNet-EViT-M4 predictions (as built and deployed) against mmdet's RetinaNet-R50;
 #   3. semantic FPN-EViT-M4 against FPN-R50;
-#   4. backbones side by side (evit_mm, timm, ResNet-50, Swin-T).
+#   4. backbones side by side (evit_mm, timm, ResNet-50, Swin-T);
+#   5. CUDA graphs (torch.compile mode reduce-overhead): backbone against timm, RetinaNet against R50 (compile
+#      time: minutes; last, so that a short lease still gets steps 1-4).
 # Results go to ${OUT:-gpu_results}/ as JSON / Markdown, the tables to stdout. A failing step is reported and
 # the others still run; the exit status says whether any failed.
 #   OUT=gpu_results bash scripts/gpu_benchmarks.sh
@@ -35,6 +37,12 @@ step backbones_b256 $B $EV --shape 224x224 --batch-size 256 --repeats 30 --json 
 step retinanet_b16 $B configs/retinanet_evit_m4.py configs/retinanet_evit_m4.py@deploy \
   configs/baselines/retinanet_r50_fpn_coco.py --modes predict --shape 800x1333 --batch-size 16 --repeats 10 \
   --json "$OUT/retinanet_predict_b16_fp16.json"
+step backbone_vs_timm_cuda_graphs bash -c "$PY tools/benchmark_backbone.py --arch m4 --device cuda --dtype fp16 \
+  --compile-mode reduce-overhead --shapes 1x224x224 256x224x224 --warmup 10 --repeats 30 \
+  | tee '$OUT/backbone_m4_vs_timm_fp16_cuda_graphs.md'"
+step retinanet_b1_cuda_graphs $B configs/retinanet_evit_m4.py@deploy configs/baselines/retinanet_r50_fpn_coco.py \
+  --modes predict --compile-mode reduce-overhead --shape 800x1333 --batch-size 1 --repeats 30 \
+  --json "$OUT/retinanet_predict_b1_fp16_cuda_graphs.json"
 
 if [ ${#FAILED[@]} -gt 0 ]; then
   echo "failed steps: ${FAILED[*]}"

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from evit_mm.benchmark.backbone import compare, format_rows  # noqa: E402
+from evit_mm.benchmark.compilation import COMPILE_MODES  # noqa: E402
 from evit_mm.benchmark.inputs import parse_shape  # noqa: E402
 from evit_mm.benchmark.precision import DTYPES  # noqa: E402
 
@@ -34,14 +35,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--train', action='store_true', help='also time a training step (forward + backward)')
     parser.add_argument('--compile', action='store_true',
                         help='also time both deployed models under torch.compile (inductor, freezing)')
+    parser.add_argument('--compile-mode', choices=COMPILE_MODES,
+                        help='torch.compile mode (implies --compile; reduce-overhead replays CUDA graphs)')
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = tuple(parse_shape(s, dims=3) for s in args.shapes)
     where = torch.cuda.get_device_name(args.device) if args.device.startswith('cuda') else 'cpu'
     print(f'torch {torch.__version__}, {where}, {torch.get_num_threads()} CPU threads, {args.dtype}')
-    print(format_rows(compare(args.arch, shapes, args.warmup, args.repeats, args.train, args.compile,
-                              args.device, args.dtype)))
+    print(format_rows(compare(args.arch, shapes, args.warmup, args.repeats, args.train,
+                              args.compile or args.compile_mode is not None, args.device, args.dtype,
+                              args.compile_mode or 'default')))
 
 
 if __name__ == '__main__':

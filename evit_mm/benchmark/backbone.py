@@ -14,6 +14,7 @@ from torch import nn
 
 from ..checkpoint import to_backbone_state_dict
 from ..models import EfficientViT
+from .compilation import compiled
 from .precision import autocast, exact_float32
 from .timing import Timing, time_interleaved
 
@@ -86,7 +87,7 @@ def _training_step(model: nn.Module, x: torch.Tensor, precision: Callable[[], co
 
 def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 224, 224), (1, 800, 1344)),
             warmup: int = 3, repeats: int = 10, train: bool = False, compile: bool = False,
-            device: str = 'cpu', dtype: str = 'fp32') -> list[Row]:
+            device: str = 'cpu', dtype: str = 'fp32', compile_mode: str = 'default') -> list[Row]:
     """Images/s of evit_mm and timm at each ``(batch, height, width)``: as built, evit_mm deployed
     (``switch_to_deploy``) against timm as shipped and against timm with the same fusion, optionally both
     compiled and a training step. All inference candidates of one shape run in the same interleaved rounds.
@@ -95,6 +96,7 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
         device: Where both models run (``cpu``, ``cuda``, ``cuda:N``).
         dtype: Autocast precision of the timed calls (``fp32``, ``fp16``, ``bf16``); the equivalence check that
             precedes the timing always runs in exact float32.
+        compile_mode: ``torch.compile`` mode of the compiled candidates (``reduce-overhead``: CUDA graphs).
     """
     target = torch.device(device)
     autocast(target.type, dtype)  # an unknown dtype fails here, before any model is built
@@ -105,8 +107,8 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
     models = {'evit_mm': ours, 'timm': reference, 'evit_mm deploy': copy.deepcopy(ours).switch_to_deploy(),
               'timm fused': fuse_timm_efficientvit(copy.deepcopy(reference)).to(target)}  # timm fuses on the CPU
     if compile:
-        models['evit_mm deploy compiled'] = _compiled(models['evit_mm deploy'])
-        models['timm compiled'] = _compiled(reference)
+        models['evit_mm deploy compiled'] = compiled(models['evit_mm deploy'], compile_mode, freezing=True)
+        models['timm compiled'] = compiled(reference, compile_mode, freezing=True)
     rows = []
     for batch, height, width in shapes:
         x = torch.randn(batch, 3, height, width, device=target)

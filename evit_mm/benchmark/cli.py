@@ -14,6 +14,7 @@ import torch
 from mmengine.config import DictAction
 
 from .inputs import parse_shape
+from .compilation import COMPILE_MODES
 from .measure import MODES, Options, Result, gflops, measure, prepare
 from .precision import DTYPES
 from .targets import build_target
@@ -40,6 +41,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument('--dtype', choices=sorted(DTYPES), default='fp32', help='autocast precision')
     p.add_argument('--channels-last', action='store_true')
     p.add_argument('--compile', action='store_true', help='torch.compile the backbone')
+    p.add_argument('--compile-mode', choices=COMPILE_MODES,
+                   help='torch.compile mode (implies --compile; reduce-overhead replays CUDA graphs)')
     p.add_argument('--deploy', action='store_true',
                    help='deploy every target (evit_mm.deploy.optimize_for_inference: Conv+BN folding, fused '
                         'kernels, Winograd 3x3); TARGET@deploy deploys one target only')
@@ -127,9 +130,10 @@ def main(argv: list[str]) -> int:
     built = {}
     for index, (spec, mode, (h, w)) in enumerate(jobs, 1):
         name, deploy = _split_deploy(spec)
-        opts = Options(args.device, args.batch_size, h, w, args.dtype, args.channels_last, args.compile,
+        opts = Options(args.device, args.batch_size, h, w, args.dtype, args.channels_last,
+                       args.compile or args.compile_mode is not None,
                        args.deploy or deploy, args.fused_kernels, args.winograd, args.warmup, args.repeats,
-                       args.time_budget)
+                       args.time_budget, compile_mode=args.compile_mode or 'default')
         if spec not in built:
             target = build_target(name, args.checkpoint if name.endswith('.py') else None, args.cfg_options)
             device = prepare(target, opts)

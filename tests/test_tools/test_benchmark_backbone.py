@@ -22,3 +22,24 @@ def test_compare_times_under_autocast():
 def test_compare_rejects_unknown_dtype():
     with pytest.raises(ValueError, match=r"unknown dtype 'fp8'; choose one of \['bf16', 'fp16', 'fp32'\]"):
         compare('m0', shapes=((1, 64, 64),), dtype='fp8')
+
+
+def test_compare_compiles_both_deployed_models_in_the_given_mode(monkeypatch):
+    import evit_mm.benchmark.backbone as backbone_benchmark
+    calls = []
+
+    def fake_compiled(model, mode, freezing):
+        calls.append((type(model).__name__, mode, freezing))
+        return model  # the wiring is under test here, not inductor
+    monkeypatch.setattr(backbone_benchmark, 'compiled', fake_compiled)
+    rows = compare('m0', shapes=((1, 64, 64),), warmup=0, repeats=1, compile=True, compile_mode='reduce-overhead')
+    assert calls == [('EfficientViT', 'reduce-overhead', True), ('FeatureListNet', 'reduce-overhead', True)]
+    assert {'compiled deploy vs timm compiled', 'compiled deploy vs timm as shipped'} <= {r.case for r in rows}
+
+
+def test_compiled_rejects_unknown_mode():
+    from torch import nn
+
+    from evit_mm.benchmark.compilation import compiled
+    with pytest.raises(ValueError, match=r"unknown compile mode 'fast'; choose one of \('default', 'reduce-overhead'"):
+        compiled(nn.Identity(), 'fast')

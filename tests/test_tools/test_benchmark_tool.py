@@ -135,3 +135,18 @@ def test_shapes_parse_or_explain():
     for bad, dims in (('800', 2), ('800x', 2), ('0x224', 2), ('224x224', 3)):
         with pytest.raises(ValueError, match='shape must be'):
             parse_shape(bad, dims)
+
+
+def test_compile_mode_implies_compile_and_reaches_torch_compile(tmp_path, monkeypatch, capsys):
+    import evit_mm.benchmark.measure as measure
+    modes = []
+
+    def fake_compiled(module, mode):
+        modes.append(mode)
+        return module  # the option's wiring is under test here, not inductor
+    monkeypatch.setattr(measure, 'compiled', fake_compiled)
+    results = _run(tmp_path, 'evit_m0', '--shape', '64x64', '--compile-mode', 'reduce-overhead')
+    assert modes == ['reduce-overhead'] and len(results) == 1
+    with pytest.raises(SystemExit):
+        cli.parse_args(['evit_m0', '--compile-mode', 'fast'])
+    assert "invalid choice: 'fast'" in capsys.readouterr().err

@@ -1,0 +1,30 @@
+"""``torch.compile`` as the benchmarks apply it."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+#: ``torch.compile`` modes the tools accept. ``reduce-overhead`` replays CUDA graphs: on a GPU, where EfficientViT
+#: is bound by kernel launches even at batch 256 (docs/benchmarks.md, H200), it removes the launch overhead.
+COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
+
+
+def compiled(model: nn.Module, mode: str = 'default', freezing: bool = False) -> nn.Module:
+    """``torch.compile(model, mode=mode)`` with one static graph per input shape.
+
+    Args:
+        model: The module to compile (not changed; the compiled wrapper is returned).
+        mode: One of :data:`COMPILE_MODES`.
+        freezing: Let inductor treat the weights as constants (Conv+BN folding, weight prepacking); for
+            inference only.
+
+    Raises:
+        ValueError: ``mode`` is not one of :data:`COMPILE_MODES`.
+    """
+    if mode not in COMPILE_MODES:
+        raise ValueError(f'unknown compile mode {mode!r}; choose one of {COMPILE_MODES}')
+    if freezing:
+        import torch._inductor.config as inductor_config
+        inductor_config.freezing = True
+    # dynamic=False: one graph per shape; automatic dynamic-shape recompiles crashed in inductor's CPU conv codegen
+    return torch.compile(model, mode=mode, dynamic=False)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import re
 import statistics
 from collections.abc import Callable
@@ -99,10 +100,8 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
         compile_mode: ``torch.compile`` mode of the compiled candidates (``reduce-overhead``: CUDA graphs).
     """
     target = torch.device(device)
-    autocast(target.type, dtype)  # an unknown dtype fails here, before any model is built
-
-    def precision() -> contextlib.AbstractContextManager:
-        return autocast(target.type, dtype)
+    precision = functools.partial(autocast, target.type, dtype)
+    precision()  # an unknown dtype fails here, before any model is built
     ours, reference = (m.to(target) for m in build_pair(arch))
     models = {'evit_mm': ours, 'timm': reference, 'evit_mm deploy': copy.deepcopy(ours).switch_to_deploy(),
               'timm fused': fuse_timm_efficientvit(copy.deepcopy(reference)).to(target)}  # timm fuses on the CPU

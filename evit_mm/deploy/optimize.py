@@ -19,7 +19,8 @@ class DeploySummary:
 
     def __str__(self) -> str:
         return (f'deploy: Conv+BN folded in {self.fused or "nothing (no switch_to_deploy)"}; '
-                f'{self.winograd_convs} 3x3 convolutions on Winograd F(2x2,3x3), {self.winograd_relus} with their ReLU')
+                f'{self.winograd_convs} 3x3 convolutions on Winograd F(2x2,3x3) for CPU float32 inference '
+                f'(plain convolutions elsewhere), {self.winograd_relus} with their ReLU')
 
 
 def optimize_for_inference(model: nn.Module, fused_kernels: bool = True, winograd: bool = True) -> DeploySummary:

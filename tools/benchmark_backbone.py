@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from evit_mm.benchmark.backbone import compare, format_rows  # noqa: E402
+from evit_mm.benchmark.backbone import compare, format_rows, host_work_table  # noqa: E402
 from evit_mm.benchmark.compilation import COMPILE_MODES  # noqa: E402
 from evit_mm.benchmark.inputs import parse_shape  # noqa: E402
 from evit_mm.benchmark.precision import DTYPES  # noqa: E402
@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
                         help='also time both deployed models under torch.compile (inductor, freezing)')
     parser.add_argument('--compile-mode', choices=COMPILE_MODES,
                         help='torch.compile mode (implies --compile; reduce-overhead replays CUDA graphs)')
+    parser.add_argument('--host-work', action='store_true',
+                        help='also count operators and module calls per forward (what a GPU waits for at batch 1)')
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -46,6 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     print(format_rows(compare(args.arch, shapes, args.warmup, args.repeats, args.train,
                               args.compile or args.compile_mode is not None, args.device, args.dtype,
                               args.compile_mode or 'default')))
+    if args.host_work:
+        print()
+        print(host_work_table(args.arch, shapes[0]))
 
 
 if __name__ == '__main__':

@@ -16,6 +16,7 @@ from torch import nn
 from ..checkpoint import to_backbone_state_dict
 from ..models import EfficientViT
 from .compilation import compiled
+from .host_work import count_host_work
 from .precision import autocast, exact_float32
 from .timing import Timing, time_interleaved
 
@@ -134,6 +135,23 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
                 rows.append(Row(arch, (batch, height, width), case, timings[a].images_per_second,
                                 timings[b].images_per_second, paired_ratio(timings[b], timings[a])))
     return rows
+
+
+def host_work_table(arch: str = 'm4', shape: tuple[int, int, int] = (1, 224, 224)) -> str:
+    """Operators and module calls of one forward pass of each candidate (see :mod:`.host_work`), as Markdown."""
+    ours, reference = build_pair(arch)
+    candidates = {
+        'evit_mm': ours, 'timm': reference,
+        'evit_mm deploy': copy.deepcopy(ours).switch_to_deploy(),
+        'evit_mm deploy, plain ops (the GPU path)': copy.deepcopy(ours).switch_to_deploy(fused_kernels=False),
+        'timm fused': fuse_timm_efficientvit(copy.deepcopy(reference))}
+    x = torch.randn(*shape[:1], 3, *shape[1:])
+    lines = [f'| {arch} at {"x".join(map(str, shape))} | operators | compute operators | module calls |',
+             '|---|---|---|---|']
+    for name, model in candidates.items():
+        work = count_host_work(model, x)
+        lines.append(f'| {name} | {work.operators} | {work.compute_operators} | {work.module_calls} |')
+    return '\n'.join(lines)
 
 
 def format_rows(rows: list[Row]) -> str:

@@ -14,6 +14,12 @@ needs_onednn = pytest.mark.skipif(not onednn_fusion_available(), reason='this Py
 FUSED_OP = 'mkldnn::_convolution_pointwise'
 
 
+@pytest.fixture(autouse=True)
+def _fused_kernel_at_any_size(monkeypatch):
+    """These tests check the fused kernel's values on small maps, below the size where it is used by default."""
+    monkeypatch.setattr(FusedConv2d, 'min_output_elements', 0)
+
+
 def fused_kernel_calls(fn) -> int:
     with profile() as prof:
         fn()
@@ -78,6 +84,18 @@ def test_plain_ops_when_switched_off_or_layouts_differ():
         mixed = x.contiguous(memory_format=torch.channels_last)  # residual in another memory layout
         assert fused_kernel_calls(lambda: conv(x, residual=mixed)) == 0
         torch.testing.assert_close(conv(x, residual=mixed), x + F.conv2d(x, conv.weight, conv.bias))
+
+
+@needs_onednn
+def test_small_outputs_take_the_plain_ops(monkeypatch):
+    monkeypatch.undo()  # the default threshold
+    conv = make_conv(64, 64, 1, relu=True)
+    small, large = torch.randn(1, 64, 5, 7), torch.randn(1, 64, 33, 33)  # 2240 and 69696 output elements
+    with torch.inference_mode():
+        assert fused_kernel_calls(lambda: conv(small)) == 0
+        assert fused_kernel_calls(lambda: conv(large)) == 1
+        for x in (small, large):
+            torch.testing.assert_close(conv(x), F.relu(F.conv2d(x, conv.weight, conv.bias)), atol=1e-5, rtol=1e-5)
 
 
 def test_relu_and_residual_together_is_an_error():

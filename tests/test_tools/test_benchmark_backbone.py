@@ -43,3 +43,18 @@ def test_compiled_rejects_unknown_mode():
     from evit_mm.benchmark.compilation import compiled
     with pytest.raises(ValueError, match=r"unknown compile mode 'fast'; choose one of \('default', 'reduce-overhead'"):
         compiled(nn.Identity(), 'fast')
+
+
+def test_host_work_counts_calls_and_sees_the_deploy_savings():
+    import torch
+    from torch import nn
+
+    from evit_mm.benchmark.backbone import host_work_table
+    from evit_mm.benchmark.host_work import count_host_work
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Flatten())
+    work = count_host_work(model, torch.randn(1, 3, 2, 2))
+    assert (work.operators, work.compute_operators, work.module_calls) == (3, 2, 4)  # flatten is a view
+    rows = {line.split(' | ')[0].lstrip('| '): [int(v) for v in line.rstrip(' |').split(' | ')[1:]]
+            for line in host_work_table('m0', (1, 64, 64)).splitlines()[2:]}
+    assert rows['evit_mm deploy, plain ops (the GPU path)'][0] < rows['evit_mm'][0]  # no BatchNorm calls left
+    assert rows['evit_mm deploy'][1] < rows['evit_mm deploy, plain ops (the GPU path)'][1]  # fused ReLU/add

@@ -1,0 +1,52 @@
+"""Host-side work of one forward pass: operator calls and module calls, counted (deterministic, any machine).
+
+Where a GPU waits for the host (EfficientViT at batch 1 on an H200, ``docs/benchmarks.md``), these counts explain
+the wall clock better than FLOPs do; they are the same on every machine, so a CPU-only session can measure them.
+"""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+#: Operators that only describe memory (no kernel on a GPU) or allocate it.
+VIEW_OPS = frozenset({
+    'aten::alias', 'aten::as_strided', 'aten::chunk', 'aten::detach', 'aten::empty', 'aten::empty_like',
+    'aten::empty_strided', 'aten::expand', 'aten::flatten', 'aten::narrow', 'aten::permute', 'aten::reshape',
+    'aten::select', 'aten::slice', 'aten::split', 'aten::split_with_sizes', 'aten::squeeze', 'aten::t',
+    'aten::transpose', 'aten::unflatten', 'aten::unsqueeze', 'aten::view', 'aten::_unsafe_view'})
+
+
+@dataclass
+class HostWork:
+    """Calls made by one forward pass."""
+
+    operators: int  # top-level aten operators (each costs dispatcher and Python time)
+    compute_operators: int  # of which not views or allocations (on a GPU: about one kernel launch each)
+    module_calls: int  # nn.Module calls (Python overhead per call)
+
+
+def count_host_work(model: nn.Module, *inputs: torch.Tensor) -> HostWork:
+    """Count the operators and module calls of ``model(*inputs)`` under ``torch.inference_mode``.
+
+    Top-level means called from Python, not from inside another aten operator (``conv2d`` counts once, not
+    with the ``convolution`` and ``mkldnn_convolution`` it dispatches to).
+    """
+    modules = collections.Counter()
+    hooks = [m.register_forward_pre_hook(lambda module, args: modules.update((id(module),)))
+             for m in model.modules()]
+    try:
+        with torch.inference_mode():
+            model(*inputs)  # warm caches (attention biases) so that the counted pass is a steady-state one
+            modules.clear()
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                model(*inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    top_level = [e.name for e in prof.events() if e.name.startswith('aten::')
+                 and (e.cpu_parent is None or not e.cpu_parent.name.startswith('aten::'))]
+    return HostWork(len(top_level), sum(name not in VIEW_OPS for name in top_level), sum(modules.values()))

@@ -16,7 +16,8 @@ def compiled(model: nn.Module, mode: str = 'default', freezing: bool = False) ->
         model: The module to compile (not changed; the compiled wrapper is returned).
         mode: One of :data:`COMPILE_MODES`.
         freezing: Let inductor treat the weights as constants (Conv+BN folding, weight prepacking); for
-            inference only.
+            inference only. This sets inductor's process-wide ``freezing`` flag (``torch.compile`` takes either a
+            mode or inductor options, not both), which stays on for later compilations in the process.
 
     Raises:
         ValueError: ``mode`` is not one of :data:`COMPILE_MODES`.

@@ -39,6 +39,8 @@ def logged_metrics(work_dir: Path, key: str) -> dict:
     raise AssertionError(f'no {key!r} in the logs under {work_dir}')
 
 
-#: Devices the device-parametrized tests run on; CUDA ones skip, saying why, where no GPU is present.
-DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                 reason='no CUDA device on this machine'))]
+#: Marks a test (or a parameter) that needs a GPU: it skips, saying why, where none is present.
+REQUIRES_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device on this machine')
+
+#: Devices the device-parametrized tests run on.
+DEVICES = ['cpu', pytest.param('cuda', marks=REQUIRES_CUDA)]

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from evit_mm.benchmark.backbone import compare, format_rows, host_work_table  # noqa: E402
-from evit_mm.benchmark.compilation import COMPILE_MODES  # noqa: E402
+from evit_mm.benchmark.compilation import add_compile_arguments, compile_mode_from  # noqa: E402
 from evit_mm.benchmark.inputs import parse_shape  # noqa: E402
 from evit_mm.benchmark.precision import DTYPES  # noqa: E402
 
@@ -33,10 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--repeats', type=int, default=10)
     parser.add_argument('--train', action='store_true', help='also time a training step (forward + backward)')
-    parser.add_argument('--compile', action='store_true',
-                        help='also time both deployed models under torch.compile (inductor, freezing)')
-    parser.add_argument('--compile-mode', choices=COMPILE_MODES,
-                        help='torch.compile mode (implies --compile; reduce-overhead replays CUDA graphs)')
+    add_compile_arguments(parser, 'both deployed models too (inductor, freezing) and time them')
     parser.add_argument('--host-work', action='store_true',
                         help='also count operators and module calls per forward (what a GPU waits for at batch 1)')
     args = parser.parse_args(argv)
@@ -45,9 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     shapes = tuple(parse_shape(s, dims=3) for s in args.shapes)
     where = torch.cuda.get_device_name(args.device) if args.device.startswith('cuda') else 'cpu'
     print(f'torch {torch.__version__}, {where}, {torch.get_num_threads()} CPU threads, {args.dtype}')
-    print(format_rows(compare(args.arch, shapes, args.warmup, args.repeats, args.train,
-                              args.compile or args.compile_mode is not None, args.device, args.dtype,
-                              args.compile_mode or 'default')))
+    print(format_rows(compare(args.arch, shapes, args.warmup, args.repeats, args.train, compile_mode_from(args),
+                              args.device, args.dtype)))
     if args.host_work:
         print()
         print(host_work_table(args.arch, shapes[0]))

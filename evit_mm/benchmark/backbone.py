@@ -73,6 +73,19 @@ CASES = {
 }
 
 
+def inference_candidates(arch: str, device: torch.device | str = 'cpu',
+                         plain_deploy: bool = False) -> dict[str, nn.Module]:
+    """The models :func:`compare` times, same weights, on ``device``: ``evit_mm`` and ``timm`` as built,
+    ``evit_mm deploy`` (``switch_to_deploy``) and ``timm fused`` (the same Conv+BN folding); with
+    ``plain_deploy`` also evit_mm deployed without the CPU fused kernels (the path a GPU runs)."""
+    ours, reference = build_pair(arch)
+    models = {'evit_mm': ours, 'timm': reference, 'evit_mm deploy': copy.deepcopy(ours).switch_to_deploy()}
+    if plain_deploy:
+        models['evit_mm deploy, plain ops (the GPU path)'] = copy.deepcopy(ours).switch_to_deploy(fused_kernels=False)
+    models['timm fused'] = fuse_timm_efficientvit(copy.deepcopy(reference))
+    return {name: model.to(device) for name, model in models.items()}
+
+
 def paired_ratio(reference: Timing, candidate: Timing) -> float:
     """Median over rounds of ``reference / candidate`` latency (> 1: the candidate is faster)."""
     return statistics.median(r / c for r, c in zip(reference.latencies, candidate.latencies, strict=True))
@@ -88,25 +101,25 @@ def _training_step(model: nn.Module, x: torch.Tensor, precision: Callable[[], co
 
 
 def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 224, 224), (1, 800, 1344)),
-            warmup: int = 3, repeats: int = 10, train: bool = False, compile: bool = False,
-            device: str = 'cpu', dtype: str = 'fp32', compile_mode: str = 'default') -> list[Row]:
+            warmup: int = 3, repeats: int = 10, train: bool = False, compile_mode: str | None = None,
+            device: str = 'cpu', dtype: str = 'fp32') -> list[Row]:
     """Images/s of evit_mm and timm at each ``(batch, height, width)``: as built, evit_mm deployed
     (``switch_to_deploy``) against timm as shipped and against timm with the same fusion, optionally both
     compiled and a training step. All inference candidates of one shape run in the same interleaved rounds.
 
     Args:
+        compile_mode: Also time both deployed models compiled in this ``torch.compile`` mode (``reduce-overhead``:
+            CUDA graphs); None: no compiled candidates.
         device: Where both models run (``cpu``, ``cuda``, ``cuda:N``).
         dtype: Autocast precision of the timed calls (``fp32``, ``fp16``, ``bf16``); the equivalence check that
             precedes the timing always runs in exact float32.
-        compile_mode: ``torch.compile`` mode of the compiled candidates (``reduce-overhead``: CUDA graphs).
     """
     target = torch.device(device)
     precision = functools.partial(autocast, target.type, dtype)
     precision()  # an unknown dtype fails here, before any model is built
-    ours, reference = (m.to(target) for m in build_pair(arch))
-    models = {'evit_mm': ours, 'timm': reference, 'evit_mm deploy': copy.deepcopy(ours).switch_to_deploy(),
-              'timm fused': fuse_timm_efficientvit(copy.deepcopy(reference)).to(target)}  # timm fuses on the CPU
-    if compile:
+    models = inference_candidates(arch, target)
+    ours, reference = models['evit_mm'], models['timm']
+    if compile_mode is not None:
         models['evit_mm deploy compiled'] = compiled(models['evit_mm deploy'], compile_mode, freezing=True)
         models['timm compiled'] = compiled(reference, compile_mode, freezing=True)
     rows = []
@@ -139,12 +152,7 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
 
 def host_work_table(arch: str = 'm4', shape: tuple[int, int, int] = (1, 224, 224)) -> str:
     """Operators and module calls of one forward pass of each candidate (see :mod:`.host_work`), as Markdown."""
-    ours, reference = build_pair(arch)
-    candidates = {
-        'evit_mm': ours, 'timm': reference,
-        'evit_mm deploy': copy.deepcopy(ours).switch_to_deploy(),
-        'evit_mm deploy, plain ops (the GPU path)': copy.deepcopy(ours).switch_to_deploy(fused_kernels=False),
-        'timm fused': fuse_timm_efficientvit(copy.deepcopy(reference))}
+    candidates = inference_candidates(arch, plain_deploy=True)
     x = torch.randn(*shape[:1], 3, *shape[1:])
     lines = [f'| {arch} at {"x".join(map(str, shape))} | operators | compute operators | module calls |',
              '|---|---|---|---|']

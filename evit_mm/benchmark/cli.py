@@ -14,7 +14,7 @@ import torch
 from mmengine.config import DictAction
 
 from .inputs import parse_shape
-from .compilation import COMPILE_MODES
+from .compilation import add_compile_arguments, compile_mode_from
 from .measure import MODES, Options, Result, gflops, measure, prepare
 from .precision import DTYPES
 from .targets import build_target
@@ -40,9 +40,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument('--shape', nargs='+', default=['224x224'], help='HxW, one or more')
     p.add_argument('--dtype', choices=sorted(DTYPES), default='fp32', help='autocast precision')
     p.add_argument('--channels-last', action='store_true')
-    p.add_argument('--compile', action='store_true', help='torch.compile the backbone')
-    p.add_argument('--compile-mode', choices=COMPILE_MODES,
-                   help='torch.compile mode (implies --compile; reduce-overhead replays CUDA graphs)')
+    add_compile_arguments(p, 'the backbone')
     p.add_argument('--deploy', action='store_true',
                    help='deploy every target (evit_mm.deploy.optimize_for_inference: Conv+BN folding, fused '
                         'kernels, Winograd 3x3); TARGET@deploy deploys one target only')
@@ -130,10 +128,9 @@ def main(argv: list[str]) -> int:
     built = {}
     for index, (spec, mode, (h, w)) in enumerate(jobs, 1):
         name, deploy = _split_deploy(spec)
-        opts = Options(args.device, args.batch_size, h, w, args.dtype, args.channels_last,
-                       args.compile or args.compile_mode is not None,
-                       args.deploy or deploy, args.fused_kernels, args.winograd, args.warmup, args.repeats,
-                       args.time_budget, compile_mode=args.compile_mode or 'default')
+        opts = Options(args.device, args.batch_size, h, w, args.dtype, args.channels_last, compile_mode_from(args),
+                       deploy=args.deploy or deploy, fused_kernels=args.fused_kernels, winograd=args.winograd,
+                       warmup=args.warmup, repeats=args.repeats, time_budget=args.time_budget)
         if spec not in built:
             target = build_target(name, args.checkpoint if name.endswith('.py') else None, args.cfg_options)
             device = prepare(target, opts)
@@ -146,7 +143,7 @@ def main(argv: list[str]) -> int:
         result = measure(target, mode, opts, device)
         if mode in ('backbone', 'onnx') or target.kind == 'backbone':
             result.gflops = gflops(_uncompiled(target.backbone), h, w)
-        elif not opts.compile:
+        elif opts.compile_mode is None:
             result.gflops = gflops(TensorMode(target).eval(), h, w)  # whole model, no pre/post-processing
         print(f'    {result.images_per_s:.2f} img/s, p50 {result.latency_p50_ms:.1f} ms', file=sys.stderr)
         results.append(result)

@@ -1,6 +1,8 @@
 """``torch.compile`` as the benchmarks apply it."""
 from __future__ import annotations
 
+import argparse
+
 import torch
 from torch import nn
 
@@ -29,3 +31,16 @@ def compiled(model: nn.Module, mode: str = 'default', freezing: bool = False) ->
         inductor_config.freezing = True
     # dynamic=False: one graph per shape; automatic dynamic-shape recompiles crashed in inductor's CPU conv codegen
     return torch.compile(model, mode=mode, dynamic=False)
+
+
+def add_compile_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--compile`` (``what`` is compiled, mode ``default``) and ``--compile-mode MODE`` (implies ``--compile``);
+    read them back with :func:`compile_mode_from`."""
+    parser.add_argument('--compile', action='store_true', help=f'torch.compile {what}')
+    parser.add_argument('--compile-mode', choices=COMPILE_MODES,
+                        help='torch.compile mode (implies --compile; reduce-overhead replays CUDA graphs)')
+
+
+def compile_mode_from(args: argparse.Namespace) -> str | None:
+    """The ``torch.compile`` mode the options of :func:`add_compile_arguments` ask for; None: no compilation."""
+    return args.compile_mode or ('default' if args.compile else None)

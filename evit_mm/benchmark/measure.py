@@ -26,14 +26,13 @@ class Options:
     width: int = 224
     dtype: str = 'fp32'
     channels_last: bool = False
-    compile: bool = False
+    compile_mode: str | None = None  # torch.compile the backbone in this mode (reduce-overhead: CUDA graphs)
     deploy: bool = False
     fused_kernels: bool = True  # with deploy: ReLU/residual add inside the conv kernels (CPU)
     winograd: bool = True  # with deploy: 3x3 convolutions by Winograd F(2x2, 3x3) (CPU)
     warmup: int = 3
     repeats: int = 10
     time_budget: float | None = None
-    compile_mode: str = 'default'  # with compile: a torch.compile mode (reduce-overhead: CUDA graphs)
 
 
 @dataclass
@@ -89,7 +88,7 @@ def prepare(target: Target, opts: Options) -> torch.device:
     target.model.to(device)
     if opts.channels_last:
         target.model.to(memory_format=torch.channels_last)
-    if opts.compile:
+    if opts.compile_mode is not None:
         compiled_backbone = compiled(target.backbone, opts.compile_mode)
         if target.model is target.backbone:
             target.model = compiled_backbone

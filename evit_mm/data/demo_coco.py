@@ -19,7 +19,6 @@ import numpy as np
 from .shapes import SHAPE_CLASSES, render_scene, write_once
 
 
-
 def _write_split(root: Path, split: str, count: int, size: tuple[int, int], seed: int) -> None:
     rng = np.random.default_rng(seed)
     height, width = size

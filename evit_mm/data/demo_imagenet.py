@@ -11,7 +11,6 @@ import numpy as np
 from .shapes import SHAPE_CLASSES, render_scene, write_once
 
 
-
 def _write_split(root: Path, split: str, per_class: int, size: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     counts = dict.fromkeys(range(len(SHAPE_CLASSES)), 0)

@@ -9,14 +9,15 @@ import torch
 from torch import nn
 
 
-def _flatten(outputs) -> list[torch.Tensor]:
+def flatten_outputs(outputs) -> list[torch.Tensor]:
+    """The tensors of a model's output (a tensor, or nested tuples/lists/dicts of them), in order."""
     if isinstance(outputs, torch.Tensor):
         return [outputs]
     if isinstance(outputs, dict):
         outputs = list(outputs.values())
     flat: list[torch.Tensor] = []
     for item in outputs:
-        flat += _flatten(item)
+        flat += flatten_outputs(item)
     return flat
 
 
@@ -28,7 +29,7 @@ class _FlatOutputs(nn.Module):
         self.module = module
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(_flatten(self.module(x)))
+        return tuple(flatten_outputs(self.module(x)))
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike, opset: int = 17,

@@ -55,10 +55,12 @@ class FusedConv2d(nn.Conv2d):
         return super().extra_repr() + (', relu=True' if self.relu else '')
 
     def _fused_kernel_applies(self, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
-        if exporting_or_compiling():  # checked first: the checks below are not traceable
+        # the cheapest rejection first: every deployed conv of a model on a GPU (host-bound at batch 1) ends here
+        if not (self.use_fused_kernel and x.device.type == 'cpu' and x.dtype == torch.float32):
             return False
-        if not (self.use_fused_kernel and x.device.type == 'cpu' and x.dtype == torch.float32
-                and self.weight.dtype == torch.float32 and self.padding_mode == 'zeros'
+        if exporting_or_compiling():  # before the size and layout checks, which a trace would freeze
+            return False
+        if not (self.weight.dtype == torch.float32 and self.padding_mode == 'zeros'
                 and not isinstance(self.padding, str) and onednn_fusion_available()):
             return False
         stride_h, stride_w = self.stride

@@ -124,9 +124,9 @@ class WinogradConv2d(nn.Conv2d):
         return self._filters[1]
 
     def _winograd_applies(self, x: torch.Tensor) -> bool:
-        if exporting_or_compiling():
+        if x.device.type != 'cpu' or x.dtype != torch.float32 or exporting_or_compiling():  # cheapest first
             return False
-        return (x.device.type == 'cpu' and x.dtype == torch.float32 and x.dim() == 4 and x.shape[0] > 0
+        return (x.dim() == 4 and x.shape[0] > 0
                 and min(self.in_channels, self.out_channels) >= self.min_channels
                 and x.shape[-2] * x.shape[-1] >= self.min_pixels
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)))

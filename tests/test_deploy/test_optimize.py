@@ -5,23 +5,11 @@ import torch
 from evit_mm.benchmark.targets import build_target
 from evit_mm.benchmark.tensor_mode import TensorMode
 from evit_mm.deploy import optimize_for_inference
+from evit_mm.deploy.onnx_export import flatten_outputs
 from evit_mm.models.fused_conv import FusedConv2d
 from evit_mm.models.winograd import WinogradConv2d
 from tests.conftest import REPO_ROOT
 from tests.helpers import randomize_
-
-
-def flat_outputs(module: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    out = module(x)
-    stack = [out]
-    flat = []
-    while stack:
-        item = stack.pop()
-        if isinstance(item, torch.Tensor):
-            flat.append(item)
-        else:
-            stack.extend(reversed(list(item)))
-    return flat
 
 
 @pytest.mark.parametrize('config', ['retinanet_evit_m0.py', 'fpn_evit_m4_ade20k.py'])
@@ -31,9 +19,9 @@ def test_deployed_model_keeps_outputs(config):
     module = TensorMode(target).eval()
     x = torch.randn(1, 3, 203, 299)
     with torch.inference_mode():
-        expected = flat_outputs(module, x)
+        expected = flatten_outputs(module(x))
         summary = optimize_for_inference(target.model)
-        got = flat_outputs(module, x)
+        got = flatten_outputs(module(x))
     assert summary.fused == 'EfficientViT' and summary.winograd_convs > 0
     if 'retinanet' in config:  # the 4 + 4 stacked head convs carry their ReLU
         assert summary.winograd_relus == 8

@@ -13,7 +13,7 @@ from evit_mm.benchmark.precision import autocast, exact_float32
 from evit_mm.checkpoint import load_pretrained, to_backbone_state_dict
 from evit_mm.models import EfficientViT
 from evit_mm.models.backbones import ARCH_SETTINGS, CLASSIFICATION_WINDOWS
-from tests.helpers import DEVICES, randomize_
+from tests.helpers import DEVICES, REQUIRES_CUDA, randomize_
 
 ATOL = 1e-4
 
@@ -143,7 +143,7 @@ def test_eval_and_deploy_match_timm_after_moving(device):
 
 @pytest.mark.parametrize(('device', 'dtype'), [
     ('cpu', 'bf16'),
-    *(pytest.param('cuda', dtype, marks=DEVICES[1].marks) for dtype in ('fp16', 'bf16'))])
+    *(pytest.param('cuda', dtype, marks=REQUIRES_CUDA) for dtype in ('fp16', 'bf16'))])
 def test_autocast_as_accurate_as_timm(device, dtype):
     """Under autocast, evit_mm (as built and deployed) is as close to the float32 result as timm is."""
     ours, reference, _ = _same_weights_pair('m4', device)

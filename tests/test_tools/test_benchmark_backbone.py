@@ -32,7 +32,7 @@ def test_compare_compiles_both_deployed_models_in_the_given_mode(monkeypatch):
         calls.append((type(model).__name__, mode, freezing))
         return model  # the wiring is under test here, not inductor
     monkeypatch.setattr(backbone_benchmark, 'compiled', fake_compiled)
-    rows = compare('m0', shapes=((1, 64, 64),), warmup=0, repeats=1, compile=True, compile_mode='reduce-overhead')
+    rows = compare('m0', shapes=((1, 64, 64),), warmup=0, repeats=1, compile_mode='reduce-overhead')
     assert calls == [('EfficientViT', 'reduce-overhead', True), ('FeatureListNet', 'reduce-overhead', True)]
     assert {'compiled deploy vs timm compiled', 'compiled deploy vs timm as shipped'} <= {r.case for r in rows}
 

@@ -147,6 +147,9 @@ def test_compile_mode_implies_compile_and_reaches_torch_compile(tmp_path, monkey
     monkeypatch.setattr(measure, 'compiled', fake_compiled)
     results = _run(tmp_path, 'evit_m0', '--shape', '64x64', '--compile-mode', 'reduce-overhead')
     assert modes == ['reduce-overhead'] and len(results) == 1
+    from evit_mm.benchmark.compilation import compile_mode_from
+    assert compile_mode_from(cli.parse_args(['evit_m0', '--compile'])) == 'default'
+    assert compile_mode_from(cli.parse_args(['evit_m0'])) is None
     with pytest.raises(SystemExit):
         cli.parse_args(['evit_m0', '--compile-mode', 'fast'])
     assert "invalid choice: 'fast'" in capsys.readouterr().err

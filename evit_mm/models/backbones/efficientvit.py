@@ -15,11 +15,11 @@ import torch
 import torch.utils.checkpoint as cp
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
-from ...checkpoint import load_pretrained
-from ...registry import register_model
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ...checkpoint import load_pretrained
+from ...registry import register_model
 from ..attention import LocalWindowAttention
 from ..layers import (BNLinear, ConvBN, ConvFFN, PatchEmbed, PatchMerging, Residual, depthwise_residual,
                       ffn_residual)

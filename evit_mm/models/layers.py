@@ -10,6 +10,7 @@ from timm.layers import DropPath, SqueezeExcite
 from torch import nn
 
 from .fused_conv import FusedConv2d
+from .gemm_conv import gemm_conv
 
 
 class ConvBN(nn.Module):
@@ -27,6 +28,8 @@ class ConvBN(nn.Module):
     """
 
     accepts_residual = True  # forward(x, residual): see Residual
+    #: Before fusion, compute the conv through torch's GEMM where that is faster (:mod:`.gemm_conv`).
+    gemm_convs = True
 
     def __init__(
         self,
@@ -53,7 +56,7 @@ class ConvBN(nn.Module):
         """``BN(conv(x))``, plus ``residual`` when given (in the conv's kernel once fused)."""
         if self.fused:
             return self.conv(x, residual)
-        y = self.bn(self.conv(x))
+        y = self.bn(gemm_conv(self.conv, x) if self.gemm_convs else self.conv(x))
         # in place: BatchNorm's backward does not read its output, so autograd allows it and a map is saved
         return y if residual is None else y.add_(residual)
 

@@ -172,6 +172,9 @@ class EfficientViT(BaseModule):
         channels_last: Run on channels-last (NHWC) memory. Same values; with ``fast_attention`` no memory-layout
             conversion happens between the convolutions (docs/benchmarks.md has the measured effect of both).
             Outputs are then channels-last tensors. Defaults to True.
+        gemm_convs: Before deployment, on channels-last CPU maps, compute every 1x1 conv as one GEMM over the
+            pixels and the stem convs' weight gradients by im2col and one GEMM (:mod:`~evit_mm.models.gemm_conv`;
+            same values, faster training); False keeps oneDNN's convolutions. Defaults to True.
         pretrained: Deprecated; use ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
         init_cfg: Initialisation config. ``type='Pretrained'`` accepts official (``{'model': ...}``), timm and
             evit_mm checkpoints (local path or URL), converted automatically. Defaults to None.
@@ -189,6 +192,7 @@ class EfficientViT(BaseModule):
         window_size: int | Sequence[int] = 7,
         fast_attention: bool = True,
         channels_last: bool = True,
+        gemm_convs: bool = True,
         pretrained: str | None = None,
         init_cfg: dict | list[dict] | None = None,
     ) -> None:
@@ -230,6 +234,9 @@ class EfficientViT(BaseModule):
         self.stage_strides = tuple(PatchEmbed.stride * 2 ** i for i in range(n))
         self.out_channels = [spec.embed_dims[i] for i in self.out_indices]
         self.out_strides = [self.stage_strides[i] for i in self.out_indices]
+        for module in self.modules():
+            if isinstance(module, ConvBN):
+                module.gemm_convs = gemm_convs
         self._freeze_stages()
 
     @staticmethod

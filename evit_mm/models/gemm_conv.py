@@ -1,0 +1,102 @@
+"""Convolutions of unfused (training) layers through torch's GEMM where that beats oneDNN on the CPU.
+
+Two cases, both on channels-last CPU maps, both the same values as ``nn.Conv2d`` up to float rounding:
+
+- a 1x1, stride-1 conv is one GEMM over the pixels: the NHWC memory already is the ``(B*H*W, C)`` matrix, so
+  ``F.linear`` needs no copy, and its backward is two more GEMMs;
+- the *weight gradient* of a dense strided conv (the stem's 3x3 stride-2 convs) is one GEMM of the output
+  gradient with the im2col matrix of the input; the forward pass and the input gradient stay with oneDNN.
+
+Why (``docs/benchmarks.md``, section "Training through GEMMs"): torch's oneDNN 1x1 convolution runs the backward
+pass of EfficientViT-M4's FFN shapes at 40-46 GMAC/s, the GEMMs at about 70; oneDNN's channels-last weight gradient
+of the stem's 32->64 conv at 1x800x1344 took 36 ms, im2col plus one GEMM 9 ms. With 16 input channels im2col's
+gather of 64-byte runs lost to oneDNN, hence :data:`IM2COL_MIN_IN_CHANNELS`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Fewest input channels for which the im2col weight gradient is used (measured crossover on the CPU).
+IM2COL_MIN_IN_CHANNELS = 32
+
+
+def _channels_last_cpu(x: torch.Tensor) -> bool:
+    return (x.device.type == 'cpu' and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+            and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export())
+
+
+def pointwise_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether ``conv`` is a 1x1, stride-1, ungrouped conv without bias on a channels-last CPU map, with autograd
+    recording (the gain is in the backward pass; inference measured the same either way and keeps the conv)."""
+    return (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.groups == 1
+            and conv.bias is None and torch.is_grad_enabled() and _channels_last_cpu(x))
+
+
+def im2col_weight_grad_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether ``conv``'s weight gradient will be needed and computed by :func:`im2col_weight_grad`: a dense
+    (ungrouped, undilated, bias-free) conv larger than 1x1 with at least :data:`IM2COL_MIN_IN_CHANNELS` input
+    channels on a channels-last CPU map, in float32 or float64 without autocast (the measured case), outside
+    ``torch.compile`` (inductor plans its own backward)."""
+    return (conv.groups == 1 and conv.kernel_size != (1, 1) and conv.dilation == (1, 1) and conv.bias is None
+            and conv.in_channels >= IM2COL_MIN_IN_CHANNELS and isinstance(conv.padding, tuple)
+            and torch.is_grad_enabled() and conv.weight.requires_grad and x.dtype == conv.weight.dtype
+            and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling()
+            and _channels_last_cpu(x))
+
+
+def im2col_weight_grad(grad_output: torch.Tensor, x: torch.Tensor, kernel_size: tuple[int, int],
+                       stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
+    """The weight gradient of ``conv2d(x, w, stride=stride, padding=padding)`` as one GEMM.
+
+    The zero-padded input in NHWC order is viewed as the ``(B, Ho, Wo, kh, kw, C)`` patches of every output pixel
+    (strides only) and gathered once into the ``(B*Ho*Wo, kh*kw*C)`` im2col matrix; the gradient is
+    ``grad_output^T @ im2col``, laid out back to ``(N, C, kh, kw)``.
+    """
+    kh, kw = kernel_size
+    (sh, sw), (ph, pw) = stride, padding
+    batch, channels = x.shape[:2]
+    out_channels, out_h, out_w = grad_output.shape[1:]
+    padded = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1).contiguous()  # NHWC, a view for channels-last x
+    s_b, s_h, s_w, s_c = padded.stride()
+    patches = padded.as_strided((batch, out_h, out_w, kh, kw, channels), (s_b, sh * s_h, sw * s_w, s_h, s_w, s_c))
+    columns = patches.reshape(-1, kh * kw * channels)
+    grad_rows = grad_output.permute(0, 2, 3, 1).reshape(-1, out_channels)
+    return grad_rows.t().mm(columns).view(out_channels, kh, kw, channels).permute(0, 3, 1, 2)
+
+
+class _Conv2dIm2colWeightGrad(torch.autograd.Function):
+    """``conv2d`` whose forward and input gradient are oneDNN's and whose weight gradient is
+    :func:`im2col_weight_grad`."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int],
+                padding: tuple[int, int]) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding = stride, padding
+        return F.conv2d(x, weight, None, stride, padding)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_output = grad_output.contiguous(memory_format=torch.channels_last)
+        grad_input = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_input = torch.ops.aten.convolution_backward(
+                grad_output, x, weight, None, ctx.stride, ctx.padding, (1, 1), False, (0, 0), 1,
+                (True, False, False))[0]
+        if ctx.needs_input_grad[1]:
+            grad_weight = im2col_weight_grad(grad_output, x, weight.shape[2:], ctx.stride, ctx.padding)
+            grad_weight = grad_weight.contiguous(memory_format=torch.contiguous_format
+                                                 if weight.is_contiguous() else torch.channels_last)
+        return grad_input, grad_weight, None, None
+
+
+def gemm_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)``, through a GEMM where one of the two cases of this module applies."""
+    if pointwise_applies(conv, x):
+        return F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1)).permute(0, 3, 1, 2)
+    if im2col_weight_grad_applies(conv, x):
+        return _Conv2dIm2colWeightGrad.apply(x, conv.weight, conv.stride, conv.padding)
+    return conv(x)

@@ -1,0 +1,118 @@
+"""Convolutions through GEMMs (evit_mm.models.gemm_conv): same values as oneDNN's conv, used only where they apply."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from evit_mm.models import EfficientViT
+from evit_mm.models.gemm_conv import IM2COL_MIN_IN_CHANNELS, im2col_weight_grad
+from evit_mm.models.layers import ConvBN
+
+from tests.helpers import randomize_
+
+CL = torch.channels_last
+
+
+@pytest.mark.parametrize('kernel, stride, padding', [(3, 2, 1), (3, 1, 1), (5, 2, 2), (3, 2, 0), (2, 2, 0)])
+def test_im2col_weight_grad_equals_the_conv_weight_grad(kernel, stride, padding):
+    x = torch.randn(2, 6, 23, 17).contiguous(memory_format=CL)  # odd sizes: the last window is cut
+    weight = torch.randn(5, 6, kernel, kernel)
+    grad = torch.randn_like(F.conv2d(x, weight, None, stride, padding)).contiguous(memory_format=CL)
+    expected = torch.ops.aten.convolution_backward(grad, x, weight, None, (stride,) * 2, (padding,) * 2, (1, 1),
+                                                   False, (0, 0), 1, (False, True, False))[1]
+    got = im2col_weight_grad(grad, x, (kernel, kernel), (stride, stride), (padding, padding))
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def _layer_pair(in_channels, out_channels, kernel, stride, training):
+    fast = randomize_(ConvBN(in_channels, out_channels, kernel, stride, kernel // 2)).train(training)
+    plain = randomize_(ConvBN(in_channels, out_channels, kernel, stride, kernel // 2)).train(training)
+    plain.load_state_dict(fast.state_dict())
+    plain.gemm_convs = False
+    return fast, plain
+
+
+@pytest.mark.parametrize('training', [True, False])
+@pytest.mark.parametrize('in_channels, out_channels, kernel, stride',
+                         [(12, 20, 1, 1), (IM2COL_MIN_IN_CHANNELS, 16, 3, 2)], ids=['1x1', 'stem-3x3-s2'])
+def test_convbn_through_gemm_equals_convbn_through_conv(training, in_channels, out_channels, kernel, stride):
+    """Outputs (channels-last), input and parameter gradients, running statistics and counters."""
+    fast, plain = _layer_pair(in_channels, out_channels, kernel, stride, training)
+    x = torch.randn(3, in_channels, 13, 11).contiguous(memory_format=CL)
+    inputs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    got, expected = fast(inputs[0]), plain(inputs[1])
+    assert got.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    got.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(inputs[0].grad, inputs[1].grad, atol=1e-4, rtol=1e-4)
+    for (name, a), (_, b) in zip(fast.named_parameters(), plain.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-4, msg=name)
+    for (name, a), (_, b) in zip(fast.named_buffers(), plain.named_buffers()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6, msg=name)
+
+
+class _Convolutions(TorchDispatchMode):
+    """Weight shapes of the bias-free convolutions (ConvBN's) whose forward or weight gradient reaches aten."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forward_weights, self.weight_grads = [], []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution.default and args[2] is None:
+            self.forward_weights.append(tuple(args[1].shape))
+        elif func is torch.ops.aten.convolution_backward.default and args[-1][1] and not args[-1][2]:
+            self.weight_grads.append(tuple(args[2].shape))
+        return func(*args, **(kwargs or {}))
+
+
+def _pointwise(shapes):
+    return [s for s in shapes if s[2:] == (1, 1)]
+
+
+def _dense_in_channels(shapes):
+    return sorted(s[1] for s in shapes if s[2:] == (3, 3) and s[1] > 1)
+
+
+@pytest.mark.parametrize('gemm_convs', [True, False])
+def test_backbone_routes_convs_through_gemms_only_where_they_apply(gemm_convs):
+    """Training on channels-last CPU maps: no 1x1 ConvBN conv reaches oneDNN, and the dense stem convs with at
+    least IM2COL_MIN_IN_CHANNELS inputs take no oneDNN weight gradient; gemm_convs=False and inference keep every
+    conv."""
+    model = randomize_(EfficientViT('m1', gemm_convs=gemm_convs)).train()  # stem 3 -> 16 -> 32 -> 64 -> 128
+    x = torch.randn(2, 3, 97, 131)
+    with _Convolutions() as seen:
+        sum(f.square().mean() for f in model(x)).backward()
+    stem_inputs = [3, 16, 32, 64]  # input channels of the four dense 3x3 convs (depthwise ones have 1)
+    if gemm_convs:
+        assert _pointwise(seen.forward_weights) == []
+        assert _dense_in_channels(seen.weight_grads) == [c for c in stem_inputs if c < IM2COL_MIN_IN_CHANNELS]
+    else:
+        assert len(_pointwise(seen.forward_weights)) > 20
+        assert _dense_in_channels(seen.weight_grads) == stem_inputs
+    with torch.no_grad(), _Convolutions() as inference:
+        model.eval()(x)
+    assert len(_pointwise(inference.forward_weights)) > 20
+
+
+def test_gemm_convs_backbone_equals_conv_backbone_in_training():
+    """Whole backbone, odd input size: features, every gradient and BatchNorm buffer. In float64, where rounding
+    cannot flip a ReLU (see test_training_step_matches_timm); the float32 kernels are compared layer by layer above."""
+    fast = randomize_(EfficientViT('m1')).double().train()
+    plain = EfficientViT('m1', gemm_convs=False).double().train()
+    plain.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 3, 97, 131, dtype=torch.float64)
+    outs = []
+    for model in (fast, plain):
+        feats = model(x)
+        sum(f.square().mean() for f in feats).backward()
+        outs.append(feats)
+    for u, v in zip(*outs):
+        torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-10)
+    for (name, a), (_, b) in zip(fast.named_parameters(), plain.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-10, rtol=1e-8, msg=name)
+    for (name, a), (_, b) in zip(fast.named_buffers(), plain.named_buffers()):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=name)

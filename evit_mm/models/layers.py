@@ -66,7 +66,7 @@ class ConvBN(nn.Module):
 
         Args:
             relu: The ReLU that follows this layer moves into the convolution; the caller drops its own.
-            use_fused_kernel: Let :class:`FusedConv2d` run oneDNN's fused kernel on CPU.
+            use_fused_kernel: Let :class:`FusedConv2d` run its CPU kernels (oneDNN fused conv, GEMM for 1x1).
         """
         if not self.fused:
             conv, bn = self.conv, self.bn

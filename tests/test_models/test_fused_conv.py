@@ -20,10 +20,14 @@ def _fused_kernel_at_any_size(monkeypatch):
     monkeypatch.setattr(FusedConv2d, 'min_output_elements', 0)
 
 
-def fused_kernel_calls(fn) -> int:
+def op_calls(fn, op: str) -> int:
     with profile() as prof:
         fn()
-    return sum(e.count for e in prof.key_averages() if e.key == FUSED_OP)
+    return sum(e.count for e in prof.key_averages() if e.key == op)
+
+
+def fused_kernel_calls(fn) -> int:
+    return op_calls(fn, FUSED_OP)
 
 
 def make_conv(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, relu: bool = False) -> FusedConv2d:
@@ -36,7 +40,7 @@ def make_conv(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, rel
 
 @needs_onednn
 @pytest.mark.parametrize('channels_last', [True, False])
-@pytest.mark.parametrize('cin,cout,k,stride,groups', [(3, 16, 3, 2, 1), (24, 48, 1, 1, 1), (32, 32, 3, 1, 32)])
+@pytest.mark.parametrize('cin,cout,k,stride,groups', [(3, 16, 3, 2, 1), (24, 48, 1, 2, 1), (32, 32, 3, 1, 32)])
 def test_relu_in_kernel_equals_conv_then_relu(channels_last, cin, cout, k, stride, groups):
     conv = make_conv(cin, cout, k, stride, groups, relu=True)
     x = torch.randn(2, cin, 37, 23)
@@ -61,6 +65,46 @@ def test_residual_in_kernel_equals_conv_plus_residual(channels_last):
         assert fused_kernel_calls(lambda: conv(x, residual=x)) == 1
         got = conv(x, residual=x)
     torch.testing.assert_close(got, x + F.conv2d(x, conv.weight, conv.bias, 1, 1, 1, 32), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('epilogue', ['none', 'relu', 'residual'])
+def test_pointwise_gemm_equals_the_conv(epilogue):
+    """A 1x1 conv on a channels-last CPU map is one addmm (bias or residual as its start, ReLU in place): no
+    convolution runs, the values are the conv's, the output stays channels-last."""
+    conv = make_conv(24, 40, 1, relu=epilogue == 'relu')
+    x = torch.randn(2, 24, 13, 9).contiguous(memory_format=torch.channels_last)
+    residual = torch.randn(2, 40, 13, 9).contiguous(memory_format=torch.channels_last)
+    extra = {'residual': residual} if epilogue == 'residual' else {}
+    with torch.inference_mode():
+        assert op_calls(lambda: conv(x, **extra), 'aten::addmm') == 1
+        assert op_calls(lambda: conv(x, **extra), 'aten::convolution') == 0
+        got = conv(x, **extra)
+    expected = F.conv2d(x, conv.weight, conv.bias)
+    expected = F.relu(expected) if epilogue == 'relu' else expected + residual if extra else expected
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_pointwise_gemm_only_where_it_applies():
+    """NCHW maps, strided 1x1 convs and use_fused_kernel=False keep the convolution; a residual in another
+    layout is added after the GEMM; the GEMM path is differentiable."""
+    conv = make_conv(8, 8, 1)
+    cl = torch.randn(1, 8, 5, 7).contiguous(memory_format=torch.channels_last)
+    nchw = cl.contiguous()
+    with torch.inference_mode():
+        assert op_calls(lambda: conv(nchw), 'aten::addmm') == 0
+        conv.use_fused_kernel = False
+        assert op_calls(lambda: conv(cl), 'aten::addmm') == 0
+        conv.use_fused_kernel = True
+        torch.testing.assert_close(conv(cl, residual=nchw), nchw + F.conv2d(cl, conv.weight, conv.bias))
+    strided = FusedConv2d(8, 8, 1, 2)
+    with torch.inference_mode():
+        assert op_calls(lambda: strided(cl), 'aten::addmm') == 0
+    x = cl.clone().requires_grad_()
+    conv(x, residual=x).sum().backward()
+    reference = cl.clone().requires_grad_()
+    (reference + F.conv2d(reference, conv.weight, conv.bias)).sum().backward()
+    torch.testing.assert_close(x.grad, reference.grad)
 
 
 def test_plain_ops_when_autograd_needs_them():

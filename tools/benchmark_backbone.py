@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--repeats', type=int, default=10)
     parser.add_argument('--train', action='store_true', help='also time a training step (forward + backward)')
     add_compile_arguments(parser, 'both deployed models too (inductor, freezing) and time them')
+    parser.add_argument('--ablate', action='store_true',
+                        help='also time evit_mm with its CPU fast paths off (deploy without fused kernels and '
+                             'GEMMs; with --train, training without GEMM convs), in the same rounds')
     parser.add_argument('--host-work', action='store_true',
                         help='also count operators and module calls per forward (what a GPU waits for at batch 1)')
     args = parser.parse_args(argv)
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     where = torch.cuda.get_device_name(args.device) if args.device.startswith('cuda') else 'cpu'
     print(f'torch {torch.__version__}, {where}, {torch.get_num_threads()} CPU threads, {args.dtype}')
     print(format_rows(compare(args.arch, shapes, args.warmup, args.repeats, args.train, compile_mode_from(args),
-                              args.device, args.dtype)))
+                              args.device, args.dtype, args.ablate)))
     if args.host_work:
         print()
         print(host_work_table(args.arch, shapes[0]))

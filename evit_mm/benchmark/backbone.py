@@ -15,6 +15,7 @@ from torch import nn
 
 from ..checkpoint import to_backbone_state_dict
 from ..models import EfficientViT
+from ..models.layers import ConvBN
 from .compilation import compiled
 from .host_work import count_host_work
 from .precision import autocast, exact_float32
@@ -63,6 +64,8 @@ class Row:
     ratio: float  # median over rounds of timm latency / evit_mm latency (paired: robust to machine drift)
 
 
+PLAIN_DEPLOY = 'evit_mm deploy, plain ops (the GPU path)'
+
 CASES = {
     'eval': ('evit_mm', 'timm'),  # both as built, unfused
     'deploy vs timm as shipped': ('evit_mm deploy', 'timm'),  # issue 8's target
@@ -70,6 +73,9 @@ CASES = {
     'compiled deploy vs timm compiled': ('evit_mm deploy compiled', 'timm compiled'),
     'compiled deploy vs timm as shipped': ('evit_mm deploy compiled', 'timm'),
     'train': ('evit_mm train', 'timm train'),  # forward + backward
+    # ablations (option ablate): evit_mm with one CPU fast path off, against the same timm timings
+    'deploy without CPU kernels vs timm as shipped': (PLAIN_DEPLOY, 'timm'),
+    'train without GEMM convs': ('evit_mm train, no GEMM convs', 'timm train'),
 }
 
 
@@ -81,7 +87,7 @@ def inference_candidates(arch: str, device: torch.device | str = 'cpu',
     ours, reference = build_pair(arch)
     models = {'evit_mm': ours, 'timm': reference, 'evit_mm deploy': copy.deepcopy(ours).switch_to_deploy()}
     if plain_deploy:
-        models['evit_mm deploy, plain ops (the GPU path)'] = copy.deepcopy(ours).switch_to_deploy(fused_kernels=False)
+        models[PLAIN_DEPLOY] = copy.deepcopy(ours).switch_to_deploy(fused_kernels=False)
     models['timm fused'] = fuse_timm_efficientvit(copy.deepcopy(reference))
     return {name: model.to(device) for name, model in models.items()}
 
@@ -89,6 +95,14 @@ def inference_candidates(arch: str, device: torch.device | str = 'cpu',
 def paired_ratio(reference: Timing, candidate: Timing) -> float:
     """Median over rounds of ``reference / candidate`` latency (> 1: the candidate is faster)."""
     return statistics.median(r / c for r, c in zip(reference.latencies, candidate.latencies, strict=True))
+
+
+def without_gemm_convs(model: nn.Module) -> nn.Module:
+    """``model`` with every ConvBN's convolution through oneDNN (``EfficientViT(gemm_convs=False)``), in place."""
+    for module in model.modules():
+        if isinstance(module, ConvBN):
+            module.gemm_convs = False
+    return model
 
 
 def _training_step(model: nn.Module, x: torch.Tensor, precision: Callable[[], contextlib.AbstractContextManager]):
@@ -102,7 +116,7 @@ def _training_step(model: nn.Module, x: torch.Tensor, precision: Callable[[], co
 
 def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 224, 224), (1, 800, 1344)),
             warmup: int = 3, repeats: int = 10, train: bool = False, compile_mode: str | None = None,
-            device: str = 'cpu', dtype: str = 'fp32') -> list[Row]:
+            device: str = 'cpu', dtype: str = 'fp32', ablate: bool = False) -> list[Row]:
     """Images/s of evit_mm and timm at each ``(batch, height, width)``: as built, evit_mm deployed
     (``switch_to_deploy``) against timm as shipped and against timm with the same fusion, optionally both
     compiled and a training step. All inference candidates of one shape run in the same interleaved rounds.
@@ -113,11 +127,14 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
         device: Where both models run (``cpu``, ``cuda``, ``cuda:N``).
         dtype: Autocast precision of the timed calls (``fp32``, ``fp16``, ``bf16``); the equivalence check that
             precedes the timing always runs in exact float32.
+        ablate: Also time evit_mm with its CPU fast paths off, in the same rounds: deployed without the fused
+            kernels and GEMMs (``switch_to_deploy(fused_kernels=False)``) and, with ``train``, training without the
+            GEMM convolutions (``gemm_convs=False``).
     """
     target = torch.device(device)
     precision = functools.partial(autocast, target.type, dtype)
     precision()  # an unknown dtype fails here, before any model is built
-    models = inference_candidates(arch, target)
+    models = inference_candidates(arch, target, plain_deploy=ablate)
     ours, reference = models['evit_mm'], models['timm']
     if compile_mode is not None:
         models['evit_mm deploy compiled'] = compiled(models['evit_mm deploy'], compile_mode, freezing=True)
@@ -139,10 +156,12 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
         timings = time_interleaved({name: infer(m) for name, m in models.items()}, batch, warmup, repeats,
                                    device=target)
         if train:  # on copies: training-mode BatchNorm updates running statistics
-            timings.update(time_interleaved(
-                {'evit_mm train': _training_step(copy.deepcopy(ours).train(), x, precision),
-                 'timm train': _training_step(copy.deepcopy(reference).train(), x, precision)},
-                batch, warmup, repeats, device=target, grad=True))
+            steps = {'evit_mm train': _training_step(copy.deepcopy(ours).train(), x, precision),
+                     'timm train': _training_step(copy.deepcopy(reference).train(), x, precision)}
+            if ablate:
+                steps['evit_mm train, no GEMM convs'] = _training_step(
+                    without_gemm_convs(copy.deepcopy(ours)).train(), x, precision)
+            timings.update(time_interleaved(steps, batch, warmup, repeats, device=target, grad=True))
         for case, (a, b) in CASES.items():
             if a in timings:
                 rows.append(Row(arch, (batch, height, width), case, timings[a].images_per_second,

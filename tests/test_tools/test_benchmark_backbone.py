@@ -14,6 +14,25 @@ def test_compare_runs_at_tiny_size():
     assert table.count('\n') == 5 and '| m0 | 2x64x96 | deploy vs timm as shipped |' in table
 
 
+def test_compare_ablates_the_cpu_fast_paths():
+    """Each CPU fast path can be switched off and timed against the same timm rounds."""
+    rows = compare('m0', shapes=((1, 64, 96),), warmup=0, repeats=1, train=True, ablate=True)
+    assert [r.case for r in rows] == ['eval', 'deploy vs timm as shipped', 'deploy vs timm fused', 'train',
+                                      'deploy without CPU kernels vs timm as shipped', 'train without GEMM convs']
+    by_case = {r.case: r for r in rows}
+    assert by_case['train without GEMM convs'].timm == by_case['train'].timm  # the same timm timings
+    assert all(r.ours > 0 and r.ratio > 0 for r in rows)
+
+
+def test_without_gemm_convs_switches_every_convbn_off():
+    from evit_mm.benchmark.backbone import without_gemm_convs
+    from evit_mm.models import EfficientViT
+    from evit_mm.models.layers import ConvBN
+    model = without_gemm_convs(EfficientViT('m0'))
+    layers = [m for m in model.modules() if isinstance(m, ConvBN)]
+    assert layers and not any(m.gemm_convs for m in layers)
+
+
 def test_compare_times_under_autocast():
     rows = compare('m0', shapes=((2, 64, 64),), warmup=0, repeats=1, train=True, dtype='bf16')
     assert len(rows) == 4 and all(r.ours > 0 and r.timm > 0 for r in rows)

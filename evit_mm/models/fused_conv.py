@@ -34,11 +34,12 @@ class FusedConv2d(nn.Conv2d):
     the ``(B*H*W, C)`` matrix): ``addmm`` starts from the bias or the residual, and the ReLU runs in place on the
     output while it is in cache. Why: torch's GEMM (MKL) beat oneDNN's fused 1x1 conv at every EfficientViT-M4
     shape measured but one, by 1.2-1.8x at batch 16 on 7x7 and 4x4 maps, and the deployed M4 backbone got
-    1.07-1.14x faster (``docs/benchmarks.md``, "Deploy through GEMMs").
+    1.07-1.14x faster (``docs/benchmarks.md``, "Training and deploy through GEMMs"). The GEMM is differentiable;
+    it is skipped while tracing, exporting or compiling, so that graphs keep their convolutions.
 
-    The plain ops run instead whenever neither applies: autograd is needed, the tensors are not CPU
-    float32, the graph is being traced, exported or compiled (``torch.compile`` fuses by itself), or
-    ``use_fused_kernel`` is False. They also run where they are faster: for outputs below
+    The plain ops run instead whenever neither applies; the fused kernel does not run when autograd is needed,
+    the tensors are not CPU float32, the graph is being traced, exported or compiled (``torch.compile`` fuses by
+    itself), or ``use_fused_kernel`` is False. They also run where they are faster: for outputs below
     :attr:`min_output_elements`, the fused kernel's fixed cost per call exceeds the pass it saves (measured on
     2 AVX2 cores: +80 us for a 1x1 conv 256->512 on 7x7, -3.2 ms for 128->256 on 56x56; at 1x224x224 the
     deployed M4 took 36.8 ms with the kernel everywhere and 32.7 ms without).

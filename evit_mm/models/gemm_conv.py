@@ -7,10 +7,10 @@ Two cases, both on channels-last CPU maps, both the same values as ``nn.Conv2d``
 - the *weight gradient* of a dense strided conv (the stem's 3x3 stride-2 convs) is one GEMM of the output
   gradient with the im2col matrix of the input; the forward pass and the input gradient stay with oneDNN.
 
-Why (``docs/benchmarks.md``, section "Training through GEMMs"): torch's oneDNN 1x1 convolution runs the backward
-pass of EfficientViT-M4's FFN shapes at 40-46 GMAC/s, the GEMMs at about 70; oneDNN's channels-last weight gradient
-of the stem's 32->64 conv at 1x800x1344 took 36 ms, im2col plus one GEMM 9 ms. With 16 input channels im2col's
-gather of 64-byte runs lost to oneDNN, hence :data:`IM2COL_MIN_IN_CHANNELS`.
+Why (``docs/benchmarks.md``, "Training and deploy through GEMMs"): on 2 AVX2 cores torch's oneDNN 1x1 convolution
+ran the backward pass of EfficientViT-M4's FFN shapes at 45-59 GMAC/s, torch's GEMMs at 68-71; oneDNN's
+channels-last weight gradient of the stem's 32->64 conv at 1x800x1344 took 17-36 ms, im2col plus one GEMM 9 ms.
+With 16 input channels im2col lost to oneDNN, hence :data:`IM2COL_MIN_IN_CHANNELS`.
 """
 from __future__ import annotations
 

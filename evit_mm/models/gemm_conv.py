@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .padding import zero_padded_nhwc
+
 #: Fewest input channels for which the im2col weight gradient is used (measured crossover on the CPU).
 IM2COL_MIN_IN_CHANNELS = 32
 
@@ -58,7 +60,7 @@ def im2col_weight_grad(grad_output: torch.Tensor, x: torch.Tensor, kernel_size: 
     (sh, sw), (ph, pw) = stride, padding
     batch, channels = x.shape[:2]
     out_channels, out_h, out_w = grad_output.shape[1:]
-    padded = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1).contiguous()  # NHWC, a view for channels-last x
+    padded = zero_padded_nhwc(x, ph, ph, pw, pw)
     s_b, s_h, s_w, s_c = padded.stride()
     patches = padded.as_strided((batch, out_h, out_w, kh, kw, channels), (s_b, sh * s_h, sw * s_w, s_h, s_w, s_c))
     columns = patches.reshape(-1, kh * kw * channels)

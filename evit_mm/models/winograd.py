@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fused_conv import exporting_or_compiling
+from .padding import zero_padded_nhwc
 
 # G (filter) and A^T (output) transforms of F(2x2, 3x3); the output transform acts on both sides of a tile at once
 # as a Kronecker product, (4, 16) from flattened 4x4 tiles back to 2x2 outputs. The input transform B^T d B, whose
@@ -67,11 +68,8 @@ def winograd_conv3x3(x: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor 
     out_channels = filters.shape[2]
     th, tw = (h + 1) // 2, (w + 1) // 2
     kout = _TILE_OUT.to(x)  # no copy for CPU float32, the only case WinogradConv2d sends
-    # NHWC, zero border of 1 plus what completes the last 2x2 output tile; only the border is zeroed
-    padded = x.new_empty(n, 2 * th + 2, 2 * tw + 2, c)
-    for border in (padded[:, :1], padded[:, h + 1:], padded[:, 1:h + 1, :1], padded[:, 1:h + 1, w + 1:]):
-        border.zero_()
-    padded[:, 1:h + 1, 1:w + 1].copy_(x.permute(0, 2, 3, 1))
+    # NHWC, zero border of 1 plus what completes the last 2x2 output tile
+    padded = zero_padded_nhwc(x, 1, 2 * th + 1 - h, 1, 2 * tw + 1 - w)
     out = torch.empty(n, 2 * th, 2 * tw, out_channels, dtype=x.dtype, device=x.device)
     rows = max(1, _TILES_PER_CHUNK // (n * tw))
     # one buffer each for the whole call; every chunk views its leading part, so views stay contiguous

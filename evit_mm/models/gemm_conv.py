@@ -54,7 +54,7 @@ def im2col_weight_grad(grad_output: torch.Tensor, x: torch.Tensor, kernel_size: 
 
     The zero-padded input in NHWC order is viewed as the ``(B, Ho, Wo, kh, kw, C)`` patches of every output pixel
     (strides only) and gathered once into the ``(B*Ho*Wo, kh*kw*C)`` im2col matrix; the gradient is
-    ``grad_output^T @ im2col``, laid out back to ``(N, C, kh, kw)``.
+    ``im2col^T @ grad_output``, laid out back to ``(N, C, kh, kw)``.
     """
     kh, kw = kernel_size
     (sh, sw), (ph, pw) = stride, padding
@@ -65,7 +65,9 @@ def im2col_weight_grad(grad_output: torch.Tensor, x: torch.Tensor, kernel_size: 
     patches = padded.as_strided((batch, out_h, out_w, kh, kw, channels), (s_b, sh * s_h, sw * s_w, s_h, s_w, s_c))
     columns = patches.reshape(-1, kh * kw * channels)
     grad_rows = grad_output.permute(0, 2, 3, 1).reshape(-1, out_channels)
-    return grad_rows.t().mm(columns).view(out_channels, kh, kw, channels).permute(0, 3, 1, 2)
+    # columns^T @ grad rather than grad^T @ columns: same products, and MKL ran the stem's shapes 1.04-1.8x faster
+    # this way round (16800x288 columns: 4.97-6.07 ms against 7.53-9.08)
+    return columns.t().mm(grad_rows).view(kh, kw, channels, out_channels).permute(3, 2, 0, 1)
 
 
 class _Conv2dIm2colWeightGrad(torch.autograd.Function):

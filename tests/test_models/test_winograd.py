@@ -30,9 +30,18 @@ def test_winograd_equals_direct_convolution(shape, channels_last, bias, relu):
     assert relative_error(got, expected) < 1e-5
 
 
+def test_default_channel_threshold_is_the_geometric_mean():
+    """Measured crossover: 128->128 is no faster by Winograd, 128->256 and 160->160 are."""
+    def applies(cin, cout):
+        return WinogradConv2d(cin, cout, 3, padding=1)._winograd_applies(torch.randn(1, cin, 32, 32))
+    with torch.inference_mode():
+        assert not applies(128, 128) and not applies(64, 256)
+        assert applies(128, 256) and applies(160, 160) and applies(256, 256)
+
+
 def test_module_runs_winograd_only_where_it_applies(monkeypatch):
     torch.manual_seed(0)
-    conv = WinogradConv2d.from_conv(nn.Conv2d(64, 64, 3, padding=1).eval())
+    conv = WinogradConv2d.from_conv(nn.Conv2d(64, 64, 3, padding=1).eval(), min_channels=64)
     calls = []
     import evit_mm.models.winograd as module
     real = module.winograd_conv3x3
@@ -51,7 +60,7 @@ def test_module_runs_winograd_only_where_it_applies(monkeypatch):
 
 
 def test_cached_filters_follow_new_weights():
-    conv = WinogradConv2d.from_conv(nn.Conv2d(64, 64, 3, padding=1).eval())
+    conv = WinogradConv2d.from_conv(nn.Conv2d(64, 64, 3, padding=1).eval(), min_channels=64)
     x = torch.randn(1, 64, 24, 24)
     with torch.no_grad():
         conv(x)

@@ -15,7 +15,6 @@ from torch import nn
 
 from ..checkpoint import to_backbone_state_dict
 from ..models import EfficientViT
-from ..models.layers import ConvBN
 from .compilation import compiled
 from .host_work import count_host_work
 from .precision import autocast, exact_float32
@@ -97,14 +96,6 @@ def paired_ratio(reference: Timing, candidate: Timing) -> float:
     return statistics.median(r / c for r, c in zip(reference.latencies, candidate.latencies, strict=True))
 
 
-def without_gemm_convs(model: nn.Module) -> nn.Module:
-    """``model`` with every ConvBN's convolution through oneDNN (``EfficientViT(gemm_convs=False)``), in place."""
-    for module in model.modules():
-        if isinstance(module, ConvBN):
-            module.gemm_convs = False
-    return model
-
-
 def _training_step(model: nn.Module, x: torch.Tensor, precision: Callable[[], contextlib.AbstractContextManager]):
     def step() -> None:
         model.zero_grad(set_to_none=True)
@@ -160,7 +151,7 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
                      'timm train': _training_step(copy.deepcopy(reference).train(), x, precision)}
             if ablate:
                 steps['evit_mm train, no GEMM convs'] = _training_step(
-                    without_gemm_convs(copy.deepcopy(ours)).train(), x, precision)
+                    copy.deepcopy(ours).set_gemm_convs(False).train(), x, precision)
             timings.update(time_interleaved(steps, batch, warmup, repeats, device=target, grad=True))
         for case, (a, b) in CASES.items():
             if a in timings:

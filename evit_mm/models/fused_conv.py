@@ -8,17 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .eager_kernels import eager_channels_last_cpu, exporting_or_compiling
+from .gemm_conv import is_pointwise, pointwise_gemm
+
 
 @functools.cache
 def onednn_fusion_available() -> bool:
     """Whether this PyTorch build has oneDNN's fused convolution (x86 and aarch64 CPU builds do)."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_convolution_pointwise')
-
-
-def exporting_or_compiling() -> bool:
-    """Whether the current call is being traced, scripted, exported to ONNX or compiled (eager-only kernels off)."""
-    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-            or torch.compiler.is_compiling())
 
 
 class FusedConv2d(nn.Conv2d):
@@ -82,36 +79,16 @@ class FusedConv2d(nn.Conv2d):
                                        for f in (torch.channels_last, torch.contiguous_format))
 
     def _gemm_applies(self, x: torch.Tensor) -> bool:
-        # cheapest rejections first, as above
-        if not (self.use_fused_kernel and x.device.type == 'cpu' and self.kernel_size == (1, 1)):
-            return False
-        return (self.stride == (1, 1) and self.padding == (0, 0) and self.groups == 1 and self.bias is not None
-                and x.dim() == 4 and x.dtype == self.weight.dtype
-                and x.is_contiguous(memory_format=torch.channels_last) and not exporting_or_compiling())
-
-    def _gemm_forward(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
-        batch, _, height, width = x.shape
-        pixels = x.permute(0, 2, 3, 1).reshape(-1, self.in_channels)  # a view: x is channels-last
-        weight = self.weight.view(self.out_channels, self.in_channels).t()
-        out_shape = (batch, self.out_channels, height, width)
-        if (residual is not None and residual.shape == out_shape
-                and residual.is_contiguous(memory_format=torch.channels_last)):
-            start = residual.permute(0, 2, 3, 1).reshape(-1, self.out_channels)
-            y = torch.addmm(start, pixels, weight).add_(self.bias)
-            residual = None  # added
-        else:
-            y = torch.addmm(self.bias, pixels, weight)
-            if self.relu:
-                y.relu_()
-        y = y.view(batch, height, width, self.out_channels).permute(0, 3, 1, 2)
-        return y if residual is None else residual + y
+        # geometry first: a 3x3 conv is rejected before the eager/layout checks, which _fused_kernel_applies repeats
+        return (self.use_fused_kernel and is_pointwise(self) and eager_channels_last_cpu(x)
+                and x.dtype == self.weight.dtype)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``relu(conv(x))`` or ``residual + conv(x)`` (or ``conv(x)``)."""
         if residual is not None and self.relu:
             raise ValueError('FusedConv2d applies either a ReLU or a residual add, not both')
         if self._gemm_applies(x):
-            return self._gemm_forward(x, residual)
+            return pointwise_gemm(x, self.weight, self.bias, residual, self.relu)
         if (self.relu or residual is not None) and self._fused_kernel_applies(x, residual):
             geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
             if residual is not None:

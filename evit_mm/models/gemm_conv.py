@@ -1,9 +1,10 @@
-"""Convolutions of unfused (training) layers through torch's GEMM where that beats oneDNN on the CPU.
+"""Convolutions through torch's GEMM where that beats oneDNN on the CPU.
 
 Two cases, both on channels-last CPU maps, both the same values as ``nn.Conv2d`` up to float rounding:
 
-- a 1x1, stride-1 conv is one GEMM over the pixels: the NHWC memory already is the ``(B*H*W, C)`` matrix, so
-  ``F.linear`` needs no copy, and its backward is two more GEMMs;
+- a 1x1, stride-1 conv is one GEMM over the pixels (:func:`pointwise_gemm`, also used by the deployed
+  :class:`~.fused_conv.FusedConv2d`): the NHWC memory already is the ``(B*H*W, C)`` matrix, so the GEMM needs no
+  copy, and its backward is two more GEMMs;
 - the *weight gradient* of a dense strided conv (the stem's 3x3 stride-2 convs) is one GEMM of the output
   gradient with the im2col matrix of the input; the forward pass and the input gradient stay with oneDNN.
 
@@ -18,34 +19,54 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .eager_kernels import eager_channels_last_cpu
 from .padding import zero_padded_nhwc
 
 #: Fewest input channels for which the im2col weight gradient is used (measured crossover on the CPU).
 IM2COL_MIN_IN_CHANNELS = 32
 
 
-def _channels_last_cpu(x: torch.Tensor) -> bool:
-    return (x.device.type == 'cpu' and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-            and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export())
+def is_pointwise(conv: nn.Conv2d) -> bool:
+    """Whether ``conv`` is a 1x1, stride-1, unpadded, ungrouped convolution: a GEMM over the pixels."""
+    return conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.groups == 1
 
 
-def pointwise_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """Whether ``conv`` is a 1x1, stride-1, ungrouped conv without bias on a channels-last CPU map, with autograd
-    recording (the gain is in the backward pass; inference measured the same either way and keeps the conv)."""
-    return (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.groups == 1
-            and conv.bias is None and torch.is_grad_enabled() and _channels_last_cpu(x))
+def pointwise_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                   residual: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+    """``residual + conv2d(x, weight, bias)`` or ``relu(conv2d(x, weight, bias))`` (or the conv alone) for a 1x1
+    ``weight`` on a channels-last map ``x``, as one GEMM on the NHWC pixel matrix (a view of ``x``, no copy); the
+    result is channels-last too.
+
+    ``addmm`` starts from the residual (when it is a channels-last map of the output's shape) or from the bias, so
+    that add costs no pass of its own; the ReLU runs in place on the output while it is in cache. Differentiable.
+    """
+    batch, in_channels, height, width = x.shape
+    out_channels = weight.shape[0]
+    pixels = x.permute(0, 2, 3, 1).reshape(-1, in_channels)
+    weight = weight.view(out_channels, in_channels).t()
+    if (residual is not None and residual.shape == (batch, out_channels, height, width)
+            and residual.is_contiguous(memory_format=torch.channels_last)):
+        y = torch.addmm(residual.permute(0, 2, 3, 1).reshape(-1, out_channels), pixels, weight)
+        if bias is not None:
+            y.add_(bias)
+        residual = None  # added
+    else:
+        y = pixels.mm(weight) if bias is None else torch.addmm(bias, pixels, weight)
+        if relu:
+            y.relu_()
+    y = y.view(batch, height, width, out_channels).permute(0, 3, 1, 2)
+    return y if residual is None else residual + y
 
 
 def im2col_weight_grad_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether ``conv``'s weight gradient will be needed and computed by :func:`im2col_weight_grad`: a dense
     (ungrouped, undilated, bias-free) conv larger than 1x1 with at least :data:`IM2COL_MIN_IN_CHANNELS` input
-    channels on a channels-last CPU map, in float32 or float64 without autocast (the measured case), outside
-    ``torch.compile`` (inductor plans its own backward)."""
+    channels, in float32 or float64 without autocast (the measured case). The caller has checked
+    :func:`~.eager_kernels.eager_channels_last_cpu`."""
     return (conv.groups == 1 and conv.kernel_size != (1, 1) and conv.dilation == (1, 1) and conv.bias is None
             and conv.in_channels >= IM2COL_MIN_IN_CHANNELS and isinstance(conv.padding, tuple)
             and torch.is_grad_enabled() and conv.weight.requires_grad and x.dtype == conv.weight.dtype
-            and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling()
-            and _channels_last_cpu(x))
+            and not torch.is_autocast_enabled('cpu'))
 
 
 def im2col_weight_grad(grad_output: torch.Tensor, x: torch.Tensor, kernel_size: tuple[int, int],
@@ -98,9 +119,13 @@ class _Conv2dIm2colWeightGrad(torch.autograd.Function):
 
 
 def gemm_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)``, through a GEMM where one of the two cases of this module applies."""
-    if pointwise_applies(conv, x):
-        return F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1)).permute(0, 3, 1, 2)
+    """``conv(x)``, through a GEMM where one of the two cases of this module applies:
+    only in eager calls on channels-last CPU maps (traced, exported and compiled graphs keep the conv), and for 1x1
+    convs only while autograd records (the gain is in the backward pass; inference measured the same either way)."""
+    if not eager_channels_last_cpu(x):
+        return conv(x)
+    if is_pointwise(conv) and torch.is_grad_enabled():
+        return pointwise_gemm(x, conv.weight, conv.bias)
     if im2col_weight_grad_applies(conv, x):
         return _Conv2dIm2colWeightGrad.apply(x, conv.weight, conv.stride, conv.padding)
     return conv(x)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fused_conv import exporting_or_compiling
+from .eager_kernels import exporting_or_compiling
 from .padding import zero_padded_nhwc
 
 # G (filter) and A^T (output) transforms of F(2x2, 3x3); the output transform acts on both sides of a tile at once

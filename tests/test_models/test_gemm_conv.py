@@ -116,3 +116,10 @@ def test_gemm_convs_backbone_equals_conv_backbone_in_training():
         torch.testing.assert_close(a.grad, b.grad, atol=1e-10, rtol=1e-8, msg=name)
     for (name, a), (_, b) in zip(fast.named_buffers(), plain.named_buffers()):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=name)
+
+
+def test_set_gemm_convs_switches_every_convbn():
+    model = EfficientViT('m0').set_gemm_convs(False)
+    layers = [m for m in model.modules() if isinstance(m, ConvBN)]
+    assert layers and not any(m.gemm_convs for m in layers)
+    assert all(m.gemm_convs for m in model.set_gemm_convs(True).modules() if isinstance(m, ConvBN))

@@ -24,15 +24,6 @@ def test_compare_ablates_the_cpu_fast_paths():
     assert all(r.ours > 0 and r.ratio > 0 for r in rows)
 
 
-def test_without_gemm_convs_switches_every_convbn_off():
-    from evit_mm.benchmark.backbone import without_gemm_convs
-    from evit_mm.models import EfficientViT
-    from evit_mm.models.layers import ConvBN
-    model = without_gemm_convs(EfficientViT('m0'))
-    layers = [m for m in model.modules() if isinstance(m, ConvBN)]
-    assert layers and not any(m.gemm_convs for m in layers)
-
-
 def test_compare_times_under_autocast():
     rows = compare('m0', shapes=((2, 64, 64),), warmup=0, repeats=1, train=True, dtype='bf16')
     assert len(rows) == 4 and all(r.ours > 0 and r.timm > 0 for r in rows)

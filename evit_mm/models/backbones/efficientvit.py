@@ -234,9 +234,7 @@ class EfficientViT(BaseModule):
         self.stage_strides = tuple(PatchEmbed.stride * 2 ** i for i in range(n))
         self.out_channels = [spec.embed_dims[i] for i in self.out_indices]
         self.out_strides = [self.stage_strides[i] for i in self.out_indices]
-        for module in self.modules():
-            if isinstance(module, ConvBN):
-                module.gemm_convs = gemm_convs
+        self.set_gemm_convs(gemm_convs)
         self._freeze_stages()
 
     @staticmethod
@@ -284,6 +282,13 @@ class EfficientViT(BaseModule):
             for module in self.modules():
                 if isinstance(module, _BatchNorm):
                     module.eval()
+        return self
+
+    def set_gemm_convs(self, enabled: bool) -> 'EfficientViT':
+        """Switch the GEMM convolutions of every unfused ConvBN on or off (the ``gemm_convs`` argument)."""
+        for module in self.modules():
+            if isinstance(module, ConvBN):
+                module.gemm_convs = enabled
         return self
 
     def switch_to_deploy(self, fused_kernels: bool = True) -> 'EfficientViT':

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -44,3 +45,18 @@ REQUIRES_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUD
 
 #: Devices the device-parametrized tests run on.
 DEVICES = ['cpu', pytest.param('cuda', marks=REQUIRES_CUDA)]
+
+
+class OpCalls(TorchDispatchMode):
+    """Inside ``with OpCalls(op, ...) as seen``, ``seen.calls`` collects ``(op, args)`` of every call of those aten
+    operators that reaches dispatch (forward and backward)."""
+
+    def __init__(self, *ops) -> None:
+        super().__init__()
+        self.ops = ops
+        self.calls: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.ops:
+            self.calls.append((func, args))
+        return func(*args, **(kwargs or {}))

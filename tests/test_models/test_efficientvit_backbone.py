@@ -9,7 +9,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from evit_mm.models import EfficientViT
 from evit_mm.models.backbones import ARCH_SETTINGS
 
-from tests.helpers import randomize_
+from tests.helpers import OpCalls, randomize_
 
 
 def _expected_side(size: int) -> list[int]:
@@ -284,25 +284,12 @@ def test_pointwise_tokens_equals_convbn_on_the_map(monkeypatch, training, batch_
 
 def test_backward_keeps_one_memory_layout_through_batchnorm():
     """A loss that sends back NCHW gradients (a mean) must not make BatchNorm backward mix layouts (slow on CPU)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class BatchNormBackwardLayouts(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.mixed = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func is torch.ops.aten.native_batch_norm_backward.default:
-                grad, inp = args[0], args[1]
-                if inp.dim() == 4 and inp.shape[2] * inp.shape[3] > 1:
-                    cl = [t.is_contiguous(memory_format=torch.channels_last) for t in (grad, inp)]
-                    if cl[0] != cl[1]:
-                        self.mixed.append(tuple(inp.shape))
-            return func(*args, **(kwargs or {}))
-
     model = randomize_(EfficientViT('m0')).train()
     features = model(torch.randn(2, 3, 97, 131))
-    layouts = BatchNormBackwardLayouts()
-    with layouts:
+    with OpCalls(torch.ops.aten.native_batch_norm_backward.default) as seen:
         sum(f.mean() for f in features).backward()
-    assert layouts.mixed == []
+    maps = [(grad, inp) for _, (grad, inp, *_) in seen.calls if inp.dim() == 4 and inp.shape[2] * inp.shape[3] > 1]
+    assert maps
+    mixed = [tuple(inp.shape) for grad, inp in maps if grad.is_contiguous(memory_format=torch.channels_last)
+             != inp.is_contiguous(memory_format=torch.channels_last)]
+    assert mixed == []

@@ -4,13 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from evit_mm.models import EfficientViT
 from evit_mm.models.gemm_conv import IM2COL_MIN_IN_CHANNELS, im2col_weight_grad
 from evit_mm.models.layers import ConvBN
 
-from tests.helpers import randomize_
+from tests.helpers import OpCalls, randomize_
 
 CL = torch.channels_last
 
@@ -54,19 +53,19 @@ def test_convbn_through_gemm_equals_convbn_through_conv(training, in_channels, o
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6, msg=name)
 
 
-class _Convolutions(TorchDispatchMode):
-    """Weight shapes of the bias-free convolutions (ConvBN's) whose forward or weight gradient reaches aten."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.forward_weights, self.weight_grads = [], []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten.convolution.default and args[2] is None:
-            self.forward_weights.append(tuple(args[1].shape))
-        elif func is torch.ops.aten.convolution_backward.default and args[-1][1] and not args[-1][2]:
-            self.weight_grads.append(tuple(args[2].shape))
-        return func(*args, **(kwargs or {}))
+def _convolutions(training: bool, model, x):
+    """Weight shapes of the bias-free (ConvBN) convolutions whose forward, and whose weight gradient, reach aten."""
+    forward, backward = torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default
+    with OpCalls(forward, backward) as seen:
+        if training:
+            sum(f.square().mean() for f in model(x)).backward()
+        else:
+            with torch.no_grad():
+                model(x)
+    forward_weights = [tuple(args[1].shape) for op, args in seen.calls if op is forward and args[2] is None]
+    weight_grads = [tuple(args[2].shape) for op, args in seen.calls
+                    if op is backward and args[-1][1] and not args[-1][2]]
+    return forward_weights, weight_grads
 
 
 def _pointwise(shapes):
@@ -84,18 +83,16 @@ def test_backbone_routes_convs_through_gemms_only_where_they_apply(gemm_convs):
     conv."""
     model = randomize_(EfficientViT('m1', gemm_convs=gemm_convs)).train()  # stem 3 -> 16 -> 32 -> 64 -> 128
     x = torch.randn(2, 3, 97, 131)
-    with _Convolutions() as seen:
-        sum(f.square().mean() for f in model(x)).backward()
+    forward_weights, weight_grads = _convolutions(True, model, x)
     stem_inputs = [3, 16, 32, 64]  # input channels of the four dense 3x3 convs (depthwise ones have 1)
     if gemm_convs:
-        assert _pointwise(seen.forward_weights) == []
-        assert _dense_in_channels(seen.weight_grads) == [c for c in stem_inputs if c < IM2COL_MIN_IN_CHANNELS]
+        assert _pointwise(forward_weights) == []
+        assert _dense_in_channels(weight_grads) == [c for c in stem_inputs if c < IM2COL_MIN_IN_CHANNELS]
     else:
-        assert len(_pointwise(seen.forward_weights)) > 20
-        assert _dense_in_channels(seen.weight_grads) == stem_inputs
-    with torch.no_grad(), _Convolutions() as inference:
-        model.eval()(x)
-    assert len(_pointwise(inference.forward_weights)) > 20
+        assert len(_pointwise(forward_weights)) > 20
+        assert _dense_in_channels(weight_grads) == stem_inputs
+    inference_weights, _ = _convolutions(False, model.eval(), x)
+    assert len(_pointwise(inference_weights)) > 20
 
 
 def test_gemm_convs_backbone_equals_conv_backbone_in_training():

@@ -60,7 +60,9 @@ def test_forward_and_predict_modes_with_breakdown(tmp_path, capsys):
     for r in predict:
         b = r['breakdown_ms']
         assert set(b) == {'preprocess', 'backbone', 'neck', 'head', 'postprocess', 'total'}
-        assert b['backbone'] > 0 and b['total'] >= b['backbone']
+        # parts are medians of separately timed calls: at this tiny size the backbone alone can time above the
+        # whole prediction (it did: 26.8 vs 26.6 ms), so only their signs are facts, not their order
+        assert b['backbone'] > 0 and b['total'] > 0 and all(v >= 0 for v in b.values())
     captured = capsys.readouterr()
     assert 'untrained weights' in captured.err and '| post-process |' in captured.out
 

@@ -35,8 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--train', action='store_true', help='also time a training step (forward + backward)')
     add_compile_arguments(parser, 'both deployed models too (inductor, freezing) and time them')
     parser.add_argument('--ablate', action='store_true',
-                        help='also time evit_mm with its CPU fast paths off (deploy without fused kernels and '
-                             'GEMMs; with --train, training without GEMM convs), in the same rounds')
+                        help='also time evit_mm with each fast path off (eval without BatchNorm folding, deploy '
+                             'without CPU fused kernels and GEMMs; with --train, training without GEMM convs), in '
+                             'the same rounds')
     parser.add_argument('--host-work', action='store_true',
                         help='also count operators and module calls per forward (what a GPU waits for at batch 1)')
     args = parser.parse_args(argv)

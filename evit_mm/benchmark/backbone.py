@@ -64,6 +64,7 @@ class Row:
 
 
 PLAIN_DEPLOY = 'evit_mm deploy, plain ops (the GPU path)'
+UNFOLDED_EVAL = 'evit_mm, BatchNorm not folded in eval'
 
 CASES = {
     'eval': ('evit_mm', 'timm'),  # both as built, unfused
@@ -72,21 +73,24 @@ CASES = {
     'compiled deploy vs timm compiled': ('evit_mm deploy compiled', 'timm compiled'),
     'compiled deploy vs timm as shipped': ('evit_mm deploy compiled', 'timm'),
     'train': ('evit_mm train', 'timm train'),  # forward + backward
-    # ablations (option ablate): evit_mm with one CPU fast path off, against the same timm timings
+    # ablations (option ablate): evit_mm with one fast path off, against the same timm timings
+    'eval without BN folding': (UNFOLDED_EVAL, 'timm'),
     'deploy without CPU kernels vs timm as shipped': (PLAIN_DEPLOY, 'timm'),
     'train without GEMM convs': ('evit_mm train, no GEMM convs', 'timm train'),
 }
 
 
 def inference_candidates(arch: str, device: torch.device | str = 'cpu',
-                         plain_deploy: bool = False) -> dict[str, nn.Module]:
+                         ablations: bool = False) -> dict[str, nn.Module]:
     """The models :func:`compare` times, same weights, on ``device``: ``evit_mm`` and ``timm`` as built,
     ``evit_mm deploy`` (``switch_to_deploy``) and ``timm fused`` (the same Conv+BN folding); with
-    ``plain_deploy`` also evit_mm deployed without the CPU fused kernels (the path a GPU runs)."""
+    ``ablations`` also evit_mm deployed without the CPU fused kernels (the path a GPU runs) and evit_mm in eval
+    mode without its on-the-fly BatchNorm folding."""
     ours, reference = build_pair(arch)
     models = {'evit_mm': ours, 'timm': reference, 'evit_mm deploy': copy.deepcopy(ours).switch_to_deploy()}
-    if plain_deploy:
+    if ablations:
         models[PLAIN_DEPLOY] = copy.deepcopy(ours).switch_to_deploy(fused_kernels=False)
+        models[UNFOLDED_EVAL] = copy.deepcopy(ours).set_conv_bn_paths(fold_eval_bn=False)
     models['timm fused'] = fuse_timm_efficientvit(copy.deepcopy(reference))
     return {name: model.to(device) for name, model in models.items()}
 
@@ -118,14 +122,15 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
         device: Where both models run (``cpu``, ``cuda``, ``cuda:N``).
         dtype: Autocast precision of the timed calls (``fp32``, ``fp16``, ``bf16``); the equivalence check that
             precedes the timing always runs in exact float32.
-        ablate: Also time evit_mm with its CPU fast paths off, in the same rounds: deployed without the fused
-            kernels and GEMMs (``switch_to_deploy(fused_kernels=False)``) and, with ``train``, training without the
-            GEMM convolutions (``gemm_convs=False``).
+        ablate: Also time evit_mm with each fast path off, in the same rounds: eval mode without the on-the-fly
+            BatchNorm folding (``fold_eval_bn=False``), deployed without the CPU fused kernels and GEMMs
+            (``switch_to_deploy(fused_kernels=False)``) and, with ``train``, training without the GEMM convolutions
+            (``gemm_convs=False``).
     """
     target = torch.device(device)
     precision = functools.partial(autocast, target.type, dtype)
     precision()  # an unknown dtype fails here, before any model is built
-    models = inference_candidates(arch, target, plain_deploy=ablate)
+    models = inference_candidates(arch, target, ablations=ablate)
     ours, reference = models['evit_mm'], models['timm']
     if compile_mode is not None:
         models['evit_mm deploy compiled'] = compiled(models['evit_mm deploy'], compile_mode, freezing=True)
@@ -151,7 +156,7 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
                      'timm train': _training_step(copy.deepcopy(reference).train(), x, precision)}
             if ablate:
                 steps['evit_mm train, no GEMM convs'] = _training_step(
-                    copy.deepcopy(ours).set_gemm_convs(False).train(), x, precision)
+                    copy.deepcopy(ours).set_conv_bn_paths(gemm_convs=False).train(), x, precision)
             timings.update(time_interleaved(steps, batch, warmup, repeats, device=target, grad=True))
         for case, (a, b) in CASES.items():
             if a in timings:
@@ -162,7 +167,7 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
 
 def host_work_table(arch: str = 'm4', shape: tuple[int, int, int] = (1, 224, 224)) -> str:
     """Operators and module calls of one forward pass of each candidate (see :mod:`.host_work`), as Markdown."""
-    candidates = inference_candidates(arch, plain_deploy=True)
+    candidates = inference_candidates(arch, ablations=True)
     x = torch.randn(*shape[:1], 3, *shape[1:])
     lines = [f'| {arch} at {"x".join(map(str, shape))} | operators | compute operators | module calls |',
              '|---|---|---|---|']

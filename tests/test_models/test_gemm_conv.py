@@ -79,8 +79,8 @@ def _dense_in_channels(shapes):
 @pytest.mark.parametrize('gemm_convs', [True, False])
 def test_backbone_routes_convs_through_gemms_only_where_they_apply(gemm_convs):
     """Training on channels-last CPU maps: no 1x1 ConvBN conv reaches oneDNN, and the dense stem convs with at
-    least IM2COL_MIN_IN_CHANNELS inputs take no oneDNN weight gradient; gemm_convs=False and inference keep every
-    conv."""
+    least IM2COL_MIN_IN_CHANNELS inputs take no oneDNN weight gradient; gemm_convs=False and inference with the
+    BatchNorm unfolded keep every conv (bias-free 1x1 convs: equal either way in inference)."""
     model = randomize_(EfficientViT('m1', gemm_convs=gemm_convs)).train()  # stem 3 -> 16 -> 32 -> 64 -> 128
     x = torch.randn(2, 3, 97, 131)
     forward_weights, weight_grads = _convolutions(True, model, x)
@@ -91,7 +91,7 @@ def test_backbone_routes_convs_through_gemms_only_where_they_apply(gemm_convs):
     else:
         assert len(_pointwise(forward_weights)) > 20
         assert _dense_in_channels(weight_grads) == stem_inputs
-    inference_weights, _ = _convolutions(False, model.eval(), x)
+    inference_weights, _ = _convolutions(False, model.set_conv_bn_paths(fold_eval_bn=False).eval(), x)
     assert len(_pointwise(inference_weights)) > 20
 
 
@@ -115,8 +115,12 @@ def test_gemm_convs_backbone_equals_conv_backbone_in_training():
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=name)
 
 
-def test_set_gemm_convs_switches_every_convbn():
-    model = EfficientViT('m0').set_gemm_convs(False)
+@pytest.mark.parametrize('path', ['gemm_convs', 'fold_eval_bn'])
+def test_set_conv_bn_paths_switches_one_path_of_every_convbn(path):
+    other = {'gemm_convs': 'fold_eval_bn', 'fold_eval_bn': 'gemm_convs'}[path]
+    model = EfficientViT('m0').set_conv_bn_paths(**{path: False})
     layers = [m for m in model.modules() if isinstance(m, ConvBN)]
-    assert layers and not any(m.gemm_convs for m in layers)
-    assert all(m.gemm_convs for m in model.set_gemm_convs(True).modules() if isinstance(m, ConvBN))
+    assert layers and not any(getattr(m, path) for m in layers)
+    assert all(getattr(m, other) for m in layers)  # None: left as it was
+    assert all(getattr(m, path) for m in model.set_conv_bn_paths(**{path: True}).modules() if isinstance(m, ConvBN))
+    assert not any(m.fold_eval_bn for m in EfficientViT('m0', fold_eval_bn=False).modules() if isinstance(m, ConvBN))

@@ -14,13 +14,15 @@ def test_compare_runs_at_tiny_size():
     assert table.count('\n') == 5 and '| m0 | 2x64x96 | deploy vs timm as shipped |' in table
 
 
-def test_compare_ablates_the_cpu_fast_paths():
-    """Each CPU fast path can be switched off and timed against the same timm rounds."""
+def test_compare_ablates_the_fast_paths():
+    """Each fast path can be switched off and timed against the same timm rounds."""
     rows = compare('m0', shapes=((1, 64, 96),), warmup=0, repeats=1, train=True, ablate=True)
     assert [r.case for r in rows] == ['eval', 'deploy vs timm as shipped', 'deploy vs timm fused', 'train',
-                                      'deploy without CPU kernels vs timm as shipped', 'train without GEMM convs']
+                                      'eval without BN folding', 'deploy without CPU kernels vs timm as shipped',
+                                      'train without GEMM convs']
     by_case = {r.case: r for r in rows}
     assert by_case['train without GEMM convs'].timm == by_case['train'].timm  # the same timm timings
+    assert by_case['eval without BN folding'].timm == by_case['eval'].timm
     assert all(r.ours > 0 and r.ratio > 0 for r in rows)
 
 

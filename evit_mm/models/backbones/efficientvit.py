@@ -175,6 +175,10 @@ class EfficientViT(BaseModule):
         gemm_convs: Before deployment, on channels-last CPU maps, compute every 1x1 conv as one GEMM over the
             pixels and the stem convs' weight gradients by im2col and one GEMM (:mod:`~evit_mm.models.gemm_conv`;
             same values, faster training); False keeps oneDNN's convolutions. Defaults to True.
+        fold_eval_bn: Wherever a BatchNorm is in eval mode and no gradient reaches its layer (``model.eval()``
+            before deployment, validation, frozen stages), fold its running statistics into the conv weights on the
+            fly (:meth:`ConvBN.eval_folded`, cached): one conv with a bias instead of conv + BatchNorm, same values.
+            False always runs the BatchNorm. Defaults to True.
         pretrained: Deprecated; use ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
         init_cfg: Initialisation config. ``type='Pretrained'`` accepts official (``{'model': ...}``), timm and
             evit_mm checkpoints (local path or URL), converted automatically. Defaults to None.
@@ -193,6 +197,7 @@ class EfficientViT(BaseModule):
         fast_attention: bool = True,
         channels_last: bool = True,
         gemm_convs: bool = True,
+        fold_eval_bn: bool = True,
         pretrained: str | None = None,
         init_cfg: dict | list[dict] | None = None,
     ) -> None:
@@ -234,7 +239,7 @@ class EfficientViT(BaseModule):
         self.stage_strides = tuple(PatchEmbed.stride * 2 ** i for i in range(n))
         self.out_channels = [spec.embed_dims[i] for i in self.out_indices]
         self.out_strides = [self.stage_strides[i] for i in self.out_indices]
-        self.set_gemm_convs(gemm_convs)
+        self.set_conv_bn_paths(gemm_convs=gemm_convs, fold_eval_bn=fold_eval_bn)
         self._freeze_stages()
 
     @staticmethod
@@ -284,11 +289,16 @@ class EfficientViT(BaseModule):
                     module.eval()
         return self
 
-    def set_gemm_convs(self, enabled: bool) -> 'EfficientViT':
-        """Switch the GEMM convolutions of every unfused ConvBN on or off (the ``gemm_convs`` argument)."""
+    def set_conv_bn_paths(self, *, gemm_convs: bool | None = None,
+                          fold_eval_bn: bool | None = None) -> 'EfficientViT':
+        """Switch the fast paths of every unfused ConvBN on or off (the arguments of the same names); None leaves a
+        path as it is."""
         for module in self.modules():
             if isinstance(module, ConvBN):
-                module.gemm_convs = enabled
+                if gemm_convs is not None:
+                    module.gemm_convs = gemm_convs
+                if fold_eval_bn is not None:
+                    module.fold_eval_bn = fold_eval_bn
         return self
 
     def switch_to_deploy(self, fused_kernels: bool = True) -> 'EfficientViT':

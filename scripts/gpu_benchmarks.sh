@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU tables of docs/benchmarks.md in one prepared run (for a machine with CUDA and this project's
 # environment), AMP fp16 at batch 1 and a large batch:
-#   1. evit_mm's M4 backbone against timm's (same weights; eval, deploy, training step), paired ratios;
+#   1. evit_mm's M4 backbone against timm's (same weights; eval, deploy, training step, each fast path off),
+#      paired ratios;
 #   2. whole RetinaNet-EViT-M4 predictions (as built and deployed) against mmdet's RetinaNet-R50;
 #   3. semantic FPN-EViT-M4 against FPN-R50;
 #   4. backbones side by side (evit_mm, timm, ResNet-50, Swin-T);
@@ -24,7 +25,8 @@ step() {  # step NAME COMMAND...: run one measurement, keep going if it fails
 }
 
 step backbone_vs_timm bash -c "$PY tools/benchmark_backbone.py --arch m4 --device cuda --dtype fp16 --train \
-  --shapes 1x224x224 256x224x224 1x800x1344 --warmup 10 --repeats 50 | tee '$OUT/backbone_m4_vs_timm_fp16.md'"
+  --ablate --shapes 1x224x224 256x224x224 1x800x1344 --warmup 10 --repeats 50 \
+  | tee '$OUT/backbone_m4_vs_timm_fp16.md'"
 step retinanet_b1 $B configs/retinanet_evit_m4.py configs/retinanet_evit_m4.py@deploy \
   configs/baselines/retinanet_r50_fpn_coco.py --modes predict --shape 800x1333 --batch-size 1 --repeats 30 \
   --json "$OUT/retinanet_predict_b1_fp16.json"

@@ -28,7 +28,7 @@ class Options:
     channels_last: bool = False
     compile_mode: str | None = None  # torch.compile the backbone in this mode (reduce-overhead: CUDA graphs)
     deploy: bool = False
-    fused_kernels: bool = True  # with deploy: ReLU/residual add inside the conv kernels (CPU)
+    fused_kernels: bool = True  # with deploy: ReLU inside the conv kernels, 1x1 convs as GEMMs (CPU)
     winograd: bool = True  # with deploy: 3x3 convolutions by Winograd F(2x2, 3x3) (CPU)
     warmup: int = 3
     repeats: int = 10

@@ -27,8 +27,8 @@ def optimize_for_inference(model: nn.Module, fused_kernels: bool = True, winogra
     """Prepare ``model`` (a detector, segmentor, classifier or backbone) for inference, in place.
 
     1. ``switch_to_deploy`` of the model (classifiers: backbone and heads) or else of its backbone: BatchNorm
-       folded into the convolutions and, with ``fused_kernels``, ReLUs and residual adds run inside them and 1x1
-       convolutions run as GEMMs (CPU).
+       folded into the convolutions and, with ``fused_kernels``, ReLUs run inside them and 1x1 convolutions run as
+       GEMMs that start from the bias or the residual (CPU).
     2. With ``winograd``, every other 3x3 stride-1 convolution (FPN outputs, RetinaNet/FCN heads) becomes a
        :class:`~evit_mm.models.winograd.WinogradConv2d`, faster on CPU for wide maps and many channels and
        unchanged elsewhere (GPU, autograd, tracing, small maps). Outputs move by a few 1e-6 relative. The ReLU

@@ -1,5 +1,5 @@
-"""Deploy-time convolution whose ReLU or residual add runs inside the convolution's kernel on the CPU: oneDNN's fused
-convolution, or for 1x1 convolutions one GEMM."""
+"""Deploy-time convolution whose ReLU (oneDNN's fused convolution) or, for 1x1 convolutions, ReLU and residual add
+(one GEMM) run inside the convolution's kernel on the CPU."""
 from __future__ import annotations
 
 import functools
@@ -19,13 +19,15 @@ def onednn_fusion_available() -> bool:
 
 
 class FusedConv2d(nn.Conv2d):
-    """A ``Conv2d`` (BatchNorm already folded in) that can apply a ReLU or add a residual in the same kernel.
+    """A ``Conv2d`` (BatchNorm already folded in) that can apply a ReLU in the same kernel or add a residual.
 
-    Why our own: eager PyTorch runs conv, ReLU and add as separate kernels, each writing a whole feature map
-    to memory and allocating a new one; oneDNN applies the ReLU or the sum as post-ops while the conv output
-    is still in cache. This is the kernel that ``torch.compile`` emits for frozen CPU graphs
-    (``torch.ops.mkldnn._convolution_pointwise``), used here in eager mode, at any input size, without a
-    compile step. The values are those of the separate ops (tests check it).
+    Why our own: eager PyTorch runs conv and ReLU as separate kernels, each writing a whole feature map to memory
+    and allocating a new one; oneDNN applies the ReLU as a post-op while the conv output is still in cache. This is
+    the kernel that ``torch.compile`` emits for frozen CPU graphs (``torch.ops.mkldnn._convolution_pointwise``),
+    used here in eager mode, at any input size, without a compile step. The values are those of the separate ops
+    (tests check it). A residual is added in place into the conv's fresh output, not as oneDNN's sum post-op: for
+    depthwise convs torch runs that post-op as conv + add anyway, 40-50 us slower per call, and for 1x1 convs it
+    measured 0.8-1.0x of conv + add (``docs/benchmarks.md``).
 
     A 1x1, stride-1 conv on a channels-last CPU map is one GEMM over the pixels instead (the NHWC memory already is
     the ``(B*H*W, C)`` matrix): ``addmm`` starts from the bias or the residual, and the ReLU runs in place on the
@@ -59,7 +61,7 @@ class FusedConv2d(nn.Conv2d):
     def extra_repr(self) -> str:
         return super().extra_repr() + (', relu=True' if self.relu else '')
 
-    def _fused_kernel_applies(self, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
+    def _fused_kernel_applies(self, x: torch.Tensor) -> bool:
         # the cheapest rejection first: every deployed conv of a model on a GPU (host-bound at batch 1) ends here
         if not (self.use_fused_kernel and x.device.type == 'cpu' and x.dtype == torch.float32):
             return False
@@ -71,12 +73,7 @@ class FusedConv2d(nn.Conv2d):
         stride_h, stride_w = self.stride
         if x.numel() // self.in_channels * self.out_channels // (stride_h * stride_w) < self.min_output_elements:
             return False
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
-                                        or (residual is not None and residual.requires_grad)):
-            return False
-        # oneDNN adds the residual in the output's memory layout, which follows the input's
-        return residual is None or any(x.is_contiguous(memory_format=f) and residual.is_contiguous(memory_format=f)
-                                       for f in (torch.channels_last, torch.contiguous_format))
+        return not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
 
     def _gemm_applies(self, x: torch.Tensor) -> bool:
         # geometry first: a 3x3 conv is rejected before the eager/layout checks, which _fused_kernel_applies repeats
@@ -89,13 +86,14 @@ class FusedConv2d(nn.Conv2d):
             raise ValueError('FusedConv2d applies either a ReLU or a residual add, not both')
         if self._gemm_applies(x):
             return pointwise_gemm(x, self.weight, self.bias, residual, self.relu)
-        if (self.relu or residual is not None) and self._fused_kernel_applies(x, residual):
+        if self.relu and self._fused_kernel_applies(x):
             geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
-            if residual is not None:
-                return torch.ops.mkldnn._convolution_pointwise(
-                    x, residual, self.weight, self.bias, *geometry, 'add', 1.0, None, [], None)
             return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, *geometry, 'relu', [], '')
         y = self._conv_forward(x, self.weight, self.bias)
         if self.relu:
             return F.relu(y)
-        return y if residual is None else residual + y
+        if residual is None:
+            return y
+        # in place into the fresh output (the conv's backward does not read it) unless that would change the result
+        same = residual.shape == y.shape and residual.dtype == y.dtype
+        return y.add_(residual) if same else residual + y

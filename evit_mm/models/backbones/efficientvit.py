@@ -305,9 +305,10 @@ class EfficientViT(BaseModule):
         """Fuse every Conv+BN in place (paper Sec. 4: BN rather than LayerNorm so that it folds away).
 
         Args:
-            fused_kernels: On CPU, also run each ReLU and residual add inside the convolution before it, and
-                every 1x1 convolution as one GEMM (:class:`~evit_mm.models.fused_conv.FusedConv2d`; same values,
-                fewer passes over memory, faster kernels). Defaults to True.
+            fused_kernels: On CPU, also run each ReLU inside the convolution before it, and every 1x1 convolution
+                as one GEMM that starts from the bias or the residual
+                (:class:`~evit_mm.models.fused_conv.FusedConv2d`; same values, fewer passes over memory, faster
+                kernels). Defaults to True.
         """
         for module in self.modules():
             if isinstance(module, (ConvBN, ConvFFN, PatchMerging, PatchEmbed)):

@@ -90,13 +90,16 @@ class CascadedGroupAttention(nn.Module):
 
         In eval mode without gradients the gathered table is cached. The cache key includes the parameter's
         storage and version counter, so loading new weights after ``.eval()`` (or moving the module) never
-        serves a stale table, a trap of the official implementation.
+        serves a stale table, a trap of the official implementation; a call while the table trains drops the cache
+        (fused optimizers update parameters in place without a version bump).
         """
         param = self.attention_biases
         needs_grad = torch.is_grad_enabled() and param.requires_grad  # e.g. fine-tuning in eval mode
         # inference tensors (a model copied or built under torch.inference_mode) have no version counter
         if (self.training or needs_grad or torch.jit.is_tracing() or torch.compiler.is_compiling()
                 or param.is_inference()):
+            if needs_grad:  # training: fused optimizers update the table in place without a version bump
+                self._bias_cache = {}
             return param[:, self.attention_bias_idxs]
         key = (param.device, param.dtype, param.data_ptr(), param._version)
         bias = self._bias_cache.get(key)

@@ -81,9 +81,11 @@ class ConvBN(nn.Module):
 
         The folded tensors are cached; the key holds the storage and version counter of every tensor they come from
         and of the BatchNorm's batch counter, so new weights or statistics (``load_state_dict``, an optimizer step,
-        ``.to()``, the BatchNorm run in training mode alone) are never served stale. Writes through ``.data`` bump
-        no version counter: any ``train()``/``eval()`` call drops the cache (mmengine's EMA hook swaps weights that
-        way, then switches the mode).
+        ``.to()``, the BatchNorm run in training mode alone) are never served stale. Writes that bump no version
+        counter are covered otherwise: any ``train()``/``eval()`` call drops the cache (mmengine's EMA hook swaps
+        weights through ``.data``, then switches the mode), and so does any forward pass while the parameters train
+        (fused optimizers, ``torch.optim.AdamW(fused=True)``, update them in place without a version bump, even in a
+        model kept in eval mode).
         """
         bn = self.bn
         if (bn.training or not self.fold_eval_bn or bn.running_mean is None or bn.running_var is None
@@ -92,6 +94,7 @@ class ConvBN(nn.Module):
         sources = (self.conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.num_batches_tracked)
         params = [t for t in sources[:3] if t is not None]
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            self._folded = None  # the parameters are training: fused optimizers update them without a version bump
             return None
         if any(t.is_inference() for t in params):  # no version counter to key a cache on
             return fold_batch_norm(self.conv.weight, bn)

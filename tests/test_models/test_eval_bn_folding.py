@@ -165,3 +165,21 @@ def test_backbone_in_eval_mode_equals_unfolded(device):
     for u, v, w in zip(got, expected, again, strict=True):
         torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(w, u, atol=0, rtol=0)
+
+
+def test_no_stale_caches_after_fused_optimizer_steps_in_eval_mode():
+    """A model kept in eval mode, trained with a fused optimizer (which bumps no version counter), then evaluated:
+    the folded weights and attention-bias tables cached before the steps must not be served afterwards."""
+    model = randomize_(EfficientViT('m0')).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        model(x)  # fills both caches
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, fused=True)
+    for _ in range(2):
+        sum(o.square().mean() for o in model(x)).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    fresh = copy.deepcopy(model)  # a copy has no caches that match its tensors
+    with torch.no_grad():
+        for u, v in zip(model(x), fresh(x), strict=True):
+            torch.testing.assert_close(u, v, atol=1e-5, rtol=1e-5)

@@ -61,39 +61,44 @@ class FusedConv2d(nn.Conv2d):
     def extra_repr(self) -> str:
         return super().extra_repr() + (', relu=True' if self.relu else '')
 
-    def _fused_kernel_applies(self, x: torch.Tensor) -> bool:
+    @classmethod
+    def _onednn_relu_applies(cls, conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor) -> bool:
         # the cheapest rejection first: every deployed conv of a model on a GPU (host-bound at batch 1) ends here
-        if not (self.use_fused_kernel and x.device.type == 'cpu' and x.dtype == torch.float32):
+        if not (x.device.type == 'cpu' and x.dtype == torch.float32):
             return False
         if exporting_or_compiling():  # before the size and layout checks, which a trace would freeze
             return False
-        if not (self.weight.dtype == torch.float32 and self.padding_mode == 'zeros'
-                and not isinstance(self.padding, str) and onednn_fusion_available()):
+        if not (weight.dtype == torch.float32 and conv.padding_mode == 'zeros'
+                and not isinstance(conv.padding, str) and onednn_fusion_available()):
             return False
-        stride_h, stride_w = self.stride
-        if x.numel() // self.in_channels * self.out_channels // (stride_h * stride_w) < self.min_output_elements:
+        stride_h, stride_w = conv.stride
+        if x.numel() // conv.in_channels * conv.out_channels // (stride_h * stride_w) < cls.min_output_elements:
             return False
-        return not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
+        return not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
 
-    def _gemm_applies(self, x: torch.Tensor) -> bool:
-        # geometry first: a 3x3 conv is rejected before the eager/layout checks, which _fused_kernel_applies repeats
-        return (self.use_fused_kernel and is_pointwise(self) and eager_channels_last_cpu(x)
-                and x.dtype == self.weight.dtype)
-
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """``relu(conv(x))`` or ``residual + conv(x)`` (or ``conv(x)``)."""
-        if residual is not None and self.relu:
+    @classmethod
+    def apply_to(cls, conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 residual: torch.Tensor | None = None, relu: bool = False, kernels: bool = True) -> torch.Tensor:
+        """``relu(conv2d(x, weight, bias))`` or ``residual + conv2d(x, weight, bias)`` (or the conv alone) with the
+        geometry of ``conv``, through this class's CPU kernels where they apply and ``kernels`` is True. Also what a
+        ConvBN runs with its eval-mode BatchNorm folded on the fly (:meth:`~.layers.ConvBN.eval_folded`)."""
+        if residual is not None and relu:
             raise ValueError('FusedConv2d applies either a ReLU or a residual add, not both')
-        if self._gemm_applies(x):
-            return pointwise_gemm(x, self.weight, self.bias, residual, self.relu)
-        if self.relu and self._fused_kernel_applies(x):
-            geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
-            return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, *geometry, 'relu', [], '')
-        y = self._conv_forward(x, self.weight, self.bias)
-        if self.relu:
+        # geometry first: a 3x3 conv is rejected before the eager/layout checks, which the oneDNN check repeats
+        if kernels and is_pointwise(conv) and eager_channels_last_cpu(x) and x.dtype == weight.dtype:
+            return pointwise_gemm(x, weight, bias, residual, relu)
+        if relu and kernels and cls._onednn_relu_applies(conv, x, weight):
+            geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+            return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry, 'relu', [], '')
+        y = conv._conv_forward(x, weight, bias)
+        if relu:
             return F.relu(y)
         if residual is None:
             return y
         # in place into the fresh output (the conv's backward does not read it) unless that would change the result
         same = residual.shape == y.shape and residual.dtype == y.dtype
         return y.add_(residual) if same else residual + y
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``relu(conv(x))`` or ``residual + conv(x)`` (or ``conv(x)``)."""
+        return self.apply_to(self, x, self.weight, self.bias, residual, self.relu, self.use_fused_kernel)

@@ -118,23 +118,14 @@ class _Conv2dIm2colWeightGrad(torch.autograd.Function):
         return grad_input, grad_weight, None, None
 
 
-def gemm_conv(conv: nn.Conv2d, x: torch.Tensor, folded: tuple[torch.Tensor, torch.Tensor] | None = None,
-              residual: torch.Tensor | None = None, gemm: bool = True) -> torch.Tensor:
-    """``conv(x)``, or with ``folded`` (a weight and a bias: the conv with its BatchNorm folded in) in place of the
-    conv's own parameters, plus ``residual`` when given; through a GEMM where one of the two cases of this module
-    applies and ``gemm`` is True.
-
-    Only in eager calls on channels-last CPU maps (traced, exported and compiled graphs keep the conv). A 1x1 conv is
-    a GEMM while autograd records (the gain is in the backward pass) and whenever a bias rides in it (``addmm``
-    starts from the bias or the residual, as in the deployed :class:`~.fused_conv.FusedConv2d`); a bias-free 1x1
-    conv in inference measured the same either way.
-    """
-    weight, bias = (conv.weight, conv.bias) if folded is None else folded
-    if gemm and eager_channels_last_cpu(x):
-        if is_pointwise(conv) and (torch.is_grad_enabled() or bias is not None):
-            return pointwise_gemm(x, weight, bias, residual)
-        if folded is None and im2col_weight_grad_applies(conv, x):
-            y = _Conv2dIm2colWeightGrad.apply(x, conv.weight, conv.stride, conv.padding)
-            return y if residual is None else y.add_(residual)
-    y = conv(x) if folded is None else conv._conv_forward(x, weight, bias)  # a module call where it can be (hooks)
-    return y if residual is None else y.add_(residual)
+def gemm_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)``, through a GEMM where one of the two cases of this module applies:
+    only in eager calls on channels-last CPU maps (traced, exported and compiled graphs keep the conv), and for 1x1
+    convs only while autograd records (the gain is in the backward pass; inference measured the same either way)."""
+    if not eager_channels_last_cpu(x):
+        return conv(x)
+    if is_pointwise(conv) and torch.is_grad_enabled():
+        return pointwise_gemm(x, conv.weight, conv.bias)
+    if im2col_weight_grad_applies(conv, x):
+        return _Conv2dIm2colWeightGrad.apply(x, conv.weight, conv.stride, conv.padding)
+    return conv(x)

@@ -114,9 +114,9 @@ class ConvBN(nn.Module):
         if self.fused:
             return self.conv(x, residual)
         folded = self.eval_folded()
-        if folded is not None:
-            return gemm_conv(self.conv, x, folded, residual, gemm=self.gemm_convs)
-        y = self.bn(gemm_conv(self.conv, x, gemm=self.gemm_convs))
+        if folded is not None:  # run as deployed
+            return FusedConv2d.apply_to(self.conv, x, *folded, residual, kernels=self.gemm_convs)
+        y = self.bn(gemm_conv(self.conv, x) if self.gemm_convs else self.conv(x))
         # in place: BatchNorm's backward does not read its output, so autograd allows it and a map is saved
         return y if residual is None else y.add_(residual)
 

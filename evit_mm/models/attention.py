@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .derived_cache import DerivedCache
 from .layers import ConvBN
 
 
@@ -83,7 +84,7 @@ class CascadedGroupAttention(nn.Module):
         self.proj = nn.Sequential(nn.ReLU(inplace=True), ConvBN(self.val_dim * num_heads, dim, bn_weight_init=0.0))
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, window_size * window_size))
         self.register_buffer('attention_bias_idxs', relative_position_index(window_size), persistent=False)
-        self._bias_cache: dict[tuple, torch.Tensor] = {}
+        self._bias_cache: DerivedCache[torch.Tensor] = DerivedCache()
 
     def attention_bias(self) -> torch.Tensor:
         """The bias table gathered to ``(num_heads, N, N)``.
@@ -95,22 +96,14 @@ class CascadedGroupAttention(nn.Module):
         """
         param = self.attention_biases
         needs_grad = torch.is_grad_enabled() and param.requires_grad  # e.g. fine-tuning in eval mode
-        # inference tensors (a model copied or built under torch.inference_mode) have no version counter
-        if (self.training or needs_grad or torch.jit.is_tracing() or torch.compiler.is_compiling()
-                or param.is_inference()):
+        if self.training or needs_grad or torch.jit.is_tracing() or torch.compiler.is_compiling():
             if needs_grad:  # training: fused optimizers update the table in place without a version bump
-                self._bias_cache = {}
+                self._bias_cache.clear()
             return param[:, self.attention_bias_idxs]
-        key = (param.device, param.dtype, param.data_ptr(), param._version)
-        bias = self._bias_cache.get(key)
-        if bias is None:
-            with torch.no_grad():
-                bias = param[:, self.attention_bias_idxs]
-            self._bias_cache = {key: bias}
-        return bias
+        return self._bias_cache.get((param,), lambda: param[:, self.attention_bias_idxs])
 
     def train(self, mode: bool = True) -> 'CascadedGroupAttention':
-        self._bias_cache = {}
+        self._bias_cache.clear()
         return super().train(mode)
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch
 from timm.layers import DropPath, SqueezeExcite
 from torch import nn
 
+from .derived_cache import DerivedCache
 from .eager_kernels import exporting_or_compiling
 from .fused_conv import FusedConv2d
 from .gemm_conv import gemm_conv
@@ -60,7 +61,7 @@ class ConvBN(nn.Module):
         self.bn: nn.Module = nn.BatchNorm2d(out_channels)
         nn.init.constant_(self.bn.weight, bn_weight_init)
         nn.init.zeros_(self.bn.bias)
-        self._folded: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None  # (key, (weight, bias))
+        self._fold_cache: DerivedCache[tuple[torch.Tensor, torch.Tensor]] = DerivedCache()
 
     @property
     def fused(self) -> bool:
@@ -91,22 +92,16 @@ class ConvBN(nn.Module):
         if (bn.training or not self.fold_eval_bn or bn.running_mean is None or bn.running_var is None
                 or exporting_or_compiling()):
             return None
-        sources = (self.conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.num_batches_tracked)
-        params = [t for t in sources[:3] if t is not None]
-        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
-            self._folded = None  # the parameters are training: fused optimizers update them without a version bump
+        params = (self.conv.weight, bn.weight, bn.bias)
+        if torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params):
+            self._fold_cache.clear()  # the parameters are training: fused optimizers update them without a version bump
             return None
-        if any(t.is_inference() for t in params):  # no version counter to key a cache on
-            return fold_batch_norm(self.conv.weight, bn)
-        key = (torch.is_inference_mode_enabled(), bn.eps,
-               *((t.data_ptr(), t._version) if t is not None else None for t in sources))
-        if self._folded is None or self._folded[0] != key:
-            with torch.no_grad():
-                self._folded = key, fold_batch_norm(self.conv.weight, bn)
-        return self._folded[1]
+        # the batch counter: a BatchNorm run alone in training mode updates its statistics without a version bump
+        sources = (*params, bn.running_mean, bn.running_var, bn.num_batches_tracked)
+        return self._fold_cache.get(sources, lambda: fold_batch_norm(self.conv.weight, bn), also=(bn.eps,))
 
     def train(self, mode: bool = True) -> 'ConvBN':
-        self._folded = None  # the cache serves eval mode only; do not hold a second copy of the weights
+        self._fold_cache.clear()  # the cache serves eval mode only; do not hold a second copy of the weights
         return super().train(mode)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -137,7 +132,8 @@ class ConvBN(nn.Module):
             ).to(conv.weight)
             fused.weight.copy_(weight)
             fused.bias.copy_(bias)
-            self.conv, self.bn, self._folded = fused, nn.Identity(), None
+            self.conv, self.bn = fused, nn.Identity()
+            self._fold_cache.clear()
         self.conv.relu = self.conv.relu or relu
         self.conv.use_fused_kernel = use_fused_kernel
 

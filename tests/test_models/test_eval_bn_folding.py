@@ -109,7 +109,7 @@ def test_folding_follows_the_batchnorm_mode_and_the_switch():
     with torch.no_grad():
         assert folded.eval_folded() is not None
         folded.train()
-        assert folded.eval_folded() is None and folded._folded is None  # training BatchNorm: batch statistics
+        assert folded.eval_folded() is None and folded._fold_cache.empty  # training BatchNorm: batch statistics
         folded.bn.eval()  # norm_eval: the BatchNorm alone in eval mode
         assert folded.eval_folded() is not None
         folded.fold_eval_bn = False

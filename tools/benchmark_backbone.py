@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Images/s of evit_mm's EfficientViT backbone against timm's (features_only, same weights): as built,
 evit_mm deployed against timm as shipped and against timm with the same Conv+BN fusion, optionally both compiled
-and a training step, all measured interleaved in one run; ratios are paired medians over rounds.
+and a training step, all measured interleaved in one run; ratios are paired medians over rounds, with the
+middle half of the per-round ratios (25th-75th percentile) beside them.
 
     python tools/benchmark_backbone.py --arch m4 --threads 2
     python tools/benchmark_backbone.py --arch m4 --device cuda --dtype fp16 --shapes 1x224x224 256x224x224 --train

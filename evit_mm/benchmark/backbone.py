@@ -61,6 +61,7 @@ class Row:
     ours: float  # images/s (median latency)
     timm: float
     ratio: float  # median over rounds of timm latency / evit_mm latency (paired: robust to machine drift)
+    ratio_quartiles: tuple[float, float]  # 25th and 75th percentile of the same per-round ratios (the spread)
 
 
 PLAIN_DEPLOY = 'evit_mm deploy, plain ops (the GPU path)'
@@ -95,9 +96,17 @@ def inference_candidates(arch: str, device: torch.device | str = 'cpu',
     return {name: model.to(device) for name, model in models.items()}
 
 
-def paired_ratio(reference: Timing, candidate: Timing) -> float:
-    """Median over rounds of ``reference / candidate`` latency (> 1: the candidate is faster)."""
-    return statistics.median(r / c for r, c in zip(reference.latencies, candidate.latencies, strict=True))
+def paired_ratios(reference: Timing, candidate: Timing) -> list[float]:
+    """``reference / candidate`` latency of each round (> 1: the candidate is faster)."""
+    return [r / c for r, c in zip(reference.latencies, candidate.latencies, strict=True)]
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """25th and 75th percentile of ``values`` (inclusive method: a single value is both)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    lower, _, upper = statistics.quantiles(values, n=4, method='inclusive')
+    return lower, upper
 
 
 def _training_step(model: nn.Module, x: torch.Tensor, precision: Callable[[], contextlib.AbstractContextManager]):
@@ -160,8 +169,9 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
             timings.update(time_interleaved(steps, batch, warmup, repeats, device=target, grad=True))
         for case, (a, b) in CASES.items():
             if a in timings:
+                ratios = paired_ratios(timings[b], timings[a])
                 rows.append(Row(arch, (batch, height, width), case, timings[a].images_per_second,
-                                timings[b].images_per_second, paired_ratio(timings[b], timings[a])))
+                                timings[b].images_per_second, statistics.median(ratios), quartiles(ratios)))
     return rows
 
 
@@ -178,9 +188,10 @@ def host_work_table(arch: str = 'm4', shape: tuple[int, int, int] = (1, 224, 224
 
 
 def format_rows(rows: list[Row]) -> str:
-    lines = ['| arch | input (BxHxW) | comparison | evit_mm img/s | timm img/s | ratio (paired median) |',
-             '|---|---|---|---|---|---|']
+    lines = ['| arch | input (BxHxW) | comparison | evit_mm img/s | timm img/s | ratio (paired median) | '
+             'ratio, middle half of rounds |',
+             '|---|---|---|---|---|---|---|']
     for r in rows:
         lines.append(f'| {r.arch} | {r.shape[0]}x{r.shape[1]}x{r.shape[2]} | {r.case} | {r.ours:.1f} | {r.timm:.1f} | '
-                     f'{r.ratio:.2f} |')
+                     f'{r.ratio:.2f} | {r.ratio_quartiles[0]:.2f}-{r.ratio_quartiles[1]:.2f} |')
     return '\n'.join(lines)

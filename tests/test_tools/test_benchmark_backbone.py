@@ -3,15 +3,23 @@ from __future__ import annotations
 
 import pytest
 
-from evit_mm.benchmark.backbone import compare, format_rows
+from evit_mm.benchmark.backbone import compare, format_rows, quartiles
 
 
 def test_compare_runs_at_tiny_size():
-    rows = compare('m0', shapes=((2, 64, 96),), warmup=0, repeats=1, train=True)
+    rows = compare('m0', shapes=((2, 64, 96),), warmup=0, repeats=3, train=True)
     assert [r.case for r in rows] == ['eval', 'deploy vs timm as shipped', 'deploy vs timm fused', 'train']
     assert all(r.ours > 0 and r.timm > 0 and r.ratio > 0 for r in rows)
+    assert all(r.ratio_quartiles[0] <= r.ratio <= r.ratio_quartiles[1] for r in rows)
     table = format_rows(rows)
     assert table.count('\n') == 5 and '| m0 | 2x64x96 | deploy vs timm as shipped |' in table
+    spread = rows[1].ratio_quartiles
+    assert table.splitlines()[3].endswith(f'| {spread[0]:.2f}-{spread[1]:.2f} |')
+
+
+def test_quartiles_of_the_per_round_ratios():
+    assert quartiles([1.0, 2.0, 3.0, 4.0, 5.0]) == (2.0, 4.0)
+    assert quartiles([1.3]) == (1.3, 1.3)
 
 
 def test_compare_ablates_the_fast_paths():

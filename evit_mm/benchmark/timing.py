@@ -38,10 +38,13 @@ def _sync(device: torch.device | None) -> None:
 def time_interleaved(candidates: Mapping[str, Callable[[], object]], images_per_call: int, warmup: int = 3,
                      repeats: int = 10, device: torch.device | None = None,
                      time_budget: float | None = None, grad: bool = False) -> dict[str, Timing]:
-    """Time each candidate ``repeats`` times, round-robin (A, B, A, B, ...) after ``warmup`` calls each.
+    """Time each candidate ``repeats`` times in rounds after ``warmup`` calls each; every other round runs the
+    candidates in reverse order (A, B, C, C, B, A, A, B, C, ...).
 
-    Round-robin keeps slow drifts of the machine (other load, frequency changes) from favouring whichever
-    candidate happened to run first; medians are robust to the odd outlier. With ``time_budget`` (seconds),
+    Rounds keep slow drifts of the machine (other load, frequency changes) from favouring whichever candidate
+    happened to run first; reversing the order gives each candidate every neighbour on both sides, so no one
+    always runs right after the same other model (whose freed memory and evicted caches it would inherit);
+    medians are robust to the odd outlier. With ``time_budget`` (seconds),
     rounds continue until the budget is spent (at least 3 rounds), instead of a fixed ``repeats``. Candidates
     run under ``torch.inference_mode`` unless ``grad`` (training steps with a backward pass).
     """
@@ -56,11 +59,12 @@ def _time_rounds(candidates: Mapping[str, Callable[[], object]], images_per_call
             fn()
         _sync(device)
     latencies: dict[str, list[float]] = {name: [] for name in candidates}
+    order = list(candidates.items())
     began = time.perf_counter()
     rounds = 0
     while (rounds < repeats) if time_budget is None else (rounds < 3 or time.perf_counter() - began < time_budget):
         rounds += 1
-        for name, fn in candidates.items():
+        for name, fn in order if rounds % 2 else reversed(order):
             _sync(device)
             start = time.perf_counter()
             fn()

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .derived_cache import DerivedCache
+from .eager_kernels import exporting_or_compiling
 from .layers import ConvBN
 
 
@@ -93,10 +94,8 @@ class CascadedGroupAttention(nn.Module):
         (fused optimizers update parameters in place without a version bump).
         """
         param = self.attention_biases
-        needs_grad = torch.is_grad_enabled() and param.requires_grad  # e.g. fine-tuning in eval mode
-        if self.training or needs_grad or torch.jit.is_tracing() or torch.compiler.is_compiling():
-            if needs_grad:  # training: fused optimizers update the table in place without a version bump
-                self._bias_cache.clear()
+        # the table trains (also e.g. fine-tuning in eval mode): gathered with autograd, the cache dropped
+        if self._bias_cache.training((param,)) or self.training or exporting_or_compiling():
             return param[:, self.attention_bias_idxs]
         return self._bias_cache.get((param,), lambda: param[:, self.attention_bias_idxs])
 

@@ -15,8 +15,10 @@ class DerivedCache(Generic[T]):
     The key holds each source's storage and version counter (in-place updates, ``load_state_dict``, ``.to()``
     all change one of them) and whether inference mode is on (a value made under it must not meet autograd later).
     Sources that are inference tensors have no version counter: the value is then computed on every call. Writes
-    that bump no version counter (through ``.data``; fused optimizers such as ``AdamW(fused=True)``) are the
-    owner's to handle, by calling :meth:`clear` on mode switches and while the sources train.
+    that bump no version counter are handled in two ways: :meth:`training` drops the value whenever a gradient can
+    reach a source (fused optimizers such as ``AdamW(fused=True)`` update parameters in place without a bump, even
+    in a model kept in eval mode), and the owner calls :meth:`clear` on mode switches (mmengine's EMA hook swaps
+    weights through ``.data``, then switches the mode).
     """
 
     def __init__(self) -> None:
@@ -29,6 +31,14 @@ class DerivedCache(Generic[T]):
 
     def clear(self) -> None:
         self._key, self._value = None, None
+
+    def training(self, sources: Sequence[torch.Tensor | None]) -> bool:
+        """Whether autograd can reach one of ``sources`` in this call; if so, the value is dropped (the sources are
+        training, and a fused optimizer may change them without a version bump) and the caller must not cache."""
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in sources):
+            self.clear()
+            return True
+        return False
 
     def get(self, sources: Sequence[torch.Tensor | None], compute: Callable[[], T], also: tuple = ()) -> T:
         """The cached value, or ``compute()`` (run without autograd) when a source, or a hashable in ``also`` (e.g.

@@ -95,8 +95,7 @@ class ConvBN(nn.Module):
                 or exporting_or_compiling()):
             return None
         params = (self.conv.weight, bn.weight, bn.bias)
-        if torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params):
-            self._fold_cache.clear()  # the parameters are training: fused optimizers update them without a version bump
+        if self._fold_cache.training(params):
             return None
         # the batch counter: a BatchNorm run alone in training mode updates its statistics without a version bump
         sources = (*params, bn.running_mean, bn.running_var, bn.num_batches_tracked)

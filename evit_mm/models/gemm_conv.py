@@ -11,7 +11,10 @@ Two cases, both on channels-last CPU maps, both the same values as ``nn.Conv2d``
 Why (``docs/benchmarks.md``, "Training and deploy through GEMMs"): on 2 AVX2 cores torch's oneDNN 1x1 convolution
 ran the backward pass of EfficientViT-M4's FFN shapes at 45-59 GMAC/s, torch's GEMMs at 68-71; oneDNN's
 channels-last weight gradient of the stem's 32->64 conv at 1x800x1344 took 17-36 ms, im2col plus one GEMM 9 ms.
-With 16 input channels im2col lost to oneDNN, hence :data:`IM2COL_MIN_IN_CHANNELS`.
+The im2col matrix is built and multiplied in chunks of at most :data:`IM2COL_CHUNK_ELEMENTS`: a whole matrix of
+the 16->32 conv at 1x800x1344 (39 MB) is above glibc's largest mmap threshold and page-faulted on every step
+(28 ms against oneDNN's 19 ms); in 8 MB chunks it took 12 ms. With 8 input channels im2col lost to oneDNN (6.4
+against 3.5 ms, M0's 8->16 conv), hence :data:`IM2COL_MIN_IN_CHANNELS`.
 """
 from __future__ import annotations
 
@@ -23,7 +26,10 @@ from .eager_kernels import eager_channels_last_cpu
 from .padding import zero_padded_nhwc
 
 #: Fewest input channels for which the im2col weight gradient is used (measured crossover on the CPU).
-IM2COL_MIN_IN_CHANNELS = 32
+IM2COL_MIN_IN_CHANNELS = 16
+#: Most elements of one im2col chunk (8 MB in float32): small enough for glibc to reuse freed heap memory instead
+#: of mapping fresh pages, large enough for an efficient GEMM (2-8 MB chunks measured the same).
+IM2COL_CHUNK_ELEMENTS = 1 << 21
 
 
 def is_pointwise(conv: nn.Conv2d) -> bool:
@@ -70,12 +76,14 @@ def im2col_weight_grad_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
 
 
 def im2col_weight_grad(grad_output: torch.Tensor, x: torch.Tensor, kernel_size: tuple[int, int],
-                       stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
-    """The weight gradient of ``conv2d(x, w, stride=stride, padding=padding)`` as one GEMM.
+                       stride: tuple[int, int], padding: tuple[int, int],
+                       chunk_elements: int = IM2COL_CHUNK_ELEMENTS) -> torch.Tensor:
+    """The weight gradient of ``conv2d(x, w, stride=stride, padding=padding)`` as GEMMs with the im2col matrix.
 
     The zero-padded input in NHWC order is viewed as the ``(B, Ho, Wo, kh, kw, C)`` patches of every output pixel
-    (strides only) and gathered once into the ``(B*Ho*Wo, kh*kw*C)`` im2col matrix; the gradient is
-    ``im2col^T @ grad_output``, laid out back to ``(N, C, kh, kw)``.
+    (strides only); chunks of whole images, or of output rows of one image, are gathered into ``(rows, kh*kw*C)``
+    im2col matrices of at most ``chunk_elements`` and the gradient accumulates ``im2col^T @ grad_output`` over them,
+    laid out back to ``(N, C, kh, kw)``.
     """
     kh, kw = kernel_size
     (sh, sw), (ph, pw) = stride, padding
@@ -84,11 +92,20 @@ def im2col_weight_grad(grad_output: torch.Tensor, x: torch.Tensor, kernel_size: 
     padded = zero_padded_nhwc(x, ph, ph, pw, pw)
     s_b, s_h, s_w, s_c = padded.stride()
     patches = padded.as_strided((batch, out_h, out_w, kh, kw, channels), (s_b, sh * s_h, sw * s_w, s_h, s_w, s_c))
-    columns = patches.reshape(-1, kh * kw * channels)
-    grad_rows = grad_output.permute(0, 2, 3, 1).reshape(-1, out_channels)
-    # columns^T @ grad rather than grad^T @ columns: same products, and MKL ran the stem's shapes 1.04-1.8x faster
-    # this way round (16800x288 columns: 4.97-6.07 ms against 7.53-9.08)
-    return columns.t().mm(grad_rows).view(kh, kw, channels, out_channels).permute(3, 2, 0, 1)
+    grad_pixels = grad_output.permute(0, 2, 3, 1)
+    rows_per_chunk = max(1, chunk_elements // (out_w * kh * kw * channels))
+    images_per_chunk, rows_per_chunk = max(1, rows_per_chunk // out_h), min(rows_per_chunk, out_h)
+    grad_weight = x.new_zeros(kh * kw * channels, out_channels)
+    for b in range(0, batch, images_per_chunk):
+        for r in range(0, out_h, rows_per_chunk):
+            chunk = patches[b:b + images_per_chunk, r:r + rows_per_chunk]
+            columns = x.new_empty(chunk.shape[:3].numel(), kh * kw * channels)
+            columns.view(chunk.shape).copy_(chunk)
+            grad_rows = grad_pixels[b:b + images_per_chunk, r:r + rows_per_chunk].reshape(-1, out_channels)
+            # columns^T @ grad rather than grad^T @ columns: same products, and MKL ran the stem's shapes
+            # 1.04-1.8x faster this way round (16800x288 columns: 4.97-6.07 ms against 7.53-9.08)
+            grad_weight.addmm_(columns.t(), grad_rows)
+    return grad_weight.view(kh, kw, channels, out_channels).permute(3, 2, 0, 1)
 
 
 class _Conv2dIm2colWeightGrad(torch.autograd.Function):

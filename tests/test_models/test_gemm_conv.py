@@ -25,6 +25,21 @@ def test_im2col_weight_grad_equals_the_conv_weight_grad(kernel, stride, padding)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
+# output 3 images x 12 rows x 9 columns, 54 im2col columns (3x3 kernel, 6 channels): one pixel of one row per
+# chunk, 5 rows (chunks of 5, 5 and 2 rows), 2 images (chunks of 2 and 1 images), everything at once
+@pytest.mark.parametrize('rows_per_chunk', [0, 5, 24, 100], ids=['row', '5-rows', '2-images', 'whole'])
+def test_im2col_weight_grad_in_chunks_equals_the_conv_weight_grad(rows_per_chunk):
+    x = torch.randn(3, 6, 23, 17).contiguous(memory_format=CL)
+    weight = torch.randn(5, 6, 3, 3)
+    grad = torch.randn_like(F.conv2d(x, weight, None, 2, 1)).contiguous(memory_format=CL)
+    assert grad.shape[2:] == (12, 9)
+    expected = torch.ops.aten.convolution_backward(grad, x, weight, None, (2, 2), (1, 1), (1, 1), False, (0, 0), 1,
+                                                   (False, True, False))[1]
+    chunk_elements = max(1, rows_per_chunk * 9 * 54)
+    got = im2col_weight_grad(grad, x, (3, 3), (2, 2), (1, 1), chunk_elements=chunk_elements)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
 def _layer_pair(in_channels, out_channels, kernel, stride, training):
     fast = randomize_(ConvBN(in_channels, out_channels, kernel, stride, kernel // 2)).train(training)
     plain = randomize_(ConvBN(in_channels, out_channels, kernel, stride, kernel // 2)).train(training)

@@ -5,7 +5,7 @@ Two cases, both on channels-last CPU maps, both the same values as ``nn.Conv2d``
 - a 1x1, stride-1 conv is one GEMM over the pixels (:func:`pointwise_gemm`, also used by the deployed
   :class:`~.fused_conv.FusedConv2d`): the NHWC memory already is the ``(B*H*W, C)`` matrix, so the GEMM needs no
   copy, and its backward is two more GEMMs;
-- the *weight gradient* of a dense strided conv (the stem's 3x3 stride-2 convs) is one GEMM of the output
+- the *weight gradient* of a dense strided conv (the stem's 3x3 stride-2 convs) is a GEMM of the output
   gradient with the im2col matrix of the input; the forward pass and the input gradient stay with oneDNN.
 
 Why (``docs/benchmarks.md``, "Training and deploy through GEMMs"): on 2 AVX2 cores torch's oneDNN 1x1 convolution

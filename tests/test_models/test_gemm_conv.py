@@ -25,8 +25,8 @@ def test_im2col_weight_grad_equals_the_conv_weight_grad(kernel, stride, padding)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
-# output 3 images x 12 rows x 9 columns, 54 im2col columns (3x3 kernel, 6 channels): one pixel of one row per
-# chunk, 5 rows (chunks of 5, 5 and 2 rows), 2 images (chunks of 2 and 1 images), everything at once
+# output 3 images x 12 rows x 9 columns, 54 im2col columns (3x3 kernel, 6 channels): one output row per chunk,
+# 5 rows (chunks of 5, 5 and 2 rows), 2 images (chunks of 2 and 1 images), everything at once
 @pytest.mark.parametrize('rows_per_chunk', [0, 5, 24, 100], ids=['row', '5-rows', '2-images', 'whole'])
 def test_im2col_weight_grad_in_chunks_equals_the_conv_weight_grad(rows_per_chunk):
     x = torch.randn(3, 6, 23, 17).contiguous(memory_format=CL)

@@ -173,7 +173,7 @@ class EfficientViT(BaseModule):
             conversion happens between the convolutions (docs/benchmarks.md has the measured effect of both).
             Outputs are then channels-last tensors. Defaults to True.
         gemm_convs: Before deployment, on channels-last CPU maps, compute every 1x1 conv as one GEMM over the
-            pixels and the stem convs' weight gradients by im2col and one GEMM (:mod:`~evit_mm.models.gemm_conv`;
+            pixels and the stem convs' weight gradients by im2col and GEMMs (:mod:`~evit_mm.models.gemm_conv`;
             same values, faster training); False keeps oneDNN's convolutions. Defaults to True.
         fold_eval_bn: Wherever a BatchNorm is in eval mode and no gradient reaches its layer (``model.eval()``
             before deployment, validation, frozen stages), fold its running statistics into the conv weights on the

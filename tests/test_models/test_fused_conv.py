@@ -72,16 +72,21 @@ def test_residual_is_added_to_the_conv_output(channels_last):
     assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
+GEMMS = (torch.ops.aten.addmm.default, torch.ops.aten.addmm_.default, torch.ops.aten.mm.default)
+
+
 @pytest.mark.parametrize('epilogue', ['none', 'relu', 'residual'])
 def test_pointwise_gemm_equals_the_conv(epilogue):
-    """A 1x1 conv on a channels-last CPU map is one addmm (bias or residual as its start, ReLU in place): no
-    convolution runs, the values are the conv's, the output stays channels-last."""
+    """A 1x1 conv on a channels-last CPU map is one GEMM that starts from the bias, or from residual + bias added
+    in one pass (ReLU in place): no convolution runs and no add follows the GEMM, the values are the conv's, the
+    output stays channels-last."""
     conv = make_conv(24, 40, 1, relu=epilogue == 'relu')
     x = torch.randn(2, 24, 13, 9).contiguous(memory_format=torch.channels_last)
     residual = torch.randn(2, 40, 13, 9).contiguous(memory_format=torch.channels_last)
     extra = {'residual': residual} if epilogue == 'residual' else {}
     with torch.inference_mode():
-        assert op_calls(lambda: conv(x, **extra), torch.ops.aten.addmm.default) == 1
+        assert op_calls(lambda: conv(x, **extra), *GEMMS) == 1
+        assert op_calls(lambda: conv(x, **extra), torch.ops.aten.add_.Tensor) == 0
         assert op_calls(lambda: conv(x, **extra), torch.ops.aten.convolution.default) == 0
         got = conv(x, **extra)
     expected = F.conv2d(x, conv.weight, conv.bias)

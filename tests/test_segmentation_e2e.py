@@ -76,4 +76,5 @@ def test_wrong_num_classes_stops_before_training(ade_root, tmp_path):
 
 def test_unknown_arch_stops_before_training(ade_root, tmp_path):
     with pytest.raises(PreflightError, match=r"Unknown EfficientViT arch 'x1'"):
-        train_tool.main([DEMO_CONFIG, '--work-dir', str(tmp_path), *_options(ade_root, **{'model.backbone.arch': 'x1'})])
+        train_tool.main([DEMO_CONFIG, '--work-dir', str(tmp_path),
+                         *_options(ade_root, **{'model.backbone.arch': 'x1'})])

@@ -57,6 +57,7 @@ def build_runner(work_dir: Path, max_epochs: int, resume: bool = False) -> tuple
         optim_wrapper=dict(optimizer=dict(type='AdamW', lr=0.01)),
         param_scheduler=[dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=3),
                          dict(type='MultiStepLR', milestones=[1], by_epoch=True)],
-        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1), logger=dict(type='LoggerHook', interval=1)),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1),
+                           logger=dict(type='LoggerHook', interval=1)),
         custom_hooks=[hook], default_scope='mmengine', randomness=dict(seed=0), resume=resume)
     return runner, hook

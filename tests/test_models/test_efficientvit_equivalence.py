@@ -22,7 +22,8 @@ ATOL = 1e-4
 def test_official_classification_geometry_matches_golden(golden_dir, tmp_path, arch):
     golden = torch.load(golden_dir / f'efficientvit_{arch}_golden.pt', weights_only=True)
     model = EfficientViT(arch, window_size=CLASSIFICATION_WINDOWS,
-                         init_cfg=dict(type='Pretrained', checkpoint=str(golden_dir / f'efficientvit_{arch}_random.pth')))
+                         init_cfg=dict(type='Pretrained',
+                                       checkpoint=str(golden_dir / f'efficientvit_{arch}_random.pth')))
     model.init_weights()
     model.eval()
     with torch.no_grad():

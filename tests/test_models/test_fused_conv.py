@@ -171,7 +171,8 @@ def test_switch_to_deploy_keeps_outputs(arch):
         got = fused(x)
         if onednn_fusion_available():
             # every ReLU after a conv that is not a GEMM: the stem's 3, each patch merging's depthwise conv
-            relu_convs = [m for m in fused.modules() if isinstance(m, FusedConv2d) and m.relu and m.kernel_size != (1, 1)]
+            relu_convs = [m for m in fused.modules()
+                          if isinstance(m, FusedConv2d) and m.relu and m.kernel_size != (1, 1)]
             assert len(relu_convs) == 3 + len(fused.stages) - 1
             assert fused_kernel_calls(lambda: fused(x)) == len(relu_convs)
         assert fused_kernel_calls(lambda: plain(x)) == 0

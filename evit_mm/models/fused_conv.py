@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .eager_kernels import eager_channels_last_cpu, exporting_or_compiling
@@ -91,11 +90,12 @@ class FusedConv2d(nn.Conv2d):
             geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
             return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry, 'relu', [], '')
         y = conv._conv_forward(x, weight, bias)
+        # ReLU and residual in place into the fresh output (the conv's backward does not read it): no second map;
+        # the residual only where the sum keeps the output's shape and dtype
         if relu:
-            return F.relu(y)
+            return y.relu_()
         if residual is None:
             return y
-        # in place into the fresh output (the conv's backward does not read it) unless that would change the result
         same = residual.shape == y.shape and residual.dtype == y.dtype
         return y.add_(residual) if same else residual + y
 

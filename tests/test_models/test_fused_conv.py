@@ -118,9 +118,12 @@ def test_pointwise_gemm_only_where_it_applies():
 
 
 def test_plain_ops_when_autograd_needs_them():
+    """Conv, then the ReLU in place on its fresh output (no second map), with the gradients of the separate ops."""
     conv = make_conv(8, 8, 3, relu=True)
     x = torch.randn(1, 8, 11, 13, requires_grad=True)
     assert fused_kernel_calls(lambda: conv(x)) == 0
+    assert op_calls(lambda: conv(x), torch.ops.aten.relu.default) == 0
+    assert op_calls(lambda: conv(x), torch.ops.aten.relu_.default) == 1
     conv(x).sum().backward()
     reference = x.detach().clone().requires_grad_()
     F.relu(F.conv2d(reference, conv.weight, conv.bias, 1, 1)).sum().backward()

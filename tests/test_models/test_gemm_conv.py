@@ -14,9 +14,14 @@ from tests.helpers import OpCalls, randomize_
 CL = torch.channels_last
 
 
-@pytest.mark.parametrize('kernel, stride, padding', [(3, 2, 1), (3, 1, 1), (5, 2, 2), (3, 2, 0), (2, 2, 0)])
-def test_im2col_weight_grad_equals_the_conv_weight_grad(kernel, stride, padding):
-    x = torch.randn(2, 6, 23, 17).contiguous(memory_format=CL)  # odd sizes: the last window is cut
+# border rows and columns with different taps on the padding: one per side (3, 2, 1), two (3, 1, 2), with the far
+# side's padding used or not (odd / even sizes), taps that see only padding (1, 1, 2), no interior at all (5x5
+# kernel on a 2x3 map)
+@pytest.mark.parametrize('kernel, stride, padding, size', [
+    (3, 2, 1, (23, 17)), (3, 2, 1, (24, 18)), (3, 1, 1, (23, 17)), (5, 2, 2, (23, 17)), (3, 2, 0, (23, 17)),
+    (2, 2, 0, (23, 17)), (3, 1, 2, (9, 8)), (3, 3, 1, (10, 11)), (1, 1, 2, (5, 4)), (5, 1, 2, (2, 3))])
+def test_im2col_weight_grad_equals_the_conv_weight_grad(kernel, stride, padding, size):
+    x = torch.randn(2, 6, *size).contiguous(memory_format=CL)
     weight = torch.randn(5, 6, kernel, kernel)
     grad = torch.randn_like(F.conv2d(x, weight, None, stride, padding)).contiguous(memory_format=CL)
     expected = torch.ops.aten.convolution_backward(grad, x, weight, None, (stride,) * 2, (padding,) * 2, (1, 1),

@@ -6,6 +6,7 @@ middle half of the per-round ratios (25th-75th percentile) beside them.
 
     python tools/benchmark_backbone.py --arch m4 --threads 2
     python tools/benchmark_backbone.py --arch m4 --device cuda --dtype fp16 --shapes 1x224x224 256x224x224 --train
+    python tools/benchmark_backbone.py --arch m4 --threads 2 --shapes 1x800x1344 --train --backward-nodes shape
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from evit_mm.benchmark.backbone import compare, format_rows, host_work_table  # noqa: E402
+from evit_mm.benchmark.backbone import backward_nodes_table, compare, format_rows, host_work_table  # noqa: E402
 from evit_mm.benchmark.compilation import add_compile_arguments, compile_mode_from  # noqa: E402
 from evit_mm.benchmark.inputs import parse_shape  # noqa: E402
 from evit_mm.benchmark.precision import DTYPES  # noqa: E402
@@ -41,6 +42,10 @@ def main(argv: list[str] | None = None) -> None:
                              'the same rounds')
     parser.add_argument('--host-work', action='store_true',
                         help='also count operators and module calls per forward (what a GPU waits for at batch 1)')
+    parser.add_argument('--backward-nodes', nargs='?', const='kind', choices=('kind', 'shape'),
+                        help='also time the training step\'s backward pass per autograd node, evit_mm against timm, '
+                             'at the first shape (hooks on the nodes, not the profiler); "shape" keys convolution and '
+                             'BatchNorm nodes by their shapes')
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -52,6 +57,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.host_work:
         print()
         print(host_work_table(args.arch, shapes[0]))
+    if args.backward_nodes:
+        print()
+        print(backward_nodes_table(args.arch, shapes[0], repeats=args.repeats, by_shape=args.backward_nodes == 'shape',
+                                   device=args.device))
 
 
 if __name__ == '__main__':

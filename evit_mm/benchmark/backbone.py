@@ -15,6 +15,7 @@ from torch import nn
 
 from ..checkpoint import to_backbone_state_dict
 from ..models import EfficientViT
+from .backward_nodes import backward_breakdown, format_breakdown
 from .compilation import compiled
 from .host_work import count_host_work
 from .precision import autocast, exact_float32
@@ -185,6 +186,19 @@ def host_work_table(arch: str = 'm4', shape: tuple[int, int, int] = (1, 224, 224
         work = count_host_work(model, x)
         lines.append(f'| {name} | {work.operators} | {work.compute_operators} | {work.module_calls} |')
     return '\n'.join(lines)
+
+
+def backward_nodes_table(arch: str = 'm4', shape: tuple[int, int, int] = (16, 224, 224), repeats: int = 6,
+                         by_shape: bool = False, top: int = 25, device: str = 'cpu') -> str:
+    """Milliseconds per autograd node kind of the training step's backward pass, evit_mm against timm (same
+    weights, both in training mode, the step of ``--train`` in float32), timed by hooks on the nodes rather than the
+    profiler (:mod:`.backward_nodes`), as Markdown."""
+    ours, reference = build_pair(arch)
+    x = torch.randn(*shape[:1], 3, *shape[1:], device=device)
+    nodes, walls = backward_breakdown({'evit_mm': ours.to(device).train(), 'timm': reference.to(device).train()},
+                                      lambda model: sum(f.float().square().mean() for f in model(x)),
+                                      repeats=repeats, by_shape=by_shape)
+    return format_breakdown(nodes, walls, top)
 
 
 def format_rows(rows: list[Row]) -> str:

@@ -80,3 +80,37 @@ def test_host_work_counts_calls_and_sees_the_deploy_savings(monkeypatch):
             for line in host_work_table('m0', (1, 64, 64)).splitlines()[2:]}
     assert rows['evit_mm deploy, plain ops (the GPU path)'][0] < rows['evit_mm'][0]  # no BatchNorm calls left
     assert rows['evit_mm deploy'][1] < rows['evit_mm deploy, plain ops (the GPU path)'][1]  # fused ReLU/add
+
+
+def test_backward_nodes_are_timed_per_kind_and_add_up_to_at_most_the_pass():
+    import torch
+    from torch import nn
+
+    from evit_mm.benchmark.backward_nodes import backward_breakdown, format_breakdown, time_backward_nodes
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1)).train()
+    x = torch.randn(2, 3, 9, 9)
+    spent, wall = time_backward_nodes(model(x).square().mean())
+    assert {'ConvolutionBackward0', 'NativeBatchNormBackward0', 'ReluBackward0', 'MeanBackward0'} <= set(spent)
+    assert all(t > 0 for t in spent.values()) and sum(spent.values()) <= wall
+    assert model[0].weight.grad is not None  # the pass itself ran
+    by_shape, _ = time_backward_nodes(model(x).square().mean(), by_shape=True)
+    assert {'ConvolutionBackward0(4, 3, 3, 3)', 'ConvolutionBackward0(2, 4, 1, 1)',
+            'NativeBatchNormBackward0(2, 4, 7, 7)'} <= set(by_shape)
+    with pytest.raises(ValueError, match='loss has no grad_fn'):
+        time_backward_nodes(torch.ones(()))
+
+    other = nn.Sequential(nn.Conv2d(3, 2, 1)).train()
+    nodes, walls = backward_breakdown({'a': model, 'b': other}, lambda m: m(x).square().mean(), warmup=1, repeats=2)
+    assert 'NativeBatchNormBackward0' in nodes['a'] and 'NativeBatchNormBackward0' not in nodes['b']
+    table = format_breakdown(nodes, walls, top=2)
+    assert table.splitlines()[0] == '| backward node | a ms | b ms |' and len(table.splitlines()) == 6
+    assert table.splitlines()[-1].startswith('| backward pass, wall clock | ')
+
+
+def test_backward_nodes_table_compares_the_two_backbones():
+    from evit_mm.benchmark.backbone import backward_nodes_table
+    table = backward_nodes_table('m0', (2, 64, 64), repeats=1, by_shape=True, top=400)
+    rows = {line.split(' | ')[0].lstrip('| '): line for line in table.splitlines()[2:]}
+    assert 'MmBackward0' in rows  # evit_mm's 1x1 convs and token layers are GEMMs
+    assert any(key.endswith(' cl') for key in rows)  # evit_mm's BatchNorms see channels-last maps
+    assert 'ConvolutionBackward0(64, 32, 1, 1)' in rows  # timm's 1x1 convs are convolutions

@@ -43,7 +43,8 @@ def node_key(node: torch.autograd.graph.Node, by_shape: bool = False) -> str:
     if not by_shape or attribute is None:
         return name
     tensor = getattr(node, attribute)
-    layout = ' cl' if tensor.dim() == 4 and not tensor.is_contiguous() else ''
+    channels_last = tensor.is_contiguous(memory_format=torch.channels_last) and not tensor.is_contiguous()
+    layout = ' cl' if channels_last else ''
     return f'{name}{tuple(tensor.shape)}{layout}'
 
 

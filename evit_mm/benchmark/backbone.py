@@ -110,11 +110,16 @@ def quartiles(values: list[float]) -> tuple[float, float]:
     return lower, upper
 
 
+def _training_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The loss of the timed training step: mean squares of every feature map, summed in float32."""
+    return sum(f.float().square().mean() for f in model(x))
+
+
 def _training_step(model: nn.Module, x: torch.Tensor, precision: Callable[[], contextlib.AbstractContextManager]):
     def step() -> None:
         model.zero_grad(set_to_none=True)
         with precision():
-            loss = sum(f.float().square().mean() for f in model(x))
+            loss = _training_loss(model, x)
         loss.backward()
     return step
 
@@ -196,7 +201,7 @@ def backward_nodes_table(arch: str = 'm4', shape: tuple[int, int, int] = (16, 22
     ours, reference = build_pair(arch)
     x = torch.randn(*shape[:1], 3, *shape[1:], device=device)
     nodes, walls = backward_breakdown({'evit_mm': ours.to(device).train(), 'timm': reference.to(device).train()},
-                                      lambda model: sum(f.float().square().mean() for f in model(x)),
+                                      functools.partial(_training_loss, x=x),
                                       repeats=repeats, by_shape=by_shape)
     return format_breakdown(nodes, walls, top)
 

@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from .timing import synchronize
+
 #: Node names, and the saved tensor whose shape tells their layers apart (see :func:`node_key`).
 _SHAPED_NODES = {'ConvolutionBackward0': '_saved_weight', 'NativeBatchNormBackward0': '_saved_input'}
 
@@ -57,26 +59,25 @@ def time_backward_nodes(loss: torch.Tensor, by_shape: bool = False) -> tuple[dic
     """
     if loss.grad_fn is None:
         raise ValueError('loss has no grad_fn: compute it with gradients enabled from a model in training mode')
-    synchronize = torch.cuda.synchronize if loss.is_cuda else (lambda: None)
     spent: dict[str, float] = collections.defaultdict(float)
     started: dict[torch.autograd.graph.Node, float] = {}
     for node in graph_nodes(loss.grad_fn):
         key = node_key(node, by_shape)
 
         def before(grad_outputs, node=node):
-            synchronize()
+            synchronize(loss.device)
             started[node] = time.perf_counter()
 
         def after(grad_inputs, grad_outputs, node=node, key=key):
-            synchronize()
+            synchronize(loss.device)
             spent[key] += time.perf_counter() - started.pop(node)
 
         node.register_prehook(before)
         node.register_hook(after)
-    synchronize()
+    synchronize(loss.device)
     start = time.perf_counter()
     loss.backward()
-    synchronize()
+    synchronize(loss.device)
     return dict(spent), time.perf_counter() - start
 
 

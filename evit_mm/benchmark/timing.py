@@ -30,7 +30,8 @@ class Timing:
         return self.images_per_call / self.median
 
 
-def _sync(device: torch.device | None) -> None:
+def synchronize(device: torch.device | None) -> None:
+    """Wait for ``device``'s queued work (a no-op off CUDA), so that the clock reads finished work."""
     if device is not None and device.type == 'cuda':
         torch.cuda.synchronize(device)
 
@@ -57,7 +58,7 @@ def _time_rounds(candidates: Mapping[str, Callable[[], object]], images_per_call
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
-        _sync(device)
+        synchronize(device)
     latencies: dict[str, list[float]] = {name: [] for name in candidates}
     order = list(candidates.items())
     began = time.perf_counter()
@@ -65,9 +66,9 @@ def _time_rounds(candidates: Mapping[str, Callable[[], object]], images_per_call
     while (rounds < repeats) if time_budget is None else (rounds < 3 or time.perf_counter() - began < time_budget):
         rounds += 1
         for name, fn in order if rounds % 2 else reversed(order):
-            _sync(device)
+            synchronize(device)
             start = time.perf_counter()
             fn()
-            _sync(device)
+            synchronize(device)
             latencies[name].append(time.perf_counter() - start)
     return {name: Timing(name, values, images_per_call) for name, values in latencies.items()}

@@ -131,11 +131,12 @@ def im2col_weight_grad(grad_output: torch.Tensor, x: torch.Tensor, kernel_size: 
     """
     out_channels, out_h, out_w = grad_output.shape[1:]
     batch, channels = x.shape[:2]
+    patch = kernel_size[0] * kernel_size[1] * channels  # one im2col row
     pixels = x.permute(0, 2, 3, 1)  # NHWC view (contiguous for the channels-last maps this is used on)
     grad_pixels = grad_output.permute(0, 2, 3, 1)
-    rows_per_chunk = max(1, chunk_elements // (out_w * kernel_size[0] * kernel_size[1] * channels))
+    rows_per_chunk = max(1, chunk_elements // (out_w * patch))
     images_per_chunk, rows_per_chunk = max(1, rows_per_chunk // out_h), min(rows_per_chunk, out_h)
-    grad_weight = x.new_zeros(kernel_size[0] * kernel_size[1] * channels, out_channels)
+    grad_weight = x.new_zeros(patch, out_channels)
     for b in range(0, batch, images_per_chunk):
         images = slice(b, min(b + images_per_chunk, batch))
         for r in range(0, out_h, rows_per_chunk):

@@ -63,6 +63,8 @@ class Row:
     timm: float
     ratio: float  # median over rounds of timm latency / evit_mm latency (paired: robust to machine drift)
     ratio_quartiles: tuple[float, float]  # 25th and 75th percentile of the same per-round ratios (the spread)
+    ours_page_faults: float | None = None  # median minor page faults per call (Timing.median_page_faults)
+    timm_page_faults: float | None = None
 
 
 PLAIN_DEPLOY = 'evit_mm deploy, plain ops (the GPU path)'
@@ -177,7 +179,8 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
             if a in timings:
                 ratios = paired_ratios(timings[b], timings[a])
                 rows.append(Row(arch, (batch, height, width), case, timings[a].images_per_second,
-                                timings[b].images_per_second, statistics.median(ratios), quartiles(ratios)))
+                                timings[b].images_per_second, statistics.median(ratios), quartiles(ratios),
+                                timings[a].median_page_faults, timings[b].median_page_faults))
     return rows
 
 
@@ -208,9 +211,15 @@ def backward_nodes_table(arch: str = 'm4', shape: tuple[int, int, int] = (16, 22
 
 def format_rows(rows: list[Row]) -> str:
     lines = ['| arch | input (BxHxW) | comparison | evit_mm img/s | timm img/s | ratio (paired median) | '
-             'ratio, middle half of rounds |',
-             '|---|---|---|---|---|---|---|']
+             'ratio, middle half of rounds | page faults per call, evit_mm / timm |',
+             '|---|---|---|---|---|---|---|---|']
     for r in rows:
         lines.append(f'| {r.arch} | {r.shape[0]}x{r.shape[1]}x{r.shape[2]} | {r.case} | {r.ours:.1f} | {r.timm:.1f} | '
-                     f'{r.ratio:.2f} | {r.ratio_quartiles[0]:.2f}-{r.ratio_quartiles[1]:.2f} |')
+                     f'{r.ratio:.2f} | {r.ratio_quartiles[0]:.2f}-{r.ratio_quartiles[1]:.2f} | '
+                     f'{_count(r.ours_page_faults)} / {_count(r.timm_page_faults)} |')
     return '\n'.join(lines)
+
+
+def _count(value: float | None) -> str:
+    return '-' if value is None else f'{value:.0f}'
+

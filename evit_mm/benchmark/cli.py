@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 from mmengine.config import DictAction
 
-from .inputs import parse_shape
+from .allocator_option import add_allocator_argument, apply_allocator_argument
 from .compilation import add_compile_arguments, compile_mode_from
+from .inputs import parse_shape
 from .measure import MODES, Options, Result, gflops, measure, prepare
 from .precision import DTYPES
 from .targets import build_target
@@ -57,6 +58,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument('--json', help='write results as JSON')
     p.add_argument('--csv', help='write results as CSV')
     p.add_argument('--plot', help='write a PNG of images/s against GFLOPs')
+    add_allocator_argument(p)
     args = p.parse_args(argv)
     for spec in args.targets:
         if '@' in spec and spec.partition('@')[2] != 'deploy':
@@ -65,13 +67,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def format_table(results: list[Result]) -> str:
-    head = ('target', 'mode', 'batch', 'shape', 'img/s', 'p50 ms', 'p90 ms', 'p99 ms', 'peak MB', 'params M',
-            'GFLOPs')
+    head = ('target', 'mode', 'batch', 'shape', 'img/s', 'p50 ms', 'p90 ms', 'p99 ms', 'peak MB', 'page faults',
+            'params M', 'GFLOPs')
     rows = [head]
     for r in results:
         rows.append((r.target, r.mode + (' (deploy)' if r.deploy else ''), str(r.batch), r.shape,
                      f'{r.images_per_s:.2f}', f'{r.latency_p50_ms:.1f}', f'{r.latency_p90_ms:.1f}',
-                     f'{r.latency_p99_ms:.1f}', f'{r.peak_memory_mb:.0f}', f'{r.params_m:.2f}',
+                     f'{r.latency_p99_ms:.1f}', f'{r.peak_memory_mb:.0f}',
+                     '-' if r.page_faults_per_call is None else f'{r.page_faults_per_call:.0f}', f'{r.params_m:.2f}',
                      '-' if r.gflops is None else f'{r.gflops:.2f}'))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ['| ' + ' | '.join(c.ljust(w) for c, w in zip(row, widths)) + ' |' for row in rows]
@@ -90,7 +93,8 @@ def format_table(results: list[Result]) -> str:
 def write_outputs(results: list[Result], args: argparse.Namespace) -> None:
     records = [r.as_dict() for r in results]
     env = dict(torch=torch.__version__, device=args.device, threads=torch.get_num_threads(),
-               cpu=platform.processor() or platform.machine(), python=platform.python_version())
+               cpu=platform.processor() or platform.machine(), python=platform.python_version(),
+               keep_freed_memory=args.keep_freed_memory)
     if args.json:
         Path(args.json).write_text(json.dumps(dict(environment=env, results=records), indent=2))
     if args.csv:
@@ -123,7 +127,8 @@ def main(argv: list[str]) -> int:
     shapes = [parse_shape(s) for s in args.shape]
     results: list[Result] = []
     jobs = [(t, m, s) for t in args.targets for s in shapes for m in args.modes]
-    print(f'torch {torch.__version__} | {args.device} | {torch.get_num_threads()} threads | {args.dtype}',
+    allocator = apply_allocator_argument(args)
+    print(f'torch {torch.__version__} | {args.device} | {torch.get_num_threads()} threads | {args.dtype} | {allocator}',
           file=sys.stderr)
     built = {}
     for index, (spec, mode, (h, w)) in enumerate(jobs, 1):

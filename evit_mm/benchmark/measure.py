@@ -13,7 +13,7 @@ from .flop_count import count_params
 from .inputs import synthetic_batch
 from .precision import autocast
 from .targets import Target
-from .timing import Timing, time_interleaved
+from .timing import Timing, minor_page_faults, time_interleaved
 
 MODES = ('backbone', 'forward', 'predict', 'pipeline', 'onnx')
 
@@ -50,6 +50,7 @@ class Result:
     latency_p99_ms: float
     peak_memory_mb: float
     memory_kind: str
+    page_faults_per_call: float | None  # median minor page faults of the process per timed call
     params_m: float
     gflops: float | None
     deploy: bool
@@ -148,10 +149,12 @@ def _pipeline_timing(target: Target, opts: Options, device: torch.device) -> Tim
     loader_cfg['batch_size'] = opts.batch_size
     loader = Runner.build_dataloader(loader_cfg)
     latencies: list[float] = []
+    faults: list[int] = []
     iterator = iter(loader)
     total = opts.warmup + opts.repeats
     with torch.inference_mode():
         for i in range(total):
+            faulted = minor_page_faults()
             start = time.perf_counter()
             try:
                 batch = next(iterator)
@@ -163,7 +166,8 @@ def _pipeline_timing(target: Target, opts: Options, device: torch.device) -> Tim
                 torch.cuda.synchronize(device)
             if i >= opts.warmup:
                 latencies.append(time.perf_counter() - start)
-    return Timing('total', latencies, opts.batch_size)
+                faults.append(minor_page_faults() - faulted)
+    return Timing('total', latencies, opts.batch_size, faults)
 
 
 def measure(target: Target, mode: str, opts: Options, device: torch.device) -> Result:
@@ -192,5 +196,6 @@ def measure(target: Target, mode: str, opts: Options, device: torch.device) -> R
         batch=opts.batch_size, shape=f'{opts.height}x{opts.width}', images_per_s=total.images_per_second,
         latency_p50_ms=total.median * 1e3, latency_p90_ms=total.percentile(90) * 1e3,
         latency_p99_ms=total.percentile(99) * 1e3, peak_memory_mb=peak, memory_kind=memory_kind,
+        page_faults_per_call=total.median_page_faults,
         params_m=count_params(measured), gflops=None, deploy=opts.deploy,
         trained=None if target.kind == 'backbone' else target.trained, breakdown_ms=breakdown)

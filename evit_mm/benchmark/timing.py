@@ -1,21 +1,24 @@
 """Interleaved timing of several callables, so that ratios between them are measured under the same load."""
 from __future__ import annotations
 
+import resource
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 
 @dataclass
 class Timing:
-    """Per-call latencies (seconds) of one candidate and the images each call processes."""
+    """Per-call latencies (seconds) of one candidate and the images each call processes, and, where recorded, the
+    process's minor page faults during each call (:func:`minor_page_faults`)."""
 
     name: str
     latencies: list[float]
     images_per_call: int
+    page_faults: list[int] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -28,6 +31,20 @@ class Timing:
     @property
     def images_per_second(self) -> float:
         return self.images_per_call / self.median
+
+    @property
+    def median_page_faults(self) -> float | None:
+        """Median minor page faults per call; None where they were not recorded."""
+        return statistics.median(self.page_faults) if self.page_faults else None
+
+
+def minor_page_faults() -> int:
+    """Minor page faults of this process so far (all threads): pages the kernel mapped in, zeroed, on first touch.
+
+    Why count them: a fresh page costs about 1 us here, so a forward pass that allocates a few hundred MB of fresh
+    memory spends tens of milliseconds in the kernel; how many depends on the C library's allocator and on what
+    ran before (``evit_mm.deploy.keep_freed_memory``)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def synchronize(device: torch.device | None) -> None:
@@ -45,7 +62,7 @@ def time_interleaved(candidates: Mapping[str, Callable[[], object]], images_per_
     Rounds keep slow drifts of the machine (other load, frequency changes) from favouring whichever candidate
     happened to run first; reversing the order gives each candidate its neighbours on both sides, so none always
     runs right after the same other model (whose freed memory and evicted caches it would inherit); medians are
-    robust to the odd outlier. With ``time_budget`` (seconds), rounds continue until the budget is spent (at
+    robust to the odd outlier. Each call's minor page faults are recorded too. With ``time_budget`` (seconds), rounds continue until the budget is spent (at
     least 3 rounds), instead of a fixed ``repeats``. Candidates run under ``torch.inference_mode`` unless
     ``grad`` (training steps with a backward pass).
     """
@@ -60,6 +77,7 @@ def _time_rounds(candidates: Mapping[str, Callable[[], object]], images_per_call
             fn()
         synchronize(device)
     latencies: dict[str, list[float]] = {name: [] for name in candidates}
+    faults: dict[str, list[int]] = {name: [] for name in candidates}
     order = list(candidates.items())
     began = time.perf_counter()
     rounds = 0
@@ -67,8 +85,10 @@ def _time_rounds(candidates: Mapping[str, Callable[[], object]], images_per_call
         rounds += 1
         for name, fn in order if rounds % 2 else reversed(order):
             synchronize(device)
+            faulted = minor_page_faults()
             start = time.perf_counter()
             fn()
             synchronize(device)
             latencies[name].append(time.perf_counter() - start)
-    return {name: Timing(name, values, images_per_call) for name, values in latencies.items()}
+            faults[name].append(minor_page_faults() - faulted)
+    return {name: Timing(name, values, images_per_call, faults[name]) for name, values in latencies.items()}

@@ -14,7 +14,9 @@ def test_compare_runs_at_tiny_size():
     table = format_rows(rows)
     assert table.count('\n') == 5 and '| m0 | 2x64x96 | deploy vs timm as shipped |' in table
     spread = rows[1].ratio_quartiles
-    assert table.splitlines()[3].endswith(f'| {spread[0]:.2f}-{spread[1]:.2f} |')
+    assert f'| {spread[0]:.2f}-{spread[1]:.2f} | {rows[1].ours_page_faults:.0f} / {rows[1].timm_page_faults:.0f} |' \
+        in table.splitlines()[3]
+    assert all(r.ours_page_faults >= 0 and r.timm_page_faults >= 0 for r in rows)
 
 
 def test_quartiles_of_the_per_round_ratios():
@@ -114,3 +116,21 @@ def test_backward_nodes_table_compares_the_two_backbones():
     assert 'MmBackward0' in rows  # evit_mm's 1x1 convs and token layers are GEMMs
     assert any(key.endswith(' cl') for key in rows)  # evit_mm's BatchNorms see channels-last maps
     assert 'ConvolutionBackward0(64, 32, 1, 1)' in rows  # timm's 1x1 convs are convolutions
+
+
+def test_keep_freed_memory_option_is_applied_and_reported(monkeypatch):
+    """The option calls evit_mm.deploy.keep_freed_memory (faked here: the real one changes the whole test process)
+    and the report names the settings that ran."""
+    import argparse
+
+    from evit_mm.benchmark import allocator_option
+    from evit_mm.deploy.allocator import AllocatorSettings
+    calls = []
+    monkeypatch.setattr(allocator_option, 'keep_freed_memory',
+                        lambda: calls.append(1) or AllocatorSettings(1 << 30, 2 ** 31 - 1))
+    parser = argparse.ArgumentParser()
+    allocator_option.add_allocator_argument(parser)
+    assert allocator_option.apply_allocator_argument(parser.parse_args([])) == 'default allocator settings'
+    assert not calls
+    line = allocator_option.apply_allocator_argument(parser.parse_args(['--keep-freed-memory']))
+    assert calls == [1] and line == 'glibc keeps freed memory (mmap threshold 1024 MiB, trim threshold 2047 MiB)'

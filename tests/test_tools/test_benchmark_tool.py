@@ -16,8 +16,8 @@ from tests.conftest import REPO_ROOT
 DET_DEMO = str(REPO_ROOT / 'configs/demo/retinanet_evit_m0_coco_demo.py')
 SEG_DEMO = str(REPO_ROOT / 'configs/demo/fpn_evit_m0_ade20k_demo.py')
 FIELDS = {'target', 'kind', 'mode', 'device', 'dtype', 'batch', 'shape', 'images_per_s', 'latency_p50_ms',
-          'latency_p90_ms', 'latency_p99_ms', 'peak_memory_mb', 'memory_kind', 'params_m', 'gflops', 'deploy',
-          'trained', 'breakdown_ms'}
+          'latency_p90_ms', 'latency_p99_ms', 'peak_memory_mb', 'memory_kind', 'page_faults_per_call', 'params_m',
+          'gflops', 'deploy', 'trained', 'breakdown_ms'}
 
 
 def _run(tmp_path, *args: str) -> list[dict]:
@@ -25,13 +25,14 @@ def _run(tmp_path, *args: str) -> list[dict]:
     assert cli.main([*args, '--warmup', '1', '--repeats', '2', '--json', str(out), '--csv',
                      str(tmp_path / 'r.csv'), '--threads', '2']) == 0
     data = json.loads(out.read_text())
-    assert data['environment']['threads'] == 2
+    assert data['environment']['threads'] == 2 and data['environment']['keep_freed_memory'] is False
     rows = list(csv.DictReader(open(tmp_path / 'r.csv')))
     assert len(rows) == len(data['results'])
     for record in data['results']:
         assert set(record) == FIELDS
         assert record['images_per_s'] > 0 and record['latency_p50_ms'] > 0 and record['peak_memory_mb'] > 0
         assert record['latency_p50_ms'] <= record['latency_p90_ms'] <= record['latency_p99_ms']
+        assert record['page_faults_per_call'] >= 0  # counted in every mode
     return data['results']
 
 

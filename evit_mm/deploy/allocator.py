@@ -3,9 +3,9 @@
 Why: with glibc's default settings, every tensor above the malloc mmap threshold (dynamic, 128 KiB to 32 MiB) is
 mapped fresh on allocation and unmapped when freed, and the top of the heap is returned to the OS once enough of
 it is free. Every new page is then faulted in and zeroed by the kernel on its first write: about 1 us per 4 KiB
-page on the project's CPU machine, which is 0.25 ms per MB, several times the cost of writing that MB. A forward
-pass of EfficientViT-M4 at 1x800x1344 took 0-9,400 such faults, timm's 10,000-19,000 (``docs/benchmarks.md``,
-"Page faults"). With the settings below, freed memory stays mapped and the next forward pass reuses it.
+page on the project's CPU machine, 0.25 ms per MB, several times the cost of writing that MB. A deployed forward
+pass of EfficientViT-M4 at 1x800x1344 took 1,000-4,200 such faults per call, timm's 6,300-12,600; with the settings
+below none did, and both ran 6-21% faster (``docs/benchmarks.md``, "Page faults").
 
 The setting is process-wide (every library's allocations, for the rest of the process) and keeps the process at
 its peak resident memory. The environment variables ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` do the

@@ -71,6 +71,9 @@ def keep_freed_memory(mmap_threshold: int = 1 << 30, trim_threshold: int = INT_M
         if not 0 < value <= INT_MAX:
             raise ValueError(f'{name} must be in 1..{INT_MAX} bytes (a C int), got {value}')
     libc = _glibc()
+    # The mmap threshold first: setting either one switches off glibc's dynamic mmap threshold, and with the trim
+    # threshold alone it would stay at 128 KiB, every larger tensor a fresh mapping (136K page faults per training
+    # step of M4, docs/benchmarks.md).
     if not libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold):
         mmap_threshold = min(mmap_threshold, GLIBC_MMAP_THRESHOLD_MAX)
         if not libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold):

@@ -222,4 +222,3 @@ def format_rows(rows: list[Row]) -> str:
 
 def _count(value: float | None) -> str:
     return '-' if value is None else f'{value:.0f}'
-

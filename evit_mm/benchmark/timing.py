@@ -62,9 +62,9 @@ def time_interleaved(candidates: Mapping[str, Callable[[], object]], images_per_
     Rounds keep slow drifts of the machine (other load, frequency changes) from favouring whichever candidate
     happened to run first; reversing the order gives each candidate its neighbours on both sides, so none always
     runs right after the same other model (whose freed memory and evicted caches it would inherit); medians are
-    robust to the odd outlier. Each call's minor page faults are recorded too. With ``time_budget`` (seconds), rounds continue until the budget is spent (at
-    least 3 rounds), instead of a fixed ``repeats``. Candidates run under ``torch.inference_mode`` unless
-    ``grad`` (training steps with a backward pass).
+    robust to the odd outlier. Each call's minor page faults are recorded too. With ``time_budget`` (seconds),
+    rounds continue until the budget is spent (at least 3 rounds), instead of a fixed ``repeats``. Candidates run
+    under ``torch.inference_mode`` unless ``grad`` (training steps with a backward pass).
     """
     with torch.inference_mode(not grad):
         return _time_rounds(candidates, images_per_call, warmup, repeats, device, time_budget)

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..models.winograd import DEFAULT_TILE
 from .compilation import compiled
 from .flop_count import count_params
 from .inputs import synthetic_batch
@@ -29,7 +30,8 @@ class Options:
     compile_mode: str | None = None  # torch.compile the backbone in this mode (reduce-overhead: CUDA graphs)
     deploy: bool = False
     fused_kernels: bool = True  # with deploy: ReLU inside the conv kernels, 1x1 convs as GEMMs (CPU)
-    winograd: bool = True  # with deploy: 3x3 convolutions by Winograd F(2x2, 3x3) (CPU)
+    winograd: bool = True  # with deploy: 3x3 convolutions by Winograd F(m x m, 3x3) (CPU)
+    winograd_tile: int = DEFAULT_TILE  # with winograd: the largest output tile m
     warmup: int = 3
     repeats: int = 10
     time_budget: float | None = None
@@ -84,7 +86,8 @@ def prepare(target: Target, opts: Options) -> torch.device:
     device = torch.device(opts.device)
     if opts.deploy:
         from ..deploy import optimize_for_inference
-        summary = optimize_for_inference(target.model, fused_kernels=opts.fused_kernels, winograd=opts.winograd)
+        summary = optimize_for_inference(target.model, fused_kernels=opts.fused_kernels, winograd=opts.winograd,
+                                         winograd_tile=opts.winograd_tile)
         print(f'{target.name}: {summary}', file=sys.stderr)
     target.model.to(device)
     if opts.channels_last:

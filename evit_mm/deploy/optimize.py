@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..models.winograd import WinogradConv2d, convert_to_winograd
+from ..models.winograd import DEFAULT_TILE, WinogradConv2d, convert_to_winograd
 
 
 @dataclass
@@ -14,16 +14,20 @@ class DeploySummary:
     """What :func:`optimize_for_inference` changed."""
 
     fused: str | None  # the module whose switch_to_deploy ran (Conv+BN folding, fused kernels), if any
-    winograd_convs: int  # 3x3 convolutions now computed by Winograd F(2x2, 3x3) on CPU
+    winograd_convs: int  # 3x3 convolutions now computed by Winograd F(m x m, 3x3) on CPU
     winograd_relus: int = 0  # ReLUs of mmcv ConvModules now applied inside those convolutions
+    winograd_tile: int = DEFAULT_TILE  # the largest output tile m of those convolutions
 
     def __str__(self) -> str:
+        tiles = 'F(2x2,3x3)' if self.winograd_tile == 2 else (
+            f'F({self.winograd_tile}x{self.winograd_tile},3x3) (F(2x2,3x3) on small maps)')
         return (f'deploy: Conv+BN folded in {self.fused or "nothing (no switch_to_deploy)"}; '
-                f'{self.winograd_convs} 3x3 convolutions on Winograd F(2x2,3x3) for CPU float32 inference '
+                f'{self.winograd_convs} 3x3 convolutions on Winograd {tiles} for CPU float32 inference '
                 f'(plain convolutions elsewhere), {self.winograd_relus} with their ReLU')
 
 
-def optimize_for_inference(model: nn.Module, fused_kernels: bool = True, winograd: bool = True) -> DeploySummary:
+def optimize_for_inference(model: nn.Module, fused_kernels: bool = True, winograd: bool = True,
+                           winograd_tile: int = DEFAULT_TILE) -> DeploySummary:
     """Prepare ``model`` (a detector, segmentor, classifier or backbone) for inference, in place.
 
     1. ``switch_to_deploy`` of the model (classifiers: backbone and heads) or else of its backbone: BatchNorm
@@ -31,7 +35,9 @@ def optimize_for_inference(model: nn.Module, fused_kernels: bool = True, winogra
        GEMMs that start from the bias or the residual (CPU).
     2. With ``winograd``, every other 3x3 stride-1 convolution (FPN outputs, RetinaNet/FCN heads) becomes a
        :class:`~evit_mm.models.winograd.WinogradConv2d`, faster on CPU for wide maps and many channels and
-       unchanged elsewhere (GPU, autograd, tracing, small maps). Outputs move by a few 1e-6 relative. The ReLU
+       unchanged elsewhere (GPU, autograd, tracing, small maps): F(4x4, 3x3) on maps of at least 1024 pixels and
+       F(2x2, 3x3) on smaller ones, or F(2x2, 3x3) everywhere with ``winograd_tile=2``. Outputs move by a few 1e-6
+       relative to their scale, as much as the direct float32 convolution's own rounding does. The ReLU
        of a norm-free mmcv ``ConvModule`` around such a conv moves into it (its ``activate=False`` argument then
        no longer removes the ReLU; OpenMMLab heads do not use it).
 
@@ -45,8 +51,8 @@ def optimize_for_inference(model: nn.Module, fused_kernels: bool = True, winogra
         else:
             target.switch_to_deploy()
         fused = type(target).__name__
-    converted = convert_to_winograd(model) if winograd else 0
-    return DeploySummary(fused, converted, _relus_into_winograd(model) if winograd else 0)
+    converted = convert_to_winograd(model, tile=winograd_tile) if winograd else 0
+    return DeploySummary(fused, converted, _relus_into_winograd(model) if winograd else 0, winograd_tile)
 
 
 def _relus_into_winograd(model: nn.Module) -> int:

@@ -1,17 +1,22 @@
-"""3x3 convolutions by Winograd's minimal filtering F(2x2, 3x3), for CPU inference of dense-prediction heads.
+"""3x3 convolutions by Winograd's minimal filtering F(m x m, 3x3), for CPU inference of dense-prediction heads.
 
-Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016: each 4x4 input tile and each 3x3
-filter are transformed so that a 2x2 output tile costs 16 multiplies per channel pair instead of 36, turning a
-3x3 convolution into 16 independent GEMMs (one per tile position) between transformed inputs and filters.
+Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016: each ``(m+2) x (m+2)`` input tile and
+each 3x3 filter are transformed so that an ``m x m`` output tile costs ``(m+2)^2`` multiplies per channel pair
+instead of ``9 m^2`` (F(2x2, 3x3): 16 instead of 36; F(4x4, 3x3): 36 instead of 144), turning a 3x3 convolution into
+``(m+2)^2`` independent GEMMs (one per tile position) between transformed inputs and filters.
 
 Why our own: oneDNN (PyTorch's CPU convolution) has no Winograd kernels on AVX2 CPUs, and a RetinaNet or FPN head
 spends nearly all of its time in 256-channel 3x3 convolutions that already run at the machine's GEMM peak, so
-fewer multiplies are the only way to make them faster. F(2x2, 3x3) keeps fp32 results within a few 1e-6 of the
-direct convolution (relative to the output's scale; tests check it). Larger tiles need fewer multiplies still, at a
-costlier input transform; F(4x4, 3x3) with points (0, +-1, 1/2, -2) measured 2.4e-6 against the direct conv's own
-1.1e-6 fp32 error (``docs/benchmarks.md``, "Page faults in the whole pipeline": the next step, not built).
+fewer multiplies are the only way to make them faster. Accuracy (float32, largest error relative to the output's
+largest value, against float64; tests check it): F(2x2, 3x3) about 4e-7, F(4x4, 3x3) with the points of
+:data:`WINOGRAD_POINTS` 2-3e-6, the direct convolution's own rounding 1.5-1.8e-6 (256-channel convs,
+``docs/benchmarks.md``, "Winograd F(4x4, 3x3)").
 """
 from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,73 +25,149 @@ from torch import nn
 from .eager_kernels import exporting_or_compiling
 from .padding import zero_padded_nhwc
 
-# G (filter) and A^T (output) transforms of F(2x2, 3x3); the output transform acts on both sides of a tile at once
-# as a Kronecker product, (4, 16) from flattened 4x4 tiles back to 2x2 outputs. The input transform B^T d B, whose
-# entries are 0 and +-1, is applied as additions (see _input_transform).
-_G = torch.tensor(((1., 0., 0.), (.5, .5, .5), (.5, -.5, .5), (0., 0., 1.)), dtype=torch.float64)
-_AT = torch.tensor(((1., 1., 1., 0.), (0., 1., -1., -1.)))
-_TILE_OUT = torch.kron(_AT, _AT)
-
-# Tiles per GEMM: enough rows for an efficient GEMM while one chunk's transformed tiles stay in cache.
-# Measured on a 2-core AVX2 CPU for 256-2048 channels: 128-512 tiles beat both smaller and whole-map chunks.
-_TILES_PER_CHUNK = 256
-
-
-def winograd_filter(weight: torch.Tensor) -> torch.Tensor:
-    """``G g G^T`` for every filter: ``(O, C, 3, 3)`` -> ``(16, C, O)``, computed in float64."""
-    g = _G.to(weight.device)
-    u = torch.einsum('ai,ocij,bj->abco', g, weight.double(), g)
-    return u.reshape(16, weight.shape[1], weight.shape[0]).to(weight.dtype).contiguous()
+#: Interpolation points of F(m x m, 3x3) per output tile side ``m`` (the point at infinity is implied). Why these:
+#: among the point sets measured for F(4x4, 3x3), (0, +-1, 1/2, -2) had the smallest float32 error (2.4e-6 of the
+#: output's scale for a 256-channel conv, against 5.3e-6 for the textbook (0, +-1, +-2) and the direct conv's own
+#: 1.1e-6; ``docs/benchmarks.md``, "Winograd F(4x4, 3x3)").
+WINOGRAD_POINTS = {2: (0.0, 1.0, -1.0), 4: (0.0, 1.0, -1.0, 0.5, -2.0)}
+#: Output tile side used where none is given: F(4x4, 3x3), 36 multiplies per 16 outputs against F(2x2)'s 64.
+DEFAULT_TILE = 4
+# Tiles per GEMM: enough rows for an efficient GEMM while one chunk's transformed tiles stay in cache. Measured on a
+# 2-core AVX2 CPU for 256-2048 channels: 128-512 tiles of 2x2 beat both smaller and whole-map chunks.
+_TILES_PER_CHUNK = {2: 256, 4: 128}
 
 
-def _input_transform(rows: torch.Tensor, row_sums: torch.Tensor, out: torch.Tensor) -> None:
-    """``B^T d B`` of every 4x4 tile of ``rows`` ``(N, 2r+2, 2t+2, C)`` (tiles at a stride of 2) into ``out``
-    ``(4, 4, N, r, t, C)``, through ``row_sums`` ``(4, N, r, 2t+2, C)``.
+@dataclass(frozen=True)
+class WinogradTransforms:
+    """The matrices of F(m x m, 3x3) (Lavin & Gray, Sec. 4), built by Toom-Cook from :data:`WINOGRAD_POINTS`.
 
-    ``B^T`` rows are ``d0 - d2``, ``d1 + d2``, ``d2 - d1``, ``d1 - d3``: applied to the tile rows, then to the tile
-    columns, as eight elementwise ops on strided views. Why not one ``(16, 16)`` GEMM on gathered tiles (the
-    textbook form): the gather is a strided copy of every tile and the GEMM, with 16 as its inner dimension, is
-    bound by memory; the additions read the map in place and were 2.1x faster per chunk (256-channel FPN map).
+    ``Y = A^T [(G g G^T) * (B^T d B)] A`` for a ``(m+2) x (m+2)`` input tile ``d`` and a 3x3 filter ``g``. Each row of
+    ``B^T`` is scaled so that its first nonzero entry is 1 (and the same row of ``G`` by the inverse, which leaves
+    the products unchanged), so that the input transform starts every row with a plain addition.
+
+    Attributes:
+        tile: Output tile side ``m``.
+        output: ``A^T`` ``(m, m+2)``, float64.
+        filter: ``G`` ``(m+2, 3)``, float64.
+        input_terms: The nonzero entries of each row of ``B^T`` as ``(column, coefficient)`` pairs.
     """
-    r, t = out.shape[3], out.shape[4]
-    d = [rows[:, a:a + 2 * r:2] for a in range(4)]  # tile row a of every tile: (N, r, 2t+2, C)
-    torch.sub(d[0], d[2], out=row_sums[0])
-    torch.add(d[1], d[2], out=row_sums[1])
-    torch.sub(d[2], d[1], out=row_sums[2])
-    torch.sub(d[1], d[3], out=row_sums[3])
-    e = [row_sums[..., b:b + 2 * t:2, :] for b in range(4)]  # tile column b: (4, N, r, t, C)
-    torch.sub(e[0], e[2], out=out[:, 0])
-    torch.add(e[1], e[2], out=out[:, 1])
-    torch.sub(e[2], e[1], out=out[:, 2])
-    torch.sub(e[1], e[3], out=out[:, 3])
+
+    tile: int
+    output: torch.Tensor
+    filter: torch.Tensor
+    input_terms: tuple[tuple[tuple[int, float], ...], ...]
+
+    @property
+    def alpha(self) -> int:
+        """Input tile side ``m + 2``."""
+        return self.tile + 2
+
+
+@functools.cache
+def winograd_transforms(tile: int) -> WinogradTransforms:
+    """:class:`WinogradTransforms` of F(tile x tile, 3x3).
+
+    Toom-Cook with finite points ``p_j`` and infinity: ``A^T[k, j] = p_j^k``; ``G[j] = (1, p_j, p_j^2) / N_j`` with
+    ``N_j = prod_{l != j} (p_j - p_l)``; row ``j`` of ``B^T`` holds the coefficients of ``prod_{l != j} (x - p_l)``
+    and its last row those of ``prod_l (x - p_l)``; the point at infinity adds the last column of ``A^T`` and the
+    last row of ``G``.
+    """
+    if tile not in WINOGRAD_POINTS:
+        raise ValueError(f'unknown Winograd output tile {tile}; choose from {sorted(WINOGRAD_POINTS)}')
+    points = WINOGRAD_POINTS[tile]
+    alpha = tile + 2
+    at = torch.zeros(tile, alpha, dtype=torch.float64)
+    g = torch.zeros(alpha, 3, dtype=torch.float64)
+    bt = torch.zeros(alpha, alpha, dtype=torch.float64)
+    for j, p in enumerate(points):
+        others = [q for q in points if q != p]
+        at[:, j] = torch.tensor([p ** k for k in range(tile)], dtype=torch.float64)
+        g[j] = torch.tensor([1.0, p, p * p], dtype=torch.float64) / math.prod(p - q for q in others)
+        bt[j, :alpha - 1] = _polynomial_from_roots(others)
+    at[tile - 1, alpha - 1] = 1.0
+    g[alpha - 1, 2] = 1.0
+    bt[alpha - 1] = _polynomial_from_roots(points)
+    lead = torch.stack([row[row.nonzero()[0, 0]] for row in bt])  # first nonzero entry of each row
+    bt, g = bt / lead[:, None], g * lead[:, None]
+    terms = tuple(tuple((int(j), float(row[j])) for j in row.nonzero()[:, 0]) for row in bt)
+    return WinogradTransforms(tile, at, g, terms)
+
+
+def _polynomial_from_roots(roots: tuple[float, ...] | list[float]) -> torch.Tensor:
+    """Coefficients (constant term first) of ``prod (x - r)``, float64."""
+    coefficients = torch.ones(1, dtype=torch.float64)
+    for r in roots:
+        coefficients = torch.cat([coefficients.new_zeros(1), coefficients]) - r * torch.cat(
+            [coefficients, coefficients.new_zeros(1)])
+    return coefficients
+
+
+def winograd_filter(weight: torch.Tensor, tile: int = DEFAULT_TILE) -> torch.Tensor:
+    """``G g G^T`` for every filter: ``(O, C, 3, 3)`` -> ``((tile+2)^2, C, O)``, computed in float64."""
+    g = winograd_transforms(tile).filter.to(weight.device)
+    u = torch.einsum('ai,ocij,bj->abco', g, weight.double(), g)
+    return u.reshape(-1, weight.shape[1], weight.shape[0]).to(weight.dtype).contiguous()
+
+
+def _combine(parts: list[torch.Tensor], terms: tuple[tuple[int, float], ...], out: torch.Tensor) -> None:
+    """``out = sum(coefficient * parts[index])`` over ``terms``, whose first coefficient is 1."""
+    (first, _), rest = terms[0], terms[1:]
+    if not rest:
+        out.copy_(parts[first])
+        return
+    torch.add(parts[first], parts[rest[0][0]], alpha=rest[0][1], out=out)
+    for index, coefficient in rest[1:]:
+        out.add_(parts[index], alpha=coefficient)
+
+
+def _input_transform(rows: torch.Tensor, row_sums: torch.Tensor, out: torch.Tensor,
+                     transforms: WinogradTransforms) -> None:
+    """``B^T d B`` of every input tile of ``rows`` ``(N, m*r+2, m*t+2, C)`` (tiles of side ``m+2`` at a stride of
+    ``m``) into ``out`` ``(m+2, m+2, N, r, t, C)``, through ``row_sums`` ``(m+2, N, r, m*t+2, C)``.
+
+    ``B^T`` is applied to the tile rows, then to the tile columns, as a few elementwise ops per row of ``B^T`` on
+    strided views. Why not one GEMM on gathered tiles (the textbook form): the gather is a strided copy of every
+    tile and the GEMM, with ``(m+2)^2`` as its inner dimension, is bound by memory; for F(2x2, 3x3) the additions
+    read the map in place and were 2.1x faster per chunk (256-channel FPN map).
+    """
+    m, r, t = transforms.tile, out.shape[3], out.shape[4]
+    d = [rows[:, a:a + m * r:m] for a in range(transforms.alpha)]  # tile row a of every tile: (N, r, m*t+2, C)
+    for i, terms in enumerate(transforms.input_terms):
+        _combine(d, terms, row_sums[i])
+    e = [row_sums[..., b:b + m * t:m, :] for b in range(transforms.alpha)]  # tile column b: (m+2, N, r, t, C)
+    for i, terms in enumerate(transforms.input_terms):
+        _combine(e, terms, out[:, i])
 
 
 def winograd_conv3x3(x: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor | None = None,
                      relu: bool = False) -> torch.Tensor:
     """A 3x3, stride-1, padding-1 convolution of ``x`` ``(N, C, H, W)`` with transformed ``filters``
-    (:func:`winograd_filter`), plus ``bias`` and a ReLU when asked (applied per chunk, while it is in cache).
-    Returns ``(N, O, H, W)`` in ``x``'s memory layout (channels-last or contiguous)."""
+    (:func:`winograd_filter`, whose first dimension, ``(m+2)^2``, gives the tile), plus ``bias`` and a ReLU when
+    asked (applied per chunk, while it is in cache). Returns ``(N, O, H, W)`` in ``x``'s memory layout
+    (channels-last or contiguous)."""
     n, c, h, w = x.shape
-    out_channels = filters.shape[2]
-    th, tw = (h + 1) // 2, (w + 1) // 2
-    kout = _TILE_OUT.to(x)  # no copy for CPU float32, the only case WinogradConv2d sends
-    # NHWC, zero border of 1 plus what completes the last 2x2 output tile
-    padded = zero_padded_nhwc(x, 1, 2 * th + 1 - h, 1, 2 * tw + 1 - w)
-    out = torch.empty(n, 2 * th, 2 * tw, out_channels, dtype=x.dtype, device=x.device)
-    rows = max(1, _TILES_PER_CHUNK // (n * tw))
+    alpha = math.isqrt(filters.shape[0])
+    transforms = winograd_transforms(alpha - 2)
+    m, out_channels = transforms.tile, filters.shape[2]
+    th, tw = -(-h // m), -(-w // m)
+    kout = torch.kron(transforms.output, transforms.output).to(x)  # (m*m, alpha*alpha): both sides of a tile
+    # NHWC, zero border of 1 plus what completes the last output tile
+    padded = zero_padded_nhwc(x, 1, m * th + 1 - h, 1, m * tw + 1 - w)
+    out = torch.empty(n, m * th, m * tw, out_channels, dtype=x.dtype, device=x.device)
+    rows = max(1, _TILES_PER_CHUNK[m] // (n * tw))
     # one buffer each for the whole call; every chunk views its leading part, so views stay contiguous
-    row_sums = x.new_empty(4 * n * rows * (2 * tw + 2) * c)
-    transformed = x.new_empty(16 * n * rows * tw * c)
+    row_sums = x.new_empty(alpha * n * rows * (m * tw + 2) * c)
+    transformed = x.new_empty(alpha * alpha * n * rows * tw * c)
     for r0 in range(0, th, rows):
         r = min(rows, th - r0)
         count = n * r * tw
-        v = transformed[:16 * count * c].view(4, 4, n, r, tw, c)
-        _input_transform(padded[:, 2 * r0:2 * (r0 + r) + 2],
-                         row_sums[:4 * n * r * (2 * tw + 2) * c].view(4, n, r, 2 * tw + 2, c), v)
-        v = v.view(16, count, c)
-        m = torch.bmm(v, filters)  # (16, tiles, O): the 16 GEMMs
-        y = torch.mm(kout, m.view(16, count * out_channels)).view(2, 2, n, r, tw, out_channels)
-        dest = out[:, 2 * r0:2 * (r0 + r)].view(n, r, 2, tw, 2, out_channels)
+        v = transformed[:alpha * alpha * count * c].view(alpha, alpha, n, r, tw, c)
+        _input_transform(padded[:, m * r0:m * (r0 + r) + 2],
+                         row_sums[:alpha * n * r * (m * tw + 2) * c].view(alpha, n, r, m * tw + 2, c), v, transforms)
+        v = v.view(alpha * alpha, count, c)
+        products = torch.bmm(v, filters)  # (alpha^2, tiles, O): one GEMM per position in the tile
+        y = torch.mm(kout, products.view(alpha * alpha, count * out_channels)).view(m, m, n, r, tw, out_channels)
+        dest = out[:, m * r0:m * (r0 + r)].view(n, r, m, tw, m, out_channels)
         y = y.permute(2, 3, 0, 4, 1, 5)
         if bias is None:
             dest.copy_(y)
@@ -96,7 +177,7 @@ def winograd_conv3x3(x: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor 
             dest.clamp_min_(0)
     result = out[:, :h, :w].permute(0, 3, 1, 2)  # (N, O, H, W) view of channels-last memory
     if x.is_contiguous(memory_format=torch.channels_last):
-        if result.is_contiguous(memory_format=torch.channels_last):  # even sizes: nothing to crop
+        if result.is_contiguous(memory_format=torch.channels_last):  # sizes that are multiples of m: no crop
             return result
         layout = torch.channels_last
     else:  # the caller's layout: switching layouts between convs sends oneDNN down slow paths
@@ -109,33 +190,42 @@ class WinogradConv2d(nn.Conv2d):
 
     Same parameters (and state-dict keys) as the ``Conv2d`` it replaces. The Winograd path runs for CPU float32
     inference (no autograd, not traced, exported or compiled) on maps of at least ``min_pixels`` whose input and
-    output channels have a geometric mean of at least ``min_channels``; everything else runs the direct
-    convolution. The transformed
-    filters are cached and recomputed when the weights change.
+    output channels have a geometric mean of at least ``min_channels``: F(4x4, 3x3) on maps of at least
+    ``large_tile_min_pixels``, F(2x2, 3x3) on smaller ones; everything else runs the direct convolution. The
+    transformed filters are cached and recomputed when the weights change.
 
     Args:
         *args: As for ``nn.Conv2d``.
         min_channels: Smallest ``sqrt(in_channels * out_channels)`` for the Winograd path. Measured on 2 AVX2
-            cores against the direct conv (channels-last, with ReLU): 128->128 0.88-1.04x, 160->160 1.14x,
+            cores against the direct conv (channels-last, with ReLU, F(2x2)): 128->128 0.88-1.04x, 160->160 1.14x,
             128->256 1.30x, 192->192 1.21-1.29x, 256->256 1.27-1.35x, 512->512 1.86x. Defaults to 160.
         min_pixels: Smallest ``H * W`` for the Winograd path. Defaults to 256.
+        tile: Largest output tile, 2 or 4 (F(2x2, 3x3) everywhere). Defaults to :data:`DEFAULT_TILE`.
+        large_tile_min_pixels: Smallest ``H * W`` for the 4x4 tile. Measured, 256->256 with ReLU, F(4x4) against
+            F(2x2): 73 / 101 ms at 100x167, 19.9 / 25.3 at 50x84, 6.4 / 7.4 at 25x42, 2.65 / 2.38 at 13x21 (where
+            the padding to whole 4x4 tiles and the larger transforms cost more than the multiplies saved).
+            Defaults to 1024.
         relu: Apply a ReLU to the output (the caller drops its own). Defaults to False.
         **kwargs: As for ``nn.Conv2d``.
     """
 
-    def __init__(self, *args, min_channels: int = 160, min_pixels: int = 256, relu: bool = False, **kwargs) -> None:
+    def __init__(self, *args, min_channels: int = 160, min_pixels: int = 256, tile: int = DEFAULT_TILE,
+                 large_tile_min_pixels: int = 1024, relu: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.relu = relu
         if not self.supports(self):
             raise ValueError('WinogradConv2d needs kernel 3x3, stride 1, padding 1, dilation 1, groups 1 and zero '
                              f'padding; got {super().extra_repr()}')
+        winograd_transforms(tile)  # an unknown tile fails here
         self.min_channels = min_channels
         self.min_pixels = min_pixels
-        self._filters: tuple[tuple, torch.Tensor] | None = None
+        self.tile = tile
+        self.large_tile_min_pixels = large_tile_min_pixels
+        self._filters: dict[int, tuple[tuple, torch.Tensor]] = {}
 
     @staticmethod
     def supports(conv: nn.Conv2d) -> bool:
-        """Whether ``conv`` has the geometry F(2x2, 3x3) computes."""
+        """Whether ``conv`` has the geometry F(m x m, 3x3) computes."""
         return (tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1) and conv.padding in ((1, 1), 1)
                 and tuple(conv.dilation) == (1, 1) and conv.groups == 1 and conv.padding_mode == 'zeros')
 
@@ -148,28 +238,34 @@ class WinogradConv2d(nn.Conv2d):
         new.train(conv.training)
         return new
 
-    def transformed_filters(self) -> torch.Tensor:
+    def transformed_filters(self, tile: int) -> torch.Tensor:
+        """The weights as :func:`winograd_filter` of ``tile`` transforms them, cached per tile."""
         w = self.weight
         key = (w.device, w.dtype, w.data_ptr(), None if w.is_inference() else w._version)
-        if self._filters is None or self._filters[0] != key or key[3] is None:
+        cached = self._filters.get(tile)
+        if cached is None or cached[0] != key or key[3] is None:
             with torch.no_grad():
-                self._filters = (key, winograd_filter(w))
-        return self._filters[1]
+                cached = self._filters[tile] = (key, winograd_filter(w, tile))
+        return cached[1]
 
-    def _winograd_applies(self, x: torch.Tensor) -> bool:
+    def winograd_tile(self, x: torch.Tensor) -> int | None:
+        """The output tile the Winograd path would use for ``x``, or None where the direct convolution runs."""
         if x.device.type != 'cpu' or x.dtype != torch.float32 or exporting_or_compiling():  # cheapest first
-            return False
-        return (x.dim() == 4 and x.shape[0] > 0
-                and self.in_channels * self.out_channels >= self.min_channels ** 2
-                and x.shape[-2] * x.shape[-1] >= self.min_pixels
-                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)))
+            return None
+        pixels = x.shape[-2] * x.shape[-1] if x.dim() == 4 else 0
+        if not (x.shape[0] > 0 and self.in_channels * self.out_channels >= self.min_channels ** 2
+                and pixels >= self.min_pixels
+                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
+            return None
+        return self.tile if pixels >= self.large_tile_min_pixels else min(self.tile, 2)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + (', relu=True' if self.relu else '')
+        return super().extra_repr() + f', tile={self.tile}' + (', relu=True' if self.relu else '')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._winograd_applies(x):
-            return winograd_conv3x3(x, self.transformed_filters(), self.bias, self.relu)
+        tile = self.winograd_tile(x)
+        if tile is not None:
+            return winograd_conv3x3(x, self.transformed_filters(tile), self.bias, self.relu)
         y = super().forward(x)
         return F.relu(y) if self.relu else y
 

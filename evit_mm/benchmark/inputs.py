@@ -4,15 +4,19 @@ from __future__ import annotations
 import torch
 
 
+#: What each number of ``x``-joined sizes means, with an example, for :func:`parse_shape`'s errors.
+SHAPE_FORMS = {2: 'HxW, e.g. 800x1333', 3: 'BxHxW, e.g. 16x224x224',
+               4: 'CINxCOUTxHxW (a convolution), e.g. 256x256x100x167'}
+
+
 def parse_shape(text: str, dims: int = 2) -> tuple[int, ...]:
-    """``'800x1333'`` -> ``(800, 1333)``: ``dims`` positive integers joined by ``x`` (HxW, or BxHxW with 3)."""
+    """``'800x1333'`` -> ``(800, 1333)``: ``dims`` positive integers joined by ``x`` (:data:`SHAPE_FORMS`)."""
     try:
         values = tuple(int(v) for v in text.lower().split('x'))
     except ValueError:
         values = ()
     if len(values) != dims or min(values) < 1:
-        form = 'HxW, e.g. 800x1333' if dims == 2 else 'BxHxW, e.g. 16x224x224'
-        raise ValueError(f'shape must be {form}, got {text!r}')
+        raise ValueError(f'shape must be {SHAPE_FORMS[dims]}, got {text!r}')
     return values
 
 

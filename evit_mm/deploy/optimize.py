@@ -5,6 +5,7 @@ import inspect
 from dataclasses import dataclass
 
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..models.winograd import DEFAULT_TILE, WinogradConv2d, convert_to_winograd
 
@@ -17,29 +18,34 @@ class DeploySummary:
     winograd_convs: int  # 3x3 convolutions now computed by Winograd F(m x m, 3x3) on CPU
     winograd_relus: int = 0  # ReLUs of mmcv ConvModules now applied inside those convolutions
     winograd_tile: int = DEFAULT_TILE  # the largest output tile m of those convolutions
+    batch_norms_folded: int = 0  # BatchNorms outside switch_to_deploy (necks, heads) folded into their convs
 
     def __str__(self) -> str:
         tiles = 'F(2x2,3x3)' if self.winograd_tile == 2 else (
             f'F({self.winograd_tile}x{self.winograd_tile},3x3) (F(2x2,3x3) on small maps)')
-        return (f'deploy: Conv+BN folded in {self.fused or "nothing (no switch_to_deploy)"}; '
+        return (f'deploy: Conv+BN folded in {self.fused or "nothing (no switch_to_deploy)"}'
+                f' and {self.batch_norms_folded} other BatchNorms folded into their convs; '
                 f'{self.winograd_convs} 3x3 convolutions on Winograd {tiles} for CPU float32 inference '
                 f'(plain convolutions elsewhere), {self.winograd_relus} with their ReLU')
 
 
 def optimize_for_inference(model: nn.Module, fused_kernels: bool = True, winograd: bool = True,
-                           winograd_tile: int = DEFAULT_TILE) -> DeploySummary:
+                           winograd_tile: int = DEFAULT_TILE, fold_batch_norms: bool = True) -> DeploySummary:
     """Prepare ``model`` (a detector, segmentor, classifier or backbone) for inference, in place.
 
     1. ``switch_to_deploy`` of the model (classifiers: backbone and heads) or else of its backbone: BatchNorm
        folded into the convolutions and, with ``fused_kernels``, ReLUs run inside them and 1x1 convolutions run as
        GEMMs that start from the bias or the residual (CPU).
-    2. With ``winograd``, every other 3x3 stride-1 convolution (FPN outputs, RetinaNet/FCN heads) becomes a
+    2. With ``fold_batch_norms``, every other BatchNorm that follows a convolution (UperNet's and FPN heads'
+       ConvModules, another backbone such as ResNet) is folded into it by mmcv's ``fuse_conv_bn``: one pass over
+       each map fewer.
+    3. With ``winograd``, every other 3x3 stride-1 convolution (FPN outputs, RetinaNet/FCN heads) becomes a
        :class:`~evit_mm.models.winograd.WinogradConv2d`, faster on CPU for wide maps and many channels and
        unchanged elsewhere (GPU, autograd, tracing, small maps): F(4x4, 3x3) on maps of at least 1024 pixels and
        F(2x2, 3x3) on smaller ones, or F(2x2, 3x3) everywhere with ``winograd_tile=2``. Outputs move by a few 1e-6
        relative to their scale, as much as the direct float32 convolution's own rounding does. The ReLU
-       of a norm-free mmcv ``ConvModule`` around such a conv moves into it (its ``activate=False`` argument then
-       no longer removes the ReLU; OpenMMLab heads do not use it).
+       of an mmcv ``ConvModule`` around such a conv, without a norm or with its norm folded, moves into it (its
+       ``activate=False`` argument then no longer removes the ReLU; OpenMMLab heads do not use it).
 
     The model should not be trained afterwards (BatchNorm is gone); tracing and ONNX export still work.
     """
@@ -51,18 +57,31 @@ def optimize_for_inference(model: nn.Module, fused_kernels: bool = True, winogra
         else:
             target.switch_to_deploy()
         fused = type(target).__name__
+    folded = _fold_batch_norms(model) if fold_batch_norms else 0
     converted = convert_to_winograd(model, tile=winograd_tile) if winograd else 0
-    return DeploySummary(fused, converted, _relus_into_winograd(model) if winograd else 0, winograd_tile)
+    return DeploySummary(fused, converted, _relus_into_winograd(model) if winograd else 0, winograd_tile, folded)
+
+
+def _fold_batch_norms(model: nn.Module) -> int:
+    """Fold every BatchNorm that directly follows a ``Conv2d`` among its siblings into that conv (mmcv's
+    ``fuse_conv_bn``; the BatchNorm becomes ``nn.Identity``). Returns how many were folded."""
+    from mmcv.cnn import fuse_conv_bn
+
+    def count() -> int:
+        return sum(isinstance(m, _BatchNorm) for m in model.modules())
+    before = count()
+    fuse_conv_bn(model)
+    return before - count()
 
 
 def _relus_into_winograd(model: nn.Module) -> int:
-    """Move the ReLU of every norm-free mmcv ``ConvModule`` (RetinaNet/FCN head convs) into its Winograd conv, which
-    applies it while the output is in cache. Returns how many moved."""
+    """Move the ReLU of every mmcv ``ConvModule`` without a norm or with its norm folded (RetinaNet, FCN and UperNet
+    head convs) into its Winograd conv, which applies it while the output is in cache. Returns how many moved."""
     from mmcv.cnn import ConvModule
     moved = 0
     for module in model.modules():
-        if (isinstance(module, ConvModule) and isinstance(module.conv, WinogradConv2d) and not module.with_norm
-                and module.with_activation and type(module.activate) is nn.ReLU
+        if (isinstance(module, ConvModule) and isinstance(module.conv, WinogradConv2d)
+                and (not module.with_norm or isinstance(module.norm, nn.Identity)) and module.with_activation and type(module.activate) is nn.ReLU
                 and tuple(module.order) == ('conv', 'norm', 'act')):
             module.conv.relu = True
             module.with_activation = False  # ConvModule.forward skips its own activation

@@ -1,6 +1,7 @@
 """optimize_for_inference on whole models: same outputs, and the rewrites it reports actually happened."""
 import pytest
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from evit_mm.benchmark.targets import build_target
 from evit_mm.benchmark.tensor_mode import TensorMode
@@ -12,10 +13,10 @@ from tests.conftest import REPO_ROOT
 from tests.helpers import randomize_
 
 
-@pytest.mark.parametrize('config', ['retinanet_evit_m0.py', 'fpn_evit_m4_ade20k.py'])
+@pytest.mark.parametrize('config', ['retinanet_evit_m0.py', 'fpn_evit_m4_ade20k.py', 'upernet_evit_m4_ade20k.py'])
 def test_deployed_model_keeps_outputs(config):
     target = build_target(str(REPO_ROOT / 'configs' / config))
-    randomize_(target.backbone)  # trained-like BatchNorm statistics, so that folding them is not trivial
+    randomize_(target.model)  # trained-like BatchNorm statistics everywhere, so that folding them is not trivial
     module = TensorMode(target).eval()
     x = torch.randn(1, 3, 203, 299)
     with torch.inference_mode():
@@ -23,8 +24,11 @@ def test_deployed_model_keeps_outputs(config):
         summary = optimize_for_inference(target.model)
         got = flatten_outputs(module(x))
     assert summary.fused == 'EfficientViT' and summary.winograd_convs > 0
-    if 'retinanet' in config:  # the 4 + 4 stacked head convs carry their ReLU
-        assert summary.winograd_relus == 8
+    if 'retinanet' in config:  # the 4 + 4 stacked head convs carry their ReLU; no BatchNorm outside the backbone
+        assert summary.winograd_relus == 8 and summary.batch_norms_folded == 0
+    if 'upernet' in config:  # its ConvModules' BatchNorms fold, and then their ReLUs move into the Winograd convs
+        assert summary.batch_norms_folded > 0 and summary.winograd_relus > 0
+        assert not any(isinstance(m, _BatchNorm) for m in target.model.decode_head.modules())
     assert any(isinstance(m, WinogradConv2d) for m in target.model.modules())
     assert any(isinstance(m, FusedConv2d) and m.relu for m in target.backbone.modules())
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in target.backbone.modules())
@@ -35,9 +39,10 @@ def test_deployed_model_keeps_outputs(config):
 
 
 def test_switches_turn_rewrites_off():
-    target = build_target(str(REPO_ROOT / 'configs/retinanet_evit_m0.py'))
-    summary = optimize_for_inference(target.model, fused_kernels=False, winograd=False)
-    assert summary.winograd_convs == 0
+    target = build_target(str(REPO_ROOT / 'configs/upernet_evit_m4_ade20k.py'))
+    summary = optimize_for_inference(target.model, fused_kernels=False, winograd=False, fold_batch_norms=False)
+    assert summary.winograd_convs == 0 and summary.batch_norms_folded == 0
+    assert any(isinstance(m, _BatchNorm) for m in target.model.decode_head.modules())  # SyncBN in the config
     assert not any(isinstance(m, WinogradConv2d) for m in target.model.modules())
     assert all(not m.use_fused_kernel for m in target.backbone.modules() if isinstance(m, FusedConv2d))
     assert 'Conv+BN folded in EfficientViT' in str(summary)

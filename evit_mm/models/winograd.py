@@ -28,12 +28,13 @@ from .padding import zero_padded_nhwc
 #: Interpolation points of F(m x m, 3x3) per output tile side ``m`` (the point at infinity is implied). Why these:
 #: among the point sets measured for F(4x4, 3x3), (0, +-1, 1/2, -2) had the smallest float32 error (2.4e-6 of the
 #: output's scale for a 256-channel conv, against 5.3e-6 for the textbook (0, +-1, +-2) and the direct conv's own
-#: 1.1e-6; ``docs/benchmarks.md``, "Winograd F(4x4, 3x3)").
+#: 1.1e-6; ``docs/benchmarks.md``, "Page faults in the whole pipeline").
 WINOGRAD_POINTS = {2: (0.0, 1.0, -1.0), 4: (0.0, 1.0, -1.0, 0.5, -2.0)}
 #: Output tile side used where none is given: F(4x4, 3x3), 36 multiplies per 16 outputs against F(2x2)'s 64.
 DEFAULT_TILE = 4
 # Tiles per GEMM: enough rows for an efficient GEMM while one chunk's transformed tiles stay in cache. Measured on a
-# 2-core AVX2 CPU for 256-2048 channels: 128-512 tiles of 2x2 beat both smaller and whole-map chunks.
+# 2-core AVX2 CPU for 256-2048 channels: 128-512 tiles of 2x2 beat both smaller and whole-map chunks; for 4x4 tiles
+# 128-256 measured the same and 48-96 slower (docs/benchmarks.md, "Winograd F(4x4, 3x3)").
 _TILES_PER_CHUNK = {2: 256, 4: 128}
 
 

@@ -190,21 +190,24 @@ class WinogradConv2d(nn.Conv2d):
     """A 3x3, stride-1, padding-1, ungrouped ``Conv2d`` that runs :func:`winograd_conv3x3` where that is faster.
 
     Same parameters (and state-dict keys) as the ``Conv2d`` it replaces. The Winograd path runs for CPU float32
-    inference (no autograd, not traced, exported or compiled) on maps of at least ``min_pixels`` whose input and
-    output channels have a geometric mean of at least ``min_channels``: F(4x4, 3x3) on maps of at least
-    ``large_tile_min_pixels``, F(2x2, 3x3) on smaller ones; everything else runs the direct convolution. The
-    transformed filters are cached and recomputed when the weights change.
+    inference (no autograd, not traced, exported or compiled) on batches of at least ``min_pixels`` pixels in all
+    (batch x height x width: the rows of its GEMMs) whose input and output channels have a geometric mean of at
+    least ``min_channels``: F(4x4, 3x3) from ``large_tile_min_pixels`` pixels, F(2x2, 3x3) below; everything else
+    runs the direct convolution. Why the whole batch: Mask R-CNN's mask head runs its four 256-channel convs on
+    100 RoIs of 14x14 at once, (100, 256, 14, 14), which took 189 ms per conv directly (NCHW, as mmdet runs it) and
+    111 ms by F(2x2, 3x3). The transformed filters are cached and recomputed when the weights change.
 
     Args:
         *args: As for ``nn.Conv2d``.
         min_channels: Smallest ``sqrt(in_channels * out_channels)`` for the Winograd path. Measured on 2 AVX2
             cores against the direct conv (channels-last, with ReLU, F(2x2)): 128->128 0.88-1.04x, 160->160 1.14x,
             128->256 1.30x, 192->192 1.21-1.29x, 256->256 1.27-1.35x, 512->512 1.86x. Defaults to 160.
-        min_pixels: Smallest ``H * W`` for the Winograd path. Defaults to 256.
+        min_pixels: Smallest ``N * H * W`` for the Winograd path. Defaults to 256.
         tile: Largest output tile, 2 or 4 (F(2x2, 3x3) everywhere). Defaults to :data:`DEFAULT_TILE`.
-        large_tile_min_pixels: Smallest ``H * W`` for the 4x4 tile. Measured, 256->256 with ReLU, F(4x4) against
-            F(2x2): 73 / 101 ms at 100x167, 19.9 / 25.3 at 50x84, 6.4 / 7.4 at 25x42, 2.65 / 2.38 at 13x21 (where
-            the padding to whole 4x4 tiles and the larger transforms cost more than the multiplies saved).
+        large_tile_min_pixels: Smallest ``N * H * W`` for the 4x4 tile. Measured, 256->256 with ReLU, F(4x4)
+            against F(2x2): 73 / 101 ms at 1x100x167, 19.9 / 25.3 at 1x50x84, 6.4 / 7.4 at 1x25x42, 2.65 / 2.38 at
+            1x13x21 (where the padding to whole 4x4 tiles and the larger transforms cost more than the multiplies
+            saved); 100x7x7 26.1 / 35.2, 100x14x14 100.3 / 104.2, 20x14x14 25.2 / 23.9, 4x14x14 5.3 / 5.1.
             Defaults to 1024.
         relu: Apply a ReLU to the output (the caller drops its own). Defaults to False.
         **kwargs: As for ``nn.Conv2d``.
@@ -253,7 +256,7 @@ class WinogradConv2d(nn.Conv2d):
         """The output tile the Winograd path would use for ``x``, or None where the direct convolution runs."""
         if x.device.type != 'cpu' or x.dtype != torch.float32 or exporting_or_compiling():  # cheapest first
             return None
-        pixels = x.shape[-2] * x.shape[-1] if x.dim() == 4 else 0
+        pixels = x.shape[0] * x.shape[-2] * x.shape[-1] if x.dim() == 4 else 0  # the GEMMs' rows
         if not (x.shape[0] > 0 and self.in_channels * self.out_channels >= self.min_channels ** 2
                 and pixels >= self.min_pixels
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):

@@ -77,12 +77,16 @@ def test_default_channel_threshold_is_the_geometric_mean():
         assert applies(128, 256) and applies(160, 160) and applies(256, 256)
 
 
-def test_large_maps_take_the_4x4_tile_and_small_ones_the_2x2():
+def test_large_batches_take_the_4x4_tile_and_small_ones_the_2x2():
+    """The switches count the pixels of the whole batch (the GEMMs' rows): Mask R-CNN's 100 RoIs of 14x14 too."""
     conv = WinogradConv2d(256, 256, 3, padding=1)
     with torch.inference_mode():
         assert conv.winograd_tile(torch.randn(1, 256, 25, 42)) == 4  # 1050 pixels
         assert conv.winograd_tile(torch.randn(1, 256, 13, 21)) == 2  # 273
         assert conv.winograd_tile(torch.randn(1, 256, 7, 11)) is None  # below min_pixels: direct
+        assert conv.winograd_tile(torch.randn(100, 256, 14, 14)) == 4  # 19600
+        assert conv.winograd_tile(torch.randn(4, 256, 14, 14)) == 2  # 784
+        assert conv.winograd_tile(torch.randn(1, 256, 14, 14)) is None  # 196
         assert WinogradConv2d(256, 256, 3, padding=1, tile=2).winograd_tile(torch.randn(1, 256, 25, 42)) == 2
 
 

@@ -41,8 +41,8 @@ def optimize_for_inference(model: nn.Module, fused_kernels: bool = True, winogra
        each map fewer.
     3. With ``winograd``, every other 3x3 stride-1 convolution (FPN outputs, RetinaNet/FCN heads) becomes a
        :class:`~evit_mm.models.winograd.WinogradConv2d`, faster on CPU for wide maps and many channels and
-       unchanged elsewhere (GPU, autograd, tracing, small maps): F(4x4, 3x3) on maps of at least 1024 pixels and
-       F(2x2, 3x3) on smaller ones, or F(2x2, 3x3) everywhere with ``winograd_tile=2``. Outputs move by a few 1e-6
+       unchanged elsewhere (GPU, autograd, tracing, small maps): F(4x4, 3x3) on batches of at least 1024 pixels in
+       all and F(2x2, 3x3) on smaller ones, or F(2x2, 3x3) everywhere with ``winograd_tile=2``. Outputs move by a few 1e-6
        relative to their scale, as much as the direct float32 convolution's own rounding does. The ReLU
        of an mmcv ``ConvModule`` around such a conv, without a norm or with its norm folded, moves into it (its
        ``activate=False`` argument then no longer removes the ReLU; OpenMMLab heads do not use it).

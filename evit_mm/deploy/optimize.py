@@ -42,8 +42,8 @@ def optimize_for_inference(model: nn.Module, fused_kernels: bool = True, winogra
     3. With ``winograd``, every other 3x3 stride-1 convolution (FPN outputs, RetinaNet/FCN heads) becomes a
        :class:`~evit_mm.models.winograd.WinogradConv2d`, faster on CPU for wide maps and many channels and
        unchanged elsewhere (GPU, autograd, tracing, small maps): F(4x4, 3x3) on batches of at least 1024 pixels in
-       all and F(2x2, 3x3) on smaller ones, or F(2x2, 3x3) everywhere with ``winograd_tile=2``. Outputs move by a few 1e-6
-       relative to their scale, as much as the direct float32 convolution's own rounding does. The ReLU
+       all and F(2x2, 3x3) on smaller ones, or F(2x2, 3x3) everywhere with ``winograd_tile=2``. Outputs move by a
+       few 1e-6 relative to their scale, as much as the direct float32 convolution's own rounding does. The ReLU
        of an mmcv ``ConvModule`` around such a conv, without a norm or with its norm folded, moves into it (its
        ``activate=False`` argument then no longer removes the ReLU; OpenMMLab heads do not use it).
 
@@ -81,7 +81,8 @@ def _relus_into_winograd(model: nn.Module) -> int:
     moved = 0
     for module in model.modules():
         if (isinstance(module, ConvModule) and isinstance(module.conv, WinogradConv2d)
-                and (not module.with_norm or isinstance(module.norm, nn.Identity)) and module.with_activation and type(module.activate) is nn.ReLU
+                and (not module.with_norm or isinstance(module.norm, nn.Identity))
+                and module.with_activation and type(module.activate) is nn.ReLU
                 and tuple(module.order) == ('conv', 'norm', 'act')):
             module.conv.relu = True
             module.with_activation = False  # ConvModule.forward skips its own activation

@@ -14,7 +14,7 @@ from .flop_count import count_params
 from .inputs import synthetic_batch
 from .precision import autocast
 from .targets import Target
-from .timing import Timing, minor_page_faults, time_interleaved
+from .timing import Timing, time_interleaved
 
 MODES = ('backbone', 'forward', 'predict', 'pipeline', 'onnx')
 
@@ -142,9 +142,8 @@ def _breakdown(timings: dict[str, Timing]) -> dict[str, float]:
 
 
 def _pipeline_timing(target: Target, opts: Options, device: torch.device) -> Timing:
-    """Data loading from the config's test dataset + ``test_step``, per batch, in order."""
-    import time
-
+    """Data loading from the config's test dataset + ``test_step``, per batch, in order (the loader starts over
+    when it runs out), timed like every other mode by :func:`~.timing.time_interleaved`."""
     from mmengine.runner import Runner
 
     from ..tools.preflight import check_datasets
@@ -152,26 +151,18 @@ def _pipeline_timing(target: Target, opts: Options, device: torch.device) -> Tim
     loader_cfg = target.cfg.test_dataloader.copy()
     loader_cfg['batch_size'] = opts.batch_size
     loader = Runner.build_dataloader(loader_cfg)
-    latencies: list[float] = []
-    faults: list[int] = []
-    iterator = iter(loader)
-    total = opts.warmup + opts.repeats
-    with torch.inference_mode():
-        for i in range(total):
-            faulted = minor_page_faults()
-            start = time.perf_counter()
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                iterator = iter(loader)
-                batch = next(iterator)
-            target.model.test_step(batch)
-            if device.type == 'cuda':
-                torch.cuda.synchronize(device)
-            if i >= opts.warmup:
-                latencies.append(time.perf_counter() - start)
-                faults.append(minor_page_faults() - faulted)
-    return Timing('total', latencies, opts.batch_size, faults)
+
+    def batches():
+        while True:
+            empty = True
+            for batch in loader:
+                empty = False
+                yield batch
+            if empty:
+                raise ValueError('the test dataloader yields no batches')
+    stream = batches()
+    return time_interleaved({'total': lambda: target.model.test_step(next(stream))}, opts.batch_size, opts.warmup,
+                            opts.repeats, device, opts.time_budget)['total']
 
 
 def measure(target: Target, mode: str, opts: Options, device: torch.device) -> Result:

@@ -51,12 +51,15 @@ class WinogradTransforms:
         output: ``A^T`` ``(m, m+2)``, float64.
         filter: ``G`` ``(m+2, 3)``, float64.
         input_terms: The nonzero entries of each row of ``B^T`` as ``(column, coefficient)`` pairs.
+        tile_output: ``A^T`` applied to both sides of a flattened tile at once, ``kron(A^T, A^T)``
+            ``(m*m, (m+2)^2)``, float32 (built once here rather than in every convolution call).
     """
 
     tile: int
     output: torch.Tensor
     filter: torch.Tensor
     input_terms: tuple[tuple[tuple[int, float], ...], ...]
+    tile_output: torch.Tensor
 
     @property
     def alpha(self) -> int:
@@ -91,7 +94,7 @@ def winograd_transforms(tile: int) -> WinogradTransforms:
     lead = torch.stack([row[row.nonzero()[0, 0]] for row in bt])  # first nonzero entry of each row
     bt, g = bt / lead[:, None], g * lead[:, None]
     terms = tuple(tuple((int(j), float(row[j])) for j in row.nonzero()[:, 0]) for row in bt)
-    return WinogradTransforms(tile, at, g, terms)
+    return WinogradTransforms(tile, at, g, terms, torch.kron(at, at).float())
 
 
 def _polynomial_from_roots(roots: tuple[float, ...] | list[float]) -> torch.Tensor:
@@ -151,7 +154,7 @@ def winograd_conv3x3(x: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor 
     transforms = winograd_transforms(alpha - 2)
     m, out_channels = transforms.tile, filters.shape[2]
     th, tw = -(-h // m), -(-w // m)
-    kout = torch.kron(transforms.output, transforms.output).to(x)  # (m*m, alpha*alpha): both sides of a tile
+    kout = transforms.tile_output.to(x)  # no copy for CPU float32, the only case WinogradConv2d sends
     # NHWC, zero border of 1 plus what completes the last output tile
     padded = zero_padded_nhwc(x, 1, m * th + 1 - h, 1, m * tw + 1 - w)
     out = torch.empty(n, m * th, m * tw, out_channels, dtype=x.dtype, device=x.device)

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint import load_pretrained
+from ...compat import mmcv_contiguous
 from ...registry import register_model
 from ..attention import LocalWindowAttention
 from ..layers import (BNLinear, ConvBN, ConvFFN, PatchEmbed, PatchMerging, Residual, depthwise_residual,
@@ -171,7 +172,9 @@ class EfficientViT(BaseModule):
             values as the reference NCHW path, which ``False`` selects. Defaults to True.
         channels_last: Run on channels-last (NHWC) memory. Same values; with ``fast_attention`` no memory-layout
             conversion happens between the convolutions (docs/benchmarks.md has the measured effect of both).
-            Outputs are then channels-last tensors. Defaults to True.
+            Outputs are then channels-last tensors; building the backbone makes every op of ``mmcv.ops`` take
+            contiguous tensors (:mod:`evit_mm.compat.mmcv_contiguous`: mmcv's compiled ops, RoIAlign among them,
+            read raw NCHW memory whatever the strides). Defaults to True.
         gemm_convs: Before deployment, on channels-last CPU maps, compute every 1x1 conv as one GEMM over the
             pixels and the stem convs' weight gradients by im2col and GEMMs (:mod:`~evit_mm.models.gemm_conv`;
             same values, faster training); False keeps oneDNN's convolutions. Defaults to True.
@@ -223,6 +226,8 @@ class EfficientViT(BaseModule):
         self.norm_eval = norm_eval
         self.with_cp = with_cp
         self.channels_last = channels_last
+        if channels_last:  # heads may hand our maps to mmcv ops that read raw NCHW memory (RoIAlign: Mask R-CNN)
+            mmcv_contiguous.install()
         self.window_sizes = _per_stage(window_size, n, 'window_size')
 
         self.patch_embed = PatchEmbed(in_channels, spec.embed_dims[0])

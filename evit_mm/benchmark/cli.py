@@ -52,6 +52,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help='with deploy: keep direct 3x3 convolutions')
     p.add_argument('--no-fold-batch-norms', dest='fold_batch_norms', action='store_false',
                    help='with deploy: keep the BatchNorms of necks, heads and other backbones as they are')
+    p.add_argument('--no-roi-align', dest='roi_align', action='store_false',
+                   help="with deploy: keep mmcv's RoIAlign kernel (two-stage detectors)")
     p.add_argument('--winograd-tile', type=int, choices=sorted(WINOGRAD_POINTS), default=DEFAULT_TILE,
                    help='with deploy: the largest Winograd output tile (2: F(2x2,3x3) everywhere)')
     p.add_argument('--threads', type=int, help='CPU threads (torch.set_num_threads)')
@@ -141,7 +143,8 @@ def main(argv: list[str]) -> int:
         opts = Options(args.device, args.batch_size, h, w, args.dtype, args.channels_last, compile_mode_from(args),
                        deploy=args.deploy or deploy, fused_kernels=args.fused_kernels, winograd=args.winograd,
                        winograd_tile=args.winograd_tile, fold_batch_norms=args.fold_batch_norms,
-                       warmup=args.warmup, repeats=args.repeats, time_budget=args.time_budget)
+                       roi_align=args.roi_align, warmup=args.warmup, repeats=args.repeats,
+                       time_budget=args.time_budget)
         if spec not in built:
             target = build_target(name, args.checkpoint if name.endswith('.py') else None, args.cfg_options)
             device = prepare(target, opts)

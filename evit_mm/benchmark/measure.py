@@ -33,6 +33,7 @@ class Options:
     winograd: bool = True  # with deploy: 3x3 convolutions by Winograd F(m x m, 3x3) (CPU)
     winograd_tile: int = DEFAULT_TILE  # with winograd: the largest output tile m
     fold_batch_norms: bool = True  # with deploy: fold the BatchNorms of necks and heads into their convs
+    roi_align: bool = True  # with deploy: mmcv's RoIAlign as matrix products (CPU)
     warmup: int = 3
     repeats: int = 10
     time_budget: float | None = None
@@ -88,7 +89,8 @@ def prepare(target: Target, opts: Options) -> torch.device:
     if opts.deploy:
         from ..deploy import optimize_for_inference
         summary = optimize_for_inference(target.model, fused_kernels=opts.fused_kernels, winograd=opts.winograd,
-                                         winograd_tile=opts.winograd_tile, fold_batch_norms=opts.fold_batch_norms)
+                                         winograd_tile=opts.winograd_tile, fold_batch_norms=opts.fold_batch_norms,
+                                         roi_align=opts.roi_align)
         print(f'{target.name}: {summary}', file=sys.stderr)
     target.model.to(device)
     if opts.channels_last:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..models.roi_align import convert_roi_aligns
 from ..models.winograd import DEFAULT_TILE, WinogradConv2d, convert_to_winograd
 
 
@@ -19,6 +20,7 @@ class DeploySummary:
     winograd_relus: int = 0  # ReLUs of mmcv ConvModules now applied inside those convolutions
     winograd_tile: int = DEFAULT_TILE  # the largest output tile m of those convolutions
     batch_norms_folded: int = 0  # BatchNorms outside switch_to_deploy (necks, heads) folded into their convs
+    roi_aligns: int = 0  # mmcv RoIAlign layers (two-stage detectors) now computed as matrix products on CPU
 
     def __str__(self) -> str:
         tiles = 'F(2x2,3x3)' if self.winograd_tile == 2 else (
@@ -26,11 +28,13 @@ class DeploySummary:
         return (f'deploy: Conv+BN folded in {self.fused or "nothing (no switch_to_deploy)"}'
                 f' and {self.batch_norms_folded} other BatchNorms folded into their convs; '
                 f'{self.winograd_convs} 3x3 convolutions on Winograd {tiles} for CPU float32 inference '
-                f'(plain convolutions elsewhere), {self.winograd_relus} with their ReLU')
+                f'(plain convolutions elsewhere), {self.winograd_relus} with their ReLU'
+                + (f'; {self.roi_aligns} RoIAlign layers as matrix products on CPU' if self.roi_aligns else ''))
 
 
 def optimize_for_inference(model: nn.Module, fused_kernels: bool = True, winograd: bool = True,
-                           winograd_tile: int = DEFAULT_TILE, fold_batch_norms: bool = True) -> DeploySummary:
+                           winograd_tile: int = DEFAULT_TILE, fold_batch_norms: bool = True,
+                           roi_align: bool = True) -> DeploySummary:
     """Prepare ``model`` (a detector, segmentor, classifier or backbone) for inference, in place.
 
     1. ``switch_to_deploy`` of the model (classifiers: backbone and heads) or else of its backbone: BatchNorm
@@ -46,6 +50,10 @@ def optimize_for_inference(model: nn.Module, fused_kernels: bool = True, winogra
        few 1e-6 relative to their scale, as much as the direct float32 convolution's own rounding does. The ReLU
        of an mmcv ``ConvModule`` around such a conv, without a norm or with its norm folded, moves into it (its
        ``activate=False`` argument then no longer removes the ReLU; OpenMMLab heads do not use it).
+    4. With ``roi_align``, every mmcv ``RoIAlign`` (the RoI extractors of Mask R-CNN and other two-stage detectors)
+       becomes a :class:`~evit_mm.models.roi_align.SeparableRoIAlign`: in average mode, for CPU float32
+       inference, two small GEMMs per RoI on the channels-last maps instead of mmcv's single-threaded NCHW kernel
+       (same values up to float rounding); mmcv's op elsewhere.
 
     The model should not be trained afterwards (BatchNorm is gone); tracing and ONNX export still work.
     """
@@ -59,7 +67,9 @@ def optimize_for_inference(model: nn.Module, fused_kernels: bool = True, winogra
         fused = type(target).__name__
     folded = _fold_batch_norms(model) if fold_batch_norms else 0
     converted = convert_to_winograd(model, tile=winograd_tile) if winograd else 0
-    return DeploySummary(fused, converted, _relus_into_winograd(model) if winograd else 0, winograd_tile, folded)
+    relus = _relus_into_winograd(model) if winograd else 0
+    roi_aligns = convert_roi_aligns(model) if roi_align else 0
+    return DeploySummary(fused, converted, relus, winograd_tile, folded, roi_aligns)
 
 
 def _fold_batch_norms(model: nn.Module) -> int:

@@ -1,6 +1,7 @@
 """optimize_for_inference on whole models: same outputs, and the rewrites it reports actually happened."""
 import pytest
 import torch
+from mmcv.ops import RoIAlign
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from evit_mm.benchmark.targets import build_target
@@ -8,6 +9,7 @@ from evit_mm.benchmark.tensor_mode import TensorMode
 from evit_mm.deploy import optimize_for_inference
 from evit_mm.deploy.onnx_export import flatten_outputs
 from evit_mm.models.fused_conv import FusedConv2d
+from evit_mm.models.roi_align import SeparableRoIAlign
 from evit_mm.models.winograd import WinogradConv2d
 from tests.conftest import REPO_ROOT
 from tests.helpers import randomize_
@@ -46,3 +48,26 @@ def test_switches_turn_rewrites_off():
     assert not any(isinstance(m, WinogradConv2d) for m in target.model.modules())
     assert all(not m.use_fused_kernel for m in target.backbone.modules() if isinstance(m, FusedConv2d))
     assert 'Conv+BN folded in EfficientViT' in str(summary)
+
+
+def test_two_stage_detector_roi_align_as_matrix_products():
+    model = build_target(str(REPO_ROOT / 'configs/mask_rcnn_evit_m4.py')).model.eval()
+    x = torch.randn(1, 3, 256, 320)
+    gen = torch.Generator().manual_seed(0)
+    corners = torch.rand(50, 2, generator=gen) * torch.tensor([220.0, 180.0])
+    rois = torch.cat([torch.zeros(50, 1), corners, corners + torch.rand(50, 2, generator=gen) * 100 + 4], dim=1)
+    extractors = (model.roi_head.bbox_roi_extractor, model.roi_head.mask_roi_extractor)
+    with torch.inference_mode():
+        feats = model.extract_feat(x)
+        expected = [e(feats[:e.num_inputs], rois) for e in extractors]
+        summary = optimize_for_inference(model, winograd=False)
+        got = [e(feats[:e.num_inputs], rois) for e in extractors]
+    assert summary.roi_aligns == 8  # 4 FPN levels for the boxes, 4 for the masks
+    assert all(type(layer) is SeparableRoIAlign for e in extractors for layer in e.roi_layers)
+    assert 'RoIAlign layers as matrix products' in str(summary)
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape and e.abs().max() > 0
+        assert (g - e).abs().max() <= 1e-5 * e.abs().max()
+    kept = build_target(str(REPO_ROOT / 'configs/mask_rcnn_evit_m4.py')).model
+    assert optimize_for_inference(kept, winograd=False, roi_align=False).roi_aligns == 0
+    assert all(type(layer) is RoIAlign for layer in kept.roi_head.bbox_roi_extractor.roi_layers)

@@ -1,0 +1,59 @@
+"""SeparableRoIAlign against mmcv's RoIAlign: same values (float rounding) for every sampling rule and layout."""
+import pytest
+import torch
+from mmcv.ops import RoIAlign
+
+from evit_mm.models.roi_align import SeparableRoIAlign, convert_roi_aligns, roi_align_separable
+
+
+def _rois(count: int, height: int, width: int, images: int, seed: int = 0) -> torch.Tensor:
+    """Boxes in image pixels (4x the map), some reaching beyond the image, some tiny, some of zero size."""
+    gen = torch.Generator().manual_seed(seed)
+    corners = torch.rand(count, 2, generator=gen) * torch.tensor([width * 4 * 1.2, height * 4 * 1.2]) - 20
+    sizes = torch.rand(count, 2, generator=gen) * torch.tensor([width * 4, height * 4]) * 0.6
+    sizes[:10] *= 0.01
+    sizes[10:15] = 0
+    batch = torch.randint(0, images, (count, 1), generator=gen).float()
+    return torch.cat([batch, corners, corners + sizes], dim=1)
+
+
+@pytest.mark.parametrize('aligned', [True, False])
+@pytest.mark.parametrize('sampling_ratio', [0, 2])
+@pytest.mark.parametrize('output_size', [(7, 7), (14, 14), (7, 5)])
+@pytest.mark.parametrize('layout', [torch.channels_last, torch.contiguous_format], ids=['NHWC', 'NCHW'])
+def test_matches_mmcv(aligned, sampling_ratio, output_size, layout):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 32, 37, 53, generator=gen)
+    rois = _rois(200, 37, 53, images=2)
+    expected = RoIAlign(output_size, 0.25, sampling_ratio, 'avg', aligned)(x, rois)
+    got = roi_align_separable(x.contiguous(memory_format=layout), rois, output_size, 0.25, sampling_ratio, aligned)
+    assert got.shape == expected.shape
+    assert expected.abs().max() > 0.1 and (expected[10:15] == 0).all() == (got[10:15] == 0).all()
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_module_takes_the_fast_path_only_where_it_applies():
+    layer = SeparableRoIAlign((7, 7), 0.125, 0, 'avg', True)
+    x, rois = torch.randn(1, 16, 20, 30), _rois(30, 20, 30, images=1)
+    assert layer.fast_path(x, rois)
+    assert not layer.fast_path(x.double(), rois)
+    assert not layer.fast_path(x.requires_grad_(), rois)  # training: mmcv's op, which has a backward
+    with torch.no_grad():
+        assert layer.fast_path(x, rois)
+    assert not SeparableRoIAlign((7, 7), 0.125, 0, 'max', True).fast_path(x, rois)
+    out = layer(x, rois)  # mmcv's op with autograd
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().max() > 0
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x, rois), out.detach(), rtol=0, atol=1e-5 * out.abs().max().item())
+
+
+def test_convert_replaces_every_mmcv_roi_align():
+    model = torch.nn.ModuleDict({'bbox': torch.nn.ModuleList([RoIAlign(7, 0.25), RoIAlign(7, 0.125)]),
+                                 'mask': torch.nn.ModuleList([RoIAlign(14, 0.25, sampling_ratio=2, aligned=False)])})
+    assert convert_roi_aligns(model) == 3
+    converted = model['mask'][0]
+    assert type(converted) is SeparableRoIAlign
+    assert (converted.output_size, converted.spatial_scale, converted.sampling_ratio, converted.aligned) == (
+        (14, 14), 0.25, 2, False)
+    assert convert_roi_aligns(model) == 0  # already converted

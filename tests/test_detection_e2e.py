@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from tests.conftest import REPO_ROOT
 from tests.helpers import logged_metrics
 
 DEMO_CONFIG = str(REPO_ROOT / 'configs/demo/retinanet_evit_m0_coco_demo.py')
+MASK_DEMO_CONFIG = str(REPO_ROOT / 'configs/demo/mask_rcnn_evit_m0_coco_demo.py')
 
 
 @pytest.fixture(scope='module')
@@ -62,6 +64,33 @@ def test_train_then_test_writes_checkpoint_metrics_and_predictions(coco_root, tm
     for name, value in metrics.items():  # the deployed model scores the same
         if name.startswith('coco/bbox_'):
             assert deployed[name] == pytest.approx(value, abs=1e-3), name
+
+
+@pytest.mark.slow
+def test_mask_rcnn_trains_evaluates_masks_and_deploys(coco_root, tmp_path):
+    """Mask R-CNN end to end: masks loaded and learned, box and mask AP, and the deployed model (Winograd,
+    RoIAlign as matrix products) predicting the same instances as the model it came from."""
+    options = _options(coco_root, **{'model.test_cfg.rcnn.score_thr': '0.0'})
+    work = tmp_path / 'work'
+    assert train_tool.main([MASK_DEMO_CONFIG, '--work-dir', str(work), *options]) == 0
+    results = {}
+    for name, extra in (('plain', []), ('deployed', ['--deploy'])):
+        out = tmp_path / f'{name}.pkl'
+        assert test_tool.main([MASK_DEMO_CONFIG, str(work / 'epoch_1.pth'), '--work-dir', str(tmp_path / name),
+                               '--out', str(out), *extra, *options]) == 0
+        metrics = logged_metrics(tmp_path / name, 'coco/segm_mAP')
+        assert {'coco/bbox_mAP', 'coco/segm_mAP'} <= metrics.keys()
+        with open(out, 'rb') as f:
+            results[name] = (metrics, pickle.load(f))
+    (metrics, plain), (deployed_metrics, deployed) = results['plain'], results['deployed']
+    for name, value in metrics.items():
+        if name.startswith('coco/'):
+            assert deployed_metrics[name] == pytest.approx(value, abs=1e-3), name
+    assert len(plain) == len(deployed) == 4
+    for p, d in zip(plain, deployed):
+        p, d = p['pred_instances'], d['pred_instances']
+        assert len(p['scores']) == len(d['scores']) > 0 and len(d['masks']) == len(d['scores'])
+        torch.testing.assert_close(d['scores'].sort().values, p['scores'].sort().values, rtol=0, atol=1e-4)
 
 
 @pytest.mark.slow

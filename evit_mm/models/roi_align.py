@@ -19,6 +19,7 @@ from mmcv.ops import RoIAlign
 from torch import nn
 
 from .eager_kernels import exporting_or_compiling
+from .module_swap import replace_modules
 
 
 def _axis_weights(start: torch.Tensor, length: torch.Tensor, pooled: int, sampling_ratio: int,
@@ -56,7 +57,7 @@ def roi_align_separable(features: torch.Tensor, rois: torch.Tensor, output_size:
                         spatial_scale: float, sampling_ratio: int = 0, aligned: bool = True) -> torch.Tensor:
     """mmcv's average-mode RoIAlign of ``features`` ``(N, C, H, W)`` (any memory layout) at ``rois`` ``(R, 5)``
     (batch index, x1, y1, x2, y2 in image pixels): ``(R, C, *output_size)``, channels-last memory."""
-    n, channels, height, width = features.shape
+    _, channels, height, width = features.shape
     pooled_h, pooled_w = output_size
     maps = features.permute(0, 2, 3, 1)
     if not maps.is_contiguous():  # an NCHW input: one NHWC copy, so that every window below is a plain matrix
@@ -111,11 +112,4 @@ class SeparableRoIAlign(RoIAlign):
 def convert_roi_aligns(model: nn.Module) -> int:
     """Replace, in place, every mmcv ``RoIAlign`` of ``model`` with a :class:`SeparableRoIAlign` of the same
     configuration (it has no parameters). Returns how many were replaced."""
-    replaced = 0
-    for name, child in list(model.named_children()):
-        if type(child) is RoIAlign:
-            setattr(model, name, SeparableRoIAlign.from_roi_align(child))
-            replaced += 1
-        else:
-            replaced += convert_roi_aligns(child)
-    return replaced
+    return replace_modules(model, lambda m: type(m) is RoIAlign, SeparableRoIAlign.from_roi_align)

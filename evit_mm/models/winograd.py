@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .eager_kernels import exporting_or_compiling
+from .module_swap import replace_modules
 from .padding import zero_padded_nhwc
 
 #: Interpolation points of F(m x m, 3x3) per output tile side ``m`` (the point at infinity is implied). Why these:
@@ -280,11 +281,5 @@ class WinogradConv2d(nn.Conv2d):
 def convert_to_winograd(model: nn.Module, **kwargs) -> int:
     """Replace, in place, every ``nn.Conv2d`` of ``model`` that :meth:`WinogradConv2d.supports` with a
     :class:`WinogradConv2d` sharing its parameters. Returns how many were replaced."""
-    replaced = 0
-    for name, child in list(model.named_children()):
-        if type(child) is nn.Conv2d and WinogradConv2d.supports(child):
-            setattr(model, name, WinogradConv2d.from_conv(child, **kwargs))
-            replaced += 1
-        else:
-            replaced += convert_to_winograd(child, **kwargs)
-    return replaced
+    return replace_modules(model, lambda m: type(m) is nn.Conv2d and WinogradConv2d.supports(m),
+                           lambda conv: WinogradConv2d.from_conv(conv, **kwargs))

@@ -7,6 +7,7 @@ from mmengine.runner import Runner
 
 from ..engine import prepare_cpu_distributed
 from .config_options import add_common_arguments, apply_out, apply_show_dir, load_config
+from .cpu_roi_align import use_separable_roi_align_on_cpu
 from .preflight import check_backbone_neck, check_checkpoint_fits, run_preflight
 
 
@@ -37,6 +38,7 @@ def main(argv: list[str]) -> int:
     runner = Runner.from_cfg(cfg)
     model = runner.model.module if hasattr(runner.model, 'module') else runner.model
     check_backbone_neck(model)
+    use_separable_roi_align_on_cpu(model, runner.logger)
     if hasattr(model, 'load_checkpoint'):
         # classifiers read official/timm/evit_mm checkpoints themselves (strict, heads converted)
         model.load_checkpoint(args.checkpoint)

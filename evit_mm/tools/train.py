@@ -7,6 +7,7 @@ from mmengine.runner import Runner
 
 from ..engine import prepare_cpu_distributed
 from .config_options import add_common_arguments, apply_resume, enable_amp, enable_auto_scale_lr, load_config
+from .cpu_roi_align import use_separable_roi_align_on_cpu
 from .preflight import check_backbone_neck, check_checkpoint_fits, run_preflight
 
 
@@ -35,6 +36,7 @@ def main(argv: list[str]) -> int:
     runner = Runner.from_cfg(cfg)
     model = runner.model.module if hasattr(runner.model, 'module') else runner.model
     check_backbone_neck(model)
+    use_separable_roi_align_on_cpu(model, runner.logger)
     if cfg.get('load_from'):
         check_checkpoint_fits(model, cfg.get('load_from'))
     runner.train()

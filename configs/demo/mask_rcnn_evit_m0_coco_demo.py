@@ -2,7 +2,8 @@
 # dataset in COCO format (data/coco_demo, boxes and polygon masks, written by tools/make_demo_data.py), evaluated
 # with COCO's box and mask AP. The Mask R-CNN recipe (mask_rcnn_evit_m4.py) with the M0 backbone, 256x256 images,
 # a 128-channel neck and AdamW 2e-3 with warm-up and cosine decay, as in the RetinaNet demo. The end-to-end tests
-# train, evaluate and deploy it on a few images (tests/test_detection_e2e.py).
+# train, evaluate and deploy it on a few images (tests/test_detection_e2e.py). Measured (2 CPU cores, 35.7 min):
+# mask AP 0.866, bbox AP 0.887 (README.md).
 _base_ = ['../mask_rcnn_evit_m4.py']
 
 data_root = 'data/coco_demo/'

@@ -22,6 +22,9 @@ from .precision import DTYPES
 from .targets import build_target
 from .tensor_mode import TensorMode
 
+#: The optimize_for_inference switches the command line sets (``--no-fused-kernels`` etc.), by argument name.
+DEPLOY_SWITCHES = ('fused_kernels', 'winograd', 'winograd_tile', 'fold_batch_norms', 'roi_align')
+
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -137,14 +140,13 @@ def main(argv: list[str]) -> int:
     allocator = apply_allocator_argument(args)
     print(f'torch {torch.__version__} | {args.device} | {torch.get_num_threads()} threads | {args.dtype} | {allocator}',
           file=sys.stderr)
+    deploy_options = {name: getattr(args, name) for name in DEPLOY_SWITCHES}
     built = {}
     for index, (spec, mode, (h, w)) in enumerate(jobs, 1):
         name, deploy = _split_deploy(spec)
         opts = Options(args.device, args.batch_size, h, w, args.dtype, args.channels_last, compile_mode_from(args),
-                       deploy=args.deploy or deploy, fused_kernels=args.fused_kernels, winograd=args.winograd,
-                       winograd_tile=args.winograd_tile, fold_batch_norms=args.fold_batch_norms,
-                       roi_align=args.roi_align, warmup=args.warmup, repeats=args.repeats,
-                       time_budget=args.time_budget)
+                       deploy=args.deploy or deploy, deploy_options=deploy_options, warmup=args.warmup,
+                       repeats=args.repeats, time_budget=args.time_budget)
         if spec not in built:
             target = build_target(name, args.checkpoint if name.endswith('.py') else None, args.cfg_options)
             device = prepare(target, opts)

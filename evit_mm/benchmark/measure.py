@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..models.winograd import DEFAULT_TILE
 from .compilation import compiled
 from .flop_count import count_params
 from .inputs import synthetic_batch
@@ -29,11 +28,8 @@ class Options:
     channels_last: bool = False
     compile_mode: str | None = None  # torch.compile the backbone in this mode (reduce-overhead: CUDA graphs)
     deploy: bool = False
-    fused_kernels: bool = True  # with deploy: ReLU inside the conv kernels, 1x1 convs as GEMMs (CPU)
-    winograd: bool = True  # with deploy: 3x3 convolutions by Winograd F(m x m, 3x3) (CPU)
-    winograd_tile: int = DEFAULT_TILE  # with winograd: the largest output tile m
-    fold_batch_norms: bool = True  # with deploy: fold the BatchNorms of necks and heads into their convs
-    roi_align: bool = True  # with deploy: mmcv's RoIAlign as matrix products (CPU)
+    # with deploy: the switches of evit_mm.deploy.optimize_for_inference (fused_kernels, winograd, ...), passed on
+    deploy_options: dict = field(default_factory=dict)
     warmup: int = 3
     repeats: int = 10
     time_budget: float | None = None
@@ -88,9 +84,7 @@ def prepare(target: Target, opts: Options) -> torch.device:
     device = torch.device(opts.device)
     if opts.deploy:
         from ..deploy import optimize_for_inference
-        summary = optimize_for_inference(target.model, fused_kernels=opts.fused_kernels, winograd=opts.winograd,
-                                         winograd_tile=opts.winograd_tile, fold_batch_norms=opts.fold_batch_norms,
-                                         roi_align=opts.roi_align)
+        summary = optimize_for_inference(target.model, **opts.deploy_options)
         print(f'{target.name}: {summary}', file=sys.stderr)
     target.model.to(device)
     if opts.channels_last:

@@ -161,13 +161,13 @@ class SeparableRoIAlign(RoIAlign):
     """mmcv's ``RoIAlign`` that runs :func:`roi_align_separable` (forward and backward) for eager CPU float32 calls
     in average mode, and mmcv's op everywhere else (GPU, max pooling, tracing and export). Same arguments."""
 
-    def fast_path(self, features: torch.Tensor, rois: torch.Tensor) -> bool:
+    def fast_path(self, features: torch.Tensor) -> bool:
         """Whether :func:`roi_align_separable` computes this call."""
         return (features.device.type == 'cpu' and features.dtype == torch.float32 and features.dim() == 4
                 and self.pool_mode == 'avg' and not self.use_torchvision and not exporting_or_compiling())
 
     def forward(self, features: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-        if self.fast_path(features, rois):
+        if self.fast_path(features):
             return roi_align_separable(features, rois, self.output_size, self.spatial_scale, self.sampling_ratio,
                                        self.aligned)
         return super().forward(features, rois)

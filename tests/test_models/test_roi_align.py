@@ -42,9 +42,9 @@ def test_matches_mmcv_forward_and_backward(aligned, sampling_ratio, output_size,
 def test_module_takes_the_fast_path_only_where_it_applies():
     layer = SeparableRoIAlign((7, 7), 0.125, 0, 'avg', True)
     x, rois = torch.randn(1, 16, 20, 30), _rois(30, 20, 30, images=1)
-    assert layer.fast_path(x, rois) and layer.fast_path(x.requires_grad_(), rois)  # training too
-    assert not layer.fast_path(x.double(), rois)
-    assert not SeparableRoIAlign((7, 7), 0.125, 0, 'max', True).fast_path(x, rois)
+    assert layer.fast_path(x) and layer.fast_path(x.requires_grad_())  # training too
+    assert not layer.fast_path(x.double())
+    assert not SeparableRoIAlign((7, 7), 0.125, 0, 'max', True).fast_path(x)
     traced = torch.jit.trace(lambda f: layer(f, rois), x.detach())  # graphs keep mmcv's op (and its ONNX symbolic)
     assert any('RoIAlign' in str(node) for node in traced.graph.nodes())
     with torch.no_grad():

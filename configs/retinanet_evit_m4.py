@@ -3,6 +3,7 @@
 # decay 0.05 (none on the attention-bias tables), 1333x800, 16 images per step (8 GPUs x 2), backbone from the
 # official ImageNet-1k M4 weights. Official result: box AP 32.7 / AP50 52.2 / AP75 34.1.
 # Local weights: --cfg-options model.backbone.init_cfg.checkpoint=/path/to/efficientvit_m4.pth
+# timm's weights: --cfg-options model.backbone.init_cfg.checkpoint=hf-hub:timm/efficientvit_m4.r224_in1k
 # Other batch sizes: tools/train.py ... --auto-scale-lr (linear scaling from 16 images per step).
 _base_ = [
     'mmdet::_base_/models/retinanet_r50_fpn.py',

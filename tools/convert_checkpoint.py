@@ -4,6 +4,7 @@ EfficientViT checkpoint.
 
     python tools/convert_checkpoint.py efficientvit_m4.pth evit_m4_backbone.pth --arch m4
     python tools/convert_checkpoint.py efficientvit_m4.pth evit_m4_backbone.safetensors --arch m4
+    python tools/convert_checkpoint.py hf-hub:timm/efficientvit_m4.r224_in1k evit_m4_backbone.pth --arch m4
 
 The output holds ``{'state_dict': backbone tensors}`` (or a safetensors file) with evit_mm/timm key names and
 bias tables sized for the chosen windows; it loads with ``init_cfg=dict(type='Pretrained', checkpoint=DST)``.
@@ -21,7 +22,7 @@ from evit_mm.tools.convert import convert_checkpoint  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('src', help='source checkpoint: local path or URL')
+    parser.add_argument('src', help='source checkpoint: local path, URL or hf-hub:ORG/NAME[@REVISION]')
     parser.add_argument('dst', help='output file (.pth or .safetensors)')
     parser.add_argument('--arch', default='m4', help='EfficientViT arch the checkpoint belongs to (m0-m5)')
     parser.add_argument('--window-size', type=int, nargs='+', default=[7],

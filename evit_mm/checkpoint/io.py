@@ -1,31 +1,89 @@
-"""Reading checkpoint files safely: ``weights_only=True`` for torch pickles, safetensors otherwise."""
+"""Reading checkpoint files safely: ``weights_only=True`` for torch pickles, safetensors otherwise.
+
+Where a checkpoint can come from: a local file, a URL (through torch.hub's cache) or a Hugging Face Hub model
+repository, ``hf-hub:ORG/NAME[@REVISION]`` (the prefix timm uses; timm's EfficientViT weights are
+``hf-hub:timm/efficientvit_m4.r224_in1k`` and the like), through the hub's own cache, so that
+``HF_HUB_OFFLINE=1``, ``HF_HUB_CACHE`` and mirrors work as they do for timm.
+"""
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import torch
+
+HF_HUB_PREFIX = 'hf-hub:'
+#: Files of a Hub model repository that hold its weights, in the order tried (timm's order: safetensors first).
+HF_HUB_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
+_HF_REPO_ID = re.compile(r'[\w.-]+/[\w.-]+')
 
 
 def is_url(path: str) -> bool:
     return path.startswith(('http://', 'https://'))
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 'cpu') -> dict[str, Any]:
-    """Read a checkpoint from a local file (``.pth``/``.pt``/``.bin`` or ``.safetensors``) or a URL.
-
-    Torch pickles are read with ``weights_only=True``: a file that holds arbitrary Python objects is refused
-    rather than executed. URLs go through torch.hub's cache (downloaded once, hash-checked by name).
+def parse_hf_hub(name: str) -> tuple[str, str | None]:
+    """``'hf-hub:ORG/NAME[@REVISION]'`` -> ``(repo_id, revision)`` (``revision`` None: the default branch).
 
     Raises:
-        FileNotFoundError: If a local path does not exist.
+        ValueError: If ``name`` is not of that form.
+    """
+    spec = name[len(HF_HUB_PREFIX):] if name.startswith(HF_HUB_PREFIX) else ''
+    repo_id, _, revision = spec.partition('@')
+    if not _HF_REPO_ID.fullmatch(repo_id) or (spec.count('@') and not revision):
+        raise ValueError(f'bad Hugging Face Hub checkpoint {name!r}: write hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION '
+                         '(e.g. hf-hub:timm/efficientvit_m4.r224_in1k)')
+    return repo_id, revision or None
+
+
+def download_from_hf_hub(name: str) -> str:
+    """The local path of the weights of Hub repository ``name`` (``hf-hub:ORG/NAME[@REVISION]``), downloaded into
+    the hub's cache unless already there: the first of :data:`HF_HUB_WEIGHT_FILES` the repository has.
+
+    Raises:
+        ValueError: If ``name`` is malformed.
+        FileNotFoundError: If none of those files can be had (not in the cache while offline, or not in the repo).
+    """
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    repo_id, revision = parse_hf_hub(name)
+    offline = constants.is_offline_mode()
+    for filename in HF_HUB_WEIGHT_FILES:
+        try:
+            return hf_hub_download(repo_id, filename, revision=revision)
+        except LocalEntryNotFoundError:  # not in the cache, and the hub is offline or unreachable: try the next
+            reason = (f'in the hub cache {constants.HF_HUB_CACHE}, '
+                      + ('and offline mode is on' if offline else 'and the hub could not be reached'))
+        except EntryNotFoundError:  # the repository does not have it: try the next file
+            reason = 'in the repository'
+    raise FileNotFoundError(f'checkpoint {name!r}: none of {", ".join(HF_HUB_WEIGHT_FILES)} found {reason}; '
+                            f'download it (`hf download {repo_id} {HF_HUB_WEIGHT_FILES[0]}` where the hub is '
+                            'reachable) or give a local file or URL')
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 'cpu') -> dict[str, Any]:
+    """Read a checkpoint from a local file (``.pth``/``.pt``/``.bin`` or ``.safetensors``), a URL or a Hugging Face
+    Hub repository (``hf-hub:ORG/NAME[@REVISION]``).
+
+    Torch pickles are read with ``weights_only=True``: a file that holds arbitrary Python objects is refused
+    rather than executed. URLs go through torch.hub's cache (downloaded once, hash-checked by name), Hub
+    repositories through the Hugging Face Hub's cache (:func:`download_from_hf_hub`).
+
+    Raises:
+        FileNotFoundError: If a local path does not exist, or a Hub repository's weights cannot be had.
+        ValueError: If an ``hf-hub:`` name is malformed.
     """
     path = os.fspath(path)
     if is_url(path):
         return torch.hub.load_state_dict_from_url(path, map_location=map_location, weights_only=True,
                                                   check_hash=False, progress=False)
+    if path.startswith(HF_HUB_PREFIX):
+        path = download_from_hf_hub(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'checkpoint not found: {path!r} (give a local .pth/.safetensors file or a URL)')
+        raise FileNotFoundError(f'checkpoint not found: {path!r} (give a local .pth/.safetensors file, a URL or '
+                                f'{HF_HUB_PREFIX}ORG/NAME)')
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
         return load_file(path, device=str(map_location))

@@ -1,6 +1,7 @@
 """Checkpoint formats, shape adaptation, strict errors and safe reading."""
 from __future__ import annotations
 
+import hashlib
 import pickle
 
 import pytest
@@ -145,3 +146,58 @@ def test_convert_tool_writes_clean_checkpoints(tmp_path, m0_reference):
         model = EfficientViT('m0')
         model.load_state_dict(loaded.get('state_dict', loaded))  # strict: exactly the backbone's keys
         _assert_same(_outputs(model, x), expected)
+
+
+def _hub_cache(root, repo_id: str, files: dict, ref: str = 'main'):
+    """A Hugging Face Hub cache as ``huggingface_hub`` lays it out: ``models--ORG--NAME/refs/REF`` holding a commit
+    hash, the files under ``snapshots/COMMIT/``."""
+    commit = hashlib.sha1(ref.encode()).hexdigest()
+    repo = root / ('models--' + repo_id.replace('/', '--'))
+    (repo / 'refs').mkdir(parents=True, exist_ok=True)
+    (repo / 'refs' / ref).write_text(commit)
+    snapshot = repo / 'snapshots' / commit
+    snapshot.mkdir(parents=True)
+    for name, write in files.items():
+        write(snapshot / name)
+    return root
+
+
+@pytest.fixture
+def offline_hub(monkeypatch, tmp_path):
+    """An empty hub cache in ``tmp_path`` with the hub offline, as ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE=1`` set."""
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'hub'))
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+    return tmp_path / 'hub'
+
+
+def test_hf_hub_names_load_timm_weights_from_the_hub_cache(offline_hub, m0_reference):
+    from safetensors.torch import save_file
+    timm_sd, x, expected = m0_reference
+    _hub_cache(offline_hub, 'timm/efficientvit_m0.r224_in1k', {
+        'model.safetensors': lambda p: save_file({k: v.contiguous() for k, v in timm_sd.items()}, p)})
+    model = EfficientViT('m0', init_cfg=dict(type='Pretrained', checkpoint='hf-hub:timm/efficientvit_m0.r224_in1k'))
+    model.init_weights()
+    _assert_same(_outputs(model, x), expected)
+
+
+def test_hf_hub_revision_and_pickled_weights(offline_hub, m0_reference):
+    timm_sd, x, expected = m0_reference
+    zeros = {k: torch.zeros_like(v) for k, v in timm_sd.items()}
+    _hub_cache(offline_hub, 'me/evit', {'pytorch_model.bin': lambda p: torch.save(zeros, p)})
+    _hub_cache(offline_hub, 'me/evit', {'pytorch_model.bin': lambda p: torch.save(timm_sd, p)}, ref='v1.0')
+    model = EfficientViT('m0')
+    load_pretrained(model, 'hf-hub:me/evit@v1.0')  # no model.safetensors in the repo: the pickle, weights only
+    _assert_same(_outputs(model, x), expected)
+    assert all(not v.any() for v in read_checkpoint('hf-hub:me/evit').values())  # the default branch
+
+
+def test_hf_hub_errors_name_the_problem(offline_hub):
+    expected = (r"'hf-hub:timm/efficientvit_m9': none of model\.safetensors, pytorch_model\.bin found in the "
+                r'hub cache .*, and offline mode is on; download it '
+                r'\(`hf download timm/efficientvit_m9 model\.safetensors`')
+    with pytest.raises(FileNotFoundError, match=expected):
+        read_checkpoint('hf-hub:timm/efficientvit_m9')
+    for bad in ('hf-hub:efficientvit_m4', 'hf-hub:timm/efficientvit_m4@', 'hf-hub:a/b/c'):
+        with pytest.raises(ValueError, match='write hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION'):
+            read_checkpoint(bad)

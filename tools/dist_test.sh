@@ -2,6 +2,10 @@
 # Multi-GPU evaluation on torch.distributed (torchrun).
 #   tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py args...]
 set -euo pipefail
+if [ $# -lt 3 ]; then
+    echo "usage: tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py args...]" >&2
+    exit 2
+fi
 CONFIG=$1
 CHECKPOINT=$2
 GPUS=$3

@@ -3,6 +3,10 @@
 #   tools/dist_train.sh CONFIG GPUS [train.py args...]
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 tools/dist_train.sh CONFIG 8     (on each node)
 set -euo pipefail
+if [ $# -lt 2 ]; then
+    echo "usage: tools/dist_train.sh CONFIG GPUS [train.py args...]" >&2
+    exit 2
+fi
 CONFIG=$1
 GPUS=$2
 NNODES=${NNODES:-1}

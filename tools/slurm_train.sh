@@ -2,6 +2,10 @@
 # Training on a Slurm cluster: one task per GPU, mmengine reads the ranks from Slurm (--launcher slurm).
 #   GPUS=16 tools/slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [train.py args...]
 set -euo pipefail
+if [ $# -lt 4 ]; then
+    echo "usage: GPUS=8 tools/slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [train.py args...]" >&2
+    exit 2
+fi
 PARTITION=$1
 JOB_NAME=$2
 CONFIG=$3

@@ -1,0 +1,75 @@
+"""The launch scripts users type (torchrun and Slurm, train and test) hand every argument to the right tool.
+
+Each script runs for real; only the launcher it calls (``srun``, or ``$PYTHON`` for torchrun) is a stand-in that
+writes down the command line it was given, one argument per line.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _recorder(path: Path, record: Path) -> None:
+    """An executable at ``path`` that writes its own arguments to ``record`` (one per line) and the folder it ran in
+    as the first line."""
+    path.write_text(f'#!/usr/bin/env bash\n{{ pwd; printf "%s\\n" "$@"; }} > {record}\n')
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+def _run(script: str, args: list[str], tmp_path: Path, **env: str) -> list[str]:
+    record = tmp_path / 'argv.txt'
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    _recorder(bin_dir / 'srun', record)
+    _recorder(bin_dir / 'python', record)
+    environment = {**os.environ, 'PATH': f'{bin_dir}{os.pathsep}{os.environ["PATH"]}',
+                   'PYTHON': str(bin_dir / 'python'), **env}
+    subprocess.run(['bash', str(REPO_ROOT / 'tools' / script), *args], check=True, env=environment,
+                   cwd=tmp_path, timeout=30, capture_output=True, text=True)
+    return record.read_text().splitlines()
+
+
+def test_dist_train_runs_torchrun_on_train_py(tmp_path):
+    argv = _run('dist_train.sh', ['configs/retinanet_evit_m4.py', '4', '--amp', '--cfg-options', 'a=1'], tmp_path,
+                NNODES='2', NODE_RANK='1', MASTER_ADDR='10.0.0.1', PORT='29600')
+    assert argv == [str(REPO_ROOT), '-m', 'torch.distributed.run', '--nnodes=2', '--node_rank=1',
+                    '--master_addr=10.0.0.1', '--nproc_per_node=4', '--master_port=29600',
+                    'tools/train.py', 'configs/retinanet_evit_m4.py', '--launcher', 'pytorch',
+                    '--amp', '--cfg-options', 'a=1']
+
+
+def test_dist_test_runs_torchrun_on_test_py(tmp_path):
+    argv = _run('dist_test.sh', ['configs/fpn_evit_m4_ade20k.py', 'ckpt.pth', '8', '--out', 'preds'], tmp_path)
+    assert argv == [str(REPO_ROOT), '-m', 'torch.distributed.run', '--nnodes=1', '--node_rank=0',
+                    '--master_addr=127.0.0.1', '--nproc_per_node=8', '--master_port=29500',
+                    'tools/test.py', 'configs/fpn_evit_m4_ade20k.py', 'ckpt.pth', '--launcher', 'pytorch',
+                    '--out', 'preds']
+
+
+@pytest.mark.parametrize('script, positional, tool', [
+    ('slurm_train.sh', ['configs/mask_rcnn_evit_m4.py', 'work_dirs/mrcnn'],
+     ['tools/train.py', 'configs/mask_rcnn_evit_m4.py', '--work-dir=work_dirs/mrcnn']),
+    ('slurm_test.sh', ['configs/mask_rcnn_evit_m4.py', 'ckpt.pth'],
+     ['tools/test.py', 'configs/mask_rcnn_evit_m4.py', 'ckpt.pth']),
+])
+def test_slurm_scripts_run_one_task_per_gpu(tmp_path, script, positional, tool):
+    argv = _run(script, ['gpu_part', 'evit', *positional, '--cfg-options', 'x=2'], tmp_path,
+                GPUS='16', SRUN_ARGS='--quotatype=auto --time=1:00:00')
+    python = str(tmp_path / 'bin' / 'python')
+    assert argv == [str(REPO_ROOT), '-p', 'gpu_part', '--job-name=evit', '--gres=gpu:8', '--ntasks=16',
+                    '--ntasks-per-node=8', '--cpus-per-task=5', '--kill-on-bad-exit=1', '--quotatype=auto',
+                    '--time=1:00:00', python, '-u', *tool, '--launcher', 'slurm', '--cfg-options', 'x=2']
+
+
+@pytest.mark.parametrize('script, args', [('dist_train.sh', ['cfg.py']), ('slurm_test.sh', ['part', 'job', 'cfg.py'])])
+def test_missing_arguments_stop_the_script_with_its_usage(tmp_path, script, args):
+    with pytest.raises(subprocess.CalledProcessError) as error:
+        _run(script, args, tmp_path)
+    assert error.value.returncode == 2 and 'usage: ' in error.value.stderr and script in error.value.stderr
+    assert not (tmp_path / 'argv.txt').exists()  # nothing was launched

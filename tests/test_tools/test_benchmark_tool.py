@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from evit_mm.benchmark import cli
 from evit_mm.benchmark.flops import complexity
@@ -89,6 +90,18 @@ def _tiny_checkpoint(tmp_path) -> str:
     path = tmp_path / 'det.pth'
     torch.save({'state_dict': model.state_dict()}, path)
     return str(path)
+
+
+def test_onnx_runtime_uses_torchs_thread_count_without_spinning():
+    from evit_mm.benchmark.onnx_runtime import session_options
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        options = session_options()
+    finally:
+        torch.set_num_threads(threads)
+    assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry('session.intra_op.allow_spinning') == '0'
 
 
 def test_onnx_runtime_mode(tmp_path):

@@ -8,6 +8,7 @@ middle half of the per-round ratios (25th-75th percentile) beside them.
     python tools/benchmark_backbone.py --arch m4 --device cuda --dtype fp16 --shapes 1x224x224 256x224x224 --train
     python tools/benchmark_backbone.py --arch m4 --threads 2 --shapes 1x800x1344 --train --backward-nodes shape
     python tools/benchmark_backbone.py --arch m4 --threads 2 --keep-freed-memory
+    python tools/benchmark_backbone.py --arch m4 --threads 2 --shapes 16x224x224 --compute-rates
 
 The last column counts the process's minor page faults per call (fresh pages the kernel maps in and zeroes, about
 1 us each on a CPU machine); --keep-freed-memory makes glibc keep freed memory for reuse, for both models.
@@ -23,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from evit_mm.benchmark.allocator_option import add_allocator_argument, apply_allocator_argument  # noqa: E402
-from evit_mm.benchmark.backbone import backward_nodes_table, compare, format_rows, host_work_table  # noqa: E402
+from evit_mm.benchmark.backbone import (backward_nodes_table, compare, compute_rates_table, format_rows,  # noqa: E402
+                                        host_work_table)
 from evit_mm.benchmark.compilation import add_compile_arguments, compile_mode_from  # noqa: E402
 from evit_mm.benchmark.inputs import parse_shape  # noqa: E402
 from evit_mm.benchmark.precision import DTYPES  # noqa: E402
@@ -51,6 +53,9 @@ def main(argv: list[str] | None = None) -> None:
                         help='also time the training step\'s backward pass per autograd node, evit_mm against timm, '
                              'at the first shape (hooks on the nodes, not the profiler); "shape" keys convolution and '
                              'BatchNorm nodes by their shapes')
+    parser.add_argument('--compute-rates', action='store_true',
+                        help='also time the GEMMs and convolutions of evit_mm deployed, timm and timm fused at the '
+                             'first shape, in place and alone (CPU), and print the bound they put on the ratio')
     add_allocator_argument(parser)
     args = parser.parse_args(argv)
     if args.threads:
@@ -64,6 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.host_work:
         print()
         print(host_work_table(args.arch, shapes[0]))
+    if args.compute_rates:
+        print()
+        print(compute_rates_table(args.arch, shapes[0], repeats=args.repeats))
     if args.backward_nodes:
         print()
         print(backward_nodes_table(args.arch, shapes[0], repeats=args.repeats, by_shape=args.backward_nodes == 'shape',

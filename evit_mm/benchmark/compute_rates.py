@@ -1,0 +1,199 @@
+"""How fast a forward pass runs its matrix products and convolutions, in place and alone.
+
+This is the measurement behind issue 8's ceiling argument (``docs/benchmarks.md``, "The ceiling of eager deploy"):
+if a model's GEMMs and convolutions already run at the speed the same calls reach alone, then a forward pass can
+get faster only by doing less of that arithmetic or less of everything else, and the time of the products alone
+bounds how far ahead of another model doing the same arithmetic it can get.
+
+Each product and convolution of one forward pass is timed where it runs (a dispatch mode reads the clock around the
+operator, on a CPU where operators run synchronously; no profiler, whose per-operator cost distorts short operators),
+then each distinct call (operator, shapes, strides) is repeated alone on fresh tensors of the same layout. The clock
+around each operator adds a few microseconds of Python to it: meant for inputs where these operators take tens of
+microseconds or more (the benchmark shapes), not for toy sizes.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map
+
+aten = torch.ops.aten
+
+
+#: Matrix products: operator -> position of its first matrix operand, whose last dimension is the reduced one (K).
+#: Composite operators (``matmul``, ``linear``) appear as such under ``torch.inference_mode``, which skips their
+#: decomposition.
+_PRODUCTS = {aten.mm.default: 0, aten.bmm.default: 0, aten.matmul.default: 0, aten.linear.default: 0,
+             aten.addmm.default: 1, aten.addmm_.default: 1, aten.baddbmm.default: 1}
+_CONVOLUTIONS = {aten.conv2d.default, aten.convolution.default}
+if hasattr(torch.ops, 'mkldnn') and hasattr(torch.ops.mkldnn, '_convolution_pointwise'):
+    _CONVOLUTIONS.add(torch.ops.mkldnn._convolution_pointwise.default)  # oneDNN conv + ReLU (deployed evit_mm)
+
+
+def _flops(func: torch._ops.OpOverload, args: tuple, out: object) -> tuple[str, int] | None:
+    """``(kind, floating-point operations)`` of a product or convolution call, None for any other operator: two
+    per multiply-add, each output element taking ``K`` of them (a product's reduced dimension; a convolution's
+    ``in_channels / groups * kh * kw``)."""
+    if func in _PRODUCTS:
+        return 'GEMM', 2 * out.numel() * args[_PRODUCTS[func]].shape[-1]
+    if func in _CONVOLUTIONS and not (func is aten.convolution.default and args[6]):  # not transposed
+        return 'conv', 2 * out.numel() * args[1][0].numel()
+    return None
+
+
+@dataclass
+class CallRate:
+    """One distinct product or convolution call of a forward pass."""
+
+    kind: str  # 'GEMM' or 'conv'
+    op: str
+    shapes: str
+    calls: int  # per forward
+    flops: int  # per call
+    seconds_in_place: list[float] = field(default_factory=list)  # every call of every timed forward
+    seconds_alone: float | None = None  # median of the call repeated alone
+
+    @property
+    def ms_in_place(self) -> float:
+        """Milliseconds per forward pass, in place."""
+        return statistics.median(self.seconds_in_place) * self.calls * 1e3
+
+    @property
+    def gflops_in_place(self) -> float:
+        return self.flops / statistics.median(self.seconds_in_place) / 1e9
+
+    @property
+    def gflops_alone(self) -> float | None:
+        return None if self.seconds_alone is None else self.flops / self.seconds_alone / 1e9
+
+
+class _ComputeTimer(TorchDispatchMode):
+    """Times every product and convolution call; keeps one replayable example of each distinct call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: dict[tuple, list[float]] = defaultdict(list)
+        self.examples: dict[tuple, tuple] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        start = time.perf_counter()
+        out = func(*args, **kwargs)
+        elapsed = time.perf_counter() - start
+        flops = _flops(func, args, out)
+        if flops is not None:
+            key = (func, tuple((tuple(a.shape), a.stride()) if isinstance(a, torch.Tensor) else repr(a)
+                               for a in args))
+            self.seconds[key].append(elapsed)
+            self.examples.setdefault(key, (flops, args, kwargs))
+        return out
+
+
+def _fresh_like(value: object) -> object:
+    """A tensor of the same shape, strides, dtype and device with new random values; other values unchanged."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    if not value.is_floating_point():
+        return value.clone()
+    # the storage a strided view spans (expanded tensors, stride 0, included), filled, then viewed the same way
+    span = 1 + sum((size - 1) * stride for size, stride in zip(value.shape, value.stride(), strict=True))
+    storage = torch.empty(span if value.numel() else 0, dtype=value.dtype, device=value.device).normal_()
+    return storage.as_strided(value.shape, value.stride())
+
+
+def _time_alone(func: Callable, args: tuple, kwargs: dict, repeats: int) -> float:
+    args, kwargs = tree_map(_fresh_like, args), tree_map(_fresh_like, kwargs)
+    func(*args, **kwargs)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        func(*args, **kwargs)
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def _describe(kind: str, func: torch._ops.OpOverload, args: tuple) -> str:
+    """The shapes of a product's two matrix operands (``MxK @ KxN``; ``linear``'s weight is ``NxK``) or of a
+    convolution's input and weight (``input * weight``)."""
+    if kind == 'GEMM':
+        first = _PRODUCTS[func]
+        operands = args[first:first + 2]
+    else:
+        operands = args[:2]
+    return (' @ ' if kind == 'GEMM' else ' * ').join('x'.join(map(str, a.shape)) for a in operands)
+
+
+def compute_rates(model: nn.Module, x: torch.Tensor, repeats: int = 5, alone_repeats: int = 10) -> list[CallRate]:
+    """Every distinct GEMM and convolution call of ``model(x)`` (CPU, under ``torch.inference_mode``), timed in
+    place over ``repeats`` forward passes and alone, biggest time first.
+
+    Raises:
+        ValueError: If ``x`` is not on the CPU (on a GPU the clock would read launches, not kernels).
+    """
+    if x.device.type != 'cpu':
+        raise ValueError(f'compute_rates times CPU operators; got an input on {x.device}')
+    with torch.inference_mode():
+        model(x)  # warm up caches (attention biases, folded weights) and oneDNN's primitives
+        timer = _ComputeTimer()
+        with timer:
+            for _ in range(repeats):
+                model(x)
+        rates = []
+        for key, seconds in timer.seconds.items():
+            (kind, flops), args, kwargs = timer.examples[key]
+            rate = CallRate(kind, key[0].overloadpacket.__name__, _describe(kind, key[0], args),
+                            len(seconds) // repeats, flops, seconds)
+            rate.seconds_alone = _time_alone(key[0], args, kwargs, alone_repeats)
+            rates.append(rate)
+    return sorted(rates, key=lambda r: -r.ms_in_place)
+
+
+@dataclass
+class ComputeSummary:
+    """Totals of :func:`compute_rates` for one model, beside its whole forward pass."""
+
+    forward_ms: float
+    gemm_ms: float
+    conv_ms: float
+    gemm_gflops: float  # operations per second of all GEMM calls together, in place
+    gemm_gflops_alone: float
+    conv_gflops: float
+    conv_gflops_alone: float
+
+
+def summarize(rates: list[CallRate], forward_ms: float) -> ComputeSummary:
+    """Totals per kind; rates are all operations of a kind over all of its time (in place, or alone)."""
+    def total(kind: str) -> tuple[float, float, float]:
+        chosen = [r for r in rates if r.kind == kind]
+        flops = sum(r.flops * r.calls for r in chosen)
+        in_place = sum(r.ms_in_place for r in chosen) / 1e3
+        alone = sum((r.seconds_alone or 0.0) * r.calls for r in chosen)
+        return in_place * 1e3, flops / in_place / 1e9 if in_place else 0.0, flops / alone / 1e9 if alone else 0.0
+    gemm_ms, gemm_rate, gemm_alone = total('GEMM')
+    conv_ms, conv_rate, conv_alone = total('conv')
+    return ComputeSummary(forward_ms, gemm_ms, conv_ms, gemm_rate, gemm_alone, conv_rate, conv_alone)
+
+
+def format_compute_rates(summaries: dict[str, ComputeSummary], rates: dict[str, list[CallRate]], top: int = 12) -> str:
+    """The totals of each model, then each model's ``top`` calls by time, as Markdown."""
+    lines = ['| model | forward ms | GEMMs ms (GFLOP/s in place / alone) | convolutions ms (GFLOP/s in place / alone) '
+             '| everything else ms |', '|---|---|---|---|---|']
+    for name, s in summaries.items():
+        lines.append(f'| {name} | {s.forward_ms:.1f} '
+                     f'| {s.gemm_ms:.1f} ({s.gemm_gflops:.0f} / {s.gemm_gflops_alone:.0f}) '
+                     f'| {s.conv_ms:.1f} ({s.conv_gflops:.0f} / {s.conv_gflops_alone:.0f}) '
+                     f'| {s.forward_ms - s.gemm_ms - s.conv_ms:.1f} |')
+    for name, model_rates in rates.items():
+        lines += ['', f'| {name}: call | shapes | calls per forward | ms per forward | GFLOP/s in place | alone |',
+                  '|---|---|---|---|---|---|']
+        for r in model_rates[:top]:
+            lines.append(f'| {r.op} | {r.shapes} | {r.calls} | {r.ms_in_place:.2f} | {r.gflops_in_place:.0f} '
+                         f'| {r.gflops_alone:.0f} |')
+    return '\n'.join(lines)

@@ -201,17 +201,13 @@ def compute_rates_table(arch: str = 'm4', shape: tuple[int, int, int] = (16, 224
                         top: int = 12) -> str:
     """Where the CPU forward passes of evit_mm deployed, timm as shipped and timm fused spend their time: their
     GEMMs and convolutions timed in place and alone (:mod:`.compute_rates`), beside each whole forward pass (timed
-    in the same interleaved rounds), and the bound this puts on evit_mm's lead, as Markdown."""
+    in the same rounds), and the bound this puts on evit_mm's lead, as Markdown."""
     models = {name: model for name, model in inference_candidates(arch).items()
               if name in ('evit_mm deploy', 'timm', 'timm fused')}
-    x = torch.randn(shape[0], 3, *shape[1:])
-    forward = time_interleaved({name: functools.partial(model, x) for name, model in models.items()}, shape[0],
-                               repeats=repeats)
-    rates = {name: compute_rates(model, x, repeats=max(1, repeats // 2)) for name, model in models.items()}
-    summaries = {name: summarize(rates[name], forward[name].median * 1e3) for name in models}
-    ours, timm_ms = summaries['evit_mm deploy'], summaries['timm'].forward_ms
+    rates = compute_rates(models, torch.randn(shape[0], 3, *shape[1:]), repeats=repeats)
+    ours, timm_ms = summarize(rates['evit_mm deploy']), summarize(rates['timm']).forward_ms
     bound = timm_ms / (ours.gemm_ms + ours.conv_ms)
-    return (format_compute_rates(summaries, rates, top) + '\n\n'
+    return (format_compute_rates(rates, top) + '\n\n'
             f'timm as shipped over evit_mm deployed, forward passes: {timm_ms / ours.forward_ms:.2f}x; the most it '
             f'could be were everything but evit_mm\'s GEMMs and convolutions free: {bound:.2f}x')
 

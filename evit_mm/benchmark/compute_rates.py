@@ -16,7 +16,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -130,29 +130,51 @@ def _describe(kind: str, func: torch._ops.OpOverload, args: tuple) -> str:
     return (' @ ' if kind == 'GEMM' else ' * ').join('x'.join(map(str, a.shape)) for a in operands)
 
 
-def compute_rates(model: nn.Module, x: torch.Tensor, repeats: int = 5, alone_repeats: int = 10) -> list[CallRate]:
-    """Every distinct GEMM and convolution call of ``model(x)`` (CPU, under ``torch.inference_mode``), timed in
-    place over ``repeats`` forward passes and alone, biggest time first.
+@dataclass
+class ModelRates:
+    """:func:`compute_rates` of one model."""
+
+    calls: list[CallRate]  # biggest time per forward first
+    forward_seconds: list[float]  # whole plain forward passes, each run right before a timed one
+
+
+def compute_rates(models: Mapping[str, nn.Module], x: torch.Tensor, repeats: int = 5,
+                  alone_repeats: int = 10) -> dict[str, ModelRates]:
+    """Every distinct GEMM and convolution call of each ``model(x)`` (CPU, under ``torch.inference_mode``), timed in
+    place over ``repeats`` forward passes and alone, beside the time of whole plain forward passes.
+
+    In each of ``repeats`` rounds every model runs a plain forward pass, timed as a whole, then one with each
+    product and convolution timed: both sides of the subtraction "forward minus products" come from the same
+    minutes of this machine (whose speed drifts by 10-20% over minutes).
 
     Raises:
         ValueError: If ``x`` is not on the CPU (on a GPU the clock would read launches, not kernels).
     """
     if x.device.type != 'cpu':
         raise ValueError(f'compute_rates times CPU operators; got an input on {x.device}')
+    timers = {name: _ComputeTimer() for name in models}
+    forward: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
-        model(x)  # warm up caches (attention biases, folded weights) and oneDNN's primitives
-        timer = _ComputeTimer()
-        with timer:
-            for _ in range(repeats):
+        for model in models.values():
+            model(x)  # warm up caches (attention biases, folded weights) and oneDNN's primitives
+        for _ in range(repeats):
+            for name, model in models.items():
+                start = time.perf_counter()
                 model(x)
-        rates = []
-        for key, seconds in timer.seconds.items():
-            (kind, flops), args, kwargs = timer.examples[key]
-            rate = CallRate(kind, key[0].overloadpacket.__name__, _describe(kind, key[0], args),
-                            len(seconds) // repeats, flops, seconds)
-            rate.seconds_alone = _time_alone(key[0], args, kwargs, alone_repeats)
-            rates.append(rate)
-    return sorted(rates, key=lambda r: -r.ms_in_place)
+                forward[name].append(time.perf_counter() - start)
+                with timers[name]:
+                    model(x)
+        results = {}
+        for name, timer in timers.items():
+            calls = []
+            for key, seconds in timer.seconds.items():
+                (kind, flops), args, kwargs = timer.examples[key]
+                call = CallRate(kind, key[0].overloadpacket.__name__, _describe(kind, key[0], args),
+                                len(seconds) // repeats, flops, seconds)
+                call.seconds_alone = _time_alone(key[0], args, kwargs, alone_repeats)
+                calls.append(call)
+            results[name] = ModelRates(sorted(calls, key=lambda r: -r.ms_in_place), forward[name])
+    return results
 
 
 @dataclass
@@ -168,24 +190,26 @@ class ComputeSummary:
     conv_gflops_alone: float
 
 
-def summarize(rates: list[CallRate], forward_ms: float) -> ComputeSummary:
+def summarize(rates: ModelRates) -> ComputeSummary:
     """Totals per kind; rates are all operations of a kind over all of its time (in place, or alone)."""
     def total(kind: str) -> tuple[float, float, float]:
-        chosen = [r for r in rates if r.kind == kind]
+        chosen = [r for r in rates.calls if r.kind == kind]
         flops = sum(r.flops * r.calls for r in chosen)
         in_place = sum(r.ms_in_place for r in chosen) / 1e3
         alone = sum((r.seconds_alone or 0.0) * r.calls for r in chosen)
         return in_place * 1e3, flops / in_place / 1e9 if in_place else 0.0, flops / alone / 1e9 if alone else 0.0
     gemm_ms, gemm_rate, gemm_alone = total('GEMM')
     conv_ms, conv_rate, conv_alone = total('conv')
-    return ComputeSummary(forward_ms, gemm_ms, conv_ms, gemm_rate, gemm_alone, conv_rate, conv_alone)
+    return ComputeSummary(statistics.median(rates.forward_seconds) * 1e3, gemm_ms, conv_ms, gemm_rate, gemm_alone,
+                          conv_rate, conv_alone)
 
 
-def format_compute_rates(summaries: dict[str, ComputeSummary], rates: dict[str, list[CallRate]], top: int = 12) -> str:
-    """The totals of each model, then each model's ``top`` calls by time, as Markdown."""
+def format_compute_rates(rates: Mapping[str, ModelRates], top: int = 12) -> str:
+    """The totals of each model (:func:`summarize`), then each model's ``top`` calls by time, as Markdown."""
     lines = ['| model | forward ms | GEMMs ms (GFLOP/s in place / alone) | convolutions ms (GFLOP/s in place / alone) '
              '| everything else ms |', '|---|---|---|---|---|']
-    for name, s in summaries.items():
+    for name, model_rates in rates.items():
+        s = summarize(model_rates)
         lines.append(f'| {name} | {s.forward_ms:.1f} '
                      f'| {s.gemm_ms:.1f} ({s.gemm_gflops:.0f} / {s.gemm_gflops_alone:.0f}) '
                      f'| {s.conv_ms:.1f} ({s.conv_gflops:.0f} / {s.conv_gflops_alone:.0f}) '
@@ -193,7 +217,7 @@ def format_compute_rates(summaries: dict[str, ComputeSummary], rates: dict[str, 
     for name, model_rates in rates.items():
         lines += ['', f'| {name}: call | shapes | calls per forward | ms per forward | GFLOP/s in place | alone |',
                   '|---|---|---|---|---|---|']
-        for r in model_rates[:top]:
+        for r in model_rates.calls[:top]:
             lines.append(f'| {r.op} | {r.shapes} | {r.calls} | {r.ms_in_place:.2f} | {r.gflops_in_place:.0f} '
                          f'| {r.gflops_alone:.0f} |')
     return '\n'.join(lines)

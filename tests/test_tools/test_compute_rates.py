@@ -25,7 +25,9 @@ class Mixed(nn.Module):
 
 
 def test_each_product_and_convolution_is_counted_once_per_call_with_its_operations():
-    rates = compute_rates(Mixed(), torch.randn(1, 3, 5, 5), repeats=3, alone_repeats=2)
+    result = compute_rates({'mixed': Mixed()}, torch.randn(1, 3, 5, 5), repeats=3, alone_repeats=2)['mixed']
+    rates = result.calls
+    assert len(result.forward_seconds) == 3
     by_op = {r.op: r for r in rates}
     assert set(by_op) == {'conv2d', 'linear', 'bmm'} and len(rates) == 4  # two conv2d calls of different shapes
     convs = sorted((r for r in rates if r.op == 'conv2d'), key=lambda r: r.flops)
@@ -35,14 +37,14 @@ def test_each_product_and_convolution_is_counted_once_per_call_with_its_operatio
     assert by_op['bmm'].flops == 2 * 4 * 4 * 25 and by_op['bmm'].kind == 'GEMM'
     for r in rates:
         assert r.calls == 1 and len(r.seconds_in_place) == 3 and r.seconds_alone > 0 and r.gflops_in_place > 0
-    summary = summarize(rates, forward_ms=100.0)
+    summary = summarize(result)
     assert summary.gemm_ms == pytest.approx(by_op['linear'].ms_in_place + by_op['bmm'].ms_in_place)
     assert summary.conv_ms == pytest.approx(sum(r.ms_in_place for r in convs))
 
 
 def test_only_cpu_inputs_are_timed():
     with pytest.raises(ValueError, match='CPU operators; got an input on meta'):
-        compute_rates(Mixed(), torch.randn(1, 3, 5, 5, device='meta'))
+        compute_rates({'mixed': Mixed()}, torch.randn(1, 3, 5, 5, device='meta'))
 
 
 def test_table_compares_the_models_and_states_the_bound():

@@ -1,9 +1,9 @@
 """How fast a forward pass runs its matrix products and convolutions, in place and alone.
 
-This is the measurement behind issue 8's ceiling argument (``docs/benchmarks.md``, "The ceiling of eager deploy"):
-if a model's GEMMs and convolutions already run at the speed the same calls reach alone, then a forward pass can
-get faster only by doing less of that arithmetic or less of everything else, and the time of the products alone
-bounds how far ahead of another model doing the same arithmetic it can get.
+This is the measurement behind issue 8's ceiling argument (``docs/benchmarks.md``, "The GEMMs and convolutions in
+place ..."): if a model's GEMMs and convolutions already run at the speed the same calls reach alone, then a forward
+pass can get faster only by doing less of that arithmetic or less of everything else, and the time of the products
+alone bounds how far ahead of another model doing the same arithmetic it can get.
 
 Each product and convolution of one forward pass is timed where it runs (a dispatch mode reads the clock around the
 operator, on a CPU where operators run synchronously; no profiler, whose per-operator cost distorts short operators),

@@ -63,6 +63,13 @@ def download_from_hf_hub(name: str) -> str:
                             'reachable) or give a local file or URL')
 
 
+def local_checkpoint(path: str | os.PathLike) -> str:
+    """``path`` as mmengine's checkpoint loader takes it: a Hub name (``hf-hub:ORG/NAME[@REVISION]``) becomes the
+    local file in the hub's cache (:func:`download_from_hf_hub`); paths and URLs are returned as they are."""
+    path = os.fspath(path)
+    return download_from_hf_hub(path) if path.startswith(HF_HUB_PREFIX) else path
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 'cpu') -> dict[str, Any]:
     """Read a checkpoint from a local file (``.pth``/``.pt``/``.bin`` or ``.safetensors``), a URL or a Hugging Face
     Hub repository (``hf-hub:ORG/NAME[@REVISION]``).
@@ -79,8 +86,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if is_url(path):
         return torch.hub.load_state_dict_from_url(path, map_location=map_location, weights_only=True,
                                                   check_hash=False, progress=False)
-    if path.startswith(HF_HUB_PREFIX):
-        path = download_from_hf_hub(path)
+    path = local_checkpoint(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint not found: {path!r} (give a local .pth/.safetensors file, a URL or '
                                 f'{HF_HUB_PREFIX}ORG/NAME)')

@@ -5,6 +5,7 @@ import argparse
 
 from mmengine.runner import Runner
 
+from ..checkpoint import local_checkpoint
 from ..engine import prepare_cpu_distributed
 from .config_options import add_common_arguments, apply_out, apply_show_dir, load_config
 from .cpu_roi_align import use_separable_roi_align_on_cpu
@@ -44,7 +45,7 @@ def main(argv: list[str]) -> int:
         model.load_checkpoint(args.checkpoint)
     else:
         check_checkpoint_fits(model, args.checkpoint)
-        runner.load_checkpoint(args.checkpoint)
+        runner.load_checkpoint(local_checkpoint(args.checkpoint))  # mmengine's loader does not know hf-hub: names
     if args.deploy:
         from ..deploy import optimize_for_inference
         runner.logger.info(str(optimize_for_inference(model)))

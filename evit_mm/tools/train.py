@@ -5,6 +5,7 @@ import argparse
 
 from mmengine.runner import Runner
 
+from ..checkpoint import local_checkpoint
 from ..engine import prepare_cpu_distributed
 from .config_options import add_common_arguments, apply_resume, enable_amp, enable_auto_scale_lr, load_config
 from .cpu_roi_align import use_separable_roi_align_on_cpu
@@ -31,6 +32,8 @@ def main(argv: list[str]) -> int:
     if args.auto_scale_lr:
         enable_auto_scale_lr(cfg)
     apply_resume(cfg, args.resume)
+    if cfg.get('load_from'):
+        cfg.load_from = local_checkpoint(cfg.load_from)  # mmengine's loader does not know hf-hub: names
     run_preflight(cfg, ('train_dataloader', 'val_dataloader'))
     prepare_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 
 import pytest
 import timm
 import torch
 
-from evit_mm.checkpoint import (CheckpointMismatchError, detect_format, load_pretrained, read_checkpoint,
-                                to_backbone_state_dict)
+from evit_mm.checkpoint import (CheckpointMismatchError, detect_format, load_pretrained, local_checkpoint,
+                                read_checkpoint, to_backbone_state_dict)
 from evit_mm.models import EfficientViT
 from evit_mm.tools.convert import convert_checkpoint
 from tests.helpers import randomize_
@@ -190,6 +191,14 @@ def test_hf_hub_revision_and_pickled_weights(offline_hub, m0_reference):
     load_pretrained(model, 'hf-hub:me/evit@v1.0')  # no model.safetensors in the repo: the pickle, weights only
     _assert_same(_outputs(model, x), expected)
     assert all(not v.any() for v in read_checkpoint('hf-hub:me/evit').values())  # the default branch
+
+
+def test_hub_names_become_local_files_for_mmengines_loader(offline_hub, tmp_path):
+    _hub_cache(offline_hub, 'me/retinanet', {'model.safetensors': lambda p: p.write_bytes(b'x')})
+    local = local_checkpoint('hf-hub:me/retinanet')
+    assert local.startswith(str(offline_hub)) and local.endswith('model.safetensors') and os.path.isfile(local)
+    for other in ('work_dirs/epoch_12.pth', 'https://example.com/a.pth', tmp_path / 'a.pth'):
+        assert local_checkpoint(other) == os.fspath(other)
 
 
 def test_hf_hub_errors_name_the_problem(offline_hub):

@@ -22,3 +22,13 @@ def golden_dir() -> Path:
         pytest.skip(f'golden data (official EfficientViT outputs) not found at {GOLDEN_DIR}; it sits in '
                     '../shared/golden beside a developer or CI checkout, or set EVIT_MM_GOLDEN')
     return GOLDEN_DIR
+
+
+@pytest.fixture
+def offline_hub(monkeypatch, tmp_path) -> Path:
+    """An empty Hugging Face Hub cache in ``tmp_path`` with the hub offline, as ``HF_HUB_CACHE`` and
+    ``HF_HUB_OFFLINE=1`` would set them (fill it with ``tests.helpers.hub_cache``); nothing reaches the network."""
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'hub'))
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+    return tmp_path / 'hub'

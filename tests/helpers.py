@@ -1,6 +1,7 @@
 """Helpers shared by the tests."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -60,3 +61,17 @@ class OpCalls(TorchDispatchMode):
         if func in self.ops:
             self.calls.append((func, args))
         return func(*args, **(kwargs or {}))
+
+
+def hub_cache(root: Path, repo_id: str, files: dict, ref: str = 'main') -> Path:
+    """A Hugging Face Hub cache as ``huggingface_hub`` lays it out: ``models--ORG--NAME/refs/REF`` holding a commit
+    hash, the files (``{name: writer(path)}``) under ``snapshots/COMMIT/``."""
+    commit = hashlib.sha1(ref.encode()).hexdigest()
+    repo = root / ('models--' + repo_id.replace('/', '--'))
+    (repo / 'refs').mkdir(parents=True, exist_ok=True)
+    (repo / 'refs' / ref).write_text(commit)
+    snapshot = repo / 'snapshots' / commit
+    snapshot.mkdir(parents=True)
+    for name, write in files.items():
+        write(snapshot / name)
+    return root

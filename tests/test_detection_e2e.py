@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from evit_mm.tools import test as test_tool
 from evit_mm.tools import train as train_tool
 from evit_mm.tools.preflight import PreflightError
 from tests.conftest import REPO_ROOT
-from tests.helpers import logged_metrics
+from tests.helpers import hub_cache, logged_metrics
 
 DEMO_CONFIG = str(REPO_ROOT / 'configs/demo/retinanet_evit_m0_coco_demo.py')
 MASK_DEMO_CONFIG = str(REPO_ROOT / 'configs/demo/mask_rcnn_evit_m0_coco_demo.py')
@@ -42,7 +43,7 @@ def _options(root: Path, epochs: int = 1, **extra: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_train_then_test_writes_checkpoint_metrics_and_predictions(coco_root, tmp_path):
+def test_train_then_test_writes_checkpoint_metrics_and_predictions(coco_root, tmp_path, offline_hub):
     work = tmp_path / 'work'
     assert train_tool.main([DEMO_CONFIG, '--work-dir', str(work), *_options(coco_root)]) == 0
     ckpt = work / 'epoch_1.pth'
@@ -58,8 +59,9 @@ def test_train_then_test_writes_checkpoint_metrics_and_predictions(coco_root, tm
         assert 0.0 <= metrics[f'coco/bbox_{name}'] <= 1.0 or metrics[f'coco/bbox_{name}'] == -1.0
     assert out.is_file() and out.stat().st_size > 0
     deployed_dir = tmp_path / 'test_deployed'
-    assert test_tool.main([DEMO_CONFIG, str(ckpt), '--work-dir', str(deployed_dir), '--deploy',
-                           *_options(coco_root)]) == 0
+    hub_cache(offline_hub, 'me/retinanet-evit-demo', {'pytorch_model.bin': lambda p: shutil.copy(ckpt, p)})
+    assert test_tool.main([DEMO_CONFIG, 'hf-hub:me/retinanet-evit-demo', '--work-dir', str(deployed_dir),
+                           '--deploy', *_options(coco_root)]) == 0  # the same checkpoint through a hub name
     deployed = logged_metrics(deployed_dir, 'coco/bbox_mAP')
     for name, value in metrics.items():  # the deployed model scores the same
         if name.startswith('coco/bbox_'):

@@ -1,7 +1,6 @@
 """Checkpoint formats, shape adaptation, strict errors and safe reading."""
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 
@@ -13,7 +12,7 @@ from evit_mm.checkpoint import (CheckpointMismatchError, detect_format, load_pre
                                 read_checkpoint, to_backbone_state_dict)
 from evit_mm.models import EfficientViT
 from evit_mm.tools.convert import convert_checkpoint
-from tests.helpers import randomize_
+from tests.helpers import hub_cache, randomize_
 
 
 @pytest.fixture(scope='module')
@@ -149,33 +148,10 @@ def test_convert_tool_writes_clean_checkpoints(tmp_path, m0_reference):
         _assert_same(_outputs(model, x), expected)
 
 
-def _hub_cache(root, repo_id: str, files: dict, ref: str = 'main'):
-    """A Hugging Face Hub cache as ``huggingface_hub`` lays it out: ``models--ORG--NAME/refs/REF`` holding a commit
-    hash, the files under ``snapshots/COMMIT/``."""
-    commit = hashlib.sha1(ref.encode()).hexdigest()
-    repo = root / ('models--' + repo_id.replace('/', '--'))
-    (repo / 'refs').mkdir(parents=True, exist_ok=True)
-    (repo / 'refs' / ref).write_text(commit)
-    snapshot = repo / 'snapshots' / commit
-    snapshot.mkdir(parents=True)
-    for name, write in files.items():
-        write(snapshot / name)
-    return root
-
-
-@pytest.fixture
-def offline_hub(monkeypatch, tmp_path):
-    """An empty hub cache in ``tmp_path`` with the hub offline, as ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE=1`` set."""
-    from huggingface_hub import constants
-    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'hub'))
-    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
-    return tmp_path / 'hub'
-
-
-def test_hf_hub_names_load_timm_weights_from_the_hub_cache(offline_hub, m0_reference):
+def test_hf_hub_names_load_timm_weights_from_thehub_cache(offline_hub, m0_reference):
     from safetensors.torch import save_file
     timm_sd, x, expected = m0_reference
-    _hub_cache(offline_hub, 'timm/efficientvit_m0.r224_in1k', {
+    hub_cache(offline_hub, 'timm/efficientvit_m0.r224_in1k', {
         'model.safetensors': lambda p: save_file({k: v.contiguous() for k, v in timm_sd.items()}, p)})
     model = EfficientViT('m0', init_cfg=dict(type='Pretrained', checkpoint='hf-hub:timm/efficientvit_m0.r224_in1k'))
     model.init_weights()
@@ -185,8 +161,8 @@ def test_hf_hub_names_load_timm_weights_from_the_hub_cache(offline_hub, m0_refer
 def test_hf_hub_revision_and_pickled_weights(offline_hub, m0_reference):
     timm_sd, x, expected = m0_reference
     zeros = {k: torch.zeros_like(v) for k, v in timm_sd.items()}
-    _hub_cache(offline_hub, 'me/evit', {'pytorch_model.bin': lambda p: torch.save(zeros, p)})
-    _hub_cache(offline_hub, 'me/evit', {'pytorch_model.bin': lambda p: torch.save(timm_sd, p)}, ref='v1.0')
+    hub_cache(offline_hub, 'me/evit', {'pytorch_model.bin': lambda p: torch.save(zeros, p)})
+    hub_cache(offline_hub, 'me/evit', {'pytorch_model.bin': lambda p: torch.save(timm_sd, p)}, ref='v1.0')
     model = EfficientViT('m0')
     load_pretrained(model, 'hf-hub:me/evit@v1.0')  # no model.safetensors in the repo: the pickle, weights only
     _assert_same(_outputs(model, x), expected)
@@ -194,7 +170,7 @@ def test_hf_hub_revision_and_pickled_weights(offline_hub, m0_reference):
 
 
 def test_hub_names_become_local_files_for_mmengines_loader(offline_hub, tmp_path):
-    _hub_cache(offline_hub, 'me/retinanet', {'model.safetensors': lambda p: p.write_bytes(b'x')})
+    hub_cache(offline_hub, 'me/retinanet', {'model.safetensors': lambda p: p.write_bytes(b'x')})
     local = local_checkpoint('hf-hub:me/retinanet')
     assert local.startswith(str(offline_hub)) and local.endswith('model.safetensors') and os.path.isfile(local)
     for other in ('work_dirs/epoch_12.pth', 'https://example.com/a.pth', tmp_path / 'a.pth'):

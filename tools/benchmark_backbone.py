@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
                              'BatchNorm nodes by their shapes')
     parser.add_argument('--compute-rates', action='store_true',
                         help='also time the GEMMs and convolutions of evit_mm deployed, timm and timm fused at the '
-                             'first shape, in place and alone (CPU), and print the bound they put on the ratio')
+                             'first shape (with --train: of both training steps too), in place and alone (CPU), and '
+                             'print the bound they put on the ratio')
     add_allocator_argument(parser)
     args = parser.parse_args(argv)
     if args.threads:
@@ -72,6 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.compute_rates:
         print()
         print(compute_rates_table(args.arch, shapes[0], repeats=args.repeats))
+        if args.train:
+            print()
+            print(compute_rates_table(args.arch, shapes[0], repeats=args.repeats, train=True))
     if args.backward_nodes:
         print()
         print(backward_nodes_table(args.arch, shapes[0], repeats=args.repeats, by_shape=args.backward_nodes == 'shape',

@@ -198,18 +198,27 @@ def host_work_table(arch: str = 'm4', shape: tuple[int, int, int] = (1, 224, 224
 
 
 def compute_rates_table(arch: str = 'm4', shape: tuple[int, int, int] = (16, 224, 224), repeats: int = 10,
-                        top: int = 12) -> str:
-    """Where the CPU forward passes of evit_mm deployed, timm as shipped and timm fused spend their time: their
-    GEMMs and convolutions timed in place and alone (:mod:`.compute_rates`), beside each whole forward pass (timed
-    in the same rounds), and the bound this puts on evit_mm's lead, as Markdown."""
-    models = {name: model for name, model in inference_candidates(arch).items()
-              if name in ('evit_mm deploy', 'timm', 'timm fused')}
-    rates = compute_rates(models, torch.randn(shape[0], 3, *shape[1:]), repeats=repeats)
-    ours, timm_ms = summarize(rates['evit_mm deploy']), summarize(rates['timm']).forward_ms
-    bound = timm_ms / (ours.gemm_ms + ours.conv_ms)
-    return (format_compute_rates(rates, top) + '\n\n'
-            f'timm as shipped over evit_mm deployed, forward passes: {timm_ms / ours.forward_ms:.2f}x; the most it '
-            f'could be were everything but evit_mm\'s GEMMs and convolutions free: {bound:.2f}x')
+                        top: int = 12, train: bool = False) -> str:
+    """Where the CPU forward passes of evit_mm deployed, timm as shipped and timm fused spend their time (with
+    ``train``: the training steps of evit_mm and timm): their GEMMs and convolutions timed in place and alone
+    (:mod:`.compute_rates`), beside each whole run (timed in the same rounds), and the bound this puts on evit_mm's
+    lead over timm (as shipped), as Markdown."""
+    x = torch.randn(shape[0], 3, *shape[1:])
+    if train:
+        ours, reference = build_pair(arch)
+        runs = {'evit_mm train': _training_step(ours.train(), x, contextlib.nullcontext),
+                'timm train': _training_step(reference.train(), x, contextlib.nullcontext)}
+        names, what = ('evit_mm train', 'timm train'), 'training step'
+    else:
+        runs = {name: functools.partial(model, x) for name, model in inference_candidates(arch).items()
+                if name in ('evit_mm deploy', 'timm', 'timm fused')}
+        names, what = ('evit_mm deploy', 'timm'), 'forward'
+    rates = compute_rates(runs, repeats=repeats, grad=train)
+    ours_summary, timm_ms = summarize(rates[names[0]]), summarize(rates[names[1]]).run_ms
+    bound = timm_ms / (ours_summary.gemm_ms + ours_summary.conv_ms)
+    return (format_compute_rates(rates, top, what) + '\n\n'
+            f'{names[1]} over {names[0]}, {what}s: {timm_ms / ours_summary.run_ms:.2f}x; the most it could be were '
+            f'everything but evit_mm\'s GEMMs and convolutions free: {bound:.2f}x')
 
 
 def backward_nodes_table(arch: str = 'm4', shape: tuple[int, int, int] = (16, 224, 224), repeats: int = 6,

@@ -1,15 +1,15 @@
-"""How fast a forward pass runs its matrix products and convolutions, in place and alone.
+"""How fast a forward pass or a training step runs its matrix products and convolutions, in place and alone.
 
 This is the measurement behind issue 8's ceiling argument (``docs/benchmarks.md``, "The GEMMs and convolutions in
 place ..."): if a model's GEMMs and convolutions already run at the speed the same calls reach alone, then a forward
 pass can get faster only by doing less of that arithmetic or less of everything else, and the time of the products
 alone bounds how far ahead of another model doing the same arithmetic it can get.
 
-Each product and convolution of one forward pass is timed where it runs (a dispatch mode reads the clock around the
-operator, on a CPU where operators run synchronously; no profiler, whose per-operator cost distorts short operators),
-then each distinct call (operator, shapes, strides) is repeated alone on fresh tensors of the same layout. The clock
-around each operator adds a few microseconds of Python to it: meant for inputs where these operators take tens of
-microseconds or more (the benchmark shapes), not for toy sizes.
+Each product and convolution of a forward pass or a training step (its backward pass's too) is timed where it runs
+(a dispatch mode reads the clock around the operator, on a CPU where operators run synchronously; no profiler, whose
+per-operator cost distorts short operators), then each distinct call (operator, shapes, strides) is repeated alone
+on fresh tensors of the same layout. The clock around each operator adds a few microseconds of Python to it: meant
+for inputs where these operators take tens of microseconds or more (the benchmark shapes), not for toy sizes.
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
@@ -40,29 +39,33 @@ if hasattr(torch.ops, 'mkldnn') and hasattr(torch.ops.mkldnn, '_convolution_poin
 def _flops(func: torch._ops.OpOverload, args: tuple, out: object) -> tuple[str, int] | None:
     """``(kind, floating-point operations)`` of a product or convolution call, None for any other operator: two
     per multiply-add, each output element taking ``K`` of them (a product's reduced dimension; a convolution's
-    ``in_channels / groups * kh * kw``)."""
+    ``in_channels / groups * kh * kw``); a convolution's backward call as many per gradient it computes (input,
+    weight) as its forward pass."""
     if func in _PRODUCTS:
         return 'GEMM', 2 * out.numel() * args[_PRODUCTS[func]].shape[-1]
     if func in _CONVOLUTIONS and not (func is aten.convolution.default and args[6]):  # not transposed
         return 'conv', 2 * out.numel() * args[1][0].numel()
+    if func is aten.convolution_backward.default and not args[7]:  # input and/or weight gradient, not transposed
+        grad_output, weight, output_mask = args[0], args[2], args[10]
+        return 'conv', 2 * grad_output.numel() * weight[0].numel() * (int(output_mask[0]) + int(output_mask[1]))
     return None
 
 
 @dataclass
 class CallRate:
-    """One distinct product or convolution call of a forward pass."""
+    """One distinct product or convolution call of a run (forward pass or training step)."""
 
     kind: str  # 'GEMM' or 'conv'
     op: str
     shapes: str
-    calls: int  # per forward
+    calls: int  # per run
     flops: int  # per call
-    seconds_in_place: list[float] = field(default_factory=list)  # every call of every timed forward
+    seconds_in_place: list[float] = field(default_factory=list)  # every call of every timed run
     seconds_alone: float | None = None  # median of the call repeated alone
 
     @property
     def ms_in_place(self) -> float:
-        """Milliseconds per forward pass, in place."""
+        """Milliseconds per run (forward pass or training step), in place."""
         return statistics.median(self.seconds_in_place) * self.calls * 1e3
 
     @property
@@ -84,6 +87,10 @@ class _ComputeTimer(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if any(isinstance(a, torch.Tensor) and a.device.type != 'cpu' for a in args):
+            device = next(a.device for a in args if isinstance(a, torch.Tensor) and a.device.type != 'cpu')
+            raise ValueError(f'compute rates time CPU operators; got a tensor on {device} (on a GPU the clock '
+                             'would read launches, not kernels)')
         start = time.perf_counter()
         out = func(*args, **kwargs)
         elapsed = time.perf_counter() - start
@@ -108,6 +115,7 @@ def _fresh_like(value: object) -> object:
     return storage.as_strided(value.shape, value.stride())
 
 
+@torch.no_grad()
 def _time_alone(func: Callable, args: tuple, kwargs: dict, repeats: int) -> float:
     args, kwargs = tree_map(_fresh_like, args), tree_map(_fresh_like, kwargs)
     func(*args, **kwargs)
@@ -120,11 +128,13 @@ def _time_alone(func: Callable, args: tuple, kwargs: dict, repeats: int) -> floa
 
 
 def _describe(kind: str, func: torch._ops.OpOverload, args: tuple) -> str:
-    """The shapes of a product's two matrix operands (``MxK @ KxN``; ``linear``'s weight is ``NxK``) or of a
-    convolution's input and weight (``input * weight``)."""
+    """The shapes of a product's two matrix operands (``MxK @ KxN``; ``linear``'s weight is ``NxK``), of a
+    convolution's input and weight (``input * weight``) or of a convolution backward's output gradient and weight."""
     if kind == 'GEMM':
         first = _PRODUCTS[func]
         operands = args[first:first + 2]
+    elif func is aten.convolution_backward.default:
+        operands = args[0], args[2]  # output gradient, weight
     else:
         operands = args[:2]
     return (' @ ' if kind == 'GEMM' else ' * ').join('x'.join(map(str, a.shape)) for a in operands)
@@ -134,54 +144,53 @@ def _describe(kind: str, func: torch._ops.OpOverload, args: tuple) -> str:
 class ModelRates:
     """:func:`compute_rates` of one model."""
 
-    calls: list[CallRate]  # biggest time per forward first
-    forward_seconds: list[float]  # whole plain forward passes, each run right before a timed one
+    calls: list[CallRate]  # biggest time per run first
+    run_seconds: list[float]  # whole plain runs, each right before a timed one
 
 
-def compute_rates(models: Mapping[str, nn.Module], x: torch.Tensor, repeats: int = 5,
-                  alone_repeats: int = 10) -> dict[str, ModelRates]:
-    """Every distinct GEMM and convolution call of each ``model(x)`` (CPU, under ``torch.inference_mode``), timed in
-    place over ``repeats`` forward passes and alone, beside the time of whole plain forward passes.
+def compute_rates(runs: Mapping[str, Callable[[], object]], repeats: int = 5, alone_repeats: int = 10,
+                  grad: bool = False) -> dict[str, ModelRates]:
+    """Every distinct GEMM and convolution call of each run (a forward pass, or with ``grad`` a training step:
+    forward and backward), timed in place over ``repeats`` runs and alone, beside the time of whole plain runs. CPU
+    only; runs go under ``torch.inference_mode`` unless ``grad``.
 
-    In each of ``repeats`` rounds every model runs a plain forward pass, timed as a whole, then one with each
-    product and convolution timed: both sides of the subtraction "forward minus products" come from the same
-    minutes of this machine (whose speed drifts by 10-20% over minutes).
+    In each of ``repeats`` rounds every run goes once plain, timed as a whole, then once with each product and
+    convolution timed: both sides of the subtraction "run minus products" come from the same minutes of this
+    machine (whose speed drifts by 10-20% over minutes).
 
     Raises:
-        ValueError: If ``x`` is not on the CPU (on a GPU the clock would read launches, not kernels).
+        ValueError: If a run computes on another device than the CPU.
     """
-    if x.device.type != 'cpu':
-        raise ValueError(f'compute_rates times CPU operators; got an input on {x.device}')
-    timers = {name: _ComputeTimer() for name in models}
-    forward: dict[str, list[float]] = {name: [] for name in models}
-    with torch.inference_mode():
-        for model in models.values():
-            model(x)  # warm up caches (attention biases, folded weights) and oneDNN's primitives
+    timers = {name: _ComputeTimer() for name in runs}
+    whole: dict[str, list[float]] = {name: [] for name in runs}
+    with torch.inference_mode(not grad):
+        for run in runs.values():
+            run()  # warm up caches (attention biases, folded weights) and oneDNN's primitives
         for _ in range(repeats):
-            for name, model in models.items():
+            for name, run in runs.items():
                 start = time.perf_counter()
-                model(x)
-                forward[name].append(time.perf_counter() - start)
+                run()
+                whole[name].append(time.perf_counter() - start)
                 with timers[name]:
-                    model(x)
-        results = {}
-        for name, timer in timers.items():
-            calls = []
-            for key, seconds in timer.seconds.items():
-                (kind, flops), args, kwargs = timer.examples[key]
-                call = CallRate(kind, key[0].overloadpacket.__name__, _describe(kind, key[0], args),
-                                len(seconds) // repeats, flops, seconds)
-                call.seconds_alone = _time_alone(key[0], args, kwargs, alone_repeats)
-                calls.append(call)
-            results[name] = ModelRates(sorted(calls, key=lambda r: -r.ms_in_place), forward[name])
+                    run()
+    results = {}
+    for name, timer in timers.items():
+        calls = []
+        for key, seconds in timer.seconds.items():
+            (kind, flops), args, kwargs = timer.examples[key]
+            call = CallRate(kind, key[0].overloadpacket.__name__, _describe(kind, key[0], args),
+                            len(seconds) // repeats, flops, seconds)
+            call.seconds_alone = _time_alone(key[0], args, kwargs, alone_repeats)
+            calls.append(call)
+        results[name] = ModelRates(sorted(calls, key=lambda r: -r.ms_in_place), whole[name])
     return results
 
 
 @dataclass
 class ComputeSummary:
-    """Totals of :func:`compute_rates` for one model, beside its whole forward pass."""
+    """Totals of :func:`compute_rates` for one run, beside its whole time."""
 
-    forward_ms: float
+    run_ms: float  # a whole run: forward pass or training step
     gemm_ms: float
     conv_ms: float
     gemm_gflops: float  # operations per second of all GEMM calls together, in place
@@ -200,22 +209,23 @@ def summarize(rates: ModelRates) -> ComputeSummary:
         return in_place * 1e3, flops / in_place / 1e9 if in_place else 0.0, flops / alone / 1e9 if alone else 0.0
     gemm_ms, gemm_rate, gemm_alone = total('GEMM')
     conv_ms, conv_rate, conv_alone = total('conv')
-    return ComputeSummary(statistics.median(rates.forward_seconds) * 1e3, gemm_ms, conv_ms, gemm_rate, gemm_alone,
+    return ComputeSummary(statistics.median(rates.run_seconds) * 1e3, gemm_ms, conv_ms, gemm_rate, gemm_alone,
                           conv_rate, conv_alone)
 
 
-def format_compute_rates(rates: Mapping[str, ModelRates], top: int = 12) -> str:
-    """The totals of each model (:func:`summarize`), then each model's ``top`` calls by time, as Markdown."""
-    lines = ['| model | forward ms | GEMMs ms (GFLOP/s in place / alone) | convolutions ms (GFLOP/s in place / alone) '
+def format_compute_rates(rates: Mapping[str, ModelRates], top: int = 12, run: str = 'forward') -> str:
+    """The totals of each run (:func:`summarize`), then each run's ``top`` calls by time, as Markdown; ``run`` names
+    what was timed (``forward``, ``training step``)."""
+    lines = [f'| model | {run} ms | GEMMs ms (GFLOP/s in place / alone) | convolutions ms (GFLOP/s in place / alone) '
              '| everything else ms |', '|---|---|---|---|---|']
     for name, model_rates in rates.items():
         s = summarize(model_rates)
-        lines.append(f'| {name} | {s.forward_ms:.1f} '
+        lines.append(f'| {name} | {s.run_ms:.1f} '
                      f'| {s.gemm_ms:.1f} ({s.gemm_gflops:.0f} / {s.gemm_gflops_alone:.0f}) '
                      f'| {s.conv_ms:.1f} ({s.conv_gflops:.0f} / {s.conv_gflops_alone:.0f}) '
-                     f'| {s.forward_ms - s.gemm_ms - s.conv_ms:.1f} |')
+                     f'| {s.run_ms - s.gemm_ms - s.conv_ms:.1f} |')
     for name, model_rates in rates.items():
-        lines += ['', f'| {name}: call | shapes | calls per forward | ms per forward | GFLOP/s in place | alone |',
+        lines += ['', f'| {name}: call | shapes | calls per {run} | ms per {run} | GFLOP/s in place | alone |',
                   '|---|---|---|---|---|---|']
         for r in model_rates.calls[:top]:
             lines.append(f'| {r.op} | {r.shapes} | {r.calls} | {r.ms_in_place:.2f} | {r.gflops_in_place:.0f} '

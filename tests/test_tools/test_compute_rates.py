@@ -25,9 +25,10 @@ class Mixed(nn.Module):
 
 
 def test_each_product_and_convolution_is_counted_once_per_call_with_its_operations():
-    result = compute_rates({'mixed': Mixed()}, torch.randn(1, 3, 5, 5), repeats=3, alone_repeats=2)['mixed']
+    model, x = Mixed(), torch.randn(1, 3, 5, 5)
+    result = compute_rates({'mixed': lambda: model(x)}, repeats=3, alone_repeats=2)['mixed']
     rates = result.calls
-    assert len(result.forward_seconds) == 3
+    assert len(result.run_seconds) == 3
     by_op = {r.op: r for r in rates}
     assert set(by_op) == {'conv2d', 'linear', 'bmm'} and len(rates) == 4  # two conv2d calls of different shapes
     convs = sorted((r for r in rates if r.op == 'conv2d'), key=lambda r: r.flops)
@@ -42,14 +43,27 @@ def test_each_product_and_convolution_is_counted_once_per_call_with_its_operatio
     assert summary.conv_ms == pytest.approx(sum(r.ms_in_place for r in convs))
 
 
-def test_only_cpu_inputs_are_timed():
-    with pytest.raises(ValueError, match='CPU operators; got an input on meta'):
-        compute_rates({'mixed': Mixed()}, torch.randn(1, 3, 5, 5, device='meta'))
+def test_backward_convolutions_count_each_gradient_they_compute():
+    model, x = Mixed(), torch.randn(1, 3, 5, 5, requires_grad=True)
+    rates = compute_rates({'step': lambda: model(x).sum().backward()}, repeats=2, alone_repeats=2, grad=True)['step']
+    backward = sorted((r for r in rates.calls if r.op == 'convolution_backward'), key=lambda r: r.flops)
+    # input and weight gradients: twice the forward's operations (the input of the first conv requires grad too)
+    assert [r.flops for r in backward] == [2 * 2 * 4 * 25 * 9, 2 * 2 * 4 * 25 * 27]
+    assert {r.op for r in rates.calls} >= {'convolution', 'mm', 'convolution_backward'}  # autograd decomposes
 
 
-def test_table_compares_the_models_and_states_the_bound():
+def test_only_cpu_runs_are_timed():
+    model, x = Mixed().to('meta'), torch.randn(1, 3, 5, 5, device='meta')
+    with pytest.raises(ValueError, match='CPU operators; got a tensor on meta'):
+        compute_rates({'mixed': lambda: model(x)})
+
+
+def test_tables_compare_the_models_and_state_the_bound():
     table = compute_rates_table('m0', (1, 64, 64), repeats=2, top=100)
     for model in ('evit_mm deploy', 'timm', 'timm fused'):
         assert f'| {model} |' in table and f'| {model}: call |' in table
     assert 'addmm' in table and 'conv2d' in table  # evit_mm's 1x1 layers as GEMMs, timm's as convolutions
-    assert 'the most it could be were everything but' in table
+    assert 'timm over evit_mm deploy, forwards:' in table and 'the most it could be were everything but' in table
+    table = compute_rates_table('m0', (2, 64, 64), repeats=2, top=100, train=True)
+    assert '| evit_mm train |' in table and '| timm train |' in table and 'convolution_backward' in table
+    assert 'timm train over evit_mm train, training steps:' in table

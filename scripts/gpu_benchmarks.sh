@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The GPU tables of docs/benchmarks.md in one prepared run (for a machine with CUDA and this project's
-# environment), AMP fp16 at batch 1 and a large batch:
-#   1. evit_mm's M4 backbone against timm's (same weights; eval, deploy, training step, each fast path off),
-#      paired ratios;
-#   2. whole RetinaNet-EViT-M4 predictions (as built and deployed) against mmdet's RetinaNet-R50;
-#   3. semantic FPN-EViT-M4 against FPN-R50;
-#   4. backbones side by side (evit_mm, timm, ResNet-50, Swin-T);
-#   5. CUDA graphs (torch.compile mode reduce-overhead): backbone against timm, RetinaNet against R50 (compile
-#      time: minutes; last, so that a short lease still gets steps 1-4).
+# environment), AMP fp16 at batch 1 and a large batch, in the order of what a short lease should measure first:
+#   1. evit_mm's M4 backbone against timm's (same weights; eval, deploy, training step), paired ratios;
+#   2. CUDA graphs (torch.compile mode reduce-overhead) for both backbones and for RetinaNet against R50: on an
+#      H200 EfficientViT is bound by kernel launches (docs/benchmarks.md, "Issue 8 on a GPU"), which CUDA graphs
+#      remove; never measured yet, so it comes before the tables the 2026-11-28 session already has;
+#   3. whole RetinaNet-EViT-M4 predictions (as built and deployed) against mmdet's RetinaNet-R50, batch 1 and 16;
+#   4. semantic FPN-EViT-M4 against FPN-R50;
+#   5. backbones side by side (evit_mm, timm, ResNet-50, Swin-T), with each fast path off for evit_mm last.
 # Results go to ${OUT:-gpu_results}/ as JSON / Markdown, the tables to stdout. A failing step is reported and
 # the others still run; the exit status says whether any failed.
 #   OUT=gpu_results bash scripts/gpu_benchmarks.sh
@@ -25,26 +25,28 @@ step() {  # step NAME COMMAND...: run one measurement, keep going if it fails
 }
 
 step backbone_vs_timm bash -c "$PY tools/benchmark_backbone.py --arch m4 --device cuda --dtype fp16 --train \
-  --ablate --shapes 1x224x224 256x224x224 1x800x1344 --warmup 10 --repeats 50 \
+  --shapes 1x224x224 256x224x224 1x800x1344 --warmup 10 --repeats 30 \
   | tee '$OUT/backbone_m4_vs_timm_fp16.md'"
-step retinanet_b1 $B configs/retinanet_evit_m4.py configs/retinanet_evit_m4.py@deploy \
-  configs/baselines/retinanet_r50_fpn_coco.py --modes predict --shape 800x1333 --batch-size 1 --repeats 30 \
-  --json "$OUT/retinanet_predict_b1_fp16.json"
-step segmentation_b1 $B configs/fpn_evit_m4_ade20k.py configs/fpn_evit_m4_ade20k.py@deploy \
-  configs/baselines/fpn_r50_ade20k.py --modes predict --shape 512x512 --batch-size 1 --repeats 30 \
-  --json "$OUT/segmentation_predict_b1_fp16.json"
-EV="evit_m0 evit_m4 evit_m4@deploy evit_m5 timm:efficientvit_m0 timm:efficientvit_m4 timm:efficientvit_m5 resnet50 swin-t"
-step backbones_b1 $B $EV --shape 224x224 --batch-size 1 --repeats 100 --json "$OUT/backbones_224_b1_fp16.json"
-step backbones_b256 $B $EV --shape 224x224 --batch-size 256 --repeats 30 --json "$OUT/backbones_224_b256_fp16.json"
-step retinanet_b16 $B configs/retinanet_evit_m4.py configs/retinanet_evit_m4.py@deploy \
-  configs/baselines/retinanet_r50_fpn_coco.py --modes predict --shape 800x1333 --batch-size 16 --repeats 10 \
-  --json "$OUT/retinanet_predict_b16_fp16.json"
 step backbone_vs_timm_cuda_graphs bash -c "$PY tools/benchmark_backbone.py --arch m4 --device cuda --dtype fp16 \
   --compile-mode reduce-overhead --shapes 1x224x224 256x224x224 --warmup 10 --repeats 30 \
   | tee '$OUT/backbone_m4_vs_timm_fp16_cuda_graphs.md'"
 step retinanet_b1_cuda_graphs $B configs/retinanet_evit_m4.py@deploy configs/baselines/retinanet_r50_fpn_coco.py \
   --modes predict --compile-mode reduce-overhead --shape 800x1333 --batch-size 1 --repeats 30 \
   --json "$OUT/retinanet_predict_b1_fp16_cuda_graphs.json"
+step retinanet_b1 $B configs/retinanet_evit_m4.py configs/retinanet_evit_m4.py@deploy \
+  configs/baselines/retinanet_r50_fpn_coco.py --modes predict --shape 800x1333 --batch-size 1 --repeats 30 \
+  --json "$OUT/retinanet_predict_b1_fp16.json"
+step retinanet_b16 $B configs/retinanet_evit_m4.py configs/retinanet_evit_m4.py@deploy \
+  configs/baselines/retinanet_r50_fpn_coco.py --modes predict --shape 800x1333 --batch-size 16 --repeats 10 \
+  --json "$OUT/retinanet_predict_b16_fp16.json"
+step segmentation_b1 $B configs/fpn_evit_m4_ade20k.py configs/fpn_evit_m4_ade20k.py@deploy \
+  configs/baselines/fpn_r50_ade20k.py --modes predict --shape 512x512 --batch-size 1 --repeats 30 \
+  --json "$OUT/segmentation_predict_b1_fp16.json"
+EV="evit_m0 evit_m4 evit_m4@deploy evit_m5 timm:efficientvit_m0 timm:efficientvit_m4 timm:efficientvit_m5 resnet50 swin-t"
+step backbones_b1 $B $EV --shape 224x224 --batch-size 1 --repeats 100 --json "$OUT/backbones_224_b1_fp16.json"
+step backbones_b256 $B $EV --shape 224x224 --batch-size 256 --repeats 30 --json "$OUT/backbones_224_b256_fp16.json"
+step backbone_ablations bash -c "$PY tools/benchmark_backbone.py --arch m4 --device cuda --dtype fp16 --train \
+  --ablate --shapes 1x224x224 256x224x224 --warmup 10 --repeats 20 | tee '$OUT/backbone_m4_ablations_fp16.md'"
 
 if [ ${#FAILED[@]} -gt 0 ]; then
   echo "failed steps: ${FAILED[*]}"

@@ -31,7 +31,7 @@ from evit_mm.benchmark.inputs import parse_shape  # noqa: E402
 from evit_mm.benchmark.precision import DTYPES  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--arch', default='m4')
     parser.add_argument('--shapes', nargs='+', default=['16x224x224', '1x800x1344'], help='BxHxW per case')
@@ -58,7 +58,11 @@ def main(argv: list[str] | None = None) -> None:
                              'first shape (with --train: of both training steps too), in place and alone (CPU), and '
                              'print the bound they put on the ratio')
     add_allocator_argument(parser)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = tuple(parse_shape(s, dims=3) for s in args.shapes)

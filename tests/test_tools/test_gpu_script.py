@@ -1,0 +1,65 @@
+"""``scripts/gpu_benchmarks.sh`` runs only on a lent GPU machine, with minutes to spare: every command in it must
+parse with the tools' own argument parsers and name targets that exist, which this checks on any machine."""
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+
+import pytest
+
+from evit_mm.benchmark import cli
+from tests.conftest import REPO_ROOT
+
+SCRIPT = REPO_ROOT / 'scripts/gpu_benchmarks.sh'
+
+
+def _backbone_tool():
+    spec = importlib.util.spec_from_file_location('benchmark_backbone', REPO_ROOT / 'tools/benchmark_backbone.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _commands() -> list[tuple[str, list[str]]]:
+    """``(step name, argv)`` of every step, with the script's variables expanded and any pipe after it dropped."""
+    text = SCRIPT.read_text().replace('\\\n', ' ')
+    variables = {name: shlex.split(value)[0] for name, value in re.findall(r'^(B|EV)=(".*")$', text, flags=re.M)}
+    variables.update(PY='python', OUT='out')  # after B, whose value holds $PY
+    steps = []
+    for line in text.splitlines():
+        if not line.startswith('step '):
+            continue
+        for name, value in variables.items():
+            line = line.replace(f'${name}', value)
+        words = shlex.split(line)
+        name, argv = words[1], words[2:]
+        if argv[:2] == ['bash', '-c']:
+            argv = shlex.split(argv[2].split('|')[0])
+        steps.append((name, argv))
+    return steps
+
+
+def test_the_script_has_its_steps():
+    names = [name for name, _ in _commands()]
+    assert names[:3] == ['backbone_vs_timm', 'backbone_vs_timm_cuda_graphs', 'retinanet_b1_cuda_graphs']
+    assert len(names) == len(set(names)) >= 9
+
+
+@pytest.mark.parametrize('name, argv', _commands(), ids=[name for name, _ in _commands()])
+def test_every_step_parses_and_names_existing_targets(name, argv):
+    assert argv[0] == 'python'
+    tool, args = argv[1], argv[2:]
+    if tool == 'tools/benchmark_backbone.py':
+        parsed = _backbone_tool().parse_args(args)
+        assert parsed.device == 'cuda' and parsed.dtype == 'fp16'
+    else:
+        assert tool == 'tools/benchmark.py'
+        parsed = cli.parse_args(args)
+        assert parsed.device == 'cuda' and parsed.dtype == 'fp16' and parsed.json.startswith('out/')
+        for target in parsed.targets:
+            path = target.removesuffix('@deploy')
+            if path.endswith('.py'):
+                assert (REPO_ROOT / path).is_file(), path
+    if name.endswith('cuda_graphs'):
+        assert parsed.compile_mode == 'reduce-overhead'

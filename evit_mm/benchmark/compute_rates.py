@@ -17,7 +17,7 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -60,8 +60,8 @@ class CallRate:
     shapes: str
     calls: int  # per run
     flops: int  # per call
-    seconds_in_place: list[float] = field(default_factory=list)  # every call of every timed run
-    seconds_alone: float | None = None  # median of the call repeated alone
+    seconds_in_place: list[float]  # every call of every timed run
+    seconds_alone: float  # median of the call repeated alone
 
     @property
     def ms_in_place(self) -> float:
@@ -73,8 +73,8 @@ class CallRate:
         return self.flops / statistics.median(self.seconds_in_place) / 1e9
 
     @property
-    def gflops_alone(self) -> float | None:
-        return None if self.seconds_alone is None else self.flops / self.seconds_alone / 1e9
+    def gflops_alone(self) -> float:
+        return self.flops / self.seconds_alone / 1e9
 
 
 class _ComputeTimer(TorchDispatchMode):
@@ -87,10 +87,10 @@ class _ComputeTimer(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if any(isinstance(a, torch.Tensor) and a.device.type != 'cpu' for a in args):
-            device = next(a.device for a in args if isinstance(a, torch.Tensor) and a.device.type != 'cpu')
-            raise ValueError(f'compute rates time CPU operators; got a tensor on {device} (on a GPU the clock '
-                             'would read launches, not kernels)')
+        for a in args:
+            if isinstance(a, torch.Tensor) and a.device.type != 'cpu':
+                raise ValueError(f'compute rates time CPU operators; got a tensor on {a.device} (on a GPU the clock '
+                                 'would read launches, not kernels)')
         start = time.perf_counter()
         out = func(*args, **kwargs)
         elapsed = time.perf_counter() - start
@@ -178,10 +178,9 @@ def compute_rates(runs: Mapping[str, Callable[[], object]], repeats: int = 5, al
         calls = []
         for key, seconds in timer.seconds.items():
             (kind, flops), args, kwargs = timer.examples[key]
-            call = CallRate(kind, key[0].overloadpacket.__name__, _describe(kind, key[0], args),
-                            len(seconds) // repeats, flops, seconds)
-            call.seconds_alone = _time_alone(key[0], args, kwargs, alone_repeats)
-            calls.append(call)
+            calls.append(CallRate(kind, key[0].overloadpacket.__name__, _describe(kind, key[0], args),
+                                  len(seconds) // repeats, flops, seconds,
+                                  _time_alone(key[0], args, kwargs, alone_repeats)))
         results[name] = ModelRates(sorted(calls, key=lambda r: -r.ms_in_place), whole[name])
     return results
 
@@ -205,7 +204,7 @@ def summarize(rates: ModelRates) -> ComputeSummary:
         chosen = [r for r in rates.calls if r.kind == kind]
         flops = sum(r.flops * r.calls for r in chosen)
         in_place = sum(r.ms_in_place for r in chosen) / 1e3
-        alone = sum((r.seconds_alone or 0.0) * r.calls for r in chosen)
+        alone = sum(r.seconds_alone * r.calls for r in chosen)
         return in_place * 1e3, flops / in_place / 1e9 if in_place else 0.0, flops / alone / 1e9 if alone else 0.0
     gemm_ms, gemm_rate, gemm_alone = total('GEMM')
     conv_ms, conv_rate, conv_alone = total('conv')

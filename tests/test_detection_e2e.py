@@ -66,6 +66,18 @@ def test_train_then_test_writes_checkpoint_metrics_and_predictions(coco_root, tm
     for name, value in metrics.items():  # the deployed model scores the same
         if name.startswith('coco/bbox_'):
             assert deployed[name] == pytest.approx(value, abs=1e-3), name
+    # on bfloat16 weights: the same detections to within bfloat16's rounding, scored by the same tool
+    bf16_out = tmp_path / 'preds_bf16.pkl'
+    assert test_tool.main([DEMO_CONFIG, str(ckpt), '--work-dir', str(tmp_path / 'test_bf16'), '--deploy',
+                           '--bfloat16', '--out', str(bf16_out), *_options(coco_root)]) == 0
+    bf16_metrics = logged_metrics(tmp_path / 'test_bf16', 'coco/bbox_mAP')
+    assert bf16_metrics['coco/bbox_mAP'] == pytest.approx(metrics['coco/bbox_mAP'], abs=0.05)
+    with open(out, 'rb') as f, open(bf16_out, 'rb') as g:
+        for p, b in zip(pickle.load(f), pickle.load(g), strict=True):
+            top_p = p['pred_instances']['scores'].sort(descending=True).values[:20]
+            top_b = b['pred_instances']['scores'].sort(descending=True).values[:20]
+            assert len(top_p) == len(top_b) > 0 and b['pred_instances']['bboxes'].dtype == torch.float32
+            torch.testing.assert_close(top_b, top_p, rtol=0, atol=0.01)
 
 
 @pytest.mark.slow

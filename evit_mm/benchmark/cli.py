@@ -23,7 +23,10 @@ from .targets import build_target
 from .tensor_mode import TensorMode
 
 #: The optimize_for_inference switches the command line sets (``--no-fused-kernels`` etc.), by argument name.
-DEPLOY_SWITCHES = ('fused_kernels', 'winograd', 'winograd_tile', 'fold_batch_norms', 'roi_align')
+DEPLOY_SWITCHES = ('fused_kernels', 'winograd', 'winograd_tile', 'fold_batch_norms', 'roi_align', 'bfloat16')
+#: Target suffixes: TARGET@SUFFIX deploys that listing of a target with these optimize_for_inference switches (on
+#: top of the command line's), so that float32 and bfloat16 deployments are timed in one run.
+TARGET_SUFFIXES = {'deploy': {}, 'deploy-bf16': {'bfloat16': True}}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -35,8 +38,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                '--checkpoint ckpt.pth\n',
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('targets', nargs='+', help='config files, evit_m0..evit_m5, resnet18, resnet50, swin-t, '
-                                               'timm:<model>; append @deploy to deploy one target (a target may '
-                                               'be listed both ways)')
+                                               'timm:<model>; append @deploy to deploy one target, @deploy-bf16 '
+                                               'to deploy it on bfloat16 weights (a target may be listed several '
+                                               'ways)')
     p.add_argument('--modes', nargs='+', default=['backbone'], choices=MODES,
                    help='backbone: backbone only; forward: model in tensor mode; predict: test_step with a '
                         'per-stage breakdown; pipeline: data loading + test_step; onnx: backbone in ONNX Runtime')
@@ -57,6 +61,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help='with deploy: keep the BatchNorms of necks, heads and other backbones as they are')
     p.add_argument('--no-roi-align', dest='roi_align', action='store_false',
                    help="with deploy: keep mmcv's RoIAlign kernel (two-stage detectors)")
+    p.add_argument('--bfloat16', action='store_true',
+                   help='with deploy: backbone, neck and dense heads on bfloat16 weights, float32 in and out (not '
+                        'exact; fast on CPUs with AVX512-BF16 or AMX, and on GPUs); --dtype bf16 autocasts instead')
     p.add_argument('--winograd-tile', type=int, choices=sorted(WINOGRAD_POINTS), default=DEFAULT_TILE,
                    help='with deploy: the largest Winograd output tile (2: F(2x2,3x3) everywhere)')
     p.add_argument('--threads', type=int, help='CPU threads (torch.set_num_threads)')
@@ -71,8 +78,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add_allocator_argument(p)
     args = p.parse_args(argv)
     for spec in args.targets:
-        if '@' in spec and spec.partition('@')[2] != 'deploy':
-            p.error(f'unknown target suffix in {spec!r}; the only suffix is @deploy')
+        if '@' in spec and spec.partition('@')[2] not in TARGET_SUFFIXES:
+            p.error(f'unknown target suffix in {spec!r}; choose from '
+                    + ', '.join(f'@{suffix}' for suffix in TARGET_SUFFIXES))
     return args
 
 
@@ -81,7 +89,7 @@ def format_table(results: list[Result]) -> str:
             'params M', 'GFLOPs')
     rows = [head]
     for r in results:
-        rows.append((r.target, r.mode + (' (deploy)' if r.deploy else ''), str(r.batch), r.shape,
+        rows.append((r.target, r.mode + _deploy_label(r), str(r.batch), r.shape,
                      f'{r.images_per_s:.2f}', f'{r.latency_p50_ms:.1f}', f'{r.latency_p90_ms:.1f}',
                      f'{r.latency_p99_ms:.1f}', f'{r.peak_memory_mb:.0f}',
                      '-' if r.page_faults_per_call is None else f'{r.page_faults_per_call:.0f}', f'{r.params_m:.2f}',
@@ -95,9 +103,13 @@ def format_table(results: list[Result]) -> str:
                   '|---|---|---|---|---|---|---|---|']
         for r in breakdowns:
             b = r.breakdown_ms
-            lines.append(f'| {r.target}{" (deploy)" if r.deploy else ""} | {r.shape} | ' + ' | '.join(
+            lines.append(f'| {r.target}{_deploy_label(r)} | {r.shape} | ' + ' | '.join(
                 f'{b[k]:.1f}' for k in ('preprocess', 'backbone', 'neck', 'head', 'postprocess', 'total')) + ' |')
     return '\n'.join(lines)
+
+
+def _deploy_label(r: Result) -> str:
+    return (' (deploy, bf16 weights)' if r.bfloat16_weights else ' (deploy)') if r.deploy else ''
 
 
 def write_outputs(results: list[Result], args: argparse.Namespace) -> None:
@@ -143,9 +155,10 @@ def main(argv: list[str]) -> int:
     deploy_options = {name: getattr(args, name) for name in DEPLOY_SWITCHES}
     built = {}
     for index, (spec, mode, (h, w)) in enumerate(jobs, 1):
-        name, deploy = _split_deploy(spec)
+        name, _, suffix = spec.partition('@')  # parse_args allows only TARGET_SUFFIXES
         opts = Options(args.device, args.batch_size, h, w, args.dtype, args.channels_last, compile_mode_from(args),
-                       deploy=args.deploy or deploy, deploy_options=deploy_options, warmup=args.warmup,
+                       deploy=args.deploy or bool(suffix),
+                       deploy_options={**deploy_options, **TARGET_SUFFIXES.get(suffix, {})}, warmup=args.warmup,
                        repeats=args.repeats, time_budget=args.time_budget)
         if spec not in built:
             target = build_target(name, args.checkpoint if name.endswith('.py') else None, args.cfg_options)
@@ -166,11 +179,6 @@ def main(argv: list[str]) -> int:
     print(format_table(results))
     write_outputs(results, args)
     return 0
-
-
-def _split_deploy(spec: str) -> tuple[str, bool]:
-    name, sep, _ = spec.partition('@')  # parse_args allows only '@deploy'
-    return name, bool(sep)
 
 
 def _uncompiled(module: torch.nn.Module) -> torch.nn.Module:

@@ -55,6 +55,7 @@ class Result:
     gflops: float | None
     deploy: bool
     trained: bool | None
+    bfloat16_weights: bool = False  # deployed with the dense parts on bfloat16 weights
     breakdown_ms: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -189,4 +190,5 @@ def measure(target: Target, mode: str, opts: Options, device: torch.device) -> R
         latency_p99_ms=total.percentile(99) * 1e3, peak_memory_mb=peak, memory_kind=memory_kind,
         page_faults_per_call=total.median_page_faults,
         params_m=count_params(measured), gflops=None, deploy=opts.deploy,
+        bfloat16_weights=opts.deploy and bool(opts.deploy_options.get('bfloat16')),
         trained=None if target.kind == 'backbone' else target.trained, breakdown_ms=breakdown)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass
 
 from torch import nn
@@ -9,6 +10,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..models.roi_align import convert_roi_aligns
 from ..models.winograd import DEFAULT_TILE, WinogradConv2d, convert_to_winograd
+from .bfloat16 import native_bfloat16, run_in_bfloat16
 
 
 @dataclass
@@ -21,6 +23,7 @@ class DeploySummary:
     winograd_tile: int = DEFAULT_TILE  # the largest output tile m of those convolutions
     batch_norms_folded: int = 0  # BatchNorms outside switch_to_deploy (necks, heads) folded into their convs
     roi_aligns: int = 0  # mmcv RoIAlign layers (two-stage detectors) now computed as matrix products on CPU
+    bfloat16_parts: tuple[str, ...] = ()  # parts on bfloat16 weights (float32 in and out), if asked for
 
     def __str__(self) -> str:
         tiles = 'F(2x2,3x3)' if self.winograd_tile == 2 else (
@@ -29,12 +32,14 @@ class DeploySummary:
                 f' and {self.batch_norms_folded} other BatchNorms folded into their convs; '
                 f'{self.winograd_convs} 3x3 convolutions on Winograd {tiles} for CPU float32 inference '
                 f'(plain convolutions elsewhere), {self.winograd_relus} with their ReLU'
-                + (f'; {self.roi_aligns} RoIAlign layers as matrix products on CPU' if self.roi_aligns else ''))
+                + (f'; {self.roi_aligns} RoIAlign layers as matrix products on CPU' if self.roi_aligns else '')
+                + (f'; {", ".join(self.bfloat16_parts)} on bfloat16 weights (float32 in and out)'
+                   if self.bfloat16_parts else ''))
 
 
 def optimize_for_inference(model: nn.Module, fused_kernels: bool = True, winograd: bool = True,
                            winograd_tile: int = DEFAULT_TILE, fold_batch_norms: bool = True,
-                           roi_align: bool = True) -> DeploySummary:
+                           roi_align: bool = True, bfloat16: bool = False) -> DeploySummary:
     """Prepare ``model`` (a detector, segmentor, classifier or backbone) for inference, in place.
 
     1. ``switch_to_deploy`` of the model (classifiers: backbone and heads) or else of its backbone: BatchNorm
@@ -54,6 +59,11 @@ def optimize_for_inference(model: nn.Module, fused_kernels: bool = True, winogra
        becomes a :class:`~evit_mm.models.roi_align.SeparableRoIAlign`: in average mode, for CPU float32
        inference, two small GEMMs per RoI on the channels-last maps instead of mmcv's single-threaded NCHW kernel
        (same values up to float rounding); mmcv's op elsewhere.
+    5. With ``bfloat16`` (off by default: not exact), the backbone, neck and dense heads run on bfloat16 weights
+       with float32 inputs and outputs (:func:`~evit_mm.deploy.bfloat16.run_in_bfloat16`; RoI heads and
+       post-processing stay float32). Faster where the hardware multiplies bfloat16 (CPUs with AVX512-BF16 or AMX,
+       GPUs); features move by about 1% of their scale. Winograd applies to the float32 convolutions only; a CPU
+       without native bfloat16 gets a warning (it would run slower than float32).
 
     The model should not be trained afterwards (BatchNorm is gone); tracing and ONNX export still work.
     """
@@ -66,10 +76,21 @@ def optimize_for_inference(model: nn.Module, fused_kernels: bool = True, winogra
             target.switch_to_deploy()
         fused = type(target).__name__
     folded = _fold_batch_norms(model) if fold_batch_norms else 0
+    bfloat16_parts = run_in_bfloat16(model) if bfloat16 else ()
+    if bfloat16:
+        _warn_without_native_bfloat16(model)
     converted = convert_to_winograd(model, tile=winograd_tile) if winograd else 0
     relus = _relus_into_winograd(model) if winograd else 0
     roi_aligns = convert_roi_aligns(model) if roi_align else 0
-    return DeploySummary(fused, converted, relus, winograd_tile, folded, roi_aligns)
+    return DeploySummary(fused, converted, relus, winograd_tile, folded, roi_aligns, bfloat16_parts)
+
+
+def _warn_without_native_bfloat16(model: nn.Module) -> None:
+    device = next(model.parameters()).device
+    if not native_bfloat16(device):
+        warnings.warn(f'bfloat16 deploy on {device}, which has no native bfloat16 arithmetic (x86 CPUs need '
+                      'AVX512-BF16 or AMX): it will run slower than float32; deploy without bfloat16 here',
+                      stacklevel=3)
 
 
 def _fold_batch_norms(model: nn.Module) -> int:

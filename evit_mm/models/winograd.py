@@ -279,7 +279,9 @@ class WinogradConv2d(nn.Conv2d):
 
 
 def convert_to_winograd(model: nn.Module, **kwargs) -> int:
-    """Replace, in place, every ``nn.Conv2d`` of ``model`` that :meth:`WinogradConv2d.supports` with a
-    :class:`WinogradConv2d` sharing its parameters. Returns how many were replaced."""
-    return replace_modules(model, lambda m: type(m) is nn.Conv2d and WinogradConv2d.supports(m),
+    """Replace, in place, every float32 ``nn.Conv2d`` of ``model`` that :meth:`WinogradConv2d.supports` with a
+    :class:`WinogradConv2d` sharing its parameters (its Winograd path serves float32 only). Returns how many were
+    replaced."""
+    return replace_modules(model, lambda m: type(m) is nn.Conv2d and WinogradConv2d.supports(m)
+                           and m.weight.dtype == torch.float32,
                            lambda conv: WinogradConv2d.from_conv(conv, **kwargs))

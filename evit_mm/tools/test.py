@@ -22,8 +22,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument('--deploy', action='store_true',
                         help='evaluate the deployed model (evit_mm.deploy.optimize_for_inference: Conv+BN folding, '
                              'fused kernels, Winograd 3x3 on CPU), e.g. to check that it scores the same')
+    parser.add_argument('--bfloat16', action='store_true',
+                        help='with --deploy: backbone, neck and dense heads on bfloat16 weights (float32 in and out), '
+                             'to see what the faster bfloat16 deployment costs in accuracy')
     add_common_arguments(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.bfloat16 and not args.deploy:
+        parser.error('--bfloat16 changes the deployed model; add --deploy')
+    return args
 
 
 def main(argv: list[str]) -> int:
@@ -48,6 +54,6 @@ def main(argv: list[str]) -> int:
         runner.load_checkpoint(local_checkpoint(args.checkpoint))  # mmengine's loader does not know hf-hub: names
     if args.deploy:
         from ..deploy import optimize_for_inference
-        runner.logger.info(str(optimize_for_inference(model)))
+        runner.logger.info(str(optimize_for_inference(model, bfloat16=args.bfloat16)))
     runner.test()
     return 0

@@ -18,7 +18,7 @@ DET_DEMO = str(REPO_ROOT / 'configs/demo/retinanet_evit_m0_coco_demo.py')
 SEG_DEMO = str(REPO_ROOT / 'configs/demo/fpn_evit_m0_ade20k_demo.py')
 FIELDS = {'target', 'kind', 'mode', 'device', 'dtype', 'batch', 'shape', 'images_per_s', 'latency_p50_ms',
           'latency_p90_ms', 'latency_p99_ms', 'peak_memory_mb', 'memory_kind', 'page_faults_per_call', 'params_m',
-          'gflops', 'deploy', 'trained', 'breakdown_ms'}
+          'gflops', 'deploy', 'trained', 'bfloat16_weights', 'breakdown_ms'}
 
 
 def _run(tmp_path, *args: str) -> list[dict]:
@@ -45,13 +45,22 @@ def test_backbone_mode_with_baselines_and_plot(tmp_path):
     assert (tmp_path / 'p.png').stat().st_size > 1000
 
 
-def test_deploy_suffix_deploys_one_listing_of_a_target(tmp_path, capsys):
-    results = _run(tmp_path, DET_DEMO, DET_DEMO + '@deploy', '--modes', 'forward', '--shape', '96x128')
-    assert [r['deploy'] for r in results] == [False, True]
-    assert 'Winograd' in capsys.readouterr().err
+def test_deploy_suffixes_deploy_one_listing_of_a_target(tmp_path, capsys):
+    results = _run(tmp_path, DET_DEMO, DET_DEMO + '@deploy', DET_DEMO + '@deploy-bf16', '--modes', 'forward',
+                   '--shape', '96x128')
+    assert [r['deploy'] for r in results] == [False, True, True]
+    assert [r['bfloat16_weights'] for r in results] == [False, False, True]
+    err = capsys.readouterr().err
+    assert 'Winograd' in err and 'backbone, neck, bbox_head on bfloat16 weights' in err
     with pytest.raises(SystemExit):
         cli.parse_args([DET_DEMO + '@fast'])
-    assert 'the only suffix is @deploy' in capsys.readouterr().err
+    assert 'choose from @deploy, @deploy-bf16' in capsys.readouterr().err
+
+
+def test_bfloat16_switch_applies_to_every_deployed_target(tmp_path, capsys):
+    results = _run(tmp_path, 'evit_m0', 'evit_m0@deploy', '--bfloat16', '--shape', '64x96')
+    assert [(r['deploy'], r['bfloat16_weights']) for r in results] == [(False, False), (True, True)]
+    assert '(deploy, bf16 weights)' in capsys.readouterr().out
 
 
 def test_forward_and_predict_modes_with_breakdown(tmp_path, capsys):

@@ -1,0 +1,131 @@
+"""Deployment on bfloat16 weights: which parts convert, float32 at their boundaries, outputs close to float32."""
+import copy
+
+import pytest
+import torch
+
+from evit_mm.benchmark.inputs import synthetic_batch
+from evit_mm.benchmark.targets import build_target
+from evit_mm.benchmark.tensor_mode import TensorMode
+from evit_mm.deploy import optimize_for_inference, run_in_bfloat16
+from evit_mm.deploy.bfloat16 import Bfloat16Forward
+from evit_mm.deploy.onnx_export import flatten_outputs
+from evit_mm.models import EfficientViT
+from evit_mm.models.winograd import WinogradConv2d
+from evit_mm.tools import test as test_tool
+from tests.conftest import REPO_ROOT
+from tests.helpers import randomize_
+
+#: bfloat16 keeps 8 bits of mantissa (relative rounding 2**-9 per value); through a whole network the features
+#: measured 0.3-0.4% off float32 in norm. Three times that still fails a wrong cast or a float32 part left behind.
+RELATIVE_TOLERANCE = 1.5e-2
+
+
+def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((got.double() - expected.double()).norm() / expected.double().norm()).item()
+
+
+def _floating_dtypes(module: torch.nn.Module) -> set[torch.dtype]:
+    return {t.dtype for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()}
+
+
+@pytest.mark.parametrize('deploy', [False, True], ids=['eval', 'deployed'])
+@pytest.mark.parametrize('shape', [(1, 3, 97, 131), (2, 3, 64, 64)])
+def test_backbone_on_bfloat16_weights_stays_close(deploy, shape):
+    model = randomize_(EfficientViT('m0', window_size=7))
+    if deploy:
+        model.switch_to_deploy()
+    x = torch.randn(*shape)
+    with torch.inference_mode():
+        expected = model(x)
+        assert run_in_bfloat16(model) == ('model',)  # a bare backbone converts whole
+        got = model(x)  # float32 in
+    assert _floating_dtypes(model) == {torch.bfloat16}
+    for g, e in zip(got, expected, strict=True):
+        assert g.dtype == torch.float32 and g.shape == e.shape  # float32 out
+        assert _relative_error(g, e) < RELATIVE_TOLERANCE
+
+
+def test_forward_casts_nested_floating_tensors_only():
+    seen = {}
+
+    def forward(maps, scale, labels=None, note=''):
+        seen.update(maps=[m.dtype for m in maps], scale=scale.dtype, labels=labels.dtype, note=note)
+        return {'out': [m * scale for m in maps], 'labels': labels}
+
+    wrapped = Bfloat16Forward(forward)
+    out = wrapped([torch.ones(2), torch.ones(3, dtype=torch.float64)], torch.tensor(2.0),
+                  labels=torch.arange(3), note='kept')
+    assert seen == dict(maps=[torch.bfloat16] * 2, scale=torch.bfloat16, labels=torch.int64, note='kept')
+    assert [m.dtype for m in out['out']] == [torch.float32] * 2 and out['labels'].dtype == torch.int64
+
+
+def test_converting_twice_wraps_once_and_copies_work():
+    model = EfficientViT('m0', window_size=7).eval()
+    run_in_bfloat16(model)
+    run_in_bfloat16(model)
+    assert not isinstance(model.forward.forward, Bfloat16Forward)
+    clone = copy.deepcopy(model)  # the wrapped forward is bound to the copy, not to the original
+    assert clone.forward.forward.__self__ is clone
+    with torch.inference_mode():
+        assert all(f.dtype == torch.float32 for f in clone(torch.randn(1, 3, 64, 64)))
+
+
+@pytest.mark.parametrize('config, parts', [
+    ('retinanet_evit_m0.py', ('backbone', 'neck', 'bbox_head')),
+    ('fpn_evit_m4_ade20k.py', ('backbone', 'neck', 'decode_head')),
+])
+def test_dense_pipelines_on_bfloat16_weights(config, parts):
+    target = build_target(str(REPO_ROOT / 'configs' / config))
+    randomize_(target.model)
+    module = TensorMode(target).eval()
+    x = torch.randn(1, 3, 203, 299)
+    with torch.inference_mode():
+        expected = flatten_outputs(module(x))
+        summary = optimize_for_inference(target.model, bfloat16=True)
+        got = flatten_outputs(module(x))
+        # the predict path: mmseg's decode head is called as self.forward(...), mmdet's head as self(...)
+        predictions = target.model.test_step(synthetic_batch(target.kind, 1, 96, 128))
+    assert summary.bfloat16_parts == parts and 'bfloat16 weights' in str(summary)
+    for name in parts:
+        assert _floating_dtypes(getattr(target.model, name)) == {torch.bfloat16}, name
+    # Winograd serves float32 only: none of the bfloat16 convs was converted
+    assert summary.winograd_convs == 0 and not any(isinstance(m, WinogradConv2d) for m in target.model.modules())
+    for g, e in zip(got, expected, strict=True):
+        assert g.dtype == torch.float32 and g.shape == e.shape
+        assert _relative_error(g, e) < RELATIVE_TOLERANCE
+    assert len(predictions) == 1
+    result = predictions[0]
+    floats = (result.pred_instances.bboxes, result.pred_instances.scores) if 'retinanet' in config else (
+        result.seg_logits.data,)
+    assert all(t.dtype == torch.float32 for t in floats)
+
+
+def test_two_stage_detector_keeps_its_roi_head_in_float32():
+    target = build_target(str(REPO_ROOT / 'configs/mask_rcnn_evit_m4.py'))
+    model = randomize_(target.model)
+    x = torch.randn(1, 3, 256, 320)
+    with torch.inference_mode():
+        expected = model.rpn_head(model.extract_feat(x))
+        summary = optimize_for_inference(model, bfloat16=True)
+        got = model.rpn_head(model.extract_feat(x))
+        predictions = model.test_step(synthetic_batch(target.kind, 1, 128, 160))
+    assert summary.bfloat16_parts == ('backbone', 'neck', 'rpn_head')
+    assert _floating_dtypes(model.roi_head) == {torch.float32}
+    assert summary.winograd_convs == 4 and summary.roi_aligns == 8  # the float32 mask head and RoI extractors
+    for g, e in zip(flatten_outputs(got), flatten_outputs(expected), strict=True):
+        assert g.dtype == torch.float32 and _relative_error(g, e) < RELATIVE_TOLERANCE
+    assert predictions[0].pred_instances.bboxes.dtype == torch.float32
+
+
+def test_warns_where_the_cpu_has_no_native_bfloat16(monkeypatch):
+    monkeypatch.setattr('evit_mm.deploy.optimize.native_bfloat16', lambda device: False)
+    with pytest.warns(UserWarning, match='no native bfloat16 arithmetic'):
+        optimize_for_inference(EfficientViT('m0', window_size=7).eval(), bfloat16=True)
+
+
+def test_test_tool_asks_for_deploy_with_bfloat16(capsys):
+    with pytest.raises(SystemExit):
+        test_tool.parse_args(['config.py', 'checkpoint.pth', '--bfloat16'])
+    assert '--bfloat16 changes the deployed model; add --deploy' in capsys.readouterr().err
+    assert test_tool.parse_args(['config.py', 'checkpoint.pth', '--deploy', '--bfloat16']).bfloat16

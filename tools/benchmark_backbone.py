@@ -9,6 +9,7 @@ middle half of the per-round ratios (25th-75th percentile) beside them.
     python tools/benchmark_backbone.py --arch m4 --threads 2 --shapes 1x800x1344 --train --backward-nodes shape
     python tools/benchmark_backbone.py --arch m4 --threads 2 --keep-freed-memory
     python tools/benchmark_backbone.py --arch m4 --threads 2 --shapes 16x224x224 --compute-rates
+    python tools/benchmark_backbone.py --arch m4 --threads 2 --bfloat16
 
 The last column counts the process's minor page faults per call (fresh pages the kernel maps in and zeroes, about
 1 us each on a CPU machine); --keep-freed-memory makes glibc keep freed memory for reuse, for both models.
@@ -47,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='also time evit_mm with each fast path off (eval without BatchNorm folding, deploy '
                              'without CPU fused kernels and GEMMs; with --train, training without GEMM convs), in '
                              'the same rounds')
+    parser.add_argument('--bfloat16', action='store_true',
+                        help='also time evit_mm deployed and timm as shipped on bfloat16 weights (float32 in and out; '
+                             'fast on CPUs with AVX512-BF16 or AMX), in the same rounds; --dtype bf16 autocasts')
     parser.add_argument('--host-work', action='store_true',
                         help='also count operators and module calls per forward (what a GPU waits for at batch 1)')
     parser.add_argument('--backward-nodes', nargs='?', const='kind', choices=('kind', 'shape'),
@@ -70,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     allocator = apply_allocator_argument(args)
     print(f'torch {torch.__version__}, {where}, {torch.get_num_threads()} CPU threads, {args.dtype}, {allocator}')
     print(format_rows(compare(args.arch, shapes, args.warmup, args.repeats, args.train, compile_mode_from(args),
-                              args.device, args.dtype, args.ablate)))
+                              args.device, args.dtype, args.ablate, args.bfloat16)))
     if args.host_work:
         print()
         print(host_work_table(args.arch, shapes[0]))

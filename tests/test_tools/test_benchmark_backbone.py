@@ -41,6 +41,14 @@ def test_compare_times_under_autocast():
     assert len(rows) == 4 and all(r.ours > 0 and r.timm > 0 for r in rows)
 
 
+def test_compare_times_both_models_on_bfloat16_weights():
+    rows = compare('m0', shapes=((2, 64, 96),), warmup=0, repeats=2, bfloat16=True)
+    by_case = {r.case: r for r in rows}
+    assert list(by_case)[-2:] == ['deploy bf16 weights vs timm as shipped', 'deploy bf16 weights vs timm bf16 weights']
+    assert by_case['deploy bf16 weights vs timm as shipped'].timm == by_case['eval'].timm  # the same float32 rounds
+    assert all(r.ours > 0 and r.timm > 0 and r.ratio > 0 for r in rows)
+
+
 def test_compare_rejects_unknown_dtype():
     with pytest.raises(ValueError, match=r"unknown dtype 'fp8'; choose one of \['bf16', 'fp16', 'fp32'\]"):
         compare('m0', shapes=((1, 64, 64),), dtype='fp8')

@@ -55,9 +55,11 @@ def test_winograd_equals_direct_convolution(tile, shape, channels_last, bias, re
     assert relative_error(got, expected) < 1e-5
 
 
-def test_float32_error_is_that_of_the_direct_convolution():
-    """Against float64, F(4x4, 3x3) in float32 errs at most a few times as much as the direct float32 convolution
-    (measured 2-3e-6 against 1.5-1.8e-6 of the output's scale); F(2x2, 3x3) less than it."""
+def test_float32_error_is_at_the_scale_of_float32_rounding():
+    """Against float64, Winograd in float32 errs by float32 rounding, as the direct float32 convolution does, the
+    larger tile more. Measured, as a fraction of the output's scale: direct 1.5-1.8e-6 (oneDNN on AVX2) and 1.8e-7
+    (on AVX-512, which accumulates differently), F(2x2, 3x3) 3.7e-7, F(4x4, 3x3) 2.1-3e-6; so the bounds are in
+    units of float32's epsilon, not of one machine's direct kernel."""
     torch.manual_seed(0)
     x = torch.randn(1, 256, 26, 30).relu()
     weight = torch.randn(64, 256, 3, 3) * (2 / (9 * 256)) ** 0.5
@@ -65,7 +67,9 @@ def test_float32_error_is_that_of_the_direct_convolution():
     direct = relative_error(F.conv2d(x, weight, padding=1).double(), expected)
     f2 = relative_error(winograd_conv3x3(x, winograd_filter(weight, 2)).double(), expected)
     f4 = relative_error(winograd_conv3x3(x, winograd_filter(weight, 4)).double(), expected)
-    assert f2 < 1.5 * direct and f4 < 4 * direct and f4 < 1e-5
+    eps = torch.finfo(torch.float32).eps
+    assert direct < 32 * eps and f2 < 32 * eps and f4 < 64 * eps
+    assert f2 < f4
 
 
 def test_default_channel_threshold_is_the_geometric_mean():

@@ -1,11 +1,14 @@
 """End-to-end detection runs on tiny generated COCO data: train, test, resume, torchrun, bad input."""
 from __future__ import annotations
 
+import json
+import math
 import os
 import pickle
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -108,6 +111,21 @@ def test_mask_rcnn_trains_evaluates_masks_and_deploys(coco_root, tmp_path):
         p, d = p['pred_instances'], d['pred_instances']
         assert len(p['scores']) == len(d['scores']) > 0 and len(d['masks']) == len(d['scores'])
         torch.testing.assert_close(d['scores'].sort().values, p['scores'].sort().values, rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_amp_trains_on_the_cpu_in_bfloat16(coco_root, tmp_path):
+    """--amp on a CPU machine: bfloat16 autocast (mmengine's AmpOptimWrapper refuses CPUs), float32 weights saved."""
+    work = tmp_path / 'work'
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # the warning of CPUs without native bfloat16 (tested in test_cpu_amp)
+        assert train_tool.main([DEMO_CONFIG, '--work-dir', str(work), '--amp', *_options(coco_root)]) == 0
+    assert "type='CPUBfloat16OptimWrapper'" in (work / 'retinanet_evit_m0_coco_demo.py').read_text()
+    losses = [json.loads(line)['loss'] for line in next(work.glob('*/vis_data/scalars.json')).read_text().splitlines()
+              if '"loss"' in line]
+    assert losses and all(math.isfinite(loss) for loss in losses)
+    state = torch.load(work / 'epoch_1.pth')['state_dict']
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
 
 
 @pytest.mark.slow

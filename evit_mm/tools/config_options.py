@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import os.path as osp
+import warnings
 
 from mmengine.config import Config, DictAction
+from mmengine.device import get_device
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,14 +38,24 @@ def load_config(args: argparse.Namespace) -> Config:
 
 
 def enable_amp(cfg: Config) -> None:
-    """Mixed precision through mmengine's ``AmpOptimWrapper`` (dynamic loss scaling)."""
+    """Mixed precision: mmengine's ``AmpOptimWrapper`` (float16, dynamic loss scaling) where training runs on an
+    accelerator, :class:`~evit_mm.engine.CPUBfloat16OptimWrapper` (bfloat16 autocast) where it runs on the CPU,
+    which mmengine's wrapper refuses; a warning where that CPU has no native bfloat16 (it would be slower)."""
     wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
-    if wrapper == 'AmpOptimWrapper':
+    if wrapper in ('AmpOptimWrapper', 'CPUBfloat16OptimWrapper'):
         return
     if wrapper != 'OptimWrapper':
-        raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper or AmpOptimWrapper, got {wrapper!r}')
-    cfg.optim_wrapper.type = 'AmpOptimWrapper'
-    cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+        raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper, AmpOptimWrapper or CPUBfloat16OptimWrapper, '
+                         f'got {wrapper!r}')
+    if get_device() != 'cpu':
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+        return
+    from ..deploy.bfloat16 import native_bfloat16
+    if not native_bfloat16('cpu'):
+        warnings.warn('--amp on a CPU without native bfloat16 arithmetic (x86 CPUs need AVX512-BF16 or AMX): '
+                      'bfloat16 autocast will train slower than float32 here', stacklevel=2)
+    cfg.optim_wrapper.type = 'CPUBfloat16OptimWrapper'
 
 
 def enable_auto_scale_lr(cfg: Config) -> None:

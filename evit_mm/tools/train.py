@@ -15,7 +15,8 @@ from .preflight import check_backbone_neck, check_checkpoint_fits, run_preflight
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train a detector, segmentor or classifier with EfficientViT')
     parser.add_argument('config', help='config file, e.g. configs/retinanet_evit_m4.py')
-    parser.add_argument('--amp', action='store_true', help='mixed-precision training')
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed-precision training: float16 with loss scaling on GPUs, bfloat16 autocast on CPUs')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate linearly with the total batch size (auto_scale_lr)')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',

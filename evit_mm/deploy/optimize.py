@@ -27,10 +27,10 @@ class DeploySummary:
 
     def __str__(self) -> str:
         tiles = 'F(2x2,3x3)' if self.winograd_tile == 2 else (
-            f'F({self.winograd_tile}x{self.winograd_tile},3x3) (F(2x2,3x3) on small maps)')
+            f'F({self.winograd_tile}x{self.winograd_tile},3x3) (F(2x2,3x3) on small maps and in bfloat16)')
         return (f'deploy: Conv+BN folded in {self.fused or "nothing (no switch_to_deploy)"}'
                 f' and {self.batch_norms_folded} other BatchNorms folded into their convs; '
-                f'{self.winograd_convs} 3x3 convolutions on Winograd {tiles} for CPU float32 inference '
+                f'{self.winograd_convs} 3x3 convolutions on Winograd {tiles} for CPU inference '
                 f'(plain convolutions elsewhere), {self.winograd_relus} with their ReLU'
                 + (f'; {self.roi_aligns} RoIAlign layers as matrix products on CPU' if self.roi_aligns else '')
                 + (f'; {", ".join(self.bfloat16_parts)} on bfloat16 weights (float32 in and out)'
@@ -62,8 +62,9 @@ def optimize_for_inference(model: nn.Module, fused_kernels: bool = True, winogra
     5. With ``bfloat16`` (off by default: not exact), the backbone, neck and dense heads run on bfloat16 weights
        with float32 inputs and outputs (:func:`~evit_mm.deploy.bfloat16.run_in_bfloat16`; RoI heads and
        post-processing stay float32). Faster where the hardware multiplies bfloat16 (CPUs with AVX512-BF16 or AMX,
-       GPUs); features move by about 1% of their scale. Winograd applies to the float32 convolutions only; a CPU
-       without native bfloat16 gets a warning (it would run slower than float32).
+       GPUs); features move by about 1% of their scale. Their 3x3 convolutions take Winograd F(2x2, 3x3) (F(4x4)
+       amplifies bfloat16's rounding too much); a CPU without native bfloat16 gets a warning (it would run slower
+       than float32).
 
     The model should not be trained afterwards (BatchNorm is gone); tracing and ONNX export still work.
     """

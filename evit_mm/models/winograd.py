@@ -33,6 +33,11 @@ from .padding import zero_padded_nhwc
 WINOGRAD_POINTS = {2: (0.0, 1.0, -1.0), 4: (0.0, 1.0, -1.0, 0.5, -2.0)}
 #: Output tile side used where none is given: F(4x4, 3x3), 36 multiplies per 16 outputs against F(2x2)'s 64.
 DEFAULT_TILE = 4
+#: Input dtypes of the Winograd path and the largest tile each may use. bfloat16 (deployed on bfloat16 weights) takes
+#: F(2x2, 3x3) only: against float64, a 256-channel conv on bfloat16 errs 2.9e-3 of the output's norm directly,
+#: 5.3e-3 by F(2x2) and 2.1e-2 by F(4x4), whose transforms amplify bfloat16's rounding; F(2x2) in bfloat16 was 1.3-1.55x
+#: faster than the direct bfloat16 conv on an AVX512-BF16 CPU at RetinaNet's head shapes (docs/benchmarks.md).
+MAX_TILE = {torch.float32: 4, torch.bfloat16: 2}
 # Tiles per GEMM: enough rows for an efficient GEMM while one chunk's transformed tiles stay in cache. Measured on a
 # 2-core AVX2 CPU for 256-2048 channels: 128-512 tiles of 2x2 beat both smaller and whole-map chunks; for 4x4 tiles
 # 128-256 measured the same and 48-96 slower (docs/benchmarks.md, "Winograd F(4x4, 3x3)").
@@ -155,7 +160,7 @@ def winograd_conv3x3(x: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor 
     transforms = winograd_transforms(alpha - 2)
     m, out_channels = transforms.tile, filters.shape[2]
     th, tw = -(-h // m), -(-w // m)
-    kout = transforms.tile_output.to(x)  # no copy for CPU float32, the only case WinogradConv2d sends
+    kout = transforms.tile_output.to(x)  # no copy for CPU float32; 16-64 values for bfloat16
     # NHWC, zero border of 1 plus what completes the last output tile
     padded = zero_padded_nhwc(x, 1, m * th + 1 - h, 1, m * tw + 1 - w)
     out = torch.empty(n, m * th, m * tw, out_channels, dtype=x.dtype, device=x.device)
@@ -193,8 +198,9 @@ def winograd_conv3x3(x: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor 
 class WinogradConv2d(nn.Conv2d):
     """A 3x3, stride-1, padding-1, ungrouped ``Conv2d`` that runs :func:`winograd_conv3x3` where that is faster.
 
-    Same parameters (and state-dict keys) as the ``Conv2d`` it replaces. The Winograd path runs for CPU float32
-    inference (no autograd, not traced, exported or compiled) on batches of at least ``min_pixels`` pixels in all
+    Same parameters (and state-dict keys) as the ``Conv2d`` it replaces. The Winograd path runs for CPU inference
+    in float32, or in bfloat16 with F(2x2, 3x3) only (:data:`MAX_TILE`; input and weights of one dtype; no autograd,
+    not traced, exported or compiled) on batches of at least ``min_pixels`` pixels in all
     (batch x height x width: the rows of its GEMMs) whose input and output channels have a geometric mean of at
     least ``min_channels``: F(4x4, 3x3) from ``large_tile_min_pixels`` pixels, F(2x2, 3x3) below; everything else
     runs the direct convolution. Why the whole batch: Mask R-CNN's mask head runs its four 256-channel convs on
@@ -258,14 +264,17 @@ class WinogradConv2d(nn.Conv2d):
 
     def winograd_tile(self, x: torch.Tensor) -> int | None:
         """The output tile the Winograd path would use for ``x``, or None where the direct convolution runs."""
-        if x.device.type != 'cpu' or x.dtype != torch.float32 or exporting_or_compiling():  # cheapest first
+        max_tile = MAX_TILE.get(x.dtype)
+        if x.device.type != 'cpu' or max_tile is None or exporting_or_compiling():  # cheapest first
+            return None
+        if self.weight.dtype != x.dtype:  # e.g. under autocast: the direct conv casts
             return None
         pixels = x.shape[0] * x.shape[-2] * x.shape[-1] if x.dim() == 4 else 0  # the GEMMs' rows
         if not (x.shape[0] > 0 and self.in_channels * self.out_channels >= self.min_channels ** 2
                 and pixels >= self.min_pixels
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
             return None
-        return self.tile if pixels >= self.large_tile_min_pixels else min(self.tile, 2)
+        return min(self.tile if pixels >= self.large_tile_min_pixels else 2, max_tile)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f', tile={self.tile}' + (', relu=True' if self.relu else '')
@@ -279,9 +288,9 @@ class WinogradConv2d(nn.Conv2d):
 
 
 def convert_to_winograd(model: nn.Module, **kwargs) -> int:
-    """Replace, in place, every float32 ``nn.Conv2d`` of ``model`` that :meth:`WinogradConv2d.supports` with a
-    :class:`WinogradConv2d` sharing its parameters (its Winograd path serves float32 only). Returns how many were
-    replaced."""
+    """Replace, in place, every ``nn.Conv2d`` of ``model`` that :meth:`WinogradConv2d.supports`, with weights of a
+    dtype its Winograd path serves (:data:`MAX_TILE`), with a :class:`WinogradConv2d` sharing its parameters. Returns
+    how many were replaced."""
     return replace_modules(model, lambda m: type(m) is nn.Conv2d and WinogradConv2d.supports(m)
-                           and m.weight.dtype == torch.float32,
+                           and m.weight.dtype in MAX_TILE,
                            lambda conv: WinogradConv2d.from_conv(conv, **kwargs))

@@ -1,10 +1,12 @@
-"""Deploy-time rewrites of a whole model (backbone, neck, head) that keep its outputs."""
+"""Deploy-time rewrites of a whole model (backbone, neck, head) that keep its outputs up to float rounding, and the
+opt-in move to bfloat16 weights, which does not."""
 from __future__ import annotations
 
 import inspect
 import warnings
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -87,7 +89,8 @@ def optimize_for_inference(model: nn.Module, fused_kernels: bool = True, winogra
 
 
 def _warn_without_native_bfloat16(model: nn.Module) -> None:
-    device = next(model.parameters()).device
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device('cpu')
     if not native_bfloat16(device):
         warnings.warn(f'bfloat16 deploy on {device}, which has no native bfloat16 arithmetic (x86 CPUs need '
                       'AVX512-BF16 or AMX): it will run slower than float32; deploy without bfloat16 here',

@@ -7,7 +7,9 @@
 #      remove; never measured yet, so it comes before the tables the 2026-11-28 session already has;
 #   3. whole RetinaNet-EViT-M4 predictions (as built and deployed) against mmdet's RetinaNet-R50, batch 1 and 16;
 #   4. semantic FPN-EViT-M4 against FPN-R50;
-#   5. backbones side by side (evit_mm, timm, ResNet-50, Swin-T), with each fast path off for evit_mm last.
+#   5. deployment on bfloat16 weights (no autocast: no per-call weight casts, fewer kernel launches), backbone and
+#      RetinaNet at batch 1, both models converted the same way;
+#   6. backbones side by side (evit_mm, timm, ResNet-50, Swin-T), with each fast path off for evit_mm last.
 # Results go to ${OUT:-gpu_results}/ as JSON / Markdown, the tables to stdout. A failing step is reported and
 # the others still run; the exit status says whether any failed.
 #   OUT=gpu_results bash scripts/gpu_benchmarks.sh
@@ -42,6 +44,11 @@ step retinanet_b16 $B configs/retinanet_evit_m4.py configs/retinanet_evit_m4.py@
 step segmentation_b1 $B configs/fpn_evit_m4_ade20k.py configs/fpn_evit_m4_ade20k.py@deploy \
   configs/baselines/fpn_r50_ade20k.py --modes predict --shape 512x512 --batch-size 1 --repeats 30 \
   --json "$OUT/segmentation_predict_b1_fp16.json"
+step backbone_bf16_weights bash -c "$PY tools/benchmark_backbone.py --arch m4 --device cuda --bfloat16 \
+  --shapes 1x224x224 256x224x224 --warmup 10 --repeats 30 | tee '$OUT/backbone_m4_vs_timm_bf16_weights.md'"
+step retinanet_b1_bf16_weights $PY tools/benchmark.py --device cuda --warmup 10 \
+  configs/retinanet_evit_m4.py@deploy-bf16 configs/baselines/retinanet_r50_fpn_coco.py@deploy-bf16 \
+  --modes predict --shape 800x1333 --batch-size 1 --repeats 30 --json "$OUT/retinanet_predict_b1_bf16_weights.json"
 EV="evit_m0 evit_m4 evit_m4@deploy evit_m5 timm:efficientvit_m0 timm:efficientvit_m4 timm:efficientvit_m5 resnet50 swin-t"
 step backbones_b1 $B $EV --shape 224x224 --batch-size 1 --repeats 100 --json "$OUT/backbones_224_b1_fp16.json"
 step backbones_b256 $B $EV --shape 224x224 --batch-size 256 --repeats 30 --json "$OUT/backbones_224_b256_fp16.json"

@@ -83,11 +83,11 @@ def _peak_memory(device: torch.device) -> tuple[float, str]:
 def prepare(target: Target, opts: Options) -> torch.device:
     """Move, fuse, convert and compile the target as the options say (in place)."""
     device = torch.device(opts.device)
+    target.model.to(device)  # first: deploying on bfloat16 weights checks the device it will run on
     if opts.deploy:
         from ..deploy import optimize_for_inference
         summary = optimize_for_inference(target.model, **opts.deploy_options)
         print(f'{target.name}: {summary}', file=sys.stderr)
-    target.model.to(device)
     if opts.channels_last:
         target.model.to(memory_format=torch.channels_last)
     if opts.compile_mode is not None:

@@ -50,15 +50,19 @@ def test_the_script_has_its_steps():
 def test_every_step_parses_and_names_existing_targets(name, argv):
     assert argv[0] == 'python'
     tool, args = argv[1], argv[2:]
+    # AMP fp16 everywhere, except the steps on bfloat16 weights, where autocast would cast them again
+    bf16_weights = name.endswith('bf16_weights')
+    dtype = 'fp32' if bf16_weights else 'fp16'
     if tool == 'tools/benchmark_backbone.py':
         parsed = _backbone_tool().parse_args(args)
-        assert parsed.device == 'cuda' and parsed.dtype == 'fp16'
+        assert parsed.device == 'cuda' and parsed.dtype == dtype and parsed.bfloat16 == bf16_weights
     else:
         assert tool == 'tools/benchmark.py'
         parsed = cli.parse_args(args)
-        assert parsed.device == 'cuda' and parsed.dtype == 'fp16' and parsed.json.startswith('out/')
+        assert parsed.device == 'cuda' and parsed.dtype == dtype and parsed.json.startswith('out/')
+        assert not bf16_weights or all(t.endswith('@deploy-bf16') for t in parsed.targets)
         for target in parsed.targets:
-            path = target.removesuffix('@deploy')
+            path = target.partition('@')[0]
             if path.endswith('.py'):
                 assert (REPO_ROOT / path).is_file(), path
     if name.endswith('cuda_graphs'):

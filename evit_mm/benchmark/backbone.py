@@ -88,6 +88,7 @@ CASES = {
     'eval without BN folding': (UNFOLDED_EVAL, 'timm'),
     'deploy without CPU kernels vs timm as shipped': (PLAIN_DEPLOY, 'timm'),
     'train without GEMM convs': ('evit_mm train, no GEMM convs', 'timm train'),
+    'train with GEMM convs': ('evit_mm train, GEMM convs', 'timm train'),  # the default on AVX2 CPUs only
     # option bfloat16: both deployed on bfloat16 weights (float32 in and out, evit_mm.deploy.run_in_bfloat16)
     'deploy bf16 weights vs timm as shipped': (DEPLOY_BF16, 'timm'),
     'deploy bf16 weights vs timm bf16 weights': (DEPLOY_BF16, TIMM_BF16),
@@ -156,8 +157,8 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
             precedes the timing always runs in exact float32.
         ablate: Also time evit_mm with each fast path off, in the same rounds: eval mode without the on-the-fly
             BatchNorm folding (``fold_eval_bn=False``), deployed without the CPU fused kernels and GEMMs
-            (``switch_to_deploy(fused_kernels=False)``) and, with ``train``, training without the GEMM convolutions
-            (``gemm_convs=False``).
+            (``switch_to_deploy(fused_kernels=False)``) and, with ``train``, training without and with the GEMM
+            convolutions (``gemm_convs=False`` / ``True``; the default depends on the CPU).
         bfloat16: Also time evit_mm deployed and timm as shipped on bfloat16 weights (float32 in and out), in the
             same rounds, against timm as shipped and against each other; their features are checked against timm's
             float32 ones to :data:`BFLOAT16_RELATIVE_TOLERANCE` of their norm.
@@ -193,9 +194,10 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
         if train:  # on copies: training-mode BatchNorm updates running statistics
             steps = {'evit_mm train': _training_step(copy.deepcopy(ours).train(), x, precision),
                      'timm train': _training_step(copy.deepcopy(reference).train(), x, precision)}
-            if ablate:
-                steps['evit_mm train, no GEMM convs'] = _training_step(
-                    copy.deepcopy(ours).set_conv_bn_paths(gemm_convs=False).train(), x, precision)
+            if ablate:  # both ways: the default depends on the CPU (gemm_conv.gemm_convs_measured_faster)
+                for name, gemm_convs in (('evit_mm train, no GEMM convs', False), ('evit_mm train, GEMM convs', True)):
+                    steps[name] = _training_step(copy.deepcopy(ours).set_conv_bn_paths(gemm_convs=gemm_convs).train(),
+                                                 x, precision)
             timings.update(time_interleaved(steps, batch, warmup, repeats, device=target, grad=True))
         for case, (a, b) in CASES.items():
             if a in timings:

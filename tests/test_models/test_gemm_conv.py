@@ -118,7 +118,7 @@ def test_backbone_routes_convs_through_gemms_only_where_they_apply(gemm_convs):
 def test_gemm_convs_backbone_equals_conv_backbone_in_training():
     """Whole backbone, odd input size: features, every gradient and BatchNorm buffer. In float64, where rounding
     cannot flip a ReLU (see test_training_step_matches_timm); the float32 kernels are compared layer by layer above."""
-    fast = randomize_(EfficientViT('m1')).double().train()
+    fast = randomize_(EfficientViT('m1', gemm_convs=True)).double().train()
     plain = EfficientViT('m1', gemm_convs=False).double().train()
     plain.load_state_dict(fast.state_dict())
     x = torch.randn(2, 3, 97, 131, dtype=torch.float64)
@@ -138,9 +138,18 @@ def test_gemm_convs_backbone_equals_conv_backbone_in_training():
 @pytest.mark.parametrize('path', ['gemm_convs', 'fold_eval_bn'])
 def test_set_conv_bn_paths_switches_one_path_of_every_convbn(path):
     other = {'gemm_convs': 'fold_eval_bn', 'fold_eval_bn': 'gemm_convs'}[path]
-    model = EfficientViT('m0').set_conv_bn_paths(**{path: False})
+    model = EfficientViT('m0', gemm_convs=True).set_conv_bn_paths(**{path: False})
     layers = [m for m in model.modules() if isinstance(m, ConvBN)]
     assert layers and not any(getattr(m, path) for m in layers)
     assert all(getattr(m, other) for m in layers)  # None: left as it was
     assert all(getattr(m, path) for m in model.set_conv_bn_paths(**{path: True}).modules() if isinstance(m, ConvBN))
     assert not any(m.fold_eval_bn for m in EfficientViT('m0', fold_eval_bn=False).modules() if isinstance(m, ConvBN))
+
+
+@pytest.mark.parametrize('capability, expected', [('AVX2', True), ('AVX512', False), ('DEFAULT', False)])
+def test_gemm_convs_default_follows_the_cpu_where_measured(monkeypatch, capability, expected):
+    """On by default only on AVX2 CPUs, where they trained faster; oneDNN won on AVX-512; elsewhere unmeasured."""
+    monkeypatch.setattr(torch.backends.cpu, 'get_cpu_capability', lambda: capability)
+    layers = [m for m in EfficientViT('m0').modules() if isinstance(m, ConvBN)]
+    assert layers and all(m.gemm_convs is expected for m in layers)
+    assert all(m.gemm_convs for m in EfficientViT('m0', gemm_convs=True).modules() if isinstance(m, ConvBN))

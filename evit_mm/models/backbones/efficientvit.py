@@ -22,6 +22,7 @@ from ...checkpoint import load_pretrained
 from ...compat import mmcv_contiguous
 from ...registry import register_model
 from ..attention import LocalWindowAttention
+from ..gemm_conv import gemm_convs_measured_faster
 from ..layers import (BNLinear, ConvBN, ConvFFN, PatchEmbed, PatchMerging, Residual, depthwise_residual,
                       ffn_residual)
 
@@ -177,7 +178,8 @@ class EfficientViT(BaseModule):
             read raw NCHW memory whatever the strides). Defaults to True.
         gemm_convs: Before deployment, on channels-last CPU maps, compute every 1x1 conv as one GEMM over the
             pixels and the stem convs' weight gradients by im2col and GEMMs (:mod:`~evit_mm.models.gemm_conv`;
-            same values, faster training); False keeps oneDNN's convolutions. Defaults to True.
+            same values); False keeps oneDNN's convolutions. Defaults to None: on where that trained faster, AVX2
+            CPUs (:func:`~evit_mm.models.gemm_conv.gemm_convs_measured_faster`; oneDNN won on AVX-512).
         fold_eval_bn: Wherever a BatchNorm is in eval mode and no gradient reaches its layer (``model.eval()``
             before deployment, validation, frozen stages), fold its running statistics into the conv weights on the
             fly (:meth:`ConvBN.eval_folded`, cached): one conv with a bias instead of conv + BatchNorm, same values.
@@ -199,7 +201,7 @@ class EfficientViT(BaseModule):
         window_size: int | Sequence[int] = 7,
         fast_attention: bool = True,
         channels_last: bool = True,
-        gemm_convs: bool = True,
+        gemm_convs: bool | None = None,
         fold_eval_bn: bool = True,
         pretrained: str | None = None,
         init_cfg: dict | list[dict] | None = None,
@@ -244,6 +246,8 @@ class EfficientViT(BaseModule):
         self.stage_strides = tuple(PatchEmbed.stride * 2 ** i for i in range(n))
         self.out_channels = [spec.embed_dims[i] for i in self.out_indices]
         self.out_strides = [self.stage_strides[i] for i in self.out_indices]
+        if gemm_convs is None:
+            gemm_convs = gemm_convs_measured_faster()
         self.set_conv_bn_paths(gemm_convs=gemm_convs, fold_eval_bn=fold_eval_bn)
         self._freeze_stages()
 

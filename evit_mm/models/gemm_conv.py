@@ -13,9 +13,11 @@ ran the backward pass of EfficientViT-M4's FFN shapes at 45-59 GMAC/s, torch's G
 channels-last weight gradient of the stem's 32->64 conv at 1x800x1344 took 17-36 ms, im2col plus one GEMM 9 ms.
 On AVX-512 CPUs the balance turns: oneDNN's convolutions there made M4's training step 1.06-1.08x faster than these
 GEMMs (2-core AVX512-BF16 machine, 20 interleaved steps; "bfloat16 weights on a CPU ..." in ``docs/benchmarks.md``),
-so :func:`gemm_convs_measured_faster` chooses by the CPU's vector ISA. The im2col matrix is built and multiplied in chunks of at most :data:`IM2COL_CHUNK_ELEMENTS`: a whole matrix of
-the 16->32 conv at 1x800x1344 (39 MB) is above glibc's largest mmap threshold and page-faulted on every step
-(28 ms against oneDNN's 19 ms); in 8 MB chunks it took 12 ms. With 8 input channels im2col lost to oneDNN (6.4
+so :func:`gemm_convs_measured_faster` chooses by the CPU's vector ISA.
+
+The im2col matrix is built and multiplied in chunks of at most :data:`IM2COL_CHUNK_ELEMENTS`: a whole matrix of the
+16->32 conv at 1x800x1344 (39 MB) is above glibc's largest mmap threshold and page-faulted on every step (28 ms
+against oneDNN's 19 ms); in 8 MB chunks it took 12 ms. With 8 input channels im2col lost to oneDNN (6.4
 against 3.5 ms, M0's 8->16 conv), hence :data:`IM2COL_MIN_IN_CHANNELS`.
 """
 from __future__ import annotations

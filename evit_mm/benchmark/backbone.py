@@ -70,6 +70,7 @@ class Row:
 
 
 PLAIN_DEPLOY = 'evit_mm deploy, plain ops (the GPU path)'
+KERNEL_DEPLOY = 'evit_mm deploy, CPU kernels'
 UNFOLDED_EVAL = 'evit_mm, BatchNorm not folded in eval'
 DEPLOY_BF16 = 'evit_mm deploy, bf16 weights'
 TIMM_BF16 = 'timm, bf16 weights'
@@ -87,6 +88,7 @@ CASES = {
     # ablations (option ablate): evit_mm with one fast path off, against the same timm timings
     'eval without BN folding': (UNFOLDED_EVAL, 'timm'),
     'deploy without CPU kernels vs timm as shipped': (PLAIN_DEPLOY, 'timm'),
+    'deploy with CPU kernels vs timm as shipped': (KERNEL_DEPLOY, 'timm'),  # the default on AVX2 CPUs only
     'train without GEMM convs': ('evit_mm train, no GEMM convs', 'timm train'),
     'train with GEMM convs': ('evit_mm train, GEMM convs', 'timm train'),  # the default on AVX2 CPUs only
     # option bfloat16: both deployed on bfloat16 weights (float32 in and out, evit_mm.deploy.run_in_bfloat16)
@@ -99,13 +101,15 @@ def inference_candidates(arch: str, device: torch.device | str = 'cpu', ablation
                          bfloat16: bool = False) -> dict[str, nn.Module]:
     """The models :func:`compare` times, same weights, on ``device``: ``evit_mm`` and ``timm`` as built,
     ``evit_mm deploy`` (``switch_to_deploy``) and ``timm fused`` (the same Conv+BN folding); with
-    ``ablations`` also evit_mm deployed without the CPU fused kernels (the path a GPU runs) and evit_mm in eval
+    ``ablations`` also evit_mm deployed without and with the CPU fused kernels (without: the path a GPU runs; the
+    default depends on the CPU, :func:`~evit_mm.models.eager_kernels.own_kernels_measured_faster`) and evit_mm in eval
     mode without its on-the-fly BatchNorm folding; with ``bfloat16`` also evit_mm deployed and timm as shipped on
     bfloat16 weights, float32 in and out (:func:`~evit_mm.deploy.bfloat16.run_in_bfloat16` on both)."""
     ours, reference = build_pair(arch)
     models = {'evit_mm': ours, 'timm': reference, 'evit_mm deploy': copy.deepcopy(ours).switch_to_deploy()}
     if ablations:
         models[PLAIN_DEPLOY] = copy.deepcopy(ours).switch_to_deploy(fused_kernels=False)
+        models[KERNEL_DEPLOY] = copy.deepcopy(ours).switch_to_deploy(fused_kernels=True)
         models[UNFOLDED_EVAL] = copy.deepcopy(ours).set_conv_bn_paths(fold_eval_bn=False)
     models['timm fused'] = fuse_timm_efficientvit(copy.deepcopy(reference))
     if bfloat16:

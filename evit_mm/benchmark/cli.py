@@ -53,7 +53,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument('--deploy', action='store_true',
                    help='deploy every target (evit_mm.deploy.optimize_for_inference: Conv+BN folding, fused '
                         'kernels, Winograd 3x3); TARGET@deploy deploys one target only')
-    p.add_argument('--no-fused-kernels', dest='fused_kernels', action='store_false',
+    p.add_argument('--no-fused-kernels', dest='fused_kernels', action='store_const', const=False, default=None,
                    help='with deploy: keep ReLUs out of the conv kernels and 1x1 convs as convs')
     p.add_argument('--no-winograd', dest='winograd', action='store_false',
                    help='with deploy: keep direct 3x3 convolutions')

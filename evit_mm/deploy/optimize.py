@@ -39,14 +39,14 @@ class DeploySummary:
                    if self.bfloat16_parts else ''))
 
 
-def optimize_for_inference(model: nn.Module, fused_kernels: bool = True, winograd: bool = True,
+def optimize_for_inference(model: nn.Module, fused_kernels: bool | None = None, winograd: bool = True,
                            winograd_tile: int = DEFAULT_TILE, fold_batch_norms: bool = True,
                            roi_align: bool = True, bfloat16: bool = False) -> DeploySummary:
     """Prepare ``model`` (a detector, segmentor, classifier or backbone) for inference, in place.
 
     1. ``switch_to_deploy`` of the model (classifiers: backbone and heads) or else of its backbone: BatchNorm
-       folded into the convolutions and, with ``fused_kernels``, ReLUs run inside them and 1x1 convolutions run as
-       GEMMs that start from the bias or the residual (CPU).
+       folded into the convolutions and, with ``fused_kernels`` (None: where measured faster, AVX2 CPUs), ReLUs
+       run inside them and 1x1 convolutions run as GEMMs that start from the bias or the residual (CPU).
     2. With ``fold_batch_norms``, every other BatchNorm that follows a convolution (UperNet's and FPN heads'
        ConvModules, another backbone such as ResNet) is folded into it by mmcv's ``fuse_conv_bn``: one pass over
        each map fewer.

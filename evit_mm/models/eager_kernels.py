@@ -3,6 +3,21 @@ from __future__ import annotations
 
 import torch
 
+#: ``torch.backends.cpu.get_cpu_capability()`` values of the CPUs on which evit_mm's own CPU kernels (GEMM
+#: convolutions in training, the deployed convolutions' fused ReLU and 1x1 GEMMs) were measured faster than
+#: PyTorch's oneDNN convolutions.
+OWN_KERNELS_CPU_CAPABILITIES = frozenset({'AVX2'})
+
+
+def own_kernels_measured_faster() -> bool:
+    """Whether this CPU's vector ISA is one where evit_mm's own convolution kernels beat oneDNN's
+    (:data:`OWN_KERNELS_CPU_CAPABILITIES`), the default of ``EfficientViT(gemm_convs=...)`` and
+    ``switch_to_deploy(fused_kernels=...)``. AVX2, several sessions: M4 training steps 1.07-1.15x, the deployed
+    forward pass 1.07-1.14x. AVX-512 (a 2-core AVX512-BF16 machine, ``docs/benchmarks.md``): oneDNN's convolutions
+    won, training steps 1.06-1.08x and the deployed forward 1.02-1.05x. Elsewhere (ARM, ...) unmeasured: PyTorch's
+    own path."""
+    return torch.backends.cpu.get_cpu_capability() in OWN_KERNELS_CPU_CAPABILITIES
+
 
 def exporting_or_compiling() -> bool:
     """Whether the current call is being traced, scripted, exported to ONNX or compiled (eager-only kernels off:

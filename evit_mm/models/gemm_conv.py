@@ -13,7 +13,7 @@ ran the backward pass of EfficientViT-M4's FFN shapes at 45-59 GMAC/s, torch's G
 channels-last weight gradient of the stem's 32->64 conv at 1x800x1344 took 17-36 ms, im2col plus one GEMM 9 ms.
 On AVX-512 CPUs the balance turns: oneDNN's convolutions there made M4's training step 1.06-1.08x faster than these
 GEMMs (2-core AVX512-BF16 machine, 20 interleaved steps; "bfloat16 weights on a CPU ..." in ``docs/benchmarks.md``),
-so :func:`gemm_convs_measured_faster` chooses by the CPU's vector ISA.
+so :func:`~.eager_kernels.own_kernels_measured_faster` chooses by the CPU's vector ISA.
 
 The im2col matrix is built and multiplied in chunks of at most :data:`IM2COL_CHUNK_ELEMENTS`: a whole matrix of the
 16->32 conv at 1x800x1344 (39 MB) is above glibc's largest mmap threshold and page-faulted on every step (28 ms
@@ -28,20 +28,11 @@ from torch import nn
 
 from .eager_kernels import eager_channels_last_cpu
 
-#: ``torch.backends.cpu.get_cpu_capability()`` values of the CPUs on which the GEMM convolutions made training faster.
-GEMM_CONV_CPU_CAPABILITIES = frozenset({'AVX2'})
 #: Fewest input channels for which the im2col weight gradient is used (measured crossover on the CPU).
 IM2COL_MIN_IN_CHANNELS = 16
 #: Most elements of one im2col chunk (8 MB in float32): small enough for glibc to reuse freed heap memory instead
 #: of mapping fresh pages, large enough for an efficient GEMM (2-8 MB chunks measured the same).
 IM2COL_CHUNK_ELEMENTS = 1 << 21
-
-
-def gemm_convs_measured_faster() -> bool:
-    """Whether this CPU's vector ISA is one on which the GEMM convolutions of this module trained EfficientViT faster
-    than oneDNN's convolutions (:data:`GEMM_CONV_CPU_CAPABILITIES`): AVX2, 1.07-1.15x per M4 training step over
-    several sessions. On AVX-512 they were 0.92-0.95x; elsewhere (ARM, ...) unmeasured, so oneDNN, PyTorch's own."""
-    return torch.backends.cpu.get_cpu_capability() in GEMM_CONV_CPU_CAPABILITIES
 
 
 def is_pointwise(conv: nn.Conv2d) -> bool:

@@ -169,7 +169,7 @@ def test_switch_to_deploy_keeps_outputs(arch):
     with torch.inference_mode():
         expected = model(x)
         plain = copy.deepcopy(model).switch_to_deploy(fused_kernels=False)
-        fused = model.switch_to_deploy()
+        fused = model.switch_to_deploy(fused_kernels=True)
         without = plain(x)
         got = fused(x)
         if onednn_fusion_available():

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from evit_mm.models import EfficientViT
+from evit_mm.models.fused_conv import FusedConv2d
 from evit_mm.models.gemm_conv import IM2COL_MIN_IN_CHANNELS, im2col_weight_grad
 from evit_mm.models.layers import ConvBN
 
@@ -147,9 +148,14 @@ def test_set_conv_bn_paths_switches_one_path_of_every_convbn(path):
 
 
 @pytest.mark.parametrize('capability, expected', [('AVX2', True), ('AVX512', False), ('DEFAULT', False)])
-def test_gemm_convs_default_follows_the_cpu_where_measured(monkeypatch, capability, expected):
-    """On by default only on AVX2 CPUs, where they trained faster; oneDNN won on AVX-512; elsewhere unmeasured."""
+def test_own_kernels_by_default_only_on_the_cpus_where_measured_faster(monkeypatch, capability, expected):
+    """GEMM convs in training and fused kernels once deployed: on by default only on AVX2 CPUs, where they were
+    faster; oneDNN's convolutions won on AVX-512; elsewhere unmeasured. Explicit arguments always win."""
     monkeypatch.setattr(torch.backends.cpu, 'get_cpu_capability', lambda: capability)
     layers = [m for m in EfficientViT('m0').modules() if isinstance(m, ConvBN)]
     assert layers and all(m.gemm_convs is expected for m in layers)
     assert all(m.gemm_convs for m in EfficientViT('m0', gemm_convs=True).modules() if isinstance(m, ConvBN))
+    deployed = [m for m in EfficientViT('m0').switch_to_deploy().modules() if isinstance(m, FusedConv2d)]
+    assert deployed and all(m.use_fused_kernel is expected for m in deployed)
+    forced = EfficientViT('m0').switch_to_deploy(fused_kernels=True).modules()
+    assert all(m.use_fused_kernel for m in forced if isinstance(m, FusedConv2d))

@@ -29,7 +29,8 @@ def test_compare_ablates_the_fast_paths():
     rows = compare('m0', shapes=((1, 64, 96),), warmup=0, repeats=1, train=True, ablate=True)
     assert [r.case for r in rows] == ['eval', 'deploy vs timm as shipped', 'deploy vs timm fused', 'train',
                                       'eval without BN folding', 'deploy without CPU kernels vs timm as shipped',
-                                      'train without GEMM convs', 'train with GEMM convs']
+                                      'deploy with CPU kernels vs timm as shipped', 'train without GEMM convs',
+                                      'train with GEMM convs']
     by_case = {r.case: r for r in rows}
     assert by_case['train without GEMM convs'].timm == by_case['train'].timm  # the same timm timings
     assert by_case['eval without BN folding'].timm == by_case['eval'].timm
@@ -83,6 +84,7 @@ def test_host_work_counts_calls_and_sees_the_deploy_savings(monkeypatch):
     from evit_mm.benchmark.host_work import count_host_work
     from evit_mm.models.fused_conv import FusedConv2d
     monkeypatch.setattr(FusedConv2d, 'min_output_elements', 0)  # the fused kernel on this test's small maps
+    monkeypatch.setattr(torch.backends.cpu, 'get_cpu_capability', lambda: 'AVX2')  # where they are the default
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Flatten())
     work = count_host_work(model, torch.randn(1, 3, 2, 2))
     assert (work.operators, work.compute_operators, work.module_calls) == (3, 2, 4)  # flatten is a view

@@ -22,7 +22,7 @@ from ...checkpoint import load_pretrained
 from ...compat import mmcv_contiguous
 from ...registry import register_model
 from ..attention import LocalWindowAttention
-from ..gemm_conv import gemm_convs_measured_faster
+from ..eager_kernels import own_kernels_measured_faster
 from ..layers import (BNLinear, ConvBN, ConvFFN, PatchEmbed, PatchMerging, Residual, depthwise_residual,
                       ffn_residual)
 
@@ -179,7 +179,7 @@ class EfficientViT(BaseModule):
         gemm_convs: Before deployment, on channels-last CPU maps, compute every 1x1 conv as one GEMM over the
             pixels and the stem convs' weight gradients by im2col and GEMMs (:mod:`~evit_mm.models.gemm_conv`;
             same values); False keeps oneDNN's convolutions. Defaults to None: on where that trained faster, AVX2
-            CPUs (:func:`~evit_mm.models.gemm_conv.gemm_convs_measured_faster`; oneDNN won on AVX-512).
+            CPUs (:func:`~evit_mm.models.eager_kernels.own_kernels_measured_faster`; oneDNN won on AVX-512).
         fold_eval_bn: Wherever a BatchNorm is in eval mode and no gradient reaches its layer (``model.eval()``
             before deployment, validation, frozen stages), fold its running statistics into the conv weights on the
             fly (:meth:`ConvBN.eval_folded`, cached): one conv with a bias instead of conv + BatchNorm, same values.
@@ -247,7 +247,7 @@ class EfficientViT(BaseModule):
         self.out_channels = [spec.embed_dims[i] for i in self.out_indices]
         self.out_strides = [self.stage_strides[i] for i in self.out_indices]
         if gemm_convs is None:
-            gemm_convs = gemm_convs_measured_faster()
+            gemm_convs = own_kernels_measured_faster()
         self.set_conv_bn_paths(gemm_convs=gemm_convs, fold_eval_bn=fold_eval_bn)
         self._freeze_stages()
 
@@ -310,15 +310,19 @@ class EfficientViT(BaseModule):
                     module.fold_eval_bn = fold_eval_bn
         return self
 
-    def switch_to_deploy(self, fused_kernels: bool = True) -> 'EfficientViT':
+    def switch_to_deploy(self, fused_kernels: bool | None = None) -> 'EfficientViT':
         """Fuse every Conv+BN in place (paper Sec. 4: BN rather than LayerNorm so that it folds away).
 
         Args:
             fused_kernels: On CPU, also run each ReLU inside the convolution before it, and every 1x1 convolution
                 as one GEMM that starts from the bias or the residual
-                (:class:`~evit_mm.models.fused_conv.FusedConv2d`; same values, fewer passes over memory, faster
-                kernels). Defaults to True.
+                (:class:`~evit_mm.models.fused_conv.FusedConv2d`; same values, fewer passes over memory). Defaults
+                to None: on where that measured faster, AVX2 CPUs
+                (:func:`~evit_mm.models.eager_kernels.own_kernels_measured_faster`; on AVX-512 oneDNN's plain
+                convolutions were 1.02-1.05x faster).
         """
+        if fused_kernels is None:
+            fused_kernels = own_kernels_measured_faster()
         for module in self.modules():
             if isinstance(module, (ConvBN, ConvFFN, PatchMerging, PatchEmbed)):
                 module.fuse(use_fused_kernel=fused_kernels)

@@ -132,3 +132,15 @@ def test_test_tool_asks_for_deploy_with_bfloat16(capsys):
         test_tool.parse_args(['config.py', 'checkpoint.pth', '--bfloat16'])
     assert '--bfloat16 changes the deployed model; add --deploy' in capsys.readouterr().err
     assert test_tool.parse_args(['config.py', 'checkpoint.pth', '--deploy', '--bfloat16']).bfloat16
+
+
+def test_classifier_runs_its_backbone_on_bfloat16_weights_and_its_head_in_float32():
+    target = build_target(str(REPO_ROOT / 'configs/evit_m0_in1k.py'))
+    model = randomize_(target.model)
+    batch = synthetic_batch(target.kind, 2, 128, 160)
+    with torch.inference_mode():
+        expected = torch.stack([r['pred_score'] for r in model.test_step(batch)])
+        summary = optimize_for_inference(model, bfloat16=True)
+        got = torch.stack([r['pred_score'] for r in model.test_step(batch)])
+    assert summary.bfloat16_parts == ('backbone',) and _floating_dtypes(model.head) == {torch.float32}
+    assert got.dtype == torch.float32 and _relative_error(got, expected) < RELATIVE_TOLERANCE

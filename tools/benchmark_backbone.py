@@ -45,9 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--train', action='store_true', help='also time a training step (forward + backward)')
     add_compile_arguments(parser, 'both deployed models too (inductor, freezing) and time them')
     parser.add_argument('--ablate', action='store_true',
-                        help='also time evit_mm with each fast path off (eval without BatchNorm folding, deploy '
-                             'without CPU fused kernels and GEMMs; with --train, training without GEMM convs), in '
-                             'the same rounds')
+                        help='also time evit_mm with each fast path switched (eval without BatchNorm folding, deploy '
+                             'without and with CPU fused kernels and GEMMs; with --train, training without and with '
+                             'GEMM convs; the defaults of the last two depend on the CPU), in the same rounds')
     parser.add_argument('--bfloat16', action='store_true',
                         help='also time evit_mm deployed and timm as shipped on bfloat16 weights (float32 in and out; '
                              'fast on CPUs with AVX512-BF16 or AMX), in the same rounds; --dtype bf16 autocasts')

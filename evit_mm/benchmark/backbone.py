@@ -85,7 +85,7 @@ CASES = {
     'compiled deploy vs timm compiled': ('evit_mm deploy compiled', 'timm compiled'),
     'compiled deploy vs timm as shipped': ('evit_mm deploy compiled', 'timm'),
     'train': ('evit_mm train', 'timm train'),  # forward + backward
-    # ablations (option ablate): evit_mm with one fast path off, against the same timm timings
+    # ablations (option ablate): evit_mm with one fast path switched off or on, against the same timm timings
     'eval without BN folding': (UNFOLDED_EVAL, 'timm'),
     'deploy without CPU kernels vs timm as shipped': (PLAIN_DEPLOY, 'timm'),
     'deploy with CPU kernels vs timm as shipped': (KERNEL_DEPLOY, 'timm'),  # the default on AVX2 CPUs only
@@ -159,10 +159,10 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
         device: Where both models run (``cpu``, ``cuda``, ``cuda:N``).
         dtype: Autocast precision of the timed calls (``fp32``, ``fp16``, ``bf16``); the equivalence check that
             precedes the timing always runs in exact float32.
-        ablate: Also time evit_mm with each fast path off, in the same rounds: eval mode without the on-the-fly
-            BatchNorm folding (``fold_eval_bn=False``), deployed without the CPU fused kernels and GEMMs
-            (``switch_to_deploy(fused_kernels=False)``) and, with ``train``, training without and with the GEMM
-            convolutions (``gemm_convs=False`` / ``True``; the default depends on the CPU).
+        ablate: Also time evit_mm with each fast path switched, in the same rounds: eval mode without the
+            on-the-fly BatchNorm folding (``fold_eval_bn=False``), deployed without and with the CPU fused kernels and
+            GEMMs (``switch_to_deploy(fused_kernels=False / True)``) and, with ``train``, training without and with
+            the GEMM convolutions (``gemm_convs=False / True``); the default of the last two depends on the CPU.
         bfloat16: Also time evit_mm deployed and timm as shipped on bfloat16 weights (float32 in and out), in the
             same rounds, against timm as shipped and against each other; their features are checked against timm's
             float32 ones to :data:`BFLOAT16_RELATIVE_TOLERANCE` of their norm.
@@ -198,7 +198,7 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
         if train:  # on copies: training-mode BatchNorm updates running statistics
             steps = {'evit_mm train': _training_step(copy.deepcopy(ours).train(), x, precision),
                      'timm train': _training_step(copy.deepcopy(reference).train(), x, precision)}
-            if ablate:  # both ways: the default depends on the CPU (gemm_conv.gemm_convs_measured_faster)
+            if ablate:  # both ways: the default depends on the CPU (eager_kernels.own_kernels_measured_faster)
                 for name, gemm_convs in (('evit_mm train, no GEMM convs', False), ('evit_mm train, GEMM convs', True)):
                     steps[name] = _training_step(copy.deepcopy(ours).set_conv_bn_paths(gemm_convs=gemm_convs).train(),
                                                  x, precision)

@@ -41,7 +41,8 @@ class ConvBN(nn.Module):
     """
 
     accepts_residual = True  # forward(x, residual): see Residual
-    #: Before fusion, compute the conv through torch's GEMM where that is faster (:mod:`.gemm_conv`).
+    #: Before fusion, compute the conv through torch's GEMM (:mod:`.gemm_conv`). ``EfficientViT`` sets it on its layers
+    #: by the CPU (:func:`.eager_kernels.own_kernels_measured_faster`); on a standalone layer it is on.
     gemm_convs = True
     #: While the BatchNorm is in eval mode and no gradient reaches this layer's parameters (inference before
     #: deployment, validation, frozen stages), fold its running statistics into the conv weights on the fly: one

@@ -12,6 +12,7 @@ x = 1000 is only known to within 4 pixels in bfloat16).
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -30,6 +31,14 @@ def native_bfloat16(device: torch.device | str) -> bool:
     if device.type == 'cuda':
         return torch.cuda.is_bf16_supported()
     return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def warn_unless_native_bfloat16(device: torch.device | str, what: str) -> None:
+    """Warn that ``what`` (a bfloat16 deployment, autocast training) will be slower than float32 where ``device``
+    has no native bfloat16 arithmetic (:func:`native_bfloat16`): it still runs, emulated."""
+    if not native_bfloat16(device):
+        warnings.warn(f'{what} on {device}, which has no native bfloat16 arithmetic (x86 CPUs need AVX512-BF16 or '
+                      'AMX): it will run slower than float32 here', stacklevel=3)
 
 
 def _cast(dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -3,16 +3,14 @@ opt-in move to bfloat16 weights, which does not."""
 from __future__ import annotations
 
 import inspect
-import warnings
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..models.roi_align import convert_roi_aligns
 from ..models.winograd import DEFAULT_TILE, WinogradConv2d, convert_to_winograd
-from .bfloat16 import native_bfloat16, run_in_bfloat16
+from .bfloat16 import run_in_bfloat16, warn_unless_native_bfloat16
 
 
 @dataclass
@@ -79,22 +77,15 @@ def optimize_for_inference(model: nn.Module, fused_kernels: bool | None = None, 
             target.switch_to_deploy()
         fused = type(target).__name__
     folded = _fold_batch_norms(model) if fold_batch_norms else 0
-    bfloat16_parts = run_in_bfloat16(model) if bfloat16 else ()
+    bfloat16_parts = ()
     if bfloat16:
-        _warn_without_native_bfloat16(model)
+        bfloat16_parts = run_in_bfloat16(model)
+        parameter = next(model.parameters(), None)
+        warn_unless_native_bfloat16('cpu' if parameter is None else parameter.device, 'bfloat16 deploy')
     converted = convert_to_winograd(model, tile=winograd_tile) if winograd else 0
     relus = _relus_into_winograd(model) if winograd else 0
     roi_aligns = convert_roi_aligns(model) if roi_align else 0
     return DeploySummary(fused, converted, relus, winograd_tile, folded, roi_aligns, bfloat16_parts)
-
-
-def _warn_without_native_bfloat16(model: nn.Module) -> None:
-    parameter = next(model.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device('cpu')
-    if not native_bfloat16(device):
-        warnings.warn(f'bfloat16 deploy on {device}, which has no native bfloat16 arithmetic (x86 CPUs need '
-                      'AVX512-BF16 or AMX): it will run slower than float32; deploy without bfloat16 here',
-                      stacklevel=3)
 
 
 def _fold_batch_norms(model: nn.Module) -> int:

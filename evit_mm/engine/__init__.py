@@ -5,4 +5,5 @@ from .cpu_amp import CPUBfloat16OptimWrapper
 from .cpu_distributed import CPUDistributedDataParallel, prepare_cpu_distributed
 from .samplers import RepeatAugSampler
 
-__all__ = ['AGCOptimWrapper', 'CPUBfloat16OptimWrapper', 'CPUDistributedDataParallel', 'RepeatAugSampler', 'prepare_cpu_distributed']
+__all__ = ['AGCOptimWrapper', 'CPUBfloat16OptimWrapper', 'CPUDistributedDataParallel', 'RepeatAugSampler',
+           'prepare_cpu_distributed']

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import os.path as osp
-import warnings
 
 from mmengine.config import Config, DictAction
 from mmengine.device import get_device
@@ -51,10 +50,8 @@ def enable_amp(cfg: Config) -> None:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
         return
-    from ..deploy.bfloat16 import native_bfloat16
-    if not native_bfloat16('cpu'):
-        warnings.warn('--amp on a CPU without native bfloat16 arithmetic (x86 CPUs need AVX512-BF16 or AMX): '
-                      'bfloat16 autocast will train slower than float32 here', stacklevel=2)
+    from ..deploy.bfloat16 import warn_unless_native_bfloat16
+    warn_unless_native_bfloat16('cpu', '--amp (bfloat16 autocast)')
     cfg.optim_wrapper.type = 'CPUBfloat16OptimWrapper'
 
 

@@ -14,15 +14,11 @@ from evit_mm.models import EfficientViT
 from evit_mm.models.winograd import WinogradConv2d
 from evit_mm.tools import test as test_tool
 from tests.conftest import REPO_ROOT
-from tests.helpers import randomize_
+from tests.helpers import norm_relative_error, randomize_
 
 #: bfloat16 keeps 8 bits of mantissa (relative rounding 2**-9 per value); through a whole network the features
 #: measured 0.3-0.4% off float32 in norm. Three times that still fails a wrong cast or a float32 part left behind.
 RELATIVE_TOLERANCE = 1.5e-2
-
-
-def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((got.double() - expected.double()).norm() / expected.double().norm()).item()
 
 
 def _floating_dtypes(module: torch.nn.Module) -> set[torch.dtype]:
@@ -43,7 +39,7 @@ def test_backbone_on_bfloat16_weights_stays_close(deploy, shape):
     assert _floating_dtypes(model) == {torch.bfloat16}
     for g, e in zip(got, expected, strict=True):
         assert g.dtype == torch.float32 and g.shape == e.shape  # float32 out
-        assert _relative_error(g, e) < RELATIVE_TOLERANCE
+        assert norm_relative_error(g, e) < RELATIVE_TOLERANCE
 
 
 def test_forward_casts_nested_floating_tensors_only():
@@ -94,7 +90,7 @@ def test_dense_pipelines_on_bfloat16_weights(config, parts):
     assert summary.winograd_convs == len(winograd) > 0 and all(m.weight.dtype == torch.bfloat16 for m in winograd)
     for g, e in zip(got, expected, strict=True):
         assert g.dtype == torch.float32 and g.shape == e.shape
-        assert _relative_error(g, e) < RELATIVE_TOLERANCE
+        assert norm_relative_error(g, e) < RELATIVE_TOLERANCE
     assert len(predictions) == 1
     result = predictions[0]
     floats = (result.pred_instances.bboxes, result.pred_instances.scores) if 'retinanet' in config else (
@@ -117,13 +113,13 @@ def test_two_stage_detector_keeps_its_roi_head_in_float32():
     assert len(mask_head_convs) == 4 and all(m.weight.dtype == torch.float32 for m in mask_head_convs)
     assert summary.winograd_convs > 4 and summary.roi_aligns == 8  # also the bfloat16 neck's; float32 RoIAligns
     for g, e in zip(flatten_outputs(got), flatten_outputs(expected), strict=True):
-        assert g.dtype == torch.float32 and _relative_error(g, e) < RELATIVE_TOLERANCE
+        assert g.dtype == torch.float32 and norm_relative_error(g, e) < RELATIVE_TOLERANCE
     assert predictions[0].pred_instances.bboxes.dtype == torch.float32
 
 
 def test_warns_where_the_cpu_has_no_native_bfloat16(monkeypatch):
-    monkeypatch.setattr('evit_mm.deploy.optimize.native_bfloat16', lambda device: False)
-    with pytest.warns(UserWarning, match='no native bfloat16 arithmetic'):
+    monkeypatch.setattr('evit_mm.deploy.bfloat16.native_bfloat16', lambda device: False)
+    with pytest.warns(UserWarning, match='bfloat16 deploy on cpu, which has no native bfloat16 arithmetic'):
         optimize_for_inference(EfficientViT('m0', window_size=7).eval(), bfloat16=True)
 
 
@@ -143,4 +139,4 @@ def test_classifier_runs_its_backbone_on_bfloat16_weights_and_its_head_in_float3
         summary = optimize_for_inference(model, bfloat16=True)
         got = torch.stack([r['pred_score'] for r in model.test_step(batch)])
     assert summary.bfloat16_parts == ('backbone',) and _floating_dtypes(model.head) == {torch.float32}
-    assert got.dtype == torch.float32 and _relative_error(got, expected) < RELATIVE_TOLERANCE
+    assert got.dtype == torch.float32 and norm_relative_error(got, expected) < RELATIVE_TOLERANCE

@@ -37,7 +37,8 @@ def test_amp_on_the_cpu_chooses_bfloat16_autocast(monkeypatch):
     enable_amp(cfg)
     assert cfg.optim_wrapper.type == 'CPUBfloat16OptimWrapper' and 'loss_scale' not in cfg.optim_wrapper
     monkeypatch.setattr('evit_mm.deploy.bfloat16.native_bfloat16', lambda device: False)
-    with pytest.warns(UserWarning, match='without native bfloat16'):
+    with pytest.warns(UserWarning, match=r'--amp \(bfloat16 autocast\) on cpu, which has no native bfloat16 '
+                                         'arithmetic'):
         enable_amp(_config())
 
 

@@ -6,6 +6,7 @@ from torch import nn
 
 from evit_mm.models.winograd import (WINOGRAD_POINTS, WinogradConv2d, convert_to_winograd, winograd_conv3x3,
                                      winograd_filter, winograd_transforms)
+from tests.helpers import norm_relative_error
 
 
 def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
@@ -157,7 +158,5 @@ def test_bfloat16_takes_the_2x2_tile_only_and_stays_close():
         got = wino(x.bfloat16())
         direct = F.conv2d(x.bfloat16(), wino.weight, wino.bias, padding=1)
     assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
-
-    def error(y: torch.Tensor) -> float:
-        return ((y.double() - expected).norm() / expected.norm()).item()
-    assert error(got) < 3 * error(direct) and error(got) < 1e-2
+    error, direct_error = norm_relative_error(got, expected), norm_relative_error(direct, expected)
+    assert error < 3 * direct_error and error < 1e-2

@@ -1,4 +1,5 @@
-"""The benchmark tools' ``--keep-freed-memory`` option (:func:`evit_mm.deploy.keep_freed_memory`)."""
+"""The ``--keep-freed-memory`` option of the benchmark tools and ``tools/test.py``
+(:func:`evit_mm.deploy.keep_freed_memory`)."""
 from __future__ import annotations
 
 import argparse
@@ -6,11 +7,13 @@ import argparse
 from ..deploy.allocator import keep_freed_memory
 
 
-def add_allocator_argument(parser: argparse.ArgumentParser) -> None:
+TIMING_HELP = ('make glibc keep freed memory for reuse before timing (mallopt; process-wide, so every model in the '
+               'run gains): the times without the page faults of fresh memory')
+
+
+def add_allocator_argument(parser: argparse.ArgumentParser, help: str = TIMING_HELP) -> None:
     """``--keep-freed-memory``; apply it with :func:`apply_allocator_argument`."""
-    parser.add_argument('--keep-freed-memory', action='store_true',
-                        help='make glibc keep freed memory for reuse before timing (mallopt; process-wide, so every '
-                             'model in the run gains): the times without the page faults of fresh memory')
+    parser.add_argument('--keep-freed-memory', action='store_true', help=help)
 
 
 def apply_allocator_argument(args: argparse.Namespace) -> str:

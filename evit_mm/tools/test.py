@@ -5,6 +5,7 @@ import argparse
 
 from mmengine.runner import Runner
 
+from ..benchmark.allocator_option import add_allocator_argument, apply_allocator_argument
 from ..checkpoint import local_checkpoint
 from ..engine import prepare_cpu_distributed
 from .config_options import add_common_arguments, apply_out, apply_show_dir, load_config
@@ -25,6 +26,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument('--bfloat16', action='store_true',
                         help='with --deploy: backbone, neck and dense heads on bfloat16 weights (float32 in and out), '
                              'to see what the faster bfloat16 deployment costs in accuracy')
+    add_allocator_argument(parser, help='CPU: make glibc keep freed memory for reuse (mallopt, for this process), '
+                                        'so that predictions stop paying page faults for fresh memory; e.g. '
+                                        'Semantic FPN-EViT-M4 at 512x512 predicts 1.7x faster on CPU. Costs '
+                                        'holding the peak memory')
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     if args.bfloat16 and not args.deploy:
@@ -55,5 +60,7 @@ def main(argv: list[str]) -> int:
     if args.deploy:
         from ..deploy import optimize_for_inference
         runner.logger.info(str(optimize_for_inference(model, bfloat16=args.bfloat16)))
+    if args.keep_freed_memory:  # before the test loop forks its data workers, which inherit the setting
+        runner.logger.info(apply_allocator_argument(args))
     runner.test()
     return 0

@@ -120,8 +120,13 @@ def _callables(target: Target, mode: str, opts: Options, device: torch.device) -
     if mode == 'predict':
         parts = {'total': lambda: model.test_step(packed),
                  'preprocess': lambda: model.data_preprocessor(packed, False),
-                 'backbone': lambda: target.backbone(inputs),
-                 'forward': lambda: model(inputs, samples, mode='tensor')}
+                 'backbone': lambda: target.backbone(inputs)}
+        if not getattr(model, 'with_roi_head', False):
+            # Tensor mode runs the heads on what prediction runs them on, except in two-stage detectors: there it
+            # runs the RoI head on every RPN proposal and the mask head on the first 100 RoIs, while prediction
+            # runs them on the proposals and detections left after NMS, so their head and post-processing are
+            # timed as one part (_breakdown).
+            parts['forward'] = lambda: model(inputs, samples, mode='tensor')
         if getattr(model, 'neck', None) is not None:
             parts['backbone+neck'] = lambda: model.extract_feat(inputs)
         return parts
@@ -129,13 +134,18 @@ def _callables(target: Target, mode: str, opts: Options, device: torch.device) -
 
 
 def _breakdown(timings: dict[str, Timing]) -> dict[str, float]:
+    """Per-part milliseconds of a prediction from the medians of its separately timed parts: ``head`` and
+    ``postprocess``, or, without a tensor-mode ``forward`` timing (two-stage detectors), ``head_and_postprocess``."""
     ms = {name: t.median * 1e3 for name, t in timings.items()}
     backbone = ms['backbone']
     neck = max(ms.get('backbone+neck', backbone) - backbone, 0.0)
-    head = max(ms['forward'] - backbone - neck, 0.0)
-    post = max(ms['total'] - ms['preprocess'] - ms['forward'], 0.0)
-    return {'preprocess': ms['preprocess'], 'backbone': backbone, 'neck': neck, 'head': head,
-            'postprocess': post, 'total': ms['total']}
+    parts = {'preprocess': ms['preprocess'], 'backbone': backbone, 'neck': neck}
+    if 'forward' in ms:
+        parts['head'] = max(ms['forward'] - backbone - neck, 0.0)
+        parts['postprocess'] = max(ms['total'] - ms['preprocess'] - ms['forward'], 0.0)
+    else:
+        parts['head_and_postprocess'] = max(ms['total'] - ms['preprocess'] - backbone - neck, 0.0)
+    return {**parts, 'total': ms['total']}
 
 
 def _pipeline_timing(target: Target, opts: Options, device: torch.device) -> Timing:

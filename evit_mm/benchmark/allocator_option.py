@@ -11,9 +11,9 @@ TIMING_HELP = ('make glibc keep freed memory for reuse before timing (mallopt; p
                'run gains): the times without the page faults of fresh memory')
 
 
-def add_allocator_argument(parser: argparse.ArgumentParser, help: str = TIMING_HELP) -> None:
-    """``--keep-freed-memory``; apply it with :func:`apply_allocator_argument`."""
-    parser.add_argument('--keep-freed-memory', action='store_true', help=help)
+def add_allocator_argument(parser: argparse.ArgumentParser, help_text: str = TIMING_HELP) -> None:
+    """``--keep-freed-memory`` (with the tool's own ``help_text``); apply it with :func:`apply_allocator_argument`."""
+    parser.add_argument('--keep-freed-memory', action='store_true', help=help_text)
 
 
 def apply_allocator_argument(args: argparse.Namespace) -> str:

@@ -43,7 +43,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                                'ways)')
     p.add_argument('--modes', nargs='+', default=['backbone'], choices=MODES,
                    help='backbone: backbone only; forward: model in tensor mode; predict: test_step with a '
-                        'per-stage breakdown; pipeline: data loading + test_step; onnx: backbone in ONNX Runtime')
+                        'per-stage breakdown (two-stage detectors: head and post-processing as one); pipeline: '
+                        'data loading + test_step; onnx: backbone in ONNX Runtime')
     p.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N')
     p.add_argument('--batch-size', type=int, default=1)
     p.add_argument('--shape', nargs='+', default=['224x224'], help='HxW, one or more')

@@ -26,10 +26,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument('--bfloat16', action='store_true',
                         help='with --deploy: backbone, neck and dense heads on bfloat16 weights (float32 in and out), '
                              'to see what the faster bfloat16 deployment costs in accuracy')
-    add_allocator_argument(parser, help='CPU: make glibc keep freed memory for reuse (mallopt, for this process), '
-                                        'so that predictions stop paying page faults for fresh memory; e.g. '
-                                        'Semantic FPN-EViT-M4 at 512x512 predicts 1.7x faster on CPU. Costs '
-                                        'holding the peak memory')
+    add_allocator_argument(parser, help_text='CPU: make glibc keep freed memory for reuse (mallopt, for this process), '
+                                             'so that predictions stop paying page faults for fresh memory; '
+                                             'e.g. Semantic FPN-EViT-M4 at 512x512 predicts 1.7x faster on CPU. '
+                                             'Costs holding the peak memory')
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     if args.bfloat16 and not args.deploy:

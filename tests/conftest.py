@@ -25,6 +25,18 @@ def golden_dir() -> Path:
 
 
 @pytest.fixture
+def keep_freed_memory_calls(monkeypatch) -> list:
+    """Calls of ``keep_freed_memory`` by the tools' ``--keep-freed-memory`` option, recorded instead of made: the real
+    setting would last for the whole test process. Each call returns the settings the real one would report."""
+    from evit_mm.benchmark import allocator_option
+    from evit_mm.deploy.allocator import INT_MAX, AllocatorSettings
+    calls = []
+    monkeypatch.setattr(allocator_option, 'keep_freed_memory',
+                        lambda: calls.append(1) or AllocatorSettings(1 << 30, INT_MAX))
+    return calls
+
+
+@pytest.fixture
 def offline_hub(monkeypatch, tmp_path) -> Path:
     """An empty Hugging Face Hub cache in ``tmp_path`` with the hub offline, as ``HF_HUB_CACHE`` and
     ``HF_HUB_OFFLINE=1`` would set them (fill it with ``tests.helpers.hub_cache``); nothing reaches the network."""

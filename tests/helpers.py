@@ -31,12 +31,6 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def norm_relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
-    """``|got - expected| / |expected|`` over the whole tensor (Frobenius norms, in float64): the error measure of
-    lower-precision paths, whose rounding is relative to the scale of the whole output."""
-    return ((got.double() - expected.double()).norm() / expected.double().norm()).item()
-
-
 def logged_metrics(work_dir: Path, key: str) -> dict:
     """The first record holding ``key`` in the JSON logs mmengine wrote under ``work_dir`` (any depth)."""
     for path in sorted(work_dir.glob('**/*.json')):

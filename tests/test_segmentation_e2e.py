@@ -6,9 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from evit_mm.benchmark import allocator_option
 from evit_mm.data.demo_ade20k import make_ade20k_demo
-from evit_mm.deploy.allocator import AllocatorSettings
 from evit_mm.tools import test as test_tool
 from evit_mm.tools import train as train_tool
 from evit_mm.tools.preflight import PreflightError
@@ -54,19 +52,15 @@ def test_train_then_test_reports_miou(ade_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_slide_inference_on_odd_sizes(ade_root, tmp_path, monkeypatch):
+def test_slide_inference_on_odd_sizes(ade_root, tmp_path, keep_freed_memory_calls):
     work = tmp_path / 'work'
     train_tool.main([DEMO_CONFIG, '--work-dir', str(work), *_options(ade_root, iters=2)])
-    # --keep-freed-memory reaches the allocator (recorded here: the real setting would last for the whole test run)
-    calls = []
-    monkeypatch.setattr(allocator_option, 'keep_freed_memory',
-                        lambda: calls.append(1) or AllocatorSettings(1 << 30, 2 ** 31 - 1))
     assert test_tool.main([
         DEMO_CONFIG, str(work / 'iter_2.pth'), '--work-dir', str(tmp_path / 'test'), '--keep-freed-memory',
         *_options(ade_root, **{'model.test_cfg.mode': 'slide', 'model.test_cfg.crop_size': '(96,96)',
                                'model.test_cfg.stride': '(64,64)'})]) == 0
     assert 0.0 <= logged_metrics(tmp_path / 'test', 'mIoU')['mIoU'] <= 100.0
-    assert calls == [1]
+    assert keep_freed_memory_calls == [1]  # --keep-freed-memory reached the allocator
     log = next((tmp_path / 'test').glob('*/*.log')).read_text()
     assert 'glibc keeps freed memory (mmap threshold 1024 MiB' in log
 

@@ -20,7 +20,7 @@ from .backward_nodes import backward_breakdown, format_breakdown
 from .compilation import compiled
 from .compute_rates import compute_rates, format_compute_rates, summarize
 from .host_work import count_host_work
-from .precision import autocast, exact_float32
+from .precision import autocast, exact_float32, norm_relative_error
 from .timing import Timing, time_interleaved
 
 
@@ -183,7 +183,7 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
             for name, model in models.items():
                 for u, v in zip(model(x), expected, strict=True):
                     if name in (DEPLOY_BF16, TIMM_BF16):
-                        error = ((u - v).norm() / v.norm()).item()
+                        error = norm_relative_error(u, v)
                         assert error < BFLOAT16_RELATIVE_TOLERANCE, f'{name} differs from timm by {error:.2%}'
                     else:
                         torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-3, msg=f'{name} differs from timm')

@@ -19,6 +19,13 @@ def autocast(device_type: str, dtype: str) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=device_type, dtype=DTYPES[dtype])
 
 
+def norm_relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """``|got - expected| / |expected|`` over the whole tensor (Frobenius norms, in float64): the error measure of
+    lower-precision paths (bfloat16 weights, Winograd in bfloat16), whose rounding is relative to the scale of the
+    whole output rather than to each value."""
+    return ((got.double() - expected.double()).norm() / expected.double().norm()).item()
+
+
 @contextlib.contextmanager
 def exact_float32() -> Iterator[None]:
     """True float32 convolutions and matrix products inside (no TF32 on Ampere and later GPUs): equivalence

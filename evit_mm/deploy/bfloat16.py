@@ -2,8 +2,8 @@
 
 An opt-in deploy step, not an exact one: bfloat16 keeps 8 bits of mantissa, so features move by about 0.3-1% of
 their scale. What it buys is speed where the hardware multiplies bfloat16 natively (x86 CPUs with AVX512-BF16 or
-AMX, through oneDNN; GPUs): on a 2-core AVX512-BF16 CPU the deployed EfficientViT-M4 backbone ran 1.70x faster
-than in float32 and a 256->256 3x3 conv 1.5x faster than its float32 Winograd form (``docs/benchmarks.md``).
+AMX, through oneDNN; GPUs): on a 2-core AVX512-BF16 CPU the deployed EfficientViT-M4 backbone ran 1.54-1.64x
+faster than in float32 and RetinaNet-EViT-M4's whole prediction 1.53x (``docs/benchmarks.md``).
 
 Why weights rather than ``torch.autocast``: autocast casts every weight on every call and leaves the elementwise
 passes between the products in float32; a deployed model casts its weights once. Why float32 at the boundaries:

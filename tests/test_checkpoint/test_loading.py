@@ -148,7 +148,7 @@ def test_convert_tool_writes_clean_checkpoints(tmp_path, m0_reference):
         _assert_same(_outputs(model, x), expected)
 
 
-def test_hf_hub_names_load_timm_weights_from_thehub_cache(offline_hub, m0_reference):
+def test_hf_hub_names_load_timm_weights_from_the_hub_cache(offline_hub, m0_reference):
     from safetensors.torch import save_file
     timm_sd, x, expected = m0_reference
     hub_cache(offline_hub, 'timm/efficientvit_m0.r224_in1k', {

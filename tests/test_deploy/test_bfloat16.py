@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from evit_mm.benchmark.inputs import synthetic_batch
+from evit_mm.benchmark.precision import norm_relative_error
 from evit_mm.benchmark.targets import build_target
 from evit_mm.benchmark.tensor_mode import TensorMode
 from evit_mm.deploy import optimize_for_inference, run_in_bfloat16
@@ -14,7 +15,7 @@ from evit_mm.models import EfficientViT
 from evit_mm.models.winograd import WinogradConv2d
 from evit_mm.tools import test as test_tool
 from tests.conftest import REPO_ROOT
-from tests.helpers import norm_relative_error, randomize_
+from tests.helpers import randomize_
 
 #: bfloat16 keeps 8 bits of mantissa (relative rounding 2**-9 per value); through a whole network the features
 #: measured 0.3-0.4% off float32 in norm. Three times that still fails a wrong cast or a float32 part left behind.

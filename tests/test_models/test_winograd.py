@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from evit_mm.benchmark.precision import norm_relative_error
 from evit_mm.models.winograd import (WINOGRAD_POINTS, WinogradConv2d, convert_to_winograd, winograd_conv3x3,
                                      winograd_filter, winograd_transforms)
-from tests.helpers import norm_relative_error
 
 
 def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:

@@ -129,16 +129,13 @@ def test_backward_nodes_table_compares_the_two_backbones():
     assert 'ConvolutionBackward0(64, 32, 1, 1)' in rows  # timm's 1x1 convs are convolutions
 
 
-def test_keep_freed_memory_option_is_applied_and_reported(monkeypatch):
-    """The option calls evit_mm.deploy.keep_freed_memory (faked here: the real one changes the whole test process)
-    and the report names the settings that ran."""
+def test_keep_freed_memory_option_is_applied_and_reported(keep_freed_memory_calls):
+    """The option calls evit_mm.deploy.keep_freed_memory (recorded by the fixture) and the report names the
+    settings that ran."""
     import argparse
 
     from evit_mm.benchmark import allocator_option
-    from evit_mm.deploy.allocator import AllocatorSettings
-    calls = []
-    monkeypatch.setattr(allocator_option, 'keep_freed_memory',
-                        lambda: calls.append(1) or AllocatorSettings(1 << 30, 2 ** 31 - 1))
+    calls = keep_freed_memory_calls
     parser = argparse.ArgumentParser()
     allocator_option.add_allocator_argument(parser)
     assert allocator_option.apply_allocator_argument(parser.parse_args([])) == 'default allocator settings'

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from evit_mm.models import EfficientViT
 from evit_mm.models.fused_conv import FusedConv2d, onednn_fusion_available
+from evit_mm.models.layers import ConvBN, Residual, depthwise_residual
 from tests.helpers import OpCalls, randomize_
 
 needs_onednn = pytest.mark.skipif(not onednn_fusion_available(), reason='this PyTorch build has no oneDNN')
@@ -184,6 +185,78 @@ def test_switch_to_deploy_keeps_outputs(arch):
     for g, w, e in zip(got, without, expected):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
         assert (g - e).abs().max() <= 1e-4 * e.abs().max()
+
+
+def deployed_residual(branch: ConvBN, drop_path: float = 0.0, relu: bool = False) -> Residual:
+    """``x + branch(x)`` with random weights and statistics, its ConvBN fused (as ``switch_to_deploy`` leaves it)."""
+    layer = randomize_(Residual(branch, drop_path)).eval()
+    layer.m.fuse(relu=relu)
+    return layer
+
+
+def test_depthwise_residual_takes_the_identity_into_its_kernel():
+    """Deployed ``x + DW(x)`` is one depthwise conv: same values, no add left (on any device: plain conv)."""
+    layer = deployed_residual(depthwise_residual(8).m)
+    x = torch.randn(2, 8, 9, 13)
+    with torch.no_grad():
+        expected = layer(x)
+        adds = (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)
+        assert op_calls(lambda: layer(x), *adds) == 1
+        assert layer.fold_identity() and layer.identity_in_branch
+        got = layer(x)
+        assert op_calls(lambda: layer(x), *adds) == 0
+        assert layer.fold_identity()  # idempotent: the centre tap gains 1 once
+        torch.testing.assert_close(layer(x), got, atol=0, rtol=0)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_folded_depthwise_residual_drops_paths_like_the_unfolded_one():
+    """A deployed model put back in training mode still drops the branch, not the identity, per sample."""
+    unfolded = deployed_residual(depthwise_residual(8).m, drop_path=0.5).train()
+    folded = copy.deepcopy(unfolded)
+    assert folded.fold_identity()
+    x = torch.randn(8, 8, 7, 7)
+    torch.manual_seed(1)
+    expected = unfolded(x)
+    torch.manual_seed(1)
+    got = folded(x)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+    assert (got == x).flatten(1).all(1).any(), 'drop_path=0.5 on 8 samples should have dropped one branch'
+
+
+@pytest.mark.parametrize('branch, fused, relu', [
+    (ConvBN(8, 8, 3, 1, 1), True, False),            # dense: the identity is not one tap per channel
+    (ConvBN(8, 8, 3, 1, 1, groups=8), False, False),  # BatchNorm not folded yet
+    (ConvBN(8, 8, 3, 1, 1, groups=8), True, True),    # a ReLU after the conv
+    (ConvBN(8, 8, 3, 1, 0, groups=8), True, False),   # not "same" padding: output smaller than x
+    (ConvBN(8, 8, 2, 1, 1, groups=8), True, False),   # even kernel: no centre tap
+])
+def test_identity_stays_outside_other_branches(branch, fused, relu):
+    layer = randomize_(Residual(branch)).eval()
+    if fused:
+        layer.m.fuse(relu=relu)
+    weight = layer.m.conv.weight.clone()
+    assert not layer.fold_identity()
+    assert not layer.identity_in_branch
+    torch.testing.assert_close(layer.m.conv.weight, weight, atol=0, rtol=0)
+
+
+def test_switch_to_deploy_folds_every_token_interaction_layer():
+    """Two depthwise residuals per block and two per downsampling (paper Fig. 3), folded once even when
+    ``switch_to_deploy`` runs twice."""
+    model = randomize_(EfficientViT('m0')).eval()
+    x = torch.randn(1, 3, 75, 101)
+    with torch.no_grad():
+        expected = model(x)
+        model.switch_to_deploy()
+        once = model(x)
+        model.switch_to_deploy()
+        twice = model(x)
+    folded = [m for m in model.modules() if isinstance(m, Residual) and m.identity_in_branch]
+    assert len(folded) == 2 * sum(model.arch.depths) + 2 * (len(model.stages) - 1)
+    for e, a, b in zip(expected, once, twice):
+        torch.testing.assert_close(b, a, atol=0, rtol=0)
+        assert (a - e).abs().max() <= 1e-4 * e.abs().max()
 
 
 def test_deployed_backbone_trains_through_plain_ops():

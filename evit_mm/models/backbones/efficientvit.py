@@ -311,7 +311,9 @@ class EfficientViT(BaseModule):
         return self
 
     def switch_to_deploy(self, fused_kernels: bool | None = None) -> 'EfficientViT':
-        """Fuse every Conv+BN in place (paper Sec. 4: BN rather than LayerNorm so that it folds away).
+        """Fuse every Conv+BN in place (paper Sec. 4: BN rather than LayerNorm so that it folds away), then fold
+        the identity of each depthwise residual ``x + DW(x)`` into its kernel
+        (:meth:`~evit_mm.models.layers.Residual.fold_identity`).
 
         Args:
             fused_kernels: On CPU, also run each ReLU inside the convolution before it, and every 1x1 convolution
@@ -328,6 +330,9 @@ class EfficientViT(BaseModule):
                 module.fuse(use_fused_kernel=fused_kernels)
             elif isinstance(module, BNLinear):
                 module.fuse()
+        for module in self.modules():
+            if isinstance(module, Residual):
+                module.fold_identity()
         return self
 
     # ---- forward --------------------------------------------------------------------------------------

@@ -259,6 +259,18 @@ def test_switch_to_deploy_folds_every_token_interaction_layer():
         assert (a - e).abs().max() <= 1e-4 * e.abs().max()
 
 
+def test_identity_fold_can_be_turned_off():
+    model = randomize_(EfficientViT('m0')).eval()
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        expected = copy.deepcopy(model).switch_to_deploy()(x)
+        model.switch_to_deploy(fold_identities=False)
+        got = model(x)
+    assert not any(isinstance(m, Residual) and m.identity_in_branch for m in model.modules())
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+
+
 def test_deployed_backbone_trains_through_plain_ops():
     """A deployed model used with autograd (e.g. fine-tuning, attribution) runs the differentiable ops."""
     model = randomize_(EfficientViT('m0')).switch_to_deploy()

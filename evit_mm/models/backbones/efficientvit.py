@@ -310,7 +310,7 @@ class EfficientViT(BaseModule):
                     module.fold_eval_bn = fold_eval_bn
         return self
 
-    def switch_to_deploy(self, fused_kernels: bool | None = None) -> 'EfficientViT':
+    def switch_to_deploy(self, fused_kernels: bool | None = None, fold_identities: bool = True) -> 'EfficientViT':
         """Fuse every Conv+BN in place (paper Sec. 4: BN rather than LayerNorm so that it folds away), then fold
         the identity of each depthwise residual ``x + DW(x)`` into its kernel
         (:meth:`~evit_mm.models.layers.Residual.fold_identity`).
@@ -322,6 +322,8 @@ class EfficientViT(BaseModule):
                 to None: on where that measured faster, AVX2 CPUs
                 (:func:`~evit_mm.models.eager_kernels.own_kernels_measured_faster`; on AVX-512 oneDNN's plain
                 convolutions were 1.02-1.05x faster).
+            fold_identities: Fold the identity of each depthwise residual into its kernel (same values up to float
+                rounding; one conv instead of a conv and an add). Defaults to True.
         """
         if fused_kernels is None:
             fused_kernels = own_kernels_measured_faster()
@@ -330,9 +332,10 @@ class EfficientViT(BaseModule):
                 module.fuse(use_fused_kernel=fused_kernels)
             elif isinstance(module, BNLinear):
                 module.fuse()
-        for module in self.modules():
-            if isinstance(module, Residual):
-                module.fold_identity()
+        if fold_identities:
+            for module in self.modules():
+                if isinstance(module, Residual):
+                    module.fold_identity()
         return self
 
     # ---- forward --------------------------------------------------------------------------------------

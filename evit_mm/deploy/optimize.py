@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..models.layers import Residual
 from ..models.roi_align import convert_roi_aligns
 from ..models.winograd import DEFAULT_TILE, WinogradConv2d, convert_to_winograd
 from .bfloat16 import run_in_bfloat16, warn_unless_native_bfloat16
@@ -24,12 +25,15 @@ class DeploySummary:
     batch_norms_folded: int = 0  # BatchNorms outside switch_to_deploy (necks, heads) folded into their convs
     roi_aligns: int = 0  # mmcv RoIAlign layers (two-stage detectors) now computed as matrix products on CPU
     bfloat16_parts: tuple[str, ...] = ()  # parts on bfloat16 weights (float32 in and out), if asked for
+    identities_folded: int = 0  # depthwise residuals x + DW(x) computed by their conv alone (Residual.fold_identity)
 
     def __str__(self) -> str:
         tiles = 'F(2x2,3x3)' if self.winograd_tile == 2 else (
             f'F({self.winograd_tile}x{self.winograd_tile},3x3) (F(2x2,3x3) on small maps and in bfloat16)')
         return (f'deploy: Conv+BN folded in {self.fused or "nothing (no switch_to_deploy)"}'
-                f' and {self.batch_norms_folded} other BatchNorms folded into their convs; '
+                + (f' ({self.identities_folded} depthwise residuals with the identity in their kernel)'
+                   if self.identities_folded else '')
+                + f' and {self.batch_norms_folded} other BatchNorms folded into their convs; '
                 f'{self.winograd_convs} 3x3 convolutions on Winograd {tiles} for CPU inference '
                 f'(plain convolutions elsewhere), {self.winograd_relus} with their ReLU'
                 + (f'; {self.roi_aligns} RoIAlign layers as matrix products on CPU' if self.roi_aligns else '')
@@ -85,7 +89,8 @@ def optimize_for_inference(model: nn.Module, fused_kernels: bool | None = None, 
     converted = convert_to_winograd(model, tile=winograd_tile) if winograd else 0
     relus = _relus_into_winograd(model) if winograd else 0
     roi_aligns = convert_roi_aligns(model) if roi_align else 0
-    return DeploySummary(fused, converted, relus, winograd_tile, folded, roi_aligns, bfloat16_parts)
+    identities = sum(isinstance(m, Residual) and m.identity_in_branch for m in model.modules())
+    return DeploySummary(fused, converted, relus, winograd_tile, folded, roi_aligns, bfloat16_parts, identities)
 
 
 def _fold_batch_norms(model: nn.Module) -> int:

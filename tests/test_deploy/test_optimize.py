@@ -26,6 +26,9 @@ def test_deployed_model_keeps_outputs(config):
         summary = optimize_for_inference(target.model)
         got = flatten_outputs(module(x))
     assert summary.fused == 'EfficientViT' and summary.winograd_convs > 0
+    backbone = target.model.backbone  # two depthwise residuals per block and per downsampling (paper Fig. 3)
+    assert summary.identities_folded == 2 * sum(backbone.arch.depths) + 2 * (len(backbone.stages) - 1)
+    assert f'({summary.identities_folded} depthwise residuals with the identity in their kernel)' in str(summary)
     if 'retinanet' in config:  # the 4 + 4 stacked head convs carry their ReLU; no BatchNorm outside the backbone
         assert summary.winograd_relus == 8 and summary.batch_norms_folded == 0
     if 'upernet' in config:  # its ConvModules' BatchNorms fold, and then their ReLUs move into the Winograd convs

@@ -41,10 +41,12 @@ def warn_unless_native_bfloat16(device: torch.device | str, what: str) -> None:
                       'AMX): it will run slower than float32 here', stacklevel=3)
 
 
-def _cast(dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
-    def cast(t: torch.Tensor) -> torch.Tensor:
-        return t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t
-    return cast
+def _to_bfloat16(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.bfloat16) if t.is_floating_point() and t.dtype != torch.bfloat16 else t
+
+
+def _to_float32(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.is_floating_point() and t.dtype != torch.float32 else t
 
 
 class Bfloat16Forward:
@@ -59,8 +61,8 @@ class Bfloat16Forward:
         self.forward = forward
 
     def __call__(self, *args, **kwargs):
-        args, kwargs = tree_map_only(torch.Tensor, _cast(torch.bfloat16), (args, kwargs))
-        return tree_map_only(torch.Tensor, _cast(torch.float32), self.forward(*args, **kwargs))
+        args, kwargs = tree_map_only(torch.Tensor, _to_bfloat16, (args, kwargs))
+        return tree_map_only(torch.Tensor, _to_float32, self.forward(*args, **kwargs))
 
 
 def bfloat16_parts(model: nn.Module) -> dict[str, nn.Module]:

@@ -212,7 +212,7 @@ class Residual(nn.Module):
         if not (conv.groups == conv.in_channels == conv.out_channels and kh % 2 and kw % 2
                 and tuple(conv.stride) == (1, 1) and tuple(conv.dilation) == (1, 1)
                 and tuple(conv.padding) == (kh // 2, kw // 2) and conv.padding_mode == 'zeros'
-                and not getattr(conv, 'relu', False)):
+                and not conv.relu):  # fused: a FusedConv2d
             return False
         conv.weight[:, 0, kh // 2, kw // 2] += 1.0
         self.identity_in_branch = True

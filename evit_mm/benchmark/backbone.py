@@ -71,6 +71,7 @@ class Row:
 
 PLAIN_DEPLOY = 'evit_mm deploy, plain ops (the GPU path)'
 KERNEL_DEPLOY = 'evit_mm deploy, CPU kernels'
+UNPACKED_DEPLOY = 'evit_mm deploy, weights not prepacked'
 UNFOLDED_EVAL = 'evit_mm, BatchNorm not folded in eval'
 DEPLOY_BF16 = 'evit_mm deploy, bf16 weights'
 TIMM_BF16 = 'timm, bf16 weights'
@@ -89,6 +90,7 @@ CASES = {
     'eval without BN folding': (UNFOLDED_EVAL, 'timm'),
     'deploy without CPU kernels vs timm as shipped': (PLAIN_DEPLOY, 'timm'),
     'deploy with CPU kernels vs timm as shipped': (KERNEL_DEPLOY, 'timm'),  # the default on AVX2 CPUs only
+    'deploy without prepacked weights vs timm as shipped': (UNPACKED_DEPLOY, 'timm'),
     'train without GEMM convs': ('evit_mm train, no GEMM convs', 'timm train'),
     'train with GEMM convs': ('evit_mm train, GEMM convs', 'timm train'),  # the default on AVX2 CPUs only
     # option bfloat16: both deployed on bfloat16 weights (float32 in and out, evit_mm.deploy.run_in_bfloat16)
@@ -101,15 +103,17 @@ def inference_candidates(arch: str, device: torch.device | str = 'cpu', ablation
                          bfloat16: bool = False) -> dict[str, nn.Module]:
     """The models :func:`compare` times, same weights, on ``device``: ``evit_mm`` and ``timm`` as built,
     ``evit_mm deploy`` (``switch_to_deploy``) and ``timm fused`` (the same Conv+BN folding); with
-    ``ablations`` also evit_mm deployed without and with the CPU fused kernels (without: the path a GPU runs; the
-    default depends on the CPU, :func:`~evit_mm.models.eager_kernels.own_kernels_measured_faster`) and evit_mm in eval
-    mode without its on-the-fly BatchNorm folding; with ``bfloat16`` also evit_mm deployed and timm as shipped on
+    ``ablations`` also evit_mm deployed with plain ops (neither the CPU fused kernels nor prepacked weights: the path
+    a GPU runs), with the CPU fused kernels (the default depends on the CPU,
+    :func:`~evit_mm.models.eager_kernels.own_kernels_measured_faster`), without prepacked weights, and evit_mm in
+    eval mode without its on-the-fly BatchNorm folding; with ``bfloat16`` also evit_mm deployed and timm as shipped on
     bfloat16 weights, float32 in and out (:func:`~evit_mm.deploy.bfloat16.run_in_bfloat16` on both)."""
     ours, reference = build_pair(arch)
     models = {'evit_mm': ours, 'timm': reference, 'evit_mm deploy': copy.deepcopy(ours).switch_to_deploy()}
     if ablations:
-        models[PLAIN_DEPLOY] = copy.deepcopy(ours).switch_to_deploy(fused_kernels=False)
+        models[PLAIN_DEPLOY] = copy.deepcopy(ours).switch_to_deploy(fused_kernels=False, prepack_weights=False)
         models[KERNEL_DEPLOY] = copy.deepcopy(ours).switch_to_deploy(fused_kernels=True)
+        models[UNPACKED_DEPLOY] = copy.deepcopy(ours).switch_to_deploy(prepack_weights=False)
         models[UNFOLDED_EVAL] = copy.deepcopy(ours).set_conv_bn_paths(fold_eval_bn=False)
     models['timm fused'] = fuse_timm_efficientvit(copy.deepcopy(reference))
     if bfloat16:
@@ -160,9 +164,11 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
         dtype: Autocast precision of the timed calls (``fp32``, ``fp16``, ``bf16``); the equivalence check that
             precedes the timing always runs in exact float32.
         ablate: Also time evit_mm with each fast path switched, in the same rounds: eval mode without the
-            on-the-fly BatchNorm folding (``fold_eval_bn=False``), deployed without and with the CPU fused kernels and
-            GEMMs (``switch_to_deploy(fused_kernels=False / True)``) and, with ``train``, training without and with
-            the GEMM convolutions (``gemm_convs=False / True``); the default of the last two depends on the CPU.
+            on-the-fly BatchNorm folding (``fold_eval_bn=False``), deployed with plain ops
+            (``switch_to_deploy(fused_kernels=False, prepack_weights=False)``), with the CPU fused kernels and GEMMs
+            (``fused_kernels=True``), without prepacked weights (``prepack_weights=False``) and, with ``train``,
+            training without and with the GEMM convolutions (``gemm_convs=False / True``); the default of the CPU
+            kernels and of the GEMM convolutions depends on the CPU.
         bfloat16: Also time evit_mm deployed and timm as shipped on bfloat16 weights (float32 in and out), in the
             same rounds, against timm as shipped and against each other; their features are checked against timm's
             float32 ones to :data:`BFLOAT16_RELATIVE_TOLERANCE` of their norm.

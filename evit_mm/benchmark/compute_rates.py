@@ -13,6 +13,7 @@ for inputs where these operators take tens of microseconds or more (the benchmar
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections import defaultdict
@@ -33,7 +34,7 @@ _PRODUCTS = {aten.mm.default: 0, aten.bmm.default: 0, aten.matmul.default: 0, at
              aten.addmm.default: 1, aten.addmm_.default: 1, aten.baddbmm.default: 1}
 _CONVOLUTIONS = {aten.conv2d.default, aten.convolution.default}
 if hasattr(torch.ops, 'mkldnn') and hasattr(torch.ops.mkldnn, '_convolution_pointwise'):
-    _CONVOLUTIONS.add(torch.ops.mkldnn._convolution_pointwise.default)  # oneDNN conv + ReLU (deployed evit_mm)
+    _CONVOLUTIONS.add(torch.ops.mkldnn._convolution_pointwise.default)  # oneDNN conv (+ ReLU), deployed evit_mm
 
 
 def _flops(func: torch._ops.OpOverload, args: tuple, out: object) -> tuple[str, int] | None:
@@ -44,7 +45,7 @@ def _flops(func: torch._ops.OpOverload, args: tuple, out: object) -> tuple[str, 
     if func in _PRODUCTS:
         return 'GEMM', 2 * out.numel() * args[_PRODUCTS[func]].shape[-1]
     if func in _CONVOLUTIONS and not (func is aten.convolution.default and args[6]):  # not transposed
-        return 'conv', 2 * out.numel() * args[1][0].numel()
+        return 'conv', 2 * out.numel() * math.prod(args[1].shape[1:])  # oneDNN's packed weights: no views
     if func is aten.convolution_backward.default and not args[7]:  # input and/or weight gradient, not transposed
         grad_output, weight, output_mask = args[0], args[2], args[10]
         return 'conv', 2 * grad_output.numel() * weight[0].numel() * (int(output_mask[0]) + int(output_mask[1]))
@@ -96,16 +97,21 @@ class _ComputeTimer(TorchDispatchMode):
         elapsed = time.perf_counter() - start
         flops = _flops(func, args, out)
         if flops is not None:
-            key = (func, tuple((tuple(a.shape), a.stride()) if isinstance(a, torch.Tensor) else repr(a)
-                               for a in args))
+            key = (func, tuple(_layout(a) if isinstance(a, torch.Tensor) else repr(a) for a in args))
             self.seconds[key].append(elapsed)
             self.examples.setdefault(key, (flops, args, kwargs))
         return out
 
 
+def _layout(tensor: torch.Tensor) -> tuple:
+    """Shape and strides; oneDNN's packed weights (deployed convs) have a blocked layout instead of strides."""
+    return tuple(tensor.shape), 'oneDNN blocked' if tensor.is_mkldnn else tensor.stride()
+
+
 def _fresh_like(value: object) -> object:
-    """A tensor of the same shape, strides, dtype and device with new random values; other values unchanged."""
-    if not isinstance(value, torch.Tensor):
+    """A tensor of the same shape, strides, dtype and device with new random values; other values unchanged (also
+    oneDNN's packed weights, which cannot be viewed with strides: the same constant weights in every call)."""
+    if not isinstance(value, torch.Tensor) or value.is_mkldnn:
         return value
     if not value.is_floating_point():
         return value.clone()

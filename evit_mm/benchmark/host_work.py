@@ -24,16 +24,22 @@ VIEW_OPS = frozenset({
 class HostWork:
     """Calls made by one forward pass."""
 
-    operators: int  # top-level aten operators (each costs dispatcher and Python time)
+    operators: int  # top-level operators (each costs dispatcher and Python time)
     compute_operators: int  # of which not views or allocations (on a GPU: about one kernel launch each)
     module_calls: int  # nn.Module calls (Python overhead per call)
+
+
+def _is_operator(event_name: str) -> bool:
+    """Whether a profiler event is a dispatched operator: aten's, or another library's such as oneDNN's fused and
+    prepacked convolutions (``mkldnn::_convolution_pointwise``), whose own aten calls are then not top-level."""
+    return event_name.startswith(('aten::', 'mkldnn::', 'mkl::'))
 
 
 def count_host_work(model: nn.Module, *inputs: torch.Tensor) -> HostWork:
     """Count the operators and module calls of ``model(*inputs)`` under ``torch.inference_mode``.
 
-    Top-level means called from Python, not from inside another aten operator (``conv2d`` counts once, not
-    with the ``convolution`` and ``mkldnn_convolution`` it dispatches to).
+    Top-level means called from Python, not from inside another operator (``conv2d`` counts once, not with the
+    ``convolution`` and ``mkldnn_convolution`` it dispatches to).
     """
     modules = collections.Counter()
     hooks = [m.register_forward_pre_hook(lambda module, args: modules.update((id(module),)))
@@ -47,6 +53,6 @@ def count_host_work(model: nn.Module, *inputs: torch.Tensor) -> HostWork:
     finally:
         for hook in hooks:
             hook.remove()
-    top_level = [e.name for e in prof.events() if e.name.startswith('aten::')
-                 and (e.cpu_parent is None or not e.cpu_parent.name.startswith('aten::'))]
+    top_level = [e.name for e in prof.events() if _is_operator(e.name)
+                 and (e.cpu_parent is None or not _is_operator(e.cpu_parent.name))]
     return HostWork(len(top_level), sum(name not in VIEW_OPS for name in top_level), sum(modules.values()))

@@ -159,11 +159,11 @@ class EfficientViTClassifier(BaseModel):
             return [dict(pred_score=s, gt_label=label) for s, label in zip(scores, data_samples['labels'])]
         raise ValueError(f"mode must be 'tensor', 'loss' or 'predict', got {mode!r}")
 
-    def switch_to_deploy(self, fused_kernels: bool | None = None,
-                         fold_identities: bool = True) -> 'EfficientViTClassifier':
-        """Fuse the backbone's Conv+BN (see :meth:`EfficientViT.switch_to_deploy`, which takes both arguments) and
-        the heads' BN+Linear in place."""
-        self.backbone.switch_to_deploy(fused_kernels, fold_identities)
+    def switch_to_deploy(self, fused_kernels: bool | None = None, fold_identities: bool = True,
+                         prepack_weights: bool = True) -> 'EfficientViTClassifier':
+        """Fuse the backbone's Conv+BN (see :meth:`EfficientViT.switch_to_deploy`, which takes the same arguments)
+        and the heads' BN+Linear in place."""
+        self.backbone.switch_to_deploy(fused_kernels, fold_identities, prepack_weights)
         for head in (self.head, self.head_dist):
             if head is not None:
                 head.fuse()

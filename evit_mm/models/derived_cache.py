@@ -4,6 +4,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
+import weakref
+
 import torch
 
 T = TypeVar('T')
@@ -12,8 +14,10 @@ T = TypeVar('T')
 class DerivedCache(Generic[T]):
     """One value computed from ``sources`` tensors and served again while none of them changed.
 
-    The key holds each source's storage and version counter (in-place updates, ``load_state_dict``, ``.to()``
-    all change one of them) and whether inference mode is on (a value made under it must not meet autograd later).
+    The key holds each source's identity, storage and version counter (in-place updates, ``load_state_dict``,
+    ``.to()`` all change one of them; the identity, held by a weak reference, keeps a new tensor that the allocator
+    put at a freed one's address with the same version from passing for it) and whether inference mode is on (a
+    value made under it must not meet autograd later).
     Sources that are inference tensors have no version counter: the value is then computed on every call. Writes
     that bump no version counter are handled in two ways: :meth:`training` drops the value whenever a gradient can
     reach a source (fused optimizers such as ``AdamW(fused=True)`` update parameters in place without a bump, even
@@ -24,13 +28,19 @@ class DerivedCache(Generic[T]):
     def __init__(self) -> None:
         self._key: tuple | None = None
         self._value: T | None = None
+        self._sources: tuple[weakref.ref | None, ...] = ()
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles start empty: the value is derived (and may be a tensor that cannot be copied, such as
+        oneDNN's packed weights)."""
+        return {'_key': None, '_value': None, '_sources': ()}
 
     @property
     def empty(self) -> bool:
         return self._key is None
 
     def clear(self) -> None:
-        self._key, self._value = None, None
+        self._key, self._value, self._sources = None, None, ()
 
     def training(self, sources: Sequence[torch.Tensor | None]) -> bool:
         """Whether autograd can reach one of ``sources`` in this call; if so, the value is dropped (the sources are
@@ -41,15 +51,22 @@ class DerivedCache(Generic[T]):
         return False
 
     def get(self, sources: Sequence[torch.Tensor | None], compute: Callable[[], T], also: tuple = ()) -> T:
-        """The cached value, or ``compute()`` (run without autograd) when a source, or a hashable in ``also`` (e.g.
-        a BatchNorm's ``eps``), changed since it was cached."""
+        """The cached value, or ``compute()`` (run without autograd, outside inference mode) when a source, or a
+        hashable in ``also`` (e.g. a BatchNorm's ``eps``), changed since it was cached."""
         if any(t is not None and t.is_inference() for t in sources):
             with torch.no_grad():
                 return compute()
         key = (torch.is_inference_mode_enabled(), *also,
                *((t.data_ptr(), t._version) if t is not None else None for t in sources))
-        if key != self._key:
-            with torch.no_grad():
+        if key != self._key or not self._same_sources(sources):
+            # never an inference tensor, even when called under inference mode: a cache keyed on this value (the
+            # packed copy of a folded weight) could otherwise not keep its own (inference tensors have no version)
+            with torch.inference_mode(False), torch.no_grad():
                 self._value = compute()
             self._key = key
+            self._sources = tuple(None if t is None else weakref.ref(t) for t in sources)
         return self._value
+
+    def _same_sources(self, sources: Sequence[torch.Tensor | None]) -> bool:
+        return len(sources) == len(self._sources) and all(
+            (ref is None) if t is None else (ref is not None and ref() is t) for t, ref in zip(sources, self._sources))

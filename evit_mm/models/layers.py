@@ -48,6 +48,9 @@ class ConvBN(nn.Module):
     #: deployment, validation, frozen stages), fold its running statistics into the conv weights on the fly: one
     #: conv with a bias instead of a conv and a BatchNorm pass over the map (:meth:`eval_folded`).
     fold_eval_bn = True
+    #: With the BatchNorm folded on the fly, run the folded conv on CPU on weights reordered once for oneDNN, as
+    #: deployed convs do (:class:`~.fused_conv.FusedConv2d`, ``prepack_weights``; cached with the folded weights).
+    prepack_weights = True
 
     def __init__(
         self,
@@ -65,6 +68,7 @@ class ConvBN(nn.Module):
         nn.init.constant_(self.bn.weight, bn_weight_init)
         nn.init.zeros_(self.bn.bias)
         self._fold_cache: DerivedCache[tuple[torch.Tensor, torch.Tensor]] = DerivedCache()
+        self._packed_cache: DerivedCache[torch.Tensor] = DerivedCache()  # of the folded weight
 
     @property
     def fused(self) -> bool:
@@ -103,7 +107,9 @@ class ConvBN(nn.Module):
         return self._fold_cache.get(sources, lambda: fold_batch_norm(self.conv.weight, bn), also=(bn.eps,))
 
     def train(self, mode: bool = True) -> 'ConvBN':
-        self._fold_cache.clear()  # the cache serves eval mode only; do not hold a second copy of the weights
+        # the caches serve eval mode only; do not hold copies of the weights
+        self._fold_cache.clear()
+        self._packed_cache.clear()
         return super().train(mode)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -112,7 +118,8 @@ class ConvBN(nn.Module):
             return self.conv(x, residual)
         folded = self.eval_folded()
         if folded is not None:  # run as deployed
-            return FusedConv2d.apply_to(self.conv, x, *folded, residual, kernels=self.gemm_convs)
+            return FusedConv2d.apply_to(self.conv, x, *folded, residual, kernels=self.gemm_convs,
+                                        packed=self._packed_cache if self.prepack_weights else None)
         y = self.bn(gemm_conv(self.conv, x) if self.gemm_convs else self.conv(x))
         # in place: BatchNorm's backward does not read its output, so autograd allows it and a map is saved
         return y if residual is None else y.add_(residual)
@@ -136,6 +143,7 @@ class ConvBN(nn.Module):
             fused.bias.copy_(bias)
             self.conv, self.bn = fused, nn.Identity()
             self._fold_cache.clear()
+            self._packed_cache.clear()
         self.conv.relu = self.conv.relu or relu
         self.conv.use_fused_kernel = use_fused_kernel
 

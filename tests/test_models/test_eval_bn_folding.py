@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from evit_mm.models import EfficientViT
+from evit_mm.models.fused_conv import onednn_fusion_available
 from evit_mm.models.layers import ConvBN
 
 from tests.helpers import DEVICES, OpCalls, randomize_
@@ -165,6 +166,28 @@ def test_backbone_in_eval_mode_equals_unfolded(device):
     for u, v, w in zip(got, expected, again, strict=True):
         torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(w, u, atol=0, rtol=0)
+
+
+@pytest.mark.skipif(not onednn_fusion_available(), reason='this PyTorch build has no oneDNN')
+def test_eval_mode_runs_on_prepacked_folded_weights():
+    """In eval mode the folded convs that oneDNN runs take weights reordered once per input shape, as deployed
+    ones do; the switch turns it off; the same features either way."""
+    model = randomize_(EfficientViT('m0')).eval()
+    plain = copy.deepcopy(model).set_conv_bn_paths(prepack_weights=False)
+    x = torch.randn(1, 3, 83, 117)
+    reorder = torch.ops.mkldnn._reorder_convolution_weight.default
+    with torch.inference_mode():
+        with OpCalls(reorder) as first:
+            got = model(x)
+        with OpCalls(reorder) as second:
+            model(x)
+        with OpCalls(reorder) as off:
+            expected = plain(x)
+    assert len(first.calls) > 0 and len(second.calls) == 0 and len(off.calls) == 0
+    for u, v in zip(got, expected, strict=True):
+        torch.testing.assert_close(u, v, atol=1e-5, rtol=1e-5)
+    model.train()  # the packed copies go with the folded weights
+    assert all(m._packed_cache.empty for m in model.modules() if isinstance(m, ConvBN))
 
 
 def test_no_stale_caches_after_fused_optimizer_steps_in_eval_mode():

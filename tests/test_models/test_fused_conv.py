@@ -1,5 +1,6 @@
 """FusedConv2d and the deploy-time kernel fusion of the backbone: same values as the separate ops."""
 import copy
+import io
 
 import pytest
 import torch
@@ -35,9 +36,12 @@ def fused_kernel_calls(fn) -> int:
     return op_calls(fn, *(getattr(fused, name) for name in fused.overloads()))
 
 
-def make_conv(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, relu: bool = False) -> FusedConv2d:
+def make_conv(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, relu: bool = False,
+              prepack: bool = False) -> FusedConv2d:
+    """A FusedConv2d with a random bias; without prepacked weights unless asked (the tests of the fused kernel and
+    the GEMM check those paths as they run where prepacking does not apply)."""
     torch.manual_seed(0)
-    conv = FusedConv2d(cin, cout, k, stride, k // 2, groups=groups, bias=True, relu=relu)
+    conv = FusedConv2d(cin, cout, k, stride, k // 2, groups=groups, bias=True, relu=relu, prepack_weights=prepack)
     with torch.no_grad():
         conv.bias.normal_()
     return conv.eval()
@@ -156,6 +160,109 @@ def test_small_outputs_take_the_plain_ops(monkeypatch):
             torch.testing.assert_close(conv(x), F.relu(F.conv2d(x, conv.weight, conv.bias)), atol=1e-5, rtol=1e-5)
 
 
+def reorders(fn) -> int:
+    """Calls of oneDNN's weight reorder (prepacking) while running ``fn``."""
+    return op_calls(fn, torch.ops.mkldnn._reorder_convolution_weight.default)
+
+
+def channels_last(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+
+
+@needs_onednn
+@pytest.mark.parametrize('cin,cout,k,stride,groups,epilogue', [
+    (3, 16, 3, 2, 1, 'relu'),         # the stem's first conv
+    (24, 48, 1, 1, 1, 'residual'),    # a 1x1 conv ending a residual branch
+    (24, 48, 1, 2, 1, 'none'),        # strided 1x1
+    (32, 32, 3, 1, 32, 'residual'),   # depthwise residual
+    (16, 16, 7, 1, 16, 'none'),       # the query's depthwise conv
+])
+def test_prepacked_weights_equal_the_conv(cin, cout, k, stride, groups, epilogue):
+    """Weights reordered once per input shape (cached), the values of the plain conv, channels-last out."""
+    conv = make_conv(cin, cout, k, stride, groups, relu=epilogue == 'relu', prepack=True)
+    conv.use_fused_kernel = False  # as on AVX-512 CPUs: the 1x1 convs through oneDNN, not the GEMM
+    for shape in [(2, cin, 37, 23), (1, cin, 9, 64)]:
+        x = channels_last(*shape)
+        expected = F.conv2d(x, conv.weight, conv.bias, stride, k // 2, 1, groups)
+        extra = {'residual': channels_last(*expected.shape)} if epilogue == 'residual' else {}
+        expected = F.relu(expected) if epilogue == 'relu' else expected + extra['residual'] if extra else expected
+        with torch.inference_mode():
+            assert reorders(lambda: conv(x, **extra)) == 1  # a new shape: packed once
+            assert reorders(lambda: conv(x, **extra)) == 0
+            assert fused_kernel_calls(lambda: conv(x, **extra)) == 1  # the ReLU as its post-op, no relu_ after
+            assert op_calls(lambda: conv(x, **extra), torch.ops.aten.relu_.default) == 0
+            got = conv(x, **extra)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_onednn
+def test_prepacked_weights_follow_new_weights():
+    """Weights loaded in place, or replaced by new tensors, are packed again: never a stale copy."""
+    conv = make_conv(8, 8, 3, prepack=True)
+    x = channels_last(1, 8, 11, 13)
+    with torch.no_grad():
+        conv(x)
+        conv.load_state_dict({'weight': torch.randn_like(conv.weight), 'bias': torch.randn_like(conv.bias)})
+        torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, 1, 1), atol=1e-5, rtol=1e-5)
+        conv.weight = torch.nn.Parameter(torch.randn_like(conv.weight))
+        assert reorders(lambda: conv(x)) == 1
+        torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, 1, 1), atol=1e-5, rtol=1e-5)
+
+
+@needs_onednn
+def test_prepacking_only_where_it_applies():
+    """Off, NCHW maps and autograd take the plain conv; a weight that trains drops its packed copy."""
+    conv = make_conv(8, 8, 3, prepack=True)
+    x = channels_last(1, 8, 11, 13)
+    with torch.inference_mode():
+        assert reorders(lambda: conv(x.contiguous())) == 0
+        conv.prepack_weights = False
+        assert reorders(lambda: conv(x)) == 0
+        conv.prepack_weights = True
+        conv(x)
+    assert not conv._packed_weight.empty
+    assert reorders(lambda: conv(x)) == 0  # grad mode, the weight requires grad: the differentiable conv
+    assert conv._packed_weight.empty
+    conv(x).sum().backward()
+    assert conv.weight.grad is not None
+
+
+@needs_onednn
+def test_prepacked_conv_copies_and_pickles():
+    """oneDNN's packed tensors cannot be copied or pickled: copies start without them and pack their own."""
+    conv = make_conv(8, 16, 1, prepack=True)
+    conv.use_fused_kernel = False
+    x = channels_last(2, 8, 5, 7)
+    with torch.inference_mode():
+        expected = conv(x)
+    assert not conv._packed_weight.empty
+    clone = copy.deepcopy(conv)
+    assert clone._packed_weight.empty
+    buffer = io.BytesIO()
+    torch.save(conv, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    with torch.inference_mode():
+        for other in (clone, loaded):
+            torch.testing.assert_close(other(x), expected, atol=0, rtol=0)
+
+
+@needs_onednn
+def test_deployed_backbone_prepacks_by_default():
+    """``switch_to_deploy`` prepacks (once per input shape) unless told not to; the same features either way."""
+    model = randomize_(EfficientViT('m0')).eval()
+    plain = copy.deepcopy(model).switch_to_deploy(prepack_weights=False)
+    model.switch_to_deploy()
+    x = torch.randn(1, 3, 83, 117)
+    with torch.inference_mode():
+        assert reorders(lambda: plain(x)) == 0
+        assert reorders(lambda: model(x)) > 0
+        assert reorders(lambda: model(x)) == 0
+        for got, expected in zip(model(x), plain(x)):
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_relu_and_residual_together_is_an_error():
     conv = make_conv(4, 4, 1, relu=True)
     with pytest.raises(ValueError, match='either a ReLU or a residual'):
@@ -169,8 +276,8 @@ def test_switch_to_deploy_keeps_outputs(arch):
     x = torch.randn(2, 3, 117, 171)
     with torch.inference_mode():
         expected = model(x)
-        plain = copy.deepcopy(model).switch_to_deploy(fused_kernels=False)
-        fused = model.switch_to_deploy(fused_kernels=True)
+        plain = copy.deepcopy(model).switch_to_deploy(fused_kernels=False, prepack_weights=False)
+        fused = model.switch_to_deploy(fused_kernels=True, prepack_weights=False)
         without = plain(x)
         got = fused(x)
         if onednn_fusion_available():

@@ -136,13 +136,15 @@ def test_gemm_convs_backbone_equals_conv_backbone_in_training():
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=name)
 
 
-@pytest.mark.parametrize('path', ['gemm_convs', 'fold_eval_bn'])
+CONV_BN_PATHS = ('gemm_convs', 'fold_eval_bn', 'prepack_weights')
+
+
+@pytest.mark.parametrize('path', CONV_BN_PATHS)
 def test_set_conv_bn_paths_switches_one_path_of_every_convbn(path):
-    other = {'gemm_convs': 'fold_eval_bn', 'fold_eval_bn': 'gemm_convs'}[path]
     model = EfficientViT('m0', gemm_convs=True).set_conv_bn_paths(**{path: False})
     layers = [m for m in model.modules() if isinstance(m, ConvBN)]
     assert layers and not any(getattr(m, path) for m in layers)
-    assert all(getattr(m, other) for m in layers)  # None: left as it was
+    assert all(getattr(m, other) for m in layers for other in CONV_BN_PATHS if other != path)  # None: left as it was
     assert all(getattr(m, path) for m in model.set_conv_bn_paths(**{path: True}).modules() if isinstance(m, ConvBN))
     assert not any(m.fold_eval_bn for m in EfficientViT('m0', fold_eval_bn=False).modules() if isinstance(m, ConvBN))
 

@@ -29,7 +29,8 @@ def test_compare_ablates_the_fast_paths():
     rows = compare('m0', shapes=((1, 64, 96),), warmup=0, repeats=1, train=True, ablate=True)
     assert [r.case for r in rows] == ['eval', 'deploy vs timm as shipped', 'deploy vs timm fused', 'train',
                                       'eval without BN folding', 'deploy without CPU kernels vs timm as shipped',
-                                      'deploy with CPU kernels vs timm as shipped', 'train without GEMM convs',
+                                      'deploy with CPU kernels vs timm as shipped',
+                                      'deploy without prepacked weights vs timm as shipped', 'train without GEMM convs',
                                       'train with GEMM convs']
     by_case = {r.case: r for r in rows}
     assert by_case['train without GEMM convs'].timm == by_case['train'].timm  # the same timm timings

@@ -23,6 +23,7 @@ from ...compat import mmcv_contiguous
 from ...registry import register_model
 from ..attention import LocalWindowAttention
 from ..eager_kernels import own_kernels_measured_faster
+from ..fused_conv import FusedConv2d
 from ..layers import (BNLinear, ConvBN, ConvFFN, PatchEmbed, PatchMerging, Residual, depthwise_residual,
                       ffn_residual)
 
@@ -298,19 +299,21 @@ class EfficientViT(BaseModule):
                     module.eval()
         return self
 
-    def set_conv_bn_paths(self, *, gemm_convs: bool | None = None,
-                          fold_eval_bn: bool | None = None) -> 'EfficientViT':
-        """Switch the fast paths of every unfused ConvBN on or off (the arguments of the same names); None leaves a
-        path as it is."""
+    def set_conv_bn_paths(self, *, gemm_convs: bool | None = None, fold_eval_bn: bool | None = None,
+                          prepack_weights: bool | None = None) -> 'EfficientViT':
+        """Switch the fast paths of every unfused ConvBN on or off (``gemm_convs`` and ``fold_eval_bn`` as in the
+        constructor; ``prepack_weights``: the convs with their eval-mode BatchNorm folded run on CPU on weights
+        reordered once for oneDNN, on by default, :attr:`ConvBN.prepack_weights`); None leaves a path as it is."""
         for module in self.modules():
             if isinstance(module, ConvBN):
-                if gemm_convs is not None:
-                    module.gemm_convs = gemm_convs
-                if fold_eval_bn is not None:
-                    module.fold_eval_bn = fold_eval_bn
+                for name, value in (('gemm_convs', gemm_convs), ('fold_eval_bn', fold_eval_bn),
+                                    ('prepack_weights', prepack_weights)):
+                    if value is not None:
+                        setattr(module, name, value)
         return self
 
-    def switch_to_deploy(self, fused_kernels: bool | None = None, fold_identities: bool = True) -> 'EfficientViT':
+    def switch_to_deploy(self, fused_kernels: bool | None = None, fold_identities: bool = True,
+                         prepack_weights: bool = True) -> 'EfficientViT':
         """Fuse every Conv+BN in place (paper Sec. 4: BN rather than LayerNorm so that it folds away), then fold
         the identity of each depthwise residual ``x + DW(x)`` into its kernel
         (:meth:`~evit_mm.models.layers.Residual.fold_identity`).
@@ -324,6 +327,9 @@ class EfficientViT(BaseModule):
                 convolutions were 1.02-1.05x faster).
             fold_identities: Fold the identity of each depthwise residual into its kernel (same values up to float
                 rounding; one conv instead of a conv and an add). Defaults to True.
+            prepack_weights: On CPU, run the convolutions that oneDNN computes on weights reordered once for it
+                (:class:`~evit_mm.models.fused_conv.FusedConv2d`; the same kernels without the per-call reorder,
+                same values up to float rounding; a second copy of those weights). Defaults to True.
         """
         if fused_kernels is None:
             fused_kernels = own_kernels_measured_faster()
@@ -332,10 +338,11 @@ class EfficientViT(BaseModule):
                 module.fuse(use_fused_kernel=fused_kernels)
             elif isinstance(module, BNLinear):
                 module.fuse()
-        if fold_identities:
-            for module in self.modules():
-                if isinstance(module, Residual):
-                    module.fold_identity()
+        for module in self.modules():  # after fusion: the fold needs the branch's ConvBN fused
+            if fold_identities and isinstance(module, Residual):
+                module.fold_identity()
+            elif isinstance(module, FusedConv2d):
+                module.prepack_weights = prepack_weights
         return self
 
     # ---- forward --------------------------------------------------------------------------------------

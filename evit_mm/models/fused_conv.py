@@ -18,6 +18,11 @@ def onednn_fusion_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_convolution_pointwise')
 
 
+#: Dtypes of the prepacked path: float32, and bfloat16 for models deployed on bfloat16 weights
+#: (:func:`evit_mm.deploy.run_in_bfloat16`), where reordering once measured 1.04-1.55x per conv of M4 as well.
+PREPACKED_DTYPES = (torch.float32, torch.bfloat16)
+
+
 class FusedConv2d(nn.Conv2d):
     """A ``Conv2d`` (BatchNorm already folded in) that can apply a ReLU in the same kernel or add a residual.
 
@@ -36,13 +41,13 @@ class FusedConv2d(nn.Conv2d):
     1.07-1.14x faster (``docs/benchmarks.md``, "Training and deploy through GEMMs"). The GEMM is differentiable;
     it is skipped while tracing, exporting or compiling, so that graphs keep their convolutions.
 
-    Every other deployed conv on a channels-last CPU map runs oneDNN's convolution on weights reordered once into
-    oneDNN's blocked layout for the input's shape (``prepack_weights``, cached until the weights or the shape
-    change), with the ReLU as its post-op. Why: ``F.conv2d`` reorders the plain weights on every call; reordered
-    once, the 1x1 convs of deployed M4 ran 1.09-1.13x faster at batch 16, 1.17-1.30x at batch 1, and the whole
-    deployed backbone 1.06x at 16x224x224 and 1x800x1344, 1.16x at 1x224x224 (AVX-512, ``docs/benchmarks.md``).
-    It is what ``torch.compile`` does for frozen CPU graphs, here in eager mode. The cache holds a second copy of the
-    conv weights in that layout.
+    Every other deployed conv on a channels-last CPU map (float32, or bfloat16 weights) runs oneDNN's convolution on
+    weights reordered once into oneDNN's blocked layout for the input's shape (``prepack_weights``, cached until the
+    weights or the shape change), with the ReLU as its post-op. Why: ``F.conv2d`` reorders the plain weights on
+    every call; reordered once, M4's depthwise and 1x1 convs ran 1.05-1.33x faster alone (the most on small maps),
+    the whole deployed backbone 1.07-1.11x at 16x224x224, 1.08x at 1x224x224 and 0.98-1.03x at 1x800x1344 (AVX-512,
+    ``docs/benchmarks.md``). It is what ``torch.compile`` does for frozen CPU graphs, here in eager mode. The cache
+    holds a second copy of the conv weights in that layout.
 
     The plain ops run instead whenever none applies; the fused kernel does not run when autograd is needed,
     the tensors are not CPU float32, the graph is being traced, exported or compiled (``torch.compile`` fuses by
@@ -74,14 +79,16 @@ class FusedConv2d(nn.Conv2d):
         return super().extra_repr() + (', relu=True' if self.relu else '')
 
     @staticmethod
-    def _onednn_applies(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor) -> bool:
-        """Whether oneDNN's own convolution ops (fused, prepacked) may run ``conv`` on ``x`` in this call."""
+    def _onednn_applies(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
+                        dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> bool:
+        """Whether oneDNN's own convolution ops (fused, prepacked) may run ``conv`` on ``x`` of one of ``dtypes``
+        (weights of the same dtype) in this call."""
         # the cheapest rejection first: every deployed conv of a model on a GPU (host-bound at batch 1) ends here
-        if not (x.device.type == 'cpu' and x.dtype == torch.float32):
+        if not (x.device.type == 'cpu' and x.dtype in dtypes):
             return False
         if exporting_or_compiling():  # before the size and layout checks, which a trace would freeze
             return False
-        return (weight.dtype == torch.float32 and conv.padding_mode == 'zeros' and not isinstance(conv.padding, str)
+        return (weight.dtype == x.dtype and conv.padding_mode == 'zeros' and not isinstance(conv.padding, str)
                 and onednn_fusion_available()
                 and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
 
@@ -120,7 +127,8 @@ class FusedConv2d(nn.Conv2d):
         if kernels and is_pointwise(conv) and eager_channels_last_cpu(x) and x.dtype == weight.dtype:
             return pointwise_gemm(x, weight, bias, residual, relu)
         # a weight that trains drops its packed copy (fused optimizers update it without a version bump)
-        if (packed is not None and not packed.training((weight,)) and cls._onednn_applies(conv, x, weight)
+        if (packed is not None and not packed.training((weight,))
+                and cls._onednn_applies(conv, x, weight, PREPACKED_DTYPES)
                 and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)):
             y = cls._prepacked_conv(conv, x, weight, bias, relu, packed)
             return y if residual is None else cls._add_residual(y, residual)

@@ -197,6 +197,20 @@ def test_prepacked_weights_equal_the_conv(cin, cout, k, stride, groups, epilogue
 
 
 @needs_onednn
+def test_prepacked_weights_in_bfloat16():
+    """A model deployed on bfloat16 weights prepacks them too, with the values of the bfloat16 conv."""
+    conv = make_conv(16, 32, 1, prepack=True).to(torch.bfloat16)
+    conv.use_fused_kernel = False
+    x = channels_last(2, 16, 9, 11).to(torch.bfloat16)
+    with torch.inference_mode():
+        assert reorders(lambda: conv(x)) == 1
+        assert reorders(lambda: conv(x)) == 0
+        got = conv(x)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, F.conv2d(x, conv.weight, conv.bias), atol=2e-2, rtol=2e-2)
+
+
+@needs_onednn
 def test_prepacked_weights_follow_new_weights():
     """Weights loaded in place, or replaced by new tensors, are packed again: never a stale copy."""
     conv = make_conv(8, 8, 3, prepack=True)

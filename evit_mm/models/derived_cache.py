@@ -1,10 +1,9 @@
 """A value derived from some tensors (folded weights, gathered bias tables), kept until one of them changes."""
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
-
-import weakref
 
 import torch
 

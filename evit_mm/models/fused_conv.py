@@ -51,8 +51,9 @@ class FusedConv2d(nn.Conv2d):
 
     The plain ops run instead whenever none applies; the fused kernel does not run when autograd is needed,
     the tensors are not CPU float32, the graph is being traced, exported or compiled (``torch.compile`` fuses by
-    itself), or ``use_fused_kernel`` is False. They also run where they are faster: for outputs below
-    :attr:`min_output_elements`, the fused kernel's fixed cost per call exceeds the pass it saves (measured on
+    itself), or ``use_fused_kernel`` is False. Without prepacking they also run where they are faster: for outputs
+    below :attr:`min_output_elements`, the fused kernel's fixed cost per call (it reorders the weights, among other
+    things) exceeds the pass it saves (measured on
     2 AVX2 cores: +80 us for a 1x1 conv 256->512 on 7x7, -3.2 ms for 128->256 on 56x56; at 1x224x224 the
     deployed M4 took 36.8 ms with the kernel everywhere and 32.7 ms without).
 

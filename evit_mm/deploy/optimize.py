@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..models.fused_conv import FusedConv2d
 from ..models.layers import Residual
 from ..models.roi_align import convert_roi_aligns
 from ..models.winograd import DEFAULT_TILE, WinogradConv2d, convert_to_winograd
@@ -26,6 +27,7 @@ class DeploySummary:
     roi_aligns: int = 0  # mmcv RoIAlign layers (two-stage detectors) now computed as matrix products on CPU
     bfloat16_parts: tuple[str, ...] = ()  # parts on bfloat16 weights (float32 in and out), if asked for
     identities_folded: int = 0  # depthwise residuals x + DW(x) computed by their conv alone (Residual.fold_identity)
+    prepacked_convs: int = 0  # deployed convs run by oneDNN on CPU on weights reordered once (FusedConv2d)
 
     def __str__(self) -> str:
         tiles = 'F(2x2,3x3)' if self.winograd_tile == 2 else (
@@ -33,6 +35,8 @@ class DeploySummary:
         return (f'deploy: Conv+BN folded in {self.fused or "nothing (no switch_to_deploy)"}'
                 + (f' ({self.identities_folded} depthwise residuals with the identity in their kernel)'
                    if self.identities_folded else '')
+                + (f' ({self.prepacked_convs} convs on weights prepacked for oneDNN on CPU)'
+                   if self.prepacked_convs else '')
                 + f' and {self.batch_norms_folded} other BatchNorms folded into their convs; '
                 f'{self.winograd_convs} 3x3 convolutions on Winograd {tiles} for CPU inference '
                 f'(plain convolutions elsewhere), {self.winograd_relus} with their ReLU'
@@ -43,12 +47,15 @@ class DeploySummary:
 
 def optimize_for_inference(model: nn.Module, fused_kernels: bool | None = None, winograd: bool = True,
                            winograd_tile: int = DEFAULT_TILE, fold_batch_norms: bool = True,
-                           roi_align: bool = True, bfloat16: bool = False) -> DeploySummary:
+                           roi_align: bool = True, bfloat16: bool = False,
+                           prepack_weights: bool = True) -> DeploySummary:
     """Prepare ``model`` (a detector, segmentor, classifier or backbone) for inference, in place.
 
     1. ``switch_to_deploy`` of the model (classifiers: backbone and heads) or else of its backbone: BatchNorm
        folded into the convolutions and, with ``fused_kernels`` (None: where measured faster, AVX2 CPUs), ReLUs
-       run inside them and 1x1 convolutions run as GEMMs that start from the bias or the residual (CPU).
+       run inside them and 1x1 convolutions run as GEMMs that start from the bias or the residual (CPU); with
+       ``prepack_weights``, the convolutions oneDNN runs on CPU take their weights reordered once per input shape
+       (:class:`~evit_mm.models.fused_conv.FusedConv2d`).
     2. With ``fold_batch_norms``, every other BatchNorm that follows a convolution (UperNet's and FPN heads'
        ConvModules, another backbone such as ResNet) is folded into it by mmcv's ``fuse_conv_bn``: one pass over
        each map fewer.
@@ -76,7 +83,7 @@ def optimize_for_inference(model: nn.Module, fused_kernels: bool | None = None, 
     fused = None
     if target is not None and hasattr(target, 'switch_to_deploy'):
         if 'fused_kernels' in inspect.signature(target.switch_to_deploy).parameters:  # evit_mm's own
-            target.switch_to_deploy(fused_kernels=fused_kernels)
+            target.switch_to_deploy(fused_kernels=fused_kernels, prepack_weights=prepack_weights)
         else:
             target.switch_to_deploy()
         fused = type(target).__name__
@@ -90,7 +97,9 @@ def optimize_for_inference(model: nn.Module, fused_kernels: bool | None = None, 
     relus = _relus_into_winograd(model) if winograd else 0
     roi_aligns = convert_roi_aligns(model) if roi_align else 0
     identities = sum(isinstance(m, Residual) and m.identity_in_branch for m in model.modules())
-    return DeploySummary(fused, converted, relus, winograd_tile, folded, roi_aligns, bfloat16_parts, identities)
+    prepacked = sum(isinstance(m, FusedConv2d) and m.prepack_weights for m in model.modules())
+    return DeploySummary(fused, converted, relus, winograd_tile, folded, roi_aligns, bfloat16_parts, identities,
+                         prepacked)
 
 
 def _fold_batch_norms(model: nn.Module) -> int:

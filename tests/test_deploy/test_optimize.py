@@ -29,6 +29,9 @@ def test_deployed_model_keeps_outputs(config):
     backbone = target.model.backbone  # two depthwise residuals per block and per downsampling (paper Fig. 3)
     assert summary.identities_folded == 2 * sum(backbone.arch.depths) + 2 * (len(backbone.stages) - 1)
     assert f'({summary.identities_folded} depthwise residuals with the identity in their kernel)' in str(summary)
+    deployed_convs = sum(isinstance(m, FusedConv2d) for m in backbone.modules())
+    assert summary.prepacked_convs == deployed_convs > 0
+    assert f'({deployed_convs} convs on weights prepacked for oneDNN on CPU)' in str(summary)
     if 'retinanet' in config:  # the 4 + 4 stacked head convs carry their ReLU; no BatchNorm outside the backbone
         assert summary.winograd_relus == 8 and summary.batch_norms_folded == 0
     if 'upernet' in config:  # its ConvModules' BatchNorms fold, and then their ReLUs move into the Winograd convs
@@ -45,12 +48,14 @@ def test_deployed_model_keeps_outputs(config):
 
 def test_switches_turn_rewrites_off():
     target = build_target(str(REPO_ROOT / 'configs/upernet_evit_m4_ade20k.py'))
-    summary = optimize_for_inference(target.model, fused_kernels=False, winograd=False, fold_batch_norms=False)
-    assert summary.winograd_convs == 0 and summary.batch_norms_folded == 0
+    summary = optimize_for_inference(target.model, fused_kernels=False, winograd=False, fold_batch_norms=False,
+                                     prepack_weights=False)
+    assert summary.winograd_convs == 0 and summary.batch_norms_folded == 0 and summary.prepacked_convs == 0
     assert any(isinstance(m, _BatchNorm) for m in target.model.decode_head.modules())  # SyncBN in the config
     assert not any(isinstance(m, WinogradConv2d) for m in target.model.modules())
-    assert all(not m.use_fused_kernel for m in target.backbone.modules() if isinstance(m, FusedConv2d))
-    assert 'Conv+BN folded in EfficientViT' in str(summary)
+    assert all(not m.use_fused_kernel and not m.prepack_weights
+               for m in target.backbone.modules() if isinstance(m, FusedConv2d))
+    assert 'Conv+BN folded in EfficientViT' in str(summary) and 'prepacked' not in str(summary)
 
 
 def test_two_stage_detector_roi_align_as_matrix_products():

@@ -27,7 +27,7 @@ class DeploySummary:
     roi_aligns: int = 0  # mmcv RoIAlign layers (two-stage detectors) now computed as matrix products on CPU
     bfloat16_parts: tuple[str, ...] = ()  # parts on bfloat16 weights (float32 in and out), if asked for
     identities_folded: int = 0  # depthwise residuals x + DW(x) computed by their conv alone (Residual.fold_identity)
-    prepacked_convs: int = 0  # deployed convs run by oneDNN on CPU on weights reordered once (FusedConv2d)
+    prepacked_convs: int = 0  # deployed convs whose CPU oneDNN path takes weights reordered once (FusedConv2d)
 
     def __str__(self) -> str:
         tiles = 'F(2x2,3x3)' if self.winograd_tile == 2 else (
@@ -35,7 +35,7 @@ class DeploySummary:
         return (f'deploy: Conv+BN folded in {self.fused or "nothing (no switch_to_deploy)"}'
                 + (f' ({self.identities_folded} depthwise residuals with the identity in their kernel)'
                    if self.identities_folded else '')
-                + (f' ({self.prepacked_convs} convs on weights prepacked for oneDNN on CPU)'
+                + (f' (weights prepacked for oneDNN on CPU: on in {self.prepacked_convs} convs)'
                    if self.prepacked_convs else '')
                 + f' and {self.batch_norms_folded} other BatchNorms folded into their convs; '
                 f'{self.winograd_convs} 3x3 convolutions on Winograd {tiles} for CPU inference '

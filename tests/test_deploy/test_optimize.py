@@ -31,7 +31,7 @@ def test_deployed_model_keeps_outputs(config):
     assert f'({summary.identities_folded} depthwise residuals with the identity in their kernel)' in str(summary)
     deployed_convs = sum(isinstance(m, FusedConv2d) for m in backbone.modules())
     assert summary.prepacked_convs == deployed_convs > 0
-    assert f'({deployed_convs} convs on weights prepacked for oneDNN on CPU)' in str(summary)
+    assert f'(weights prepacked for oneDNN on CPU: on in {deployed_convs} convs)' in str(summary)
     if 'retinanet' in config:  # the 4 + 4 stacked head convs carry their ReLU; no BatchNorm outside the backbone
         assert summary.winograd_relus == 8 and summary.batch_norms_folded == 0
     if 'upernet' in config:  # its ConvModules' BatchNorms fold, and then their ReLUs move into the Winograd convs

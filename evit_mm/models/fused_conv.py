@@ -47,7 +47,8 @@ class FusedConv2d(nn.Conv2d):
     every call; reordered once, M4's depthwise and 1x1 convs ran 1.05-1.33x faster alone (the most on small maps),
     the whole deployed backbone 1.07-1.11x at 16x224x224, 1.08x at 1x224x224 and 0.98-1.03x at 1x800x1344 (AVX-512,
     ``docs/benchmarks.md``). It is what ``torch.compile`` does for frozen CPU graphs, here in eager mode. The cache
-    holds a second copy of the conv weights in that layout.
+    holds a second copy of the conv weights in that layout. Threads sharing a model may race on it and be served
+    weights packed for another shape: oneDNN then computes the same values, only slower (tests check it).
 
     The plain ops run instead whenever none applies; the fused kernel does not run when autograd is needed,
     the tensors are not CPU float32, the graph is being traced, exported or compiled (``torch.compile`` fuses by

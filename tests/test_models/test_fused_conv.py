@@ -197,6 +197,31 @@ def test_prepacked_weights_equal_the_conv(cin, cout, k, stride, groups, epilogue
 
 
 @needs_onednn
+@pytest.mark.parametrize('cin,cout,k,stride,groups', [(3, 16, 3, 2, 1), (32, 32, 3, 1, 32), (64, 128, 1, 1, 1)])
+def test_weights_packed_for_another_shape_give_the_same_values(cin, cout, k, stride, groups):
+    """What a thread racing another one on the cache of a shared model may be served: slower, never wrong."""
+    conv = make_conv(cin, cout, k, stride, groups, prepack=True)
+    conv.use_fused_kernel = False
+    with torch.inference_mode():
+        conv(channels_last(16, cin, 56, 56))  # packs for this shape
+        packed = conv._packed_weight._value
+        x = channels_last(3, cin, 9, 13)
+        got = FusedConv2d._prepacked_conv(conv, x, conv.weight, conv.bias, False, _Serving(packed))
+        expected = F.conv2d(x, conv.weight, conv.bias, stride, k // 2, 1, groups)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+class _Serving:
+    """A stand-in for the cache that serves one packed weight whatever the shape."""
+
+    def __init__(self, value: torch.Tensor) -> None:
+        self.value = value
+
+    def get(self, sources, compute, also=()):
+        return self.value
+
+
+@needs_onednn
 def test_prepacked_weights_in_bfloat16():
     """A model deployed on bfloat16 weights prepacks them too, with the values of the bfloat16 conv."""
     conv = make_conv(16, 32, 1, prepack=True).to(torch.bfloat16)

@@ -171,7 +171,8 @@ def compute_rates(runs: Mapping[str, Callable[[], object]], repeats: int = 5, al
     whole: dict[str, list[float]] = {name: [] for name in runs}
     with torch.inference_mode(not grad):
         for run in runs.values():
-            run()  # warm up caches (attention biases, folded weights) and oneDNN's primitives
+            for _ in range(2):  # warm up caches (attention biases, folded weights; prepacked conv weights on a
+                run()  # shape's second call) and oneDNN's primitives
         for _ in range(repeats):
             for name, run in runs.items():
                 start = time.perf_counter()

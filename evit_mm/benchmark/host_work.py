@@ -46,7 +46,8 @@ def count_host_work(model: nn.Module, *inputs: torch.Tensor) -> HostWork:
              for m in model.modules()]
     try:
         with torch.inference_mode():
-            model(*inputs)  # warm caches (attention biases) so that the counted pass is a steady-state one
+            for _ in range(2):  # warm caches so that the counted pass is a steady-state one (attention biases on the
+                model(*inputs)  # first call, prepacked conv weights on the second with the same shape)
             modules.clear()
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 model(*inputs)

@@ -23,6 +23,57 @@ def onednn_fusion_available() -> bool:
 PREPACKED_DTYPES = (torch.float32, torch.bfloat16)
 
 
+def _onednn_geometry(conv: nn.Conv2d) -> tuple[list[int], list[int], list[int], int]:
+    return list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
+
+
+class PackedWeight:
+    """A conv weight reordered into oneDNN's blocked layout for one input shape, made once that shape comes twice in
+    a row (the first call with a new shape takes the plain conv).
+
+    Why not on the first call: the layout oneDNN picks depends on the input shape, and a weight packed for another
+    shape can cost more than the plain conv (deployed M4 packed at 1x224x224 ran 0.47x at 1x800x1344); repacking
+    whenever the shape changes cost 5-6% where it changed on every call (detection at batch 1, images of varying
+    aspect ratio), more than the reorder it saves (``docs/benchmarks.md``). Waiting for a repeat keeps fixed-shape
+    workloads on packed weights from their second call and leaves ever-changing shapes on the plain conv.
+    """
+
+    def __init__(self) -> None:
+        self._cache: DerivedCache[torch.Tensor] = DerivedCache()
+        self._last_shape: tuple[int, ...] | None = None  # the input shape of the previous call
+        self._packed_shape: tuple[int, ...] | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self._cache.empty
+
+    def clear(self) -> None:
+        self._cache.clear()
+        self._last_shape = self._packed_shape = None
+
+    def training(self, weight: torch.Tensor) -> bool:
+        """Whether autograd can reach ``weight`` in this call; if so, the packed copy is dropped
+        (:meth:`DerivedCache.training`)."""
+        if self._cache.training((weight,)):
+            self._last_shape = self._packed_shape = None
+            return True
+        return False
+
+    def get(self, conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+        """``weight`` packed for ``conv`` on ``x``'s shape, or None where the plain conv should run this call."""
+        shape = tuple(x.shape)
+        if shape != self._packed_shape or self._cache.empty:
+            repeated = shape == self._last_shape
+            self._last_shape = shape
+            if not repeated:
+                return None
+        geometry = _onednn_geometry(conv)
+        blocked = self._cache.get((weight,), lambda: torch.ops.mkldnn._reorder_convolution_weight(
+            weight.contiguous(), *geometry, list(shape)), also=(shape,))
+        self._packed_shape = shape
+        return blocked
+
+
 class FusedConv2d(nn.Conv2d):
     """A ``Conv2d`` (BatchNorm already folded in) that can apply a ReLU in the same kernel or add a residual.
 
@@ -42,11 +93,12 @@ class FusedConv2d(nn.Conv2d):
     it is skipped while tracing, exporting or compiling, so that graphs keep their convolutions.
 
     Every other deployed conv on a channels-last CPU map (float32, or bfloat16 weights) runs oneDNN's convolution on
-    weights reordered once into oneDNN's blocked layout for the input's shape (``prepack_weights``, cached until the
-    weights or the shape change), with the ReLU as its post-op. Why: ``F.conv2d`` reorders the plain weights on
-    every call; reordered once, M4's depthwise and 1x1 convs ran 1.05-1.33x faster alone (the most on small maps),
-    the whole deployed backbone 1.07-1.11x at 16x224x224, 1.08x at 1x224x224 and 0.98-1.03x at 1x800x1344 (AVX-512,
-    ``docs/benchmarks.md``). It is what ``torch.compile`` does for frozen CPU graphs, here in eager mode. The cache
+    weights reordered once into oneDNN's blocked layout for the input's shape (``prepack_weights``; from the second
+    call with a shape on, :class:`PackedWeight`; kept until the weights or the shape change), with the ReLU as its
+    post-op. Why: ``F.conv2d`` reorders the plain weights on
+    every call; reordered once, M4's depthwise and 1x1 convs ran 1.05-1.36x faster alone (the most on small maps),
+    the whole deployed backbone 1.08x at 1x224x224, 1.03x at 16x224x224 and 1.02x at 1x800x1344 (medians of 4-11
+    runs, AVX-512, ``docs/benchmarks.md``). It is what ``torch.compile`` does for frozen CPU graphs, here in eager mode. The cache
     holds a second copy of the conv weights in that layout. Threads sharing a model may race on it and be served
     weights packed for another shape: oneDNN then computes the same values, only slower (tests check it).
 
@@ -75,7 +127,7 @@ class FusedConv2d(nn.Conv2d):
         self.relu = relu
         self.use_fused_kernel = use_fused_kernel
         self.prepack_weights = prepack_weights
-        self._packed_weight: DerivedCache[torch.Tensor] = DerivedCache()
+        self._packed_weight = PackedWeight()
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (', relu=True' if self.relu else '')
@@ -102,23 +154,17 @@ class FusedConv2d(nn.Conv2d):
         return x.numel() // conv.in_channels * conv.out_channels // (stride_h * stride_w) >= cls.min_output_elements
 
     @staticmethod
-    def _onednn_geometry(conv: nn.Conv2d) -> tuple[list[int], list[int], list[int], int]:
-        return list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
-
-    @classmethod
-    def _prepacked_conv(cls, conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                        relu: bool, packed: DerivedCache[torch.Tensor]) -> torch.Tensor:
-        """``relu(conv2d(x, weight, bias))`` (or without the ReLU) by oneDNN on ``weight`` reordered for ``x``'s
-        shape, the reordered weight taken from or put in ``packed``."""
-        geometry = cls._onednn_geometry(conv)
-        blocked = packed.get((weight,), lambda: torch.ops.mkldnn._reorder_convolution_weight(
-            weight.contiguous(), *geometry, list(x.shape)), also=(tuple(x.shape),))
-        return torch.ops.mkldnn._convolution_pointwise(x, blocked, bias, *geometry, 'relu' if relu else 'none', [], '')
+    def _prepacked_conv(conv: nn.Conv2d, x: torch.Tensor, blocked: torch.Tensor, bias: torch.Tensor | None,
+                        relu: bool) -> torch.Tensor:
+        """``relu(conv2d(x, weight, bias))`` (or without the ReLU) by oneDNN on the weight packed as ``blocked``
+        (:class:`PackedWeight`)."""
+        return torch.ops.mkldnn._convolution_pointwise(x, blocked, bias, *_onednn_geometry(conv),
+                                                       'relu' if relu else 'none', [], '')
 
     @classmethod
     def apply_to(cls, conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  residual: torch.Tensor | None = None, relu: bool = False, kernels: bool = True,
-                 packed: DerivedCache[torch.Tensor] | None = None) -> torch.Tensor:
+                 packed: PackedWeight | None = None) -> torch.Tensor:
         """``relu(conv2d(x, weight, bias))`` or ``residual + conv2d(x, weight, bias)`` (or the conv alone) with the
         geometry of ``conv``, through this class's CPU kernels where they apply and ``kernels`` is True, and on
         weights prepacked into ``packed`` where that is given. Also what a ConvBN runs with its eval-mode BatchNorm
@@ -129,14 +175,15 @@ class FusedConv2d(nn.Conv2d):
         if kernels and is_pointwise(conv) and eager_channels_last_cpu(x) and x.dtype == weight.dtype:
             return pointwise_gemm(x, weight, bias, residual, relu)
         # a weight that trains drops its packed copy (fused optimizers update it without a version bump)
-        if (packed is not None and not packed.training((weight,))
+        if (packed is not None and not packed.training(weight)
                 and cls._onednn_applies(conv, x, weight, PREPACKED_DTYPES)
                 and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)):
-            y = cls._prepacked_conv(conv, x, weight, bias, relu, packed)
-            return y if residual is None else cls._add_residual(y, residual)
+            blocked = packed.get(conv, x, weight)
+            if blocked is not None:
+                y = cls._prepacked_conv(conv, x, blocked, bias, relu)
+                return y if residual is None else cls._add_residual(y, residual)
         if relu and kernels and cls._onednn_relu_applies(conv, x, weight):
-            return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *cls._onednn_geometry(conv), 'relu', [],
-                                                           '')
+            return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *_onednn_geometry(conv), 'relu', [], '')
         y = conv._conv_forward(x, weight, bias)
         # ReLU and residual in place into the fresh output (the conv's backward does not read it): no second map
         if relu:

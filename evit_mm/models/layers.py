@@ -13,7 +13,7 @@ from torch import nn
 
 from .derived_cache import DerivedCache
 from .eager_kernels import exporting_or_compiling
-from .fused_conv import FusedConv2d
+from .fused_conv import FusedConv2d, PackedWeight
 from .gemm_conv import gemm_conv
 
 
@@ -68,7 +68,7 @@ class ConvBN(nn.Module):
         nn.init.constant_(self.bn.weight, bn_weight_init)
         nn.init.zeros_(self.bn.bias)
         self._fold_cache: DerivedCache[tuple[torch.Tensor, torch.Tensor]] = DerivedCache()
-        self._packed_cache: DerivedCache[torch.Tensor] = DerivedCache()  # of the folded weight
+        self._packed_cache = PackedWeight()  # of the folded weight
 
     @property
     def fused(self) -> bool:

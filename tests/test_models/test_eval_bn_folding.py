@@ -170,20 +170,23 @@ def test_backbone_in_eval_mode_equals_unfolded(device):
 
 @pytest.mark.skipif(not onednn_fusion_available(), reason='this PyTorch build has no oneDNN')
 def test_eval_mode_runs_on_prepacked_folded_weights():
-    """In eval mode the folded convs that oneDNN runs take weights reordered once per input shape, as deployed
-    ones do; the switch turns it off; the same features either way."""
+    """In eval mode the folded convs that oneDNN runs take weights reordered once per input shape (on its second
+    call), as deployed ones do; the switch turns it off; the same features either way."""
     model = randomize_(EfficientViT('m0')).eval()
     plain = copy.deepcopy(model).set_conv_bn_paths(prepack_weights=False)
     x = torch.randn(1, 3, 83, 117)
     reorder = torch.ops.mkldnn._reorder_convolution_weight.default
     with torch.inference_mode():
         with OpCalls(reorder) as first:
-            got = model(x)
+            model(x)  # a new shape: plain convs
         with OpCalls(reorder) as second:
+            got = model(x)  # the same shape again: packed
+        with OpCalls(reorder) as third:
             model(x)
         with OpCalls(reorder) as off:
+            plain(x)
             expected = plain(x)
-    assert len(first.calls) > 0 and len(second.calls) == 0 and len(off.calls) == 0
+    assert len(first.calls) == 0 and len(second.calls) > 0 and len(third.calls) == 0 and len(off.calls) == 0
     for u, v in zip(got, expected, strict=True):
         torch.testing.assert_close(u, v, atol=1e-5, rtol=1e-5)
     model.train()  # the packed copies go with the folded weights

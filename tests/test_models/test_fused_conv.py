@@ -178,7 +178,8 @@ def channels_last(*shape: int) -> torch.Tensor:
     (16, 16, 7, 1, 16, 'none'),       # the query's depthwise conv
 ])
 def test_prepacked_weights_equal_the_conv(cin, cout, k, stride, groups, epilogue):
-    """Weights reordered once per input shape (cached), the values of the plain conv, channels-last out."""
+    """Weights reordered once per input shape, on its second call (the first takes the plain conv), then cached; the
+    values of the plain conv, channels-last out."""
     conv = make_conv(cin, cout, k, stride, groups, relu=epilogue == 'relu', prepack=True)
     conv.use_fused_kernel = False  # as on AVX-512 CPUs: the 1x1 convs through oneDNN, not the GEMM
     for shape in [(2, cin, 37, 23), (1, cin, 9, 64)]:
@@ -187,7 +188,8 @@ def test_prepacked_weights_equal_the_conv(cin, cout, k, stride, groups, epilogue
         extra = {'residual': channels_last(*expected.shape)} if epilogue == 'residual' else {}
         expected = F.relu(expected) if epilogue == 'relu' else expected + extra['residual'] if extra else expected
         with torch.inference_mode():
-            assert reorders(lambda: conv(x, **extra)) == 1  # a new shape: packed once
+            assert reorders(lambda: conv(x, **extra)) == 0  # a new shape: the plain conv
+            assert fused_kernel_calls(lambda: conv(x, **extra)) == 1  # the same shape again: packed, then cached
             assert reorders(lambda: conv(x, **extra)) == 0
             assert fused_kernel_calls(lambda: conv(x, **extra)) == 1  # the ReLU as its post-op, no relu_ after
             assert op_calls(lambda: conv(x, **extra), torch.ops.aten.relu_.default) == 0
@@ -203,22 +205,14 @@ def test_weights_packed_for_another_shape_give_the_same_values(cin, cout, k, str
     conv = make_conv(cin, cout, k, stride, groups, prepack=True)
     conv.use_fused_kernel = False
     with torch.inference_mode():
-        conv(channels_last(16, cin, 56, 56))  # packs for this shape
-        packed = conv._packed_weight._value
+        x = channels_last(16, cin, 56, 56)
+        assert conv._packed_weight.get(conv, x, conv.weight) is None  # a new shape: the plain conv
+        blocked = conv._packed_weight.get(conv, x, conv.weight)  # the same shape again: packed for it
+        assert blocked is not None
         x = channels_last(3, cin, 9, 13)
-        got = FusedConv2d._prepacked_conv(conv, x, conv.weight, conv.bias, False, _Serving(packed))
+        got = FusedConv2d._prepacked_conv(conv, x, blocked, conv.bias, False)
         expected = F.conv2d(x, conv.weight, conv.bias, stride, k // 2, 1, groups)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-
-
-class _Serving:
-    """A stand-in for the cache that serves one packed weight whatever the shape."""
-
-    def __init__(self, value: torch.Tensor) -> None:
-        self.value = value
-
-    def get(self, sources, compute, also=()):
-        return self.value
 
 
 @needs_onednn
@@ -228,6 +222,7 @@ def test_prepacked_weights_in_bfloat16():
     conv.use_fused_kernel = False
     x = channels_last(2, 16, 9, 11).to(torch.bfloat16)
     with torch.inference_mode():
+        assert reorders(lambda: conv(x)) == 0
         assert reorders(lambda: conv(x)) == 1
         assert reorders(lambda: conv(x)) == 0
         got = conv(x)
@@ -241,7 +236,7 @@ def test_prepacked_weights_follow_new_weights():
     conv = make_conv(8, 8, 3, prepack=True)
     x = channels_last(1, 8, 11, 13)
     with torch.no_grad():
-        conv(x)
+        conv(x), conv(x)  # packed on the second call
         conv.load_state_dict({'weight': torch.randn_like(conv.weight), 'bias': torch.randn_like(conv.bias)})
         torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, 1, 1), atol=1e-5, rtol=1e-5)
         conv.weight = torch.nn.Parameter(torch.randn_like(conv.weight))
@@ -259,7 +254,7 @@ def test_prepacking_only_where_it_applies():
         conv.prepack_weights = False
         assert reorders(lambda: conv(x)) == 0
         conv.prepack_weights = True
-        conv(x)
+        conv(x), conv(x)
     assert not conv._packed_weight.empty
     assert reorders(lambda: conv(x)) == 0  # grad mode, the weight requires grad: the differentiable conv
     assert conv._packed_weight.empty
@@ -274,6 +269,7 @@ def test_prepacked_conv_copies_and_pickles():
     conv.use_fused_kernel = False
     x = channels_last(2, 8, 5, 7)
     with torch.inference_mode():
+        conv(x)
         expected = conv(x)
     assert not conv._packed_weight.empty
     clone = copy.deepcopy(conv)
@@ -295,7 +291,8 @@ def test_deployed_backbone_prepacks_by_default():
     model.switch_to_deploy()
     x = torch.randn(1, 3, 83, 117)
     with torch.inference_mode():
-        assert reorders(lambda: plain(x)) == 0
+        assert reorders(lambda: plain(x)) == reorders(lambda: plain(x)) == 0
+        assert reorders(lambda: model(x)) == 0  # a new shape
         assert reorders(lambda: model(x)) > 0
         assert reorders(lambda: model(x)) == 0
         for got, expected in zip(model(x), plain(x)):
@@ -392,11 +389,11 @@ def test_switch_to_deploy_folds_every_token_interaction_layer():
     ``switch_to_deploy`` runs twice."""
     model = randomize_(EfficientViT('m0')).eval()
     x = torch.randn(1, 3, 75, 101)
-    with torch.no_grad():
+    with torch.no_grad():  # the same kernels in both calls (prepacking switches kernels from a shape's 2nd call)
         expected = model(x)
-        model.switch_to_deploy()
+        model.switch_to_deploy(prepack_weights=False)
         once = model(x)
-        model.switch_to_deploy()
+        model.switch_to_deploy(prepack_weights=False)
         twice = model(x)
     folded = [m for m in model.modules() if isinstance(m, Residual) and m.identity_in_branch]
     assert len(folded) == 2 * sum(model.arch.depths) + 2 * (len(model.stages) - 1)

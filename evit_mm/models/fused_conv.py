@@ -62,11 +62,9 @@ class PackedWeight:
     def get(self, conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
         """``weight`` packed for ``conv`` on ``x``'s shape, or None where the plain conv should run this call."""
         shape = tuple(x.shape)
-        if shape != self._packed_shape or self._cache.empty:
-            repeated = shape == self._last_shape
-            self._last_shape = shape
-            if not repeated:
-                return None
+        repeated, self._last_shape = shape == self._last_shape, shape
+        if (shape != self._packed_shape or self._cache.empty) and not repeated:
+            return None
         geometry = _onednn_geometry(conv)
         blocked = self._cache.get((weight,), lambda: torch.ops.mkldnn._reorder_convolution_weight(
             weight.contiguous(), *geometry, list(shape)), also=(shape,))

@@ -199,6 +199,21 @@ def test_prepacked_weights_equal_the_conv(cin, cout, k, stride, groups, epilogue
 
 
 @needs_onednn
+def test_shapes_that_alternate_are_not_repacked():
+    """Packed once a shape repeats; a shape that alternates with it runs the plain conv and is never packed, the
+    packed one keeps serving (repacking on every change cost more than the plain convs)."""
+    conv = make_conv(8, 16, 3, prepack=True)
+    first, second = channels_last(1, 8, 20, 24), channels_last(1, 8, 20, 28)
+    with torch.inference_mode():
+        counts = [reorders(lambda: conv(x)) for x in (first, first, second, first, second, first, second)]
+        assert counts == [0, 1, 0, 0, 0, 0, 0]
+        assert reorders(lambda: conv(second)) == 1  # the previous call's shape again: packed for it now
+        assert reorders(lambda: conv(first)) == 0  # seen once since: the plain conv
+        for x in (first, second):
+            torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, 1, 1), atol=1e-5, rtol=1e-5)
+
+
+@needs_onednn
 @pytest.mark.parametrize('cin,cout,k,stride,groups', [(3, 16, 3, 2, 1), (32, 32, 3, 1, 32), (64, 128, 1, 1, 1)])
 def test_weights_packed_for_another_shape_give_the_same_values(cin, cout, k, stride, groups):
     """What a thread racing another one on the cache of a shared model may be served: slower, never wrong."""

@@ -103,12 +103,13 @@ def format_table(results: list[Result]) -> str:
         lines += ['', '| target | shape | preprocess | backbone | neck | head | post-process | total (ms) |',
                   '|---|---|---|---|---|---|---|---|']
         for r in breakdowns:
-            b = dict(r.breakdown_ms)
+            b = r.breakdown_ms
             if 'head_and_postprocess' in b:  # two-stage detectors: one part (measure._breakdown)
-                b['head'], b['postprocess'] = f"{b.pop('head_and_postprocess'):.1f} (with post-process)", 'in head'
-            lines.append(f'| {r.target}{_deploy_label(r)} | {r.shape} | ' + ' | '.join(
-                v if isinstance(v := b[k], str) else f'{v:.1f}'
-                for k in ('preprocess', 'backbone', 'neck', 'head', 'postprocess', 'total')) + ' |')
+                head, post = f"{b['head_and_postprocess']:.1f} (with post-process)", 'in head'
+            else:
+                head, post = f"{b['head']:.1f}", f"{b['postprocess']:.1f}"
+            cells = [f'{b[k]:.1f}' for k in ('preprocess', 'backbone', 'neck')] + [head, post, f"{b['total']:.1f}"]
+            lines.append(f'| {r.target}{_deploy_label(r)} | {r.shape} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
 

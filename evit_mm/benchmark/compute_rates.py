@@ -24,6 +24,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
+from .timing import warm_up
+
 aten = torch.ops.aten
 
 
@@ -171,8 +173,7 @@ def compute_rates(runs: Mapping[str, Callable[[], object]], repeats: int = 5, al
     whole: dict[str, list[float]] = {name: [] for name in runs}
     with torch.inference_mode(not grad):
         for run in runs.values():
-            for _ in range(2):  # warm up caches (attention biases, folded weights; prepacked conv weights on a
-                run()  # shape's second call) and oneDNN's primitives
+            warm_up(run)  # the models' caches and oneDNN's primitives
         for _ in range(repeats):
             for name, run in runs.items():
                 start = time.perf_counter()

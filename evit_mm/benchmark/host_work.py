@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
+from .timing import warm_up
+
 #: Operators that only describe memory (no kernel on a GPU) or allocate it.
 VIEW_OPS = frozenset({
     'aten::alias', 'aten::as_strided', 'aten::chunk', 'aten::detach', 'aten::empty', 'aten::empty_like',
@@ -46,8 +48,7 @@ def count_host_work(model: nn.Module, *inputs: torch.Tensor) -> HostWork:
              for m in model.modules()]
     try:
         with torch.inference_mode():
-            for _ in range(2):  # warm caches so that the counted pass is a steady-state one (attention biases on the
-                model(*inputs)  # first call, prepacked conv weights on the second with the same shape)
+            warm_up(lambda: model(*inputs))  # so that the counted pass is a steady-state one
             modules.clear()
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 model(*inputs)

@@ -10,6 +10,18 @@ from dataclasses import dataclass, field
 import torch
 
 
+#: Calls that bring an evit_mm model to its steady state: the first fills its caches (attention-bias tables, folded
+#: weights), the second with the same input shape makes the deployed convs' prepacked weights
+#: (:class:`~evit_mm.models.fused_conv.PackedWeight`).
+STEADY_STATE_CALLS = 2
+
+
+def warm_up(run: Callable[[], object], calls: int = STEADY_STATE_CALLS) -> None:
+    """Call ``run`` until the model it runs is in its steady state (:data:`STEADY_STATE_CALLS`)."""
+    for _ in range(calls):
+        run()
+
+
 @dataclass
 class Timing:
     """Per-call latencies (seconds) of one candidate and the images each call processes, and, where recorded, the

@@ -28,8 +28,9 @@ def _onednn_geometry(conv: nn.Conv2d) -> tuple[list[int], list[int], list[int], 
 
 
 class PackedWeight:
-    """A conv weight reordered into oneDNN's blocked layout for one input shape, made once that shape comes twice in
-    a row (the first call with a new shape takes the plain conv).
+    """A conv weight reordered into oneDNN's blocked layout for one input shape, served when a call's input shape is
+    the previous call's (the first call with a new shape takes the plain conv); made on the first such repeat and
+    kept, keyed on the shape, until the weight or the shape changes.
 
     Why not on the first call: the layout oneDNN picks depends on the input shape, and a weight packed for another
     shape can cost more than the plain conv (deployed M4 packed at 1x224x224 ran 0.47x at 1x800x1344); repacking
@@ -41,7 +42,6 @@ class PackedWeight:
     def __init__(self) -> None:
         self._cache: DerivedCache[torch.Tensor] = DerivedCache()
         self._last_shape: tuple[int, ...] | None = None  # the input shape of the previous call
-        self._packed_shape: tuple[int, ...] | None = None
 
     @property
     def empty(self) -> bool:
@@ -49,27 +49,22 @@ class PackedWeight:
 
     def clear(self) -> None:
         self._cache.clear()
-        self._last_shape = self._packed_shape = None
+        self._last_shape = None
 
     def training(self, weight: torch.Tensor) -> bool:
         """Whether autograd can reach ``weight`` in this call; if so, the packed copy is dropped
         (:meth:`DerivedCache.training`)."""
-        if self._cache.training((weight,)):
-            self._last_shape = self._packed_shape = None
-            return True
-        return False
+        return self._cache.training((weight,))
 
     def get(self, conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
         """``weight`` packed for ``conv`` on ``x``'s shape, or None where the plain conv should run this call."""
         shape = tuple(x.shape)
         repeated, self._last_shape = shape == self._last_shape, shape
-        if (shape != self._packed_shape or self._cache.empty) and not repeated:
+        if not repeated:
             return None
         geometry = _onednn_geometry(conv)
-        blocked = self._cache.get((weight,), lambda: torch.ops.mkldnn._reorder_convolution_weight(
+        return self._cache.get((weight,), lambda: torch.ops.mkldnn._reorder_convolution_weight(
             weight.contiguous(), *geometry, list(shape)), also=(shape,))
-        self._packed_shape = shape
-        return blocked
 
 
 class FusedConv2d(nn.Conv2d):
@@ -91,14 +86,14 @@ class FusedConv2d(nn.Conv2d):
     it is skipped while tracing, exporting or compiling, so that graphs keep their convolutions.
 
     Every other deployed conv on a channels-last CPU map (float32, or bfloat16 weights) runs oneDNN's convolution on
-    weights reordered once into oneDNN's blocked layout for the input's shape (``prepack_weights``; from the second
-    call with a shape on, :class:`PackedWeight`; kept until the weights or the shape change), with the ReLU as its
-    post-op. Why: ``F.conv2d`` reorders the plain weights on
-    every call; reordered once, M4's depthwise and 1x1 convs ran 1.05-1.36x faster alone (the most on small maps),
-    the whole deployed backbone 1.08x at 1x224x224, 1.03x at 16x224x224 and 1.02x at 1x800x1344 (medians of 4-11
-    runs, AVX-512, ``docs/benchmarks.md``). It is what ``torch.compile`` does for frozen CPU graphs, here in eager mode. The cache
-    holds a second copy of the conv weights in that layout. Threads sharing a model may race on it and be served
-    weights packed for another shape: oneDNN then computes the same values, only slower (tests check it).
+    weights reordered once into oneDNN's blocked layout for the input's shape, with the ReLU as its post-op
+    (``prepack_weights``; whenever the input shape repeats the previous call's, :class:`PackedWeight`). Why:
+    ``F.conv2d`` reorders the plain weights on every call; reordered once, M4's depthwise and 1x1 convs ran
+    1.05-1.36x faster alone (the most on small maps), the whole deployed backbone 1.08x at 1x224x224, 1.03x at
+    16x224x224 and 1.02x at 1x800x1344 (medians of 4-11 runs, AVX-512, ``docs/benchmarks.md``). It is what
+    ``torch.compile`` does for frozen CPU graphs, here in eager mode. The cache holds a second copy of the conv weights
+    in that layout. Threads sharing a model may race on it and be served weights packed for another shape: oneDNN
+    then computes the same values, only slower (tests check it).
 
     The plain ops run instead whenever none applies; the fused kernel does not run when autograd is needed,
     the tensors are not CPU float32, the graph is being traced, exported or compiled (``torch.compile`` fuses by
@@ -172,8 +167,9 @@ class FusedConv2d(nn.Conv2d):
         # geometry first: a 3x3 conv is rejected before the eager/layout checks, which the oneDNN check repeats
         if kernels and is_pointwise(conv) and eager_channels_last_cpu(x) and x.dtype == weight.dtype:
             return pointwise_gemm(x, weight, bias, residual, relu)
-        # a weight that trains drops its packed copy (fused optimizers update it without a version bump)
-        if (packed is not None and not packed.training(weight)
+        # on a GPU (host-bound at batch 1) nothing more is checked; a weight that trains drops its packed copy (fused
+        # optimizers update it without a version bump)
+        if (packed is not None and x.device.type == 'cpu' and not packed.training(weight)
                 and cls._onednn_applies(conv, x, weight, PREPACKED_DTYPES)
                 and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)):
             blocked = packed.get(conv, x, weight)

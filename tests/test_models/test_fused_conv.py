@@ -200,8 +200,8 @@ def test_prepacked_weights_equal_the_conv(cin, cout, k, stride, groups, epilogue
 
 @needs_onednn
 def test_shapes_that_alternate_are_not_repacked():
-    """Packed once a shape repeats; a shape that alternates with it runs the plain conv and is never packed, the
-    packed one keeps serving (repacking on every change cost more than the plain convs)."""
+    """Packed weights serve a call whose shape repeats the previous call's: shapes that alternate run the plain conv
+    and are never repacked (repacking on every change cost more than the plain convs)."""
     conv = make_conv(8, 16, 3, prepack=True)
     first, second = channels_last(1, 8, 20, 24), channels_last(1, 8, 20, 28)
     with torch.inference_mode():
@@ -209,6 +209,8 @@ def test_shapes_that_alternate_are_not_repacked():
         assert counts == [0, 1, 0, 0, 0, 0, 0]
         assert reorders(lambda: conv(second)) == 1  # the previous call's shape again: packed for it now
         assert reorders(lambda: conv(first)) == 0  # seen once since: the plain conv
+        # the pack for one shape is kept through calls with others: packed again only for another shape
+        assert [reorders(lambda: conv(x)) for x in (first, second, first, first)] == [1, 0, 0, 0]
         for x in (first, second):
             torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, 1, 1), atol=1e-5, rtol=1e-5)
 

@@ -19,10 +19,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map_only
 
-#: Top-level parts of OpenMMLab models that :func:`run_in_bfloat16` converts: backbone, neck and the dense heads
-#: (single-stage detection heads, RPN, segmentation decode heads). RoI heads, auxiliary heads (unused at inference)
-#: and classifier heads stay float32. A model with none of them (a bare backbone) is converted whole.
-BFLOAT16_PARTS = ('backbone', 'neck', 'rpn_head', 'bbox_head', 'decode_head')
+from .dense_parts import dense_parts
 
 
 def native_bfloat16(device: torch.device | str) -> bool:
@@ -65,21 +62,15 @@ class Bfloat16Forward:
         return tree_map_only(torch.Tensor, _to_float32, self.forward(*args, **kwargs))
 
 
-def bfloat16_parts(model: nn.Module) -> dict[str, nn.Module]:
-    """The parts of ``model`` named in :data:`BFLOAT16_PARTS`, or ``{'model': model}`` where it has none."""
-    parts = {name: getattr(model, name) for name in BFLOAT16_PARTS
-             if isinstance(getattr(model, name, None), nn.Module)}
-    return parts or {'model': model}
-
-
 def run_in_bfloat16(model: nn.Module) -> tuple[str, ...]:
-    """Convert the parameters and buffers of ``model``'s dense parts (:func:`bfloat16_parts`) to bfloat16, in
+    """Convert the parameters and buffers of ``model``'s dense parts (backbone, neck, dense heads:
+    :func:`~.dense_parts.dense_parts`; RoI heads, post-processing and classifier heads stay float32) to bfloat16, in
     place, and wrap each part's ``forward`` in :class:`Bfloat16Forward`. Returns the names of the parts.
 
     Fold BatchNorms before (``optimize_for_inference`` does): folding in float32 and rounding once is more exact
     than folding bfloat16 statistics. Calling it twice changes nothing more.
     """
-    parts = bfloat16_parts(model)
+    parts = dense_parts(model)
     for part in parts.values():
         part.to(torch.bfloat16)
         if not isinstance(part.__dict__.get('forward'), Bfloat16Forward):

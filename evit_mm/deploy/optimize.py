@@ -13,6 +13,7 @@ from ..models.layers import Residual
 from ..models.roi_align import convert_roi_aligns
 from ..models.winograd import DEFAULT_TILE, WinogradConv2d, convert_to_winograd
 from .bfloat16 import run_in_bfloat16, warn_unless_native_bfloat16
+from .cuda_graphs import use_cuda_graphs
 
 
 @dataclass
@@ -28,6 +29,7 @@ class DeploySummary:
     bfloat16_parts: tuple[str, ...] = ()  # parts on bfloat16 weights (float32 in and out), if asked for
     identities_folded: int = 0  # depthwise residuals x + DW(x) computed by their conv alone (Residual.fold_identity)
     prepacked_convs: int = 0  # deployed convs whose CPU oneDNN path takes weights reordered once (FusedConv2d)
+    cuda_graph_parts: tuple[str, ...] = ()  # parts replaying CUDA graphs at inference on a GPU, if asked for
 
     def __str__(self) -> str:
         tiles = 'F(2x2,3x3)' if self.winograd_tile == 2 else (
@@ -42,13 +44,15 @@ class DeploySummary:
                 f'(plain convolutions elsewhere), {self.winograd_relus} with their ReLU'
                 + (f'; {self.roi_aligns} RoIAlign layers as matrix products on CPU' if self.roi_aligns else '')
                 + (f'; {", ".join(self.bfloat16_parts)} on bfloat16 weights (float32 in and out)'
-                   if self.bfloat16_parts else ''))
+                   if self.bfloat16_parts else '')
+                + (f'; {", ".join(self.cuda_graph_parts)} replayed from CUDA graphs on a GPU'
+                   if self.cuda_graph_parts else ''))
 
 
 def optimize_for_inference(model: nn.Module, fused_kernels: bool | None = None, winograd: bool = True,
                            winograd_tile: int = DEFAULT_TILE, fold_batch_norms: bool = True,
                            roi_align: bool = True, bfloat16: bool = False,
-                           prepack_weights: bool = True) -> DeploySummary:
+                           prepack_weights: bool = True, cuda_graphs: bool = False) -> DeploySummary:
     """Prepare ``model`` (a detector, segmentor, classifier or backbone) for inference, in place.
 
     1. ``switch_to_deploy`` of the model (classifiers: backbone and heads) or else of its backbone: BatchNorm
@@ -76,6 +80,10 @@ def optimize_for_inference(model: nn.Module, fused_kernels: bool | None = None, 
        GPUs); features move by about 1% of their scale. Their 3x3 convolutions take Winograd F(2x2, 3x3) (F(4x4)
        amplifies bfloat16's rounding too much); a CPU without native bfloat16 gets a warning (it would run slower
        than float32).
+    6. With ``cuda_graphs`` (off by default: each input shape keeps a graph and its memory on the GPU), the same
+       dense parts replay CUDA graphs of their forward pass at inference on a GPU, one per input shape
+       (:func:`~evit_mm.deploy.cuda_graphs.use_cuda_graphs`): a call costs one launch instead of hundreds, which is
+       what bounds EfficientViT on a GPU. Same kernels, same values; CPU, training and tracing unchanged.
 
     The model should not be trained afterwards (BatchNorm is gone); tracing and ONNX export still work.
     """
@@ -98,8 +106,9 @@ def optimize_for_inference(model: nn.Module, fused_kernels: bool | None = None, 
     roi_aligns = convert_roi_aligns(model) if roi_align else 0
     identities = sum(isinstance(m, Residual) and m.identity_in_branch for m in model.modules())
     prepacked = sum(isinstance(m, FusedConv2d) and m.prepack_weights for m in model.modules())
+    graphed = use_cuda_graphs(model) if cuda_graphs else ()  # last: graphs record what the parts became
     return DeploySummary(fused, converted, relus, winograd_tile, folded, roi_aligns, bfloat16_parts, identities,
-                         prepacked)
+                         prepacked, graphed)
 
 
 def _fold_batch_norms(model: nn.Module) -> int:

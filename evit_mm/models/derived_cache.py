@@ -1,13 +1,35 @@
 """A value derived from some tensors (folded weights, gathered bias tables), kept until one of them changes."""
 from __future__ import annotations
 
+import contextlib
+import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 import torch
 
 T = TypeVar('T')
+
+_served = threading.local()  # .values: the list that retaining_served_values() collects into, if any
+
+
+@contextlib.contextmanager
+def retaining_served_values() -> Iterator[list]:
+    """Collect every value any :class:`DerivedCache` serves inside the block into the yielded list.
+
+    For a CUDA graph captured in the block (:mod:`evit_mm.deploy.cuda_graphs`): the graph reads those tensors at
+    their addresses on every replay, while their caches may drop them later (another mode, new weights); holding
+    them keeps their memory from being reused under the graph.
+    """
+    outer = getattr(_served, 'values', None)
+    _served.values = values = []
+    try:
+        yield values
+    finally:
+        _served.values = outer
+        if outer is not None:
+            outer.extend(values)
 
 
 class DerivedCache(Generic[T]):
@@ -64,6 +86,9 @@ class DerivedCache(Generic[T]):
                 self._value = compute()
             self._key = key
             self._sources = tuple(None if t is None else weakref.ref(t) for t in sources)
+        retained = getattr(_served, 'values', None)
+        if retained is not None:
+            retained.append(self._value)
         return self._value
 
     def _same_sources(self, sources: Sequence[torch.Tensor | None]) -> bool:

@@ -4,7 +4,7 @@ import pickle
 
 import torch
 
-from evit_mm.models.derived_cache import DerivedCache
+from evit_mm.models.derived_cache import DerivedCache, retaining_served_values
 
 
 def counting_cache():
@@ -58,3 +58,16 @@ def test_values_made_under_inference_mode_can_be_cached_on():
         assert not value.is_inference()
         assert cache.get((source,), lambda: source * 3) is value
     assert not value.requires_grad
+
+
+def test_served_values_are_retained_inside_the_block_only():
+    cache, get, _ = counting_cache()
+    t = torch.ones(3)
+    get(t)
+    with retaining_served_values() as outer:
+        get(t)  # a cached value
+        with retaining_served_values() as inner:
+            get(torch.zeros(2))  # a computed one
+        assert inner == [2]
+    get(t)
+    assert outer == [1, 2]  # the inner block's values also reach the outer one; nothing after the block

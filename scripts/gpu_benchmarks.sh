@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The GPU tables of docs/benchmarks.md in one prepared run (for a machine with CUDA and this project's
 # environment), AMP fp16 at batch 1 and a large batch, in the order of what a short lease should measure first:
-#   1. evit_mm's M4 backbone against timm's (same weights; eval, deploy, training step), paired ratios;
-#   2. CUDA graphs (torch.compile mode reduce-overhead) for both backbones and for RetinaNet against R50: on an
-#      H200 EfficientViT is bound by kernel launches (docs/benchmarks.md, "Issue 8 on a GPU"), which CUDA graphs
-#      remove; never measured yet, so it comes before the tables the 2026-11-28 session already has;
-#   3. whole RetinaNet-EViT-M4 predictions (as built and deployed) against mmdet's RetinaNet-R50, batch 1 and 16;
+#   0. the CUDA tests (capture and replay of CUDA graphs, the device-parametrized model tests): seconds;
+#   1. evit_mm's M4 backbone against timm's (same weights; eval, deploy, training step), paired ratios, with both
+#      deployed models also replaying CUDA graphs (evit_mm.deploy.use_cuda_graphs): on an H200 EfficientViT is
+#      bound by kernel launches (docs/benchmarks.md, "Issue 8 on a GPU"), which CUDA graphs remove;
+#   2. whole RetinaNet-EViT-M4 predictions (as built, deployed, deployed with CUDA graphs) against mmdet's
+#      RetinaNet-R50 (as built and with CUDA graphs), batch 1 and 16;
+#   3. the same through torch.compile mode reduce-overhead (compiled CUDA graphs), backbones and RetinaNet;
 #   4. semantic FPN-EViT-M4 against FPN-R50;
 #   5. deployment on bfloat16 weights (no autocast: no per-call weight casts, fewer kernel launches), backbone and
 #      RetinaNet at batch 1, both models converted the same way;
@@ -26,21 +28,24 @@ step() {  # step NAME COMMAND...: run one measurement, keep going if it fails
   "$@" || { echo "=== $name FAILED (exit $?)"; FAILED+=("$name"); }
 }
 
+step cuda_tests $PY -m pytest -q -p no:cacheprovider tests/test_deploy/test_cuda_graphs.py \
+  tests/test_models/test_efficientvit_backbone.py
 step backbone_vs_timm bash -c "$PY tools/benchmark_backbone.py --arch m4 --device cuda --dtype fp16 --train \
-  --shapes 1x224x224 256x224x224 1x800x1344 --warmup 10 --repeats 30 \
+  --cuda-graphs --shapes 1x224x224 256x224x224 1x800x1344 --warmup 10 --repeats 30 \
   | tee '$OUT/backbone_m4_vs_timm_fp16.md'"
-step backbone_vs_timm_cuda_graphs bash -c "$PY tools/benchmark_backbone.py --arch m4 --device cuda --dtype fp16 \
-  --compile-mode reduce-overhead --shapes 1x224x224 256x224x224 --warmup 10 --repeats 30 \
-  | tee '$OUT/backbone_m4_vs_timm_fp16_cuda_graphs.md'"
-step retinanet_b1_cuda_graphs $B configs/retinanet_evit_m4.py@deploy configs/baselines/retinanet_r50_fpn_coco.py \
-  --modes predict --compile-mode reduce-overhead --shape 800x1333 --batch-size 1 --repeats 30 \
-  --json "$OUT/retinanet_predict_b1_fp16_cuda_graphs.json"
 step retinanet_b1 $B configs/retinanet_evit_m4.py configs/retinanet_evit_m4.py@deploy \
-  configs/baselines/retinanet_r50_fpn_coco.py --modes predict --shape 800x1333 --batch-size 1 --repeats 30 \
-  --json "$OUT/retinanet_predict_b1_fp16.json"
+  configs/retinanet_evit_m4.py@deploy-cuda-graphs configs/baselines/retinanet_r50_fpn_coco.py \
+  configs/baselines/retinanet_r50_fpn_coco.py@deploy-cuda-graphs --modes predict --shape 800x1333 --batch-size 1 \
+  --repeats 30 --json "$OUT/retinanet_predict_b1_fp16.json"
+step backbone_vs_timm_compiled_cuda_graphs bash -c "$PY tools/benchmark_backbone.py --arch m4 --device cuda \
+  --dtype fp16 --compile-mode reduce-overhead --shapes 1x224x224 256x224x224 --warmup 10 --repeats 30 \
+  | tee '$OUT/backbone_m4_vs_timm_fp16_compiled_cuda_graphs.md'"
+step retinanet_b1_compiled_cuda_graphs $B configs/retinanet_evit_m4.py@deploy \
+  configs/baselines/retinanet_r50_fpn_coco.py --modes predict --compile-mode reduce-overhead --shape 800x1333 \
+  --batch-size 1 --repeats 30 --json "$OUT/retinanet_predict_b1_fp16_compiled_cuda_graphs.json"
 step retinanet_b16 $B configs/retinanet_evit_m4.py configs/retinanet_evit_m4.py@deploy \
-  configs/baselines/retinanet_r50_fpn_coco.py --modes predict --shape 800x1333 --batch-size 16 --repeats 10 \
-  --json "$OUT/retinanet_predict_b16_fp16.json"
+  configs/retinanet_evit_m4.py@deploy-cuda-graphs configs/baselines/retinanet_r50_fpn_coco.py --modes predict \
+  --shape 800x1333 --batch-size 16 --repeats 10 --json "$OUT/retinanet_predict_b16_fp16.json"
 step segmentation_b1 $B configs/fpn_evit_m4_ade20k.py configs/fpn_evit_m4_ade20k.py@deploy \
   configs/baselines/fpn_r50_ade20k.py --modes predict --shape 512x512 --batch-size 1 --repeats 30 \
   --json "$OUT/segmentation_predict_b1_fp16.json"

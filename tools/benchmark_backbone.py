@@ -6,6 +6,7 @@ middle half of the per-round ratios (25th-75th percentile) beside them.
 
     python tools/benchmark_backbone.py --arch m4 --threads 2
     python tools/benchmark_backbone.py --arch m4 --device cuda --dtype fp16 --shapes 1x224x224 256x224x224 --train
+    python tools/benchmark_backbone.py --arch m4 --device cuda --dtype fp16 --shapes 1x224x224 --cuda-graphs
     python tools/benchmark_backbone.py --arch m4 --threads 2 --shapes 1x800x1344 --train --backward-nodes shape
     python tools/benchmark_backbone.py --arch m4 --threads 2 --keep-freed-memory
     python tools/benchmark_backbone.py --arch m4 --threads 2 --shapes 16x224x224 --compute-rates
@@ -52,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--bfloat16', action='store_true',
                         help='also time evit_mm deployed and timm as shipped on bfloat16 weights (float32 in and out; '
                              'fast on CPUs with AVX512-BF16 or AMX), in the same rounds; --dtype bf16 autocasts')
+    parser.add_argument('--cuda-graphs', action='store_true',
+                        help='also time evit_mm deployed and timm fused replaying CUDA graphs (GPU; '
+                             'evit_mm.deploy.use_cuda_graphs on both), in the same rounds')
     parser.add_argument('--host-work', action='store_true',
                         help='also count operators and module calls per forward (what a GPU waits for at batch 1)')
     parser.add_argument('--backward-nodes', nargs='?', const='kind', choices=('kind', 'shape'),
@@ -63,7 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              'first shape (with --train: of both training steps too), in place and alone (CPU), and '
                              'print the bound they put on the ratio')
     add_allocator_argument(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.cuda_graphs and not args.device.startswith('cuda'):
+        parser.error(f'--cuda-graphs needs --device cuda (CUDA graphs replay on a GPU only), got --device {args.device}')
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     allocator = apply_allocator_argument(args)
     print(f'torch {torch.__version__}, {where}, {torch.get_num_threads()} CPU threads, {args.dtype}, {allocator}')
     print(format_rows(compare(args.arch, shapes, args.warmup, args.repeats, args.train, compile_mode_from(args),
-                              args.device, args.dtype, args.ablate, args.bfloat16)))
+                              args.device, args.dtype, args.ablate, args.bfloat16, args.cuda_graphs)))
     if args.host_work:
         print()
         print(host_work_table(args.arch, shapes[0]))

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..checkpoint import to_backbone_state_dict
 from ..deploy.bfloat16 import run_in_bfloat16
+from ..deploy.cuda_graphs import use_cuda_graphs
 from ..models import EfficientViT
 from .backward_nodes import backward_breakdown, format_breakdown
 from .compilation import compiled
@@ -75,6 +76,8 @@ UNPACKED_DEPLOY = 'evit_mm deploy, weights not prepacked'
 UNFOLDED_EVAL = 'evit_mm, BatchNorm not folded in eval'
 DEPLOY_BF16 = 'evit_mm deploy, bf16 weights'
 TIMM_BF16 = 'timm, bf16 weights'
+GRAPHED_DEPLOY = 'evit_mm deploy, CUDA graphs'
+GRAPHED_TIMM_FUSED = 'timm fused, CUDA graphs'
 #: Features of a model on bfloat16 weights against timm's in float32: relative error of the whole map (bfloat16
 #: rounds each value to 2**-9; through the network M4's features measured 0.5-1.1% off).
 BFLOAT16_RELATIVE_TOLERANCE = 2e-2
@@ -96,18 +99,23 @@ CASES = {
     # option bfloat16: both deployed on bfloat16 weights (float32 in and out, evit_mm.deploy.run_in_bfloat16)
     'deploy bf16 weights vs timm as shipped': (DEPLOY_BF16, 'timm'),
     'deploy bf16 weights vs timm bf16 weights': (DEPLOY_BF16, TIMM_BF16),
+    # option cuda_graphs: both replayed from CUDA graphs (evit_mm.deploy.use_cuda_graphs)
+    'deploy CUDA graphs vs timm as shipped': (GRAPHED_DEPLOY, 'timm'),
+    'deploy CUDA graphs vs timm fused CUDA graphs': (GRAPHED_DEPLOY, GRAPHED_TIMM_FUSED),
 }
 
 
 def inference_candidates(arch: str, device: torch.device | str = 'cpu', ablations: bool = False,
-                         bfloat16: bool = False) -> dict[str, nn.Module]:
+                         bfloat16: bool = False, cuda_graphs: bool = False) -> dict[str, nn.Module]:
     """The models :func:`compare` times, same weights, on ``device``: ``evit_mm`` and ``timm`` as built,
     ``evit_mm deploy`` (``switch_to_deploy``) and ``timm fused`` (the same Conv+BN folding); with
     ``ablations`` also evit_mm deployed with plain ops (neither the CPU fused kernels nor prepacked weights: the path
     a GPU runs), with the CPU fused kernels (the default depends on the CPU,
     :func:`~evit_mm.models.eager_kernels.own_kernels_measured_faster`), without prepacked weights, and evit_mm in
     eval mode without its on-the-fly BatchNorm folding; with ``bfloat16`` also evit_mm deployed and timm as shipped on
-    bfloat16 weights, float32 in and out (:func:`~evit_mm.deploy.bfloat16.run_in_bfloat16` on both)."""
+    bfloat16 weights, float32 in and out (:func:`~evit_mm.deploy.bfloat16.run_in_bfloat16` on both); with
+    ``cuda_graphs`` also evit_mm deployed and timm fused replaying CUDA graphs on a GPU
+    (:func:`~evit_mm.deploy.cuda_graphs.use_cuda_graphs` on both)."""
     ours, reference = build_pair(arch)
     models = {'evit_mm': ours, 'timm': reference, 'evit_mm deploy': copy.deepcopy(ours).switch_to_deploy()}
     if ablations:
@@ -120,6 +128,10 @@ def inference_candidates(arch: str, device: torch.device | str = 'cpu', ablation
         for name, source in ((DEPLOY_BF16, models['evit_mm deploy']), (TIMM_BF16, reference)):
             models[name] = copy.deepcopy(source)
             run_in_bfloat16(models[name])
+    if cuda_graphs:
+        for name, source in ((GRAPHED_DEPLOY, models['evit_mm deploy']), (GRAPHED_TIMM_FUSED, models['timm fused'])):
+            models[name] = copy.deepcopy(source)
+            use_cuda_graphs(models[name])
     return {name: model.to(device) for name, model in models.items()}
 
 
@@ -152,7 +164,8 @@ def _training_step(model: nn.Module, x: torch.Tensor, precision: Callable[[], co
 
 def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 224, 224), (1, 800, 1344)),
             warmup: int = 3, repeats: int = 10, train: bool = False, compile_mode: str | None = None,
-            device: str = 'cpu', dtype: str = 'fp32', ablate: bool = False, bfloat16: bool = False) -> list[Row]:
+            device: str = 'cpu', dtype: str = 'fp32', ablate: bool = False, bfloat16: bool = False,
+            cuda_graphs: bool = False) -> list[Row]:
     """Images/s of evit_mm and timm at each ``(batch, height, width)``: as built, evit_mm deployed
     (``switch_to_deploy``) against timm as shipped and against timm with the same fusion, optionally both
     compiled and a training step. All inference candidates of one shape run in the same interleaved rounds.
@@ -172,11 +185,16 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
         bfloat16: Also time evit_mm deployed and timm as shipped on bfloat16 weights (float32 in and out), in the
             same rounds, against timm as shipped and against each other; their features are checked against timm's
             float32 ones to :data:`BFLOAT16_RELATIVE_TOLERANCE` of their norm.
+        cuda_graphs: Also time evit_mm deployed and timm fused replaying CUDA graphs (a GPU ``device``), against
+            timm as shipped and against each other; both are checked against timm like the others (which also
+            captures their float32 graphs).
     """
     target = torch.device(device)
     precision = functools.partial(autocast, target.type, dtype)
     precision()  # an unknown dtype fails here, before any model is built
-    models = inference_candidates(arch, target, ablations=ablate, bfloat16=bfloat16)
+    if cuda_graphs and target.type != 'cuda':
+        raise ValueError(f'CUDA graphs replay on a GPU only: cuda_graphs needs a cuda device, got {device!r}')
+    models = inference_candidates(arch, target, ablations=ablate, bfloat16=bfloat16, cuda_graphs=cuda_graphs)
     ours, reference = models['evit_mm'], models['timm']
     if compile_mode is not None:
         models['evit_mm deploy compiled'] = compiled(models['evit_mm deploy'], compile_mode, freezing=True)

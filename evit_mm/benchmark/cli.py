@@ -23,10 +23,11 @@ from .targets import build_target
 from .tensor_mode import TensorMode
 
 #: The optimize_for_inference switches the command line sets (``--no-fused-kernels`` etc.), by argument name.
-DEPLOY_SWITCHES = ('fused_kernels', 'winograd', 'winograd_tile', 'fold_batch_norms', 'roi_align', 'bfloat16')
+DEPLOY_SWITCHES = ('fused_kernels', 'winograd', 'winograd_tile', 'fold_batch_norms', 'roi_align', 'bfloat16',
+                   'cuda_graphs')
 #: Target suffixes: TARGET@SUFFIX deploys that listing of a target with these optimize_for_inference switches (on
 #: top of the command line's), so that float32 and bfloat16 deployments are timed in one run.
-TARGET_SUFFIXES = {'deploy': {}, 'deploy-bf16': {'bfloat16': True}}
+TARGET_SUFFIXES = {'deploy': {}, 'deploy-bf16': {'bfloat16': True}, 'deploy-cuda-graphs': {'cuda_graphs': True}}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -35,12 +36,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         epilog='examples:\n'
                '  tools/benchmark.py evit_m4 timm:efficientvit_m4 resnet50 swin-t --shape 224x224 --batch-size 16\n'
                '  tools/benchmark.py configs/retinanet_evit_m4.py --modes predict --shape 800x1333 '
-               '--checkpoint ckpt.pth\n',
+               '--checkpoint ckpt.pth\n'
+               '  tools/benchmark.py configs/retinanet_evit_m4.py@deploy configs/retinanet_evit_m4.py@deploy-cuda-graphs '
+               '--device cuda --dtype fp16 --modes predict --shape 800x1333\n',
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('targets', nargs='+', help='config files, evit_m0..evit_m5, resnet18, resnet50, swin-t, '
                                                'timm:<model>; append @deploy to deploy one target, @deploy-bf16 '
-                                               'to deploy it on bfloat16 weights (a target may be listed several '
-                                               'ways)')
+                                               'to deploy it on bfloat16 weights, @deploy-cuda-graphs to deploy it '
+                                               'replaying CUDA graphs (GPU) (a target may be listed several ways)')
     p.add_argument('--modes', nargs='+', default=['backbone'], choices=MODES,
                    help='backbone: backbone only; forward: model in tensor mode; predict: test_step with a '
                         'per-stage breakdown (two-stage detectors: head and post-processing as one); pipeline: '
@@ -65,6 +68,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument('--bfloat16', action='store_true',
                    help='with deploy: backbone, neck and dense heads on bfloat16 weights, float32 in and out (not '
                         'exact; fast on CPUs with AVX512-BF16 or AMX, and on GPUs); --dtype bf16 autocasts instead')
+    p.add_argument('--cuda-graphs', action='store_true',
+                   help='with deploy: backbone, neck and dense heads replay CUDA graphs, one per input shape (GPU; '
+                        'evit_mm.deploy.use_cuda_graphs)')
     p.add_argument('--winograd-tile', type=int, choices=sorted(WINOGRAD_POINTS), default=DEFAULT_TILE,
                    help='with deploy: the largest Winograd output tile (2: F(2x2,3x3) everywhere)')
     p.add_argument('--threads', type=int, help='CPU threads (torch.set_num_threads)')
@@ -82,6 +88,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if '@' in spec and spec.partition('@')[2] not in TARGET_SUFFIXES:
             p.error(f'unknown target suffix in {spec!r}; choose from '
                     + ', '.join(f'@{suffix}' for suffix in TARGET_SUFFIXES))
+    graphs = args.cuda_graphs or any(spec.endswith('@deploy-cuda-graphs') for spec in args.targets)
+    if graphs and not args.device.startswith('cuda'):
+        p.error(f'CUDA graphs replay on a GPU only: --cuda-graphs and @deploy-cuda-graphs need --device cuda, got '
+                f'--device {args.device}')
     return args
 
 
@@ -114,7 +124,10 @@ def format_table(results: list[Result]) -> str:
 
 
 def _deploy_label(r: Result) -> str:
-    return (' (deploy, bf16 weights)' if r.bfloat16_weights else ' (deploy)') if r.deploy else ''
+    if not r.deploy:
+        return ''
+    details = [name for name, on in (('bf16 weights', r.bfloat16_weights), ('CUDA graphs', r.cuda_graphs)) if on]
+    return f' (deploy{"".join(", " + d for d in details)})'
 
 
 def write_outputs(results: list[Result], args: argparse.Namespace) -> None:

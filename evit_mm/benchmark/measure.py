@@ -56,6 +56,7 @@ class Result:
     deploy: bool
     trained: bool | None
     bfloat16_weights: bool = False  # deployed with the dense parts on bfloat16 weights
+    cuda_graphs: bool = False  # deployed with the dense parts replaying CUDA graphs
     breakdown_ms: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -201,4 +202,5 @@ def measure(target: Target, mode: str, opts: Options, device: torch.device) -> R
         page_faults_per_call=total.median_page_faults,
         params_m=count_params(measured), gflops=None, deploy=opts.deploy,
         bfloat16_weights=opts.deploy and bool(opts.deploy_options.get('bfloat16')),
+        cuda_graphs=opts.deploy and bool(opts.deploy_options.get('cuda_graphs')),
         trained=None if target.kind == 'backbone' else target.trained, breakdown_ms=breakdown)

@@ -26,14 +26,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument('--bfloat16', action='store_true',
                         help='with --deploy: backbone, neck and dense heads on bfloat16 weights (float32 in and out), '
                              'to see what the faster bfloat16 deployment costs in accuracy')
+    parser.add_argument('--cuda-graphs', action='store_true',
+                        help='with --deploy: backbone, neck and dense heads replay CUDA graphs on the GPU, one per '
+                             'input shape (evit_mm.deploy.use_cuda_graphs; same values, far fewer kernel launches)')
     add_allocator_argument(parser, help_text='CPU: make glibc keep freed memory for reuse (mallopt, for this process), '
                                              'so that predictions stop paying page faults for fresh memory; '
                                              'e.g. Semantic FPN-EViT-M4 at 512x512 predicts 1.7x faster on CPU. '
                                              'Costs holding the peak memory')
     add_common_arguments(parser)
     args = parser.parse_args(argv)
-    if args.bfloat16 and not args.deploy:
-        parser.error('--bfloat16 changes the deployed model; add --deploy')
+    for flag, name in ((args.bfloat16, '--bfloat16'), (args.cuda_graphs, '--cuda-graphs')):
+        if flag and not args.deploy:
+            parser.error(f'{name} changes the deployed model; add --deploy')
     return args
 
 
@@ -59,7 +63,7 @@ def main(argv: list[str]) -> int:
         runner.load_checkpoint(local_checkpoint(args.checkpoint))  # mmengine's loader does not know hf-hub: names
     if args.deploy:
         from ..deploy import optimize_for_inference
-        runner.logger.info(str(optimize_for_inference(model, bfloat16=args.bfloat16)))
+        runner.logger.info(str(optimize_for_inference(model, bfloat16=args.bfloat16, cuda_graphs=args.cuda_graphs)))
     if args.keep_freed_memory:  # before the test loop forks its data workers, which inherit the setting
         runner.logger.info(apply_allocator_argument(args))
     runner.test()

@@ -17,6 +17,7 @@ from evit_mm.deploy.bfloat16 import Bfloat16Forward
 from evit_mm.deploy.cuda_graphs import CudaGraphForward
 from evit_mm.deploy.onnx_export import flatten_outputs
 from evit_mm.models import EfficientViT
+from evit_mm.tools import test as test_tool
 from tests.conftest import REPO_ROOT
 from tests.helpers import REQUIRES_CUDA, randomize_
 
@@ -113,6 +114,13 @@ def test_a_detector_graphs_its_dense_parts_and_predicts_as_before_on_the_cpu():
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=0, atol=0)
     torch.testing.assert_close(boxes, expected_boxes, rtol=0, atol=0)
+
+
+def test_test_tool_asks_for_deploy_with_cuda_graphs(capsys):
+    with pytest.raises(SystemExit):
+        test_tool.parse_args(['config.py', 'checkpoint.pth', '--cuda-graphs'])
+    assert '--cuda-graphs changes the deployed model; add --deploy' in capsys.readouterr().err
+    assert test_tool.parse_args(['config.py', 'checkpoint.pth', '--deploy', '--cuda-graphs']).cuda_graphs
 
 
 @REQUIRES_CUDA

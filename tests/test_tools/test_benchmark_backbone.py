@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from evit_mm.benchmark.backbone import compare, format_rows, quartiles
+from evit_mm.benchmark.backbone import (GRAPHED_DEPLOY, GRAPHED_TIMM_FUSED, compare, format_rows, inference_candidates,
+                                        quartiles)
+from evit_mm.deploy.cuda_graphs import CudaGraphForward
+from tests.helpers import REQUIRES_CUDA
 
 
 def test_compare_runs_at_tiny_size():
@@ -49,6 +52,23 @@ def test_compare_times_both_models_on_bfloat16_weights():
     assert list(by_case)[-2:] == ['deploy bf16 weights vs timm as shipped', 'deploy bf16 weights vs timm bf16 weights']
     assert by_case['deploy bf16 weights vs timm as shipped'].timm == by_case['eval'].timm  # the same float32 rounds
     assert all(r.ours > 0 and r.timm > 0 and r.ratio > 0 for r in rows)
+
+
+def test_compare_with_cuda_graphs_needs_a_gpu_and_adds_both_graphed_models():
+    with pytest.raises(ValueError, match='cuda_graphs needs a cuda device'):
+        compare('m0', shapes=((1, 64, 64),), cuda_graphs=True)
+    models = inference_candidates('m0', cuda_graphs=True)
+    for name in (GRAPHED_DEPLOY, GRAPHED_TIMM_FUSED):
+        assert isinstance(models[name].forward, CudaGraphForward) and models[name].forward.module is models[name]
+    assert 'forward' not in models['evit_mm deploy'].__dict__  # copies: the other candidates stay eager
+
+
+@REQUIRES_CUDA
+def test_compare_times_graphed_models_on_a_gpu():
+    rows = compare('m0', shapes=((2, 64, 96),), warmup=1, repeats=2, device='cuda', dtype='fp16', cuda_graphs=True)
+    cases = [r.case for r in rows]
+    assert cases[-2:] == ['deploy CUDA graphs vs timm as shipped', 'deploy CUDA graphs vs timm fused CUDA graphs']
+    assert all(r.ours > 0 and r.timm > 0 for r in rows)
 
 
 def test_compare_rejects_unknown_dtype():

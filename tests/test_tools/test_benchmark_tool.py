@@ -18,7 +18,7 @@ DET_DEMO = str(REPO_ROOT / 'configs/demo/retinanet_evit_m0_coco_demo.py')
 SEG_DEMO = str(REPO_ROOT / 'configs/demo/fpn_evit_m0_ade20k_demo.py')
 FIELDS = {'target', 'kind', 'mode', 'device', 'dtype', 'batch', 'shape', 'images_per_s', 'latency_p50_ms',
           'latency_p90_ms', 'latency_p99_ms', 'peak_memory_mb', 'memory_kind', 'page_faults_per_call', 'params_m',
-          'gflops', 'deploy', 'trained', 'bfloat16_weights', 'breakdown_ms'}
+          'gflops', 'deploy', 'trained', 'bfloat16_weights', 'cuda_graphs', 'breakdown_ms'}
 
 
 def _run(tmp_path, *args: str) -> list[dict]:
@@ -54,7 +54,15 @@ def test_deploy_suffixes_deploy_one_listing_of_a_target(tmp_path, capsys):
     assert 'Winograd' in err and 'backbone, neck, bbox_head on bfloat16 weights' in err
     with pytest.raises(SystemExit):
         cli.parse_args([DET_DEMO + '@fast'])
-    assert 'choose from @deploy, @deploy-bf16' in capsys.readouterr().err
+    assert 'choose from @deploy, @deploy-bf16, @deploy-cuda-graphs' in capsys.readouterr().err
+
+
+def test_cuda_graphs_need_a_gpu(capsys):
+    for argv in (['evit_m0@deploy-cuda-graphs'], ['evit_m0', '--deploy', '--cuda-graphs']):
+        with pytest.raises(SystemExit):
+            cli.parse_args(argv)
+        assert 'CUDA graphs replay on a GPU only' in capsys.readouterr().err
+    assert cli.parse_args(['evit_m0@deploy-cuda-graphs', '--device', 'cuda']).device == 'cuda'
 
 
 def test_bfloat16_switch_applies_to_every_deployed_target(tmp_path, capsys):

@@ -81,6 +81,15 @@ def test_train_then_test_writes_checkpoint_metrics_and_predictions(coco_root, tm
             top_b = b['pred_instances']['scores'].sort(descending=True).values[:20]
             assert len(top_p) == len(top_b) > 0 and b['pred_instances']['bboxes'].dtype == torch.float32
             torch.testing.assert_close(top_b, top_p, rtol=0, atol=0.01)
+    graphs = [DEMO_CONFIG, str(ckpt), '--work-dir', str(tmp_path / 'test_graphs'), '--deploy', '--cuda-graphs',
+              *_options(coco_root)]
+    if not torch.cuda.is_available():  # CUDA graphs on a CPU run: refused, not ignored
+        with pytest.raises(SystemExit, match='--cuda-graphs needs a GPU'):
+            test_tool.main(graphs)
+    else:  # replaying CUDA graphs scores what the deployed model scores
+        assert test_tool.main(graphs) == 0
+        graphed = logged_metrics(tmp_path / 'test_graphs', 'coco/bbox_mAP')
+        assert graphed['coco/bbox_mAP'] == pytest.approx(deployed['coco/bbox_mAP'], abs=1e-3)
 
 
 @pytest.mark.slow

@@ -61,6 +61,9 @@ def main(argv: list[str]) -> int:
     else:
         check_checkpoint_fits(model, args.checkpoint)
         runner.load_checkpoint(local_checkpoint(args.checkpoint))  # mmengine's loader does not know hf-hub: names
+    if args.cuda_graphs and next(model.parameters()).device.type != 'cuda':
+        raise SystemExit('error: --cuda-graphs needs a GPU (CUDA graphs replay on a GPU only); this run is on '
+                         f'{next(model.parameters()).device}')
     if args.deploy:
         from ..deploy import optimize_for_inference
         runner.logger.info(str(optimize_for_inference(model, bfloat16=args.bfloat16, cuda_graphs=args.cuda_graphs)))

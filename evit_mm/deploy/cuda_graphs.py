@@ -60,13 +60,14 @@ class _Graph:
         autocast_cache = torch.is_autocast_cache_enabled()
         torch.set_autocast_cache_enabled(False)
         try:
-            with torch.cuda.stream(stream):
-                for _ in range(WARMUP_CALLS):
-                    forward(*static_args, **static_kwargs)
-            torch.cuda.current_stream(device).wait_stream(stream)
-            self.graph = torch.cuda.CUDAGraph()
-            with retaining_served_values() as self.derived, torch.cuda.graph(self.graph):
-                self.outputs = forward(*static_args, **static_kwargs)
+            with torch.cuda.device(device):  # the graph's device, whichever is current
+                with torch.cuda.stream(stream):
+                    for _ in range(WARMUP_CALLS):
+                        forward(*static_args, **static_kwargs)
+                torch.cuda.current_stream(device).wait_stream(stream)
+                self.graph = torch.cuda.CUDAGraph()
+                with retaining_served_values() as self.derived, torch.cuda.graph(self.graph):
+                    self.outputs = forward(*static_args, **static_kwargs)
         finally:
             torch.set_autocast_cache_enabled(autocast_cache)
 

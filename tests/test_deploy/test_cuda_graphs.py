@@ -116,6 +116,63 @@ def test_a_detector_graphs_its_dense_parts_and_predicts_as_before_on_the_cpu():
     torch.testing.assert_close(boxes, expected_boxes, rtol=0, atol=0)
 
 
+class _FakeGraph:
+    """Stands in for ``torch.cuda.CUDAGraph`` on the CPU: counts replays (computes nothing)."""
+
+    def __init__(self):
+        self.replays = 0
+
+    def replay(self):
+        self.replays += 1
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """The capture path run on the CPU with CUDA's stream and graph calls faked: what it checks is the bookkeeping
+    around them (warm-up calls, keys, static inputs, copied outputs, retained cache values, the autocast cache),
+    which otherwise runs only where a GPU is present."""
+    import contextlib
+    stream = type('FakeStream', (), {'wait_stream': lambda self, other: None})
+    capturing = []
+
+    @contextlib.contextmanager
+    def graph(g):
+        capturing.append(g)
+        assert not torch.is_autocast_cache_enabled()  # casts recorded into the graph, not cached outside it
+        yield
+    for name, value in dict(Stream=lambda device: stream(), current_stream=lambda device: stream(),
+                            stream=lambda s: contextlib.nullcontext(), device=lambda d: contextlib.nullcontext(),
+                            CUDAGraph=_FakeGraph, graph=graph).items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    monkeypatch.setattr(CudaGraphForward, '_graph_device', lambda self, args, kwargs: None if (
+        torch.is_grad_enabled() or self.module.training) else torch.device('cpu'))  # the CPU as the graphs' device
+    return capturing
+
+
+def test_capture_bookkeeping_with_cuda_faked(fake_cuda):
+    model = randomize_(EfficientViT('m0', window_size=7))  # eval mode, not deployed: folded weights are cached
+    calls = []
+    use_cuda_graphs(model, max_graphs=2)
+    eager = model.forward.forward
+    model.forward.forward = lambda x: calls.append(x.shape) or eager(x)
+    a, b = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        out_a = model(a)
+        assert len(calls) == 4  # three warm-up calls and the captured one
+        graph = next(iter(model.forward.graphs.values()))
+        assert graph.graph.replays == 1 and graph.derived  # replayed once; holds the cached tensors it read
+        assert all(o is not s for o, s in zip(out_a, graph.outputs, strict=True))  # copies
+        model(b)
+        assert len(calls) == 4 and graph.graph.replays == 2  # the same key: replayed, no Python forward
+        torch.testing.assert_close(graph.inputs[0][0], b, rtol=0, atol=0)  # static input refilled
+        model(torch.randn(2, 3, 64, 64))
+        model(torch.randn(1, 3, 96, 64))
+    assert model.forward.captures == 3 and len(model.forward.graphs) == 2 and fake_cuda[0] is graph.graph
+    assert torch.is_autocast_cache_enabled()  # restored after each capture
+    model(a)  # autograd records: the eager forward
+    assert len(calls) == 13 and model.forward.captures == 3
+
+
 def test_test_tool_asks_for_deploy_with_cuda_graphs(capsys):
     with pytest.raises(SystemExit):
         test_tool.parse_args(['config.py', 'checkpoint.pth', '--cuda-graphs'])

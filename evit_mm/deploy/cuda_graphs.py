@@ -28,7 +28,7 @@ from collections.abc import Callable, Hashable
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_flatten, tree_map_only
+from torch.utils._pytree import TreeSpec, tree_flatten, tree_map_only
 
 from ..models.derived_cache import retaining_served_values
 from .dense_parts import dense_parts
@@ -52,6 +52,7 @@ class _Graph:
 
     def __init__(self, forward: Callable, args: tuple, kwargs: dict, device: torch.device) -> None:
         self.inputs = tree_map_only(torch.Tensor, torch.clone, (args, kwargs))
+        self.static_leaves = tree_flatten(self.inputs)[0]
         static_args, static_kwargs = self.inputs
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
@@ -71,12 +72,26 @@ class _Graph:
         finally:
             torch.set_autocast_cache_enabled(autocast_cache)
 
-    def __call__(self, args: tuple, kwargs: dict):
-        for static, new in zip(tree_flatten(self.inputs)[0], tree_flatten((args, kwargs))[0], strict=True):
+    def replay(self, leaves: list) -> object:
+        """The outputs for a call whose flattened arguments are ``leaves`` (of the captured call's description)."""
+        for static, new in zip(self.static_leaves, leaves, strict=True):
             if isinstance(static, torch.Tensor):
                 static.copy_(new)
         self.graph.replay()
         return tree_map_only(torch.Tensor, torch.clone, self.outputs)
+
+
+def graph_key(leaves: list, spec: TreeSpec) -> Hashable | None:
+    """What a graph of a call with these flattened arguments is captured for (module docstring), or None where a
+    non-tensor argument is not of :data:`KEY_TYPES`."""
+    if not all(isinstance(leaf, (torch.Tensor, *KEY_TYPES)) for leaf in leaves):
+        return None
+    described = tuple((tuple(leaf.shape), leaf.stride(), leaf.dtype, leaf.device)
+                      if isinstance(leaf, torch.Tensor) else (type(leaf), leaf) for leaf in leaves)
+    numerics = (torch.is_inference_mode_enabled(), torch.is_autocast_enabled('cuda'),
+                torch.get_autocast_dtype('cuda'), torch.backends.cuda.matmul.allow_tf32,
+                torch.backends.cudnn.allow_tf32)
+    return spec, described, numerics
 
 
 class CudaGraphForward:
@@ -99,10 +114,9 @@ class CudaGraphForward:
         self.captures = 0  # graphs captured so far (more than len(graphs) once some were dropped)
 
     def __call__(self, *args, **kwargs):
-        device = self._graph_device(args, kwargs)
-        if device is None:
-            return self.forward(*args, **kwargs)
-        key = self._key(args, kwargs)
+        leaves, spec = tree_flatten((args, kwargs))
+        device = self._graph_device(leaves)
+        key = None if device is None else graph_key(leaves, spec)
         if key is None:
             return self.forward(*args, **kwargs)
         graph = self.graphs.get(key)
@@ -119,35 +133,21 @@ class CudaGraphForward:
             while len(self.graphs) > self.max_graphs:
                 self.graphs.popitem(last=False)
         self.graphs.move_to_end(key)
-        return graph(args, kwargs)
+        return graph.replay(leaves)
 
-    def _graph_device(self, args: tuple, kwargs: dict) -> torch.device | None:
-        """The CUDA device this call can be replayed on, or None where it must run eagerly."""
+    def _graph_device(self, leaves: list) -> torch.device | None:
+        """The CUDA device a call with these flattened arguments can be replayed on, or None where it must run
+        eagerly."""
         if (torch.is_grad_enabled() or self.module.training or torch.compiler.is_compiling()
                 or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
             return None
-        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-        devices = {t.device for t in tensors}
+        devices = {leaf.device for leaf in leaves if isinstance(leaf, torch.Tensor)}
         if len(devices) != 1:
             return None
         device = devices.pop()
         if device.type != 'cuda' or torch.cuda.is_current_stream_capturing():
             return None
         return device
-
-    @staticmethod
-    def _key(args: tuple, kwargs: dict) -> Hashable | None:
-        """What a graph of this call is captured for (module docstring), or None where a non-tensor argument is
-        not of :data:`KEY_TYPES`."""
-        leaves, spec = tree_flatten((args, kwargs))
-        if not all(isinstance(leaf, (torch.Tensor, *KEY_TYPES)) for leaf in leaves):
-            return None
-        described = tuple((tuple(leaf.shape), leaf.stride(), leaf.dtype, leaf.device)
-                          if isinstance(leaf, torch.Tensor) else (type(leaf), leaf) for leaf in leaves)
-        numerics = (torch.is_inference_mode_enabled(), torch.is_autocast_enabled('cuda'),
-                    torch.get_autocast_dtype('cuda'), torch.backends.cuda.matmul.allow_tf32,
-                    torch.backends.cudnn.allow_tf32)
-        return spec, described, numerics
 
     def __deepcopy__(self, memo: dict) -> CudaGraphForward:
         """A copy with no graphs, serving the copied module (CUDA graphs cannot be copied)."""

@@ -8,13 +8,14 @@ import pickle
 
 import pytest
 import torch
+from torch.utils._pytree import tree_flatten
 
 from evit_mm.benchmark.inputs import synthetic_batch
 from evit_mm.benchmark.targets import build_target
 from evit_mm.benchmark.tensor_mode import TensorMode
 from evit_mm.deploy import optimize_for_inference, run_in_bfloat16, stop_cuda_graphs, use_cuda_graphs
 from evit_mm.deploy.bfloat16 import Bfloat16Forward
-from evit_mm.deploy.cuda_graphs import CudaGraphForward
+from evit_mm.deploy.cuda_graphs import CudaGraphForward, graph_key
 from evit_mm.deploy.onnx_export import flatten_outputs
 from evit_mm.models import EfficientViT
 from evit_mm.tools import test as test_tool
@@ -79,7 +80,8 @@ def test_max_graphs_must_be_a_positive_integer(max_graphs):
 
 
 def test_keys_tell_shapes_strides_dtypes_and_settings_apart():
-    key = CudaGraphForward._key
+    def key(args, kwargs):
+        return graph_key(*tree_flatten((args, kwargs)))
     x = torch.randn(1, 3, 64, 64)
     with torch.inference_mode():
         base = key((x,), {})
@@ -144,7 +146,7 @@ def fake_cuda(monkeypatch):
                             stream=lambda s: contextlib.nullcontext(), device=lambda d: contextlib.nullcontext(),
                             CUDAGraph=_FakeGraph, graph=graph).items():
         monkeypatch.setattr(torch.cuda, name, value)
-    monkeypatch.setattr(CudaGraphForward, '_graph_device', lambda self, args, kwargs: None if (
+    monkeypatch.setattr(CudaGraphForward, '_graph_device', lambda self, leaves: None if (
         torch.is_grad_enabled() or self.module.training) else torch.device('cpu'))  # the CPU as the graphs' device
     return capturing
 
@@ -164,7 +166,7 @@ def test_capture_bookkeeping_with_cuda_faked(fake_cuda):
         assert all(o is not s for o, s in zip(out_a, graph.outputs, strict=True))  # copies
         model(b)
         assert len(calls) == 4 and graph.graph.replays == 2  # the same key: replayed, no Python forward
-        torch.testing.assert_close(graph.inputs[0][0], b, rtol=0, atol=0)  # static input refilled
+        torch.testing.assert_close(graph.static_leaves[0], b, rtol=0, atol=0)  # static input refilled
         model(torch.randn(2, 3, 64, 64))
         model(torch.randn(1, 3, 96, 64))
     assert model.forward.captures == 3 and len(model.forward.graphs) == 2 and fake_cuda[0] is graph.graph

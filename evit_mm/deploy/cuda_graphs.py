@@ -5,9 +5,9 @@ backbone took about 11 ms per call at batch 1 and 12 ms per batch of 256, while 
 time at batch 256 (``docs/benchmarks.md``, "Issue 8 on a GPU"): Python, the dispatcher and about 300 kernel
 launches per call. A CUDA graph records the kernels of one call and replays them with a single launch.
 
-``torch.compile(mode="reduce-overhead")`` also replays CUDA graphs, but it compiles the model first, and again for
-every new input shape (tens of seconds each); a detector at batch 1 meets a new padded shape for many images. This
-module captures the eager model as it runs (a few warm-up calls and one capture per shape, no compilation), which
+``torch.compile(mode="reduce-overhead")`` also replays CUDA graphs, but it compiles the model first, and recompiles
+for new input shapes; a detector at batch 1 on COCO meets a new padded shape for many images (keep-ratio resizing,
+padded to a multiple of 32). This module captures the eager model as it runs (a few warm-up calls and one capture per shape, no compilation), which
 is what makes graphs usable for detection and segmentation inference with mmdet and mmseg.
 
 Rules (:class:`CudaGraphForward`): a call is replayed only while no autograd graph is recorded (``no_grad`` or

@@ -15,6 +15,8 @@
 # Results go to ${OUT:-gpu_results}/ as JSON / Markdown, the tables to stdout. A failing step is reported and
 # the others still run; the exit status says whether any failed.
 #   OUT=gpu_results bash scripts/gpu_benchmarks.sh
+# On the lent GPU machine (whose image has torch but not the OpenMMLab stack): bash scripts/device/prepare.sh here
+# first, then run scripts/device/run.sh there with .whl carried; it installs the stack and calls this script.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_results}

@@ -19,7 +19,7 @@ VIEW_OPS = frozenset({
     'aten::alias', 'aten::as_strided', 'aten::chunk', 'aten::detach', 'aten::empty', 'aten::empty_like',
     'aten::empty_strided', 'aten::expand', 'aten::flatten', 'aten::narrow', 'aten::permute', 'aten::reshape',
     'aten::select', 'aten::slice', 'aten::split', 'aten::split_with_sizes', 'aten::squeeze', 'aten::t',
-    'aten::transpose', 'aten::unflatten', 'aten::unsqueeze', 'aten::view', 'aten::_unsafe_view'})
+    'aten::transpose', 'aten::unbind', 'aten::unflatten', 'aten::unsqueeze', 'aten::view', 'aten::_unsafe_view'})
 
 
 @dataclass

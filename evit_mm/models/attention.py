@@ -111,7 +111,7 @@ class CascadedGroupAttention(nn.Module):
         """
         B, N, _ = x.shape
         ws = self.window_size
-        bias = self.attention_bias()
+        biases = self.attention_bias().unbind(0)  # one (N, N) table per head; baddbmm broadcasts it over windows
         groups = x.chunk(self.num_heads, dim=-1)
         outputs = []
         feat = groups[0]
@@ -121,7 +121,7 @@ class CascadedGroupAttention(nn.Module):
             q, k, v = pointwise_tokens(qkv, feat).split([self.key_dim, self.key_dim, self.val_dim], dim=-1)
             q = dw(q.reshape(B, ws, ws, self.key_dim).permute(0, 3, 1, 2))  # channels-last NCHW view
             q = q.permute(0, 2, 3, 1).reshape(B, N, self.key_dim)
-            attn = torch.baddbmm(bias[i].expand(B, -1, -1), q, k.transpose(1, 2), alpha=self.scale)
+            attn = torch.baddbmm(biases[i], q, k.transpose(1, 2), alpha=self.scale)
             feat = attn.softmax(dim=-1) @ v
             outputs.append(feat)
         return pointwise_tokens(self.proj[1], torch.cat(outputs, dim=-1).relu_())
@@ -129,7 +129,7 @@ class CascadedGroupAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The reference path: attend within ``x`` of shape ``(B, C, window_size, window_size)``."""
         B, _, H, W = x.shape
-        bias = self.attention_bias()
+        biases = self.attention_bias().unbind(0)
         groups = x.chunk(self.num_heads, dim=1)
         outputs = []
         feat = groups[0]
@@ -140,7 +140,7 @@ class CascadedGroupAttention(nn.Module):
             q = dw(q)
             q, k, v = q.flatten(2), k.flatten(2), v.flatten(2)
             # bias + scale * q^T k in one kernel (same values as scaling the product, then adding the bias)
-            attn = torch.baddbmm(bias[i].expand(q.shape[0], -1, -1), q.transpose(-2, -1), k, alpha=self.scale)
+            attn = torch.baddbmm(biases[i], q.transpose(-2, -1), k, alpha=self.scale)
             attn = attn.softmax(dim=-1)
             feat = (v @ attn.transpose(-2, -1)).view(B, self.val_dim, H, W)
             outputs.append(feat)

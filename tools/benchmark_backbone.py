@@ -69,7 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_allocator_argument(parser)
     args = parser.parse_args(argv)
     if args.cuda_graphs and not args.device.startswith('cuda'):
-        parser.error(f'--cuda-graphs needs --device cuda (CUDA graphs replay on a GPU only), got --device {args.device}')
+        parser.error('--cuda-graphs needs --device cuda (CUDA graphs replay on a GPU only), got --device '
+                     f'{args.device}')
     return args
 
 

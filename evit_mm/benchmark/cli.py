@@ -37,8 +37,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                '  tools/benchmark.py evit_m4 timm:efficientvit_m4 resnet50 swin-t --shape 224x224 --batch-size 16\n'
                '  tools/benchmark.py configs/retinanet_evit_m4.py --modes predict --shape 800x1333 '
                '--checkpoint ckpt.pth\n'
-               '  tools/benchmark.py configs/retinanet_evit_m4.py@deploy configs/retinanet_evit_m4.py@deploy-cuda-graphs '
-               '--device cuda --dtype fp16 --modes predict --shape 800x1333\n',
+               '  tools/benchmark.py configs/retinanet_evit_m4.py@deploy '
+               'configs/retinanet_evit_m4.py@deploy-cuda-graphs --device cuda --dtype fp16 --modes predict '
+               '--shape 800x1333\n',
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('targets', nargs='+', help='config files, evit_m0..evit_m5, resnet18, resnet50, swin-t, '
                                                'timm:<model>; append @deploy to deploy one target, @deploy-bf16 '

@@ -7,8 +7,9 @@ launches per call. A CUDA graph records the kernels of one call and replays them
 
 ``torch.compile(mode="reduce-overhead")`` also replays CUDA graphs, but it compiles the model first, and recompiles
 for new input shapes; a detector at batch 1 on COCO meets a new padded shape for many images (keep-ratio resizing,
-padded to a multiple of 32). This module captures the eager model as it runs (a few warm-up calls and one capture per shape, no compilation), which
-is what makes graphs usable for detection and segmentation inference with mmdet and mmseg.
+padded to a multiple of 32). This module captures the eager model as it runs (a few warm-up calls and one capture
+per shape, no compilation), which is what makes graphs usable for detection and segmentation inference with mmdet
+and mmseg.
 
 Rules (:class:`CudaGraphForward`): a call is replayed only while no autograd graph is recorded (``no_grad`` or
 ``inference_mode``), the module is in eval mode, every tensor among the arguments is on the same CUDA device, and

@@ -17,7 +17,8 @@ if ! ls .whl/mmcv*-2.1.0-*.whl >/dev/null 2>&1; then
   trap 'rm -rf "$BUILD"' EXIT
   "$PY" -m pip download --quiet --no-deps --no-binary :all: --no-build-isolation -d "$BUILD" mmcv==2.1.0
   tar -xzf "$BUILD"/mmcv-2.1.0.tar.gz -C "$BUILD"
-  (cd "$BUILD/mmcv-2.1.0" && MMCV_WITH_OPS=0 "$PY" -m pip wheel --quiet --no-build-isolation --no-deps -w "$OLDPWD/.whl" .)
+  (cd "$BUILD/mmcv-2.1.0" \
+    && MMCV_WITH_OPS=0 "$PY" -m pip wheel --quiet --no-build-isolation --no-deps -w "$OLDPWD/.whl" .)
 fi
 ls -la .whl
 du -sh .whl

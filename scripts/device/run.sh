@@ -9,7 +9,7 @@ PY=${PY:-python3}
   || exit 1
 cp scripts/device/mmcv_ext.py /tmp/site/mmcv/_ext.py
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
-"$PY" -c 'import torch, mmcv.ops, mmdet, mmseg, timm, evit_mm; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "timm", timm.__version__)' \
-  || exit 1
+"$PY" -c 'import torch, mmcv.ops, mmdet, mmseg, timm, evit_mm
+print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "timm", timm.__version__)' || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 PY="$PY" OUT="${OUT:-gpu_results}" bash scripts/gpu_benchmarks.sh

@@ -2,7 +2,7 @@
 # Run here, on the CPU machine, before a session's GPU run: fills .whl/ (ignored by git, carried to the device)
 # with the wheels the device image lacks for Python 3.12 (the OpenMMLab stack and its small dependencies; the image
 # has torch, torchvision, numpy, opencv, matplotlib, scipy, pytest) and a Python-only mmcv built from its sdist.
-# Then: run(command="bash scripts/device/run.sh", carry=[".whl"], timeout_s=...) with the device tool.
+# Then, with the device tool: run(command="bash scripts/device/run.sh", carry=[".whl"], timeout_s=600).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-$PWD/.venv/bin/python}

@@ -8,7 +8,7 @@
 #   2. whole RetinaNet-EViT-M4 predictions (as built, deployed, deployed with CUDA graphs) against mmdet's
 #      RetinaNet-R50 (as built and with CUDA graphs), batch 1 and 16;
 #   3. the same through torch.compile mode reduce-overhead (compiled CUDA graphs), backbones and RetinaNet;
-#   4. semantic FPN-EViT-M4 against FPN-R50;
+#   4. semantic FPN-EViT-M4 against FPN-R50, and Mask R-CNN-EViT-M4 as built, deployed and with CUDA graphs;
 #   5. deployment on bfloat16 weights (no autocast: no per-call weight casts, fewer kernel launches), backbone and
 #      RetinaNet at batch 1, both models converted the same way;
 #   6. backbones side by side (evit_mm, timm, ResNet-50, Swin-T), with each fast path off for evit_mm last.
@@ -51,6 +51,9 @@ step retinanet_b16 $B configs/retinanet_evit_m4.py configs/retinanet_evit_m4.py@
 step segmentation_b1 $B configs/fpn_evit_m4_ade20k.py configs/fpn_evit_m4_ade20k.py@deploy \
   configs/baselines/fpn_r50_ade20k.py --modes predict --shape 512x512 --batch-size 1 --repeats 30 \
   --json "$OUT/segmentation_predict_b1_fp16.json"
+step mask_rcnn_b1 $B configs/mask_rcnn_evit_m4.py configs/mask_rcnn_evit_m4.py@deploy \
+  configs/mask_rcnn_evit_m4.py@deploy-cuda-graphs --modes predict --shape 800x1333 --batch-size 1 --repeats 20 \
+  --json "$OUT/mask_rcnn_predict_b1_fp16.json"
 step backbone_bf16_weights bash -c "$PY tools/benchmark_backbone.py --arch m4 --device cuda --bfloat16 \
   --shapes 1x224x224 256x224x224 --warmup 10 --repeats 30 | tee '$OUT/backbone_m4_vs_timm_bf16_weights.md'"
 step retinanet_b1_bf16_weights $PY tools/benchmark.py --device cuda --warmup 10 \

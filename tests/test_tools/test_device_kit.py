@@ -35,11 +35,32 @@ def test_stand_in_nms_keeps_what_mmcv_keeps(offset):
         assert 0 < len(got) < 300 and torch.equal(got, expected)
 
 
+@pytest.mark.parametrize('aligned', [True, False])
+def test_stand_in_roi_align_averages_what_mmcv_averages(aligned):
+    from mmcv import _ext
+    gen = torch.Generator().manual_seed(int(aligned))
+    features = torch.randn(2, 8, 40, 56, generator=gen)
+    corners = torch.rand(30, 2, generator=gen) * torch.tensor([400.0, 280.0])
+    rois = torch.cat([torch.randint(0, 2, (30, 1), generator=gen).float(), corners,
+                      corners + 8 + torch.rand(30, 2, generator=gen) * 120], dim=1)
+    outputs = []
+    for ext in (_ext, _stand_in()):
+        output, empty = features.new_zeros(30, 8, 7, 7), features.new_zeros(0)
+        ext.roi_align_forward(features, rois, output, empty, empty, aligned_height=7, aligned_width=7,
+                              spatial_scale=1 / 8, sampling_ratio=0, pool_mode=1, aligned=aligned)
+        outputs.append(output)
+    assert outputs[0].abs().sum() > 0
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(NotImplementedError, match='max pooling'):
+        _stand_in().roi_align_forward(features, rois, outputs[0], empty, empty, aligned_height=7, aligned_width=7,
+                                      spatial_scale=1 / 8, sampling_ratio=0, pool_mode=0, aligned=aligned)
+
+
 def test_other_ops_import_and_raise_naming_themselves():
     stand_in = _stand_in()
-    assert hasattr(stand_in, 'roi_align_forward') and not hasattr(stand_in, '__wrapped__')
-    with pytest.raises(NotImplementedError, match="mmcv op 'roi_align_forward' is not available"):
-        stand_in.roi_align_forward(torch.zeros(1))
+    assert hasattr(stand_in, 'deform_conv_forward') and not hasattr(stand_in, '__wrapped__')
+    with pytest.raises(NotImplementedError, match="mmcv op 'deform_conv_forward' is not available"):
+        stand_in.deform_conv_forward(torch.zeros(1))
     assert 'stood in for' in stand_in.get_compiling_cuda_version()
 
 

@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_map_only
 
 from ..models.derived_cache import retaining_served_values
+from ..models.eager_kernels import exporting_or_compiling
 from .dense_parts import dense_parts
 
 #: Default most graphs kept per module: each holds its own intermediate memory (for deployed RetinaNet-EViT-M4 at
@@ -52,9 +53,8 @@ class _Graph:
     when their caches move on."""
 
     def __init__(self, forward: Callable, args: tuple, kwargs: dict, device: torch.device) -> None:
-        self.inputs = tree_map_only(torch.Tensor, torch.clone, (args, kwargs))
-        self.static_leaves = tree_flatten(self.inputs)[0]
-        static_args, static_kwargs = self.inputs
+        static_args, static_kwargs = tree_map_only(torch.Tensor, torch.clone, (args, kwargs))
+        self.static_leaves = tree_flatten((static_args, static_kwargs))[0]  # refilled before each replay
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
         # a weight cast by autocast and cached outside the graph would be freed when the autocast region ends while
@@ -139,8 +139,7 @@ class CudaGraphForward:
     def _graph_device(self, leaves: list) -> torch.device | None:
         """The CUDA device a call with these flattened arguments can be replayed on, or None where it must run
         eagerly."""
-        if (torch.is_grad_enabled() or self.module.training or torch.compiler.is_compiling()
-                or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+        if torch.is_grad_enabled() or self.module.training or exporting_or_compiling():
             return None
         devices = {leaf.device for leaf in leaves if isinstance(leaf, torch.Tensor)}
         if len(devices) != 1:

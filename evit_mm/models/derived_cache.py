@@ -37,8 +37,8 @@ class DerivedCache(Generic[T]):
 
     The key holds each source's identity, storage and version counter (in-place updates, ``load_state_dict``,
     ``.to()`` all change one of them; the identity, held by a weak reference, keeps a new tensor that the allocator
-    put at a freed one's address with the same version from passing for it) and whether inference mode is on (a
-    value made under it must not meet autograd later).
+    put at a freed one's address with the same version from passing for it). The value is computed outside
+    inference mode and without autograd, so one value serves calls in and out of inference mode.
     Sources that are inference tensors have no version counter: the value is then computed on every call. Writes
     that bump no version counter are handled in two ways: :meth:`training` drops the value whenever a gradient can
     reach a source (fused optimizers such as ``AdamW(fused=True)`` update parameters in place without a bump, even
@@ -77,8 +77,7 @@ class DerivedCache(Generic[T]):
         if any(t is not None and t.is_inference() for t in sources):
             with torch.no_grad():
                 return compute()
-        key = (torch.is_inference_mode_enabled(), *also,
-               *((t.data_ptr(), t._version) if t is not None else None for t in sources))
+        key = (*also, *((t.data_ptr(), t._version) if t is not None else None for t in sources))
         if key != self._key or not self._same_sources(sources):
             # never an inference tensor, even when called under inference mode: a cache keyed on this value (the
             # packed copy of a folded weight) could otherwise not keep its own (inference tensors have no version)

@@ -167,11 +167,10 @@ class FusedConv2d(nn.Conv2d):
         # geometry first: a 3x3 conv is rejected before the eager/layout checks, which the oneDNN check repeats
         if kernels and is_pointwise(conv) and eager_channels_last_cpu(x) and x.dtype == weight.dtype:
             return pointwise_gemm(x, weight, bias, residual, relu)
-        # on a GPU (host-bound at batch 1) nothing more is checked; a weight that trains drops its packed copy (fused
-        # optimizers update it without a version bump)
-        if (packed is not None and x.device.type == 'cpu' and not packed.training(weight)
-                and cls._onednn_applies(conv, x, weight, PREPACKED_DTYPES)
-                and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)):
+        # on a GPU (host-bound at batch 1) nothing more is checked after the device; a weight that trains drops its
+        # packed copy (fused optimizers update it without a version bump)
+        if (packed is not None and eager_channels_last_cpu(x) and not packed.training(weight)
+                and cls._onednn_applies(conv, x, weight, PREPACKED_DTYPES)):
             blocked = packed.get(conv, x, weight)
             if blocked is not None:
                 y = cls._prepacked_conv(conv, x, blocked, bias, relu)

@@ -237,14 +237,15 @@ def test_a_graph_keeps_the_cached_tensors_it_reads_when_their_caches_move_on():
     use_cuda_graphs(model)
     x = torch.randn(1, 3, 64, 64, device='cuda')
     with torch.inference_mode():
-        model(x)  # captured with the caches' inference-mode values
-    with torch.no_grad():
-        model(x)  # another graph: every cache recomputes, dropping the values the first graph reads
-        filler = [torch.full((4096,), 7.0, device='cuda') for _ in range(2000)]  # would reuse freed memory
+        model(x)  # captured, reading the caches' folded weights and bias tables
+    model.train()
+    model.eval()  # a mode switch drops every cache ...
     with torch.inference_mode():
-        got = model(x)
+        model.forward.forward(x)  # ... and an eager call recomputes them into new tensors
+        filler = [torch.full((4096,), 7.0, device='cuda') for _ in range(2000)]  # would reuse freed memory
+        got = model(x)  # the first graph, replayed
         expected = model.forward.forward(x)
-    assert model.forward.captures == 2 and len(filler) == 2000
+    assert model.forward.captures == 1 and len(filler) == 2000
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
 

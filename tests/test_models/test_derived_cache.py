@@ -58,6 +58,7 @@ def test_values_made_under_inference_mode_can_be_cached_on():
         assert not value.is_inference()
         assert cache.get((source,), lambda: source * 3) is value
     assert not value.requires_grad
+    assert cache.get((source,), lambda: source * 3) is value  # the same value serves outside inference mode
 
 
 def test_served_values_are_retained_inside_the_block_only():

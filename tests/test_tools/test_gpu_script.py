@@ -3,8 +3,10 @@ parse with the tools' own argument parsers and name targets that exist, which th
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shlex
+import subprocess
 
 import pytest
 
@@ -28,22 +30,74 @@ def _commands() -> list[tuple[str, list[str]]]:
     variables.update(PY='python', OUT='out')  # after B, whose value holds $PY
     steps = []
     for line in text.splitlines():
-        if not line.startswith('step '):
+        if not line.startswith(('step ', 'graphed_step ')):
             continue
+        line = line.split(' || ')[0]
         for name, value in variables.items():
             line = line.replace(f'${name}', value)
         words = shlex.split(line)
         name, argv = words[1], words[2:]
-        if argv[:2] == ['bash', '-c']:
-            argv = shlex.split(argv[2].split('|')[0])
+        if argv[:4] == ['bash', '-o', 'pipefail', '-c']:  # a step piped into tee: its tool's status counts
+            argv = shlex.split(argv[4].split('|')[0])
+        assert argv[0] != 'bash', f'{name}: a piped step needs bash -o pipefail, or its failures go unseen'
         steps.append((name, argv))
     return steps
 
 
 def test_the_script_has_its_steps():
     names = [name for name, _ in _commands()]
-    assert names[:3] == ['cuda_tests', 'backbone_vs_timm', 'retinanet_b1']
+    assert names[:4] == ['cuda_graph_tests', 'cuda_tests', 'backbone_vs_timm', 'retinanet_b1']
     assert len(names) == len(set(names)) >= 10
+
+
+FAKE_PYTHON = '''#!/usr/bin/env bash
+echo "RAN $*"
+case "$*" in *test_cuda_graphs*) [ -n "${FAIL_GRAPH_TESTS:-}" ] && exit 1 ;; esac
+case "$*" in *--cuda-graphs*|*@deploy-cuda-graphs*) [ -n "${FAIL_GRAPHS:-}" ] && exit 3 ;; esac
+exit 0
+'''
+
+
+def _run_with_fake_python(tmp_path, **env) -> tuple[int, list[str], str]:
+    """The script run with a stand-in for Python that logs its arguments and fails as ``env`` says: its exit
+    status, the logged argument lines and the whole output."""
+    fake = tmp_path / 'python'
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    result = subprocess.run(['bash', str(SCRIPT)], capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, PY=str(fake), OUT=str(tmp_path / 'out'), **env))
+    ran = [line[4:] for line in result.stdout.splitlines() if line.startswith('RAN ')]
+    return result.returncode, ran, result.stdout
+
+
+def _graphed(args: str) -> bool:
+    return '--cuda-graphs' in args or '@deploy-cuda-graphs' in args
+
+
+def test_every_step_runs_once_when_all_pass(tmp_path):
+    status, ran, output = _run_with_fake_python(tmp_path)
+    assert status == 0, output
+    assert len(ran) == len(_commands()) and 'FAILED' not in output
+    assert sum(map(_graphed, ran)) == 4  # backbone, RetinaNet at batch 1 and 16, Mask R-CNN
+
+
+def test_a_step_whose_cuda_graphs_fail_runs_again_without_them(tmp_path):
+    status, ran, output = _run_with_fake_python(tmp_path, FAIL_GRAPHS='1')
+    assert status == 1 and 'failed steps:' in output
+    graphed = [args for args in ran if _graphed(args)]
+    assert len(graphed) == 4  # each failed once (the piped backbone step too: pipefail)...
+    for name in ('backbone_vs_timm', 'retinanet_b1', 'retinanet_b16', 'mask_rcnn_b1'):
+        assert f'=== {name} FAILED' in output and f'=== {name}_without_cuda_graphs:' in output
+    assert len(ran) == len(_commands()) + 4  # ...and ran again without them, nothing else twice
+    rerun = ran[ran.index(graphed[1]) + 1]  # RetinaNet at batch 1 again: the same eager targets, in order
+    assert rerun.split() == [a for a in graphed[1].split() if not a.endswith('@deploy-cuda-graphs')]
+
+
+def test_failing_cuda_graph_tests_take_graphs_out_of_every_step(tmp_path):
+    status, ran, output = _run_with_fake_python(tmp_path, FAIL_GRAPH_TESTS='1', FAIL_GRAPHS='1')
+    assert status == 1 and '=== cuda_graph_tests FAILED' in output
+    assert not any(map(_graphed, ran))
+    assert len(ran) == len(_commands())
 
 
 def _pytest_paths(argv: list[str]) -> list[str]:

@@ -5,6 +5,7 @@ import argparse
 
 from mmengine.runner import Runner
 
+from ..benchmark.allocator_option import add_allocator_argument, apply_allocator_argument
 from ..checkpoint import local_checkpoint
 from ..engine import prepare_cpu_distributed
 from .config_options import add_common_arguments, apply_resume, enable_amp, enable_auto_scale_lr, load_config
@@ -21,6 +22,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help='scale the learning rate linearly with the total batch size (auto_scale_lr)')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from PATH, or from the latest checkpoint in the work dir if no PATH')
+    add_allocator_argument(parser, help_text='CPU: make glibc keep freed memory for reuse (mallopt, for this process '
+                                             'and its data workers), so that each step stops paying page faults for '
+                                             'the memory the previous one freed; EfficientViT-M4 training steps on '
+                                             'CPU 1.01-1.16x faster. Costs holding the peak memory between steps')
     add_common_arguments(parser)
     return parser.parse_args(argv)
 
@@ -37,7 +42,9 @@ def main(argv: list[str]) -> int:
         cfg.load_from = local_checkpoint(cfg.load_from)  # mmengine's loader does not know hf-hub: names
     run_preflight(cfg, ('train_dataloader', 'val_dataloader'))
     prepare_cpu_distributed(cfg)
+    allocator = apply_allocator_argument(args)  # before the data workers fork: they inherit the setting
     runner = Runner.from_cfg(cfg)
+    runner.logger.info(f'memory allocator: {allocator}')
     model = runner.model.module if hasattr(runner.model, 'module') else runner.model
     check_backbone_neck(model)
     use_separable_roi_align_on_cpu(model, runner.logger)

@@ -6,7 +6,8 @@
 #      deployed models also replaying CUDA graphs (evit_mm.deploy.use_cuda_graphs): on an H200 EfficientViT is
 #      bound by kernel launches (docs/benchmarks.md, "Issue 8 on a GPU"), which CUDA graphs remove;
 #   2. whole RetinaNet-EViT-M4 predictions (as built, deployed, deployed with CUDA graphs) against mmdet's
-#      RetinaNet-R50 (as built and with CUDA graphs), batch 1 and 16;
+#      RetinaNet-R50 (as built and with CUDA graphs), batch 1 and 16; the backbones' GPU busy time against their
+#      wall time per call (--device-time: how host-bound each is, and the ratio once device-bound), training too;
 #   3. the same through torch.compile mode reduce-overhead (compiled CUDA graphs), backbones and RetinaNet;
 #   4. semantic FPN-EViT-M4 against FPN-R50, and Mask R-CNN-EViT-M4 as built, deployed and with CUDA graphs;
 #   5. deployment on bfloat16 weights (no autocast: no per-call weight casts, fewer kernel launches), backbone and
@@ -61,6 +62,9 @@ graphed_step retinanet_b1 $B configs/retinanet_evit_m4.py configs/retinanet_evit
   configs/retinanet_evit_m4.py@deploy-cuda-graphs configs/baselines/retinanet_r50_fpn_coco.py \
   configs/baselines/retinanet_r50_fpn_coco.py@deploy-cuda-graphs --modes predict --shape 800x1333 --batch-size 1 \
   --repeats 30 --json "$OUT/retinanet_predict_b1_fp16.json"
+graphed_step device_time bash -o pipefail -c "$PY tools/benchmark_backbone.py --arch m4 --device cuda --dtype fp16 \
+  --train --cuda-graphs --device-time --shapes 1x224x224 256x224x224 --warmup 5 --repeats 10 \
+  | tee '$OUT/backbone_m4_device_time_fp16.md'"
 step backbone_vs_timm_compiled_cuda_graphs bash -o pipefail -c "$PY tools/benchmark_backbone.py --arch m4 --device cuda \
   --dtype fp16 --compile-mode reduce-overhead --shapes 1x224x224 256x224x224 --warmup 10 --repeats 30 \
   | tee '$OUT/backbone_m4_vs_timm_fp16_compiled_cuda_graphs.md'"

@@ -7,6 +7,7 @@ middle half of the per-round ratios (25th-75th percentile) beside them.
     python tools/benchmark_backbone.py --arch m4 --threads 2
     python tools/benchmark_backbone.py --arch m4 --device cuda --dtype fp16 --shapes 1x224x224 256x224x224 --train
     python tools/benchmark_backbone.py --arch m4 --device cuda --dtype fp16 --shapes 1x224x224 --cuda-graphs
+    python tools/benchmark_backbone.py --arch m4 --device cuda --dtype fp16 --shapes 1x224x224 --train --device-time
     python tools/benchmark_backbone.py --arch m4 --threads 2 --shapes 1x800x1344 --train --backward-nodes shape
     python tools/benchmark_backbone.py --arch m4 --threads 2 --keep-freed-memory
     python tools/benchmark_backbone.py --arch m4 --threads 2 --shapes 16x224x224 --compute-rates
@@ -26,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from evit_mm.benchmark.allocator_option import add_allocator_argument, apply_allocator_argument  # noqa: E402
-from evit_mm.benchmark.backbone import (backward_nodes_table, compare, compute_rates_table, format_rows,  # noqa: E402
-                                        host_work_table)
+from evit_mm.benchmark.backbone import (backward_nodes_table, compare, compute_rates_table, device_time_table,  # noqa: E402
+                                        format_rows, host_work_table)
 from evit_mm.benchmark.compilation import add_compile_arguments, compile_mode_from  # noqa: E402
 from evit_mm.benchmark.inputs import parse_shape  # noqa: E402
 from evit_mm.benchmark.precision import DTYPES  # noqa: E402
@@ -66,6 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='also time the GEMMs and convolutions of evit_mm deployed, timm and timm fused at the '
                              'first shape (with --train: of both training steps too), in place and alone (CPU), and '
                              'print the bound they put on the ratio')
+    parser.add_argument('--device-time', action='store_true',
+                        help='also profile every shape: per call of each model (with --train: each training step), '
+                             'the wall time against the time the device computes (GPU kernels; on a CPU the '
+                             'operators): how host-bound each is, and the ratio once both are device-bound')
     add_allocator_argument(parser)
     args = parser.parse_args(argv)
     if args.cuda_graphs and not args.device.startswith('cuda'):
@@ -93,6 +98,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.train:
             print()
             print(compute_rates_table(args.arch, shapes[0], repeats=args.repeats, train=True))
+    if args.device_time:
+        for shape in shapes:
+            print()
+            print(device_time_table(args.arch, shape, args.device, args.dtype, args.train, args.cuda_graphs,
+                                    repeats=args.repeats))
     if args.backward_nodes:
         print()
         print(backward_nodes_table(args.arch, shapes[0], repeats=args.repeats, by_shape=args.backward_nodes == 'shape',

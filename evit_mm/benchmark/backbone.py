@@ -20,6 +20,7 @@ from ..models import EfficientViT
 from .backward_nodes import backward_breakdown, format_breakdown
 from .compilation import compiled
 from .compute_rates import compute_rates, format_compute_rates, summarize
+from .device_time import device_times, format_device_times
 from .host_work import count_host_work
 from .precision import autocast, exact_float32, norm_relative_error
 from .timing import Timing, time_interleaved
@@ -153,6 +154,14 @@ def _training_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return sum(f.float().square().mean() for f in model(x))
 
 
+def _inference_call(model: nn.Module, x: torch.Tensor,
+                    precision: Callable[[], contextlib.AbstractContextManager]) -> Callable[[], object]:
+    def call() -> object:
+        with precision():
+            return model(x)
+    return call
+
+
 def _training_step(model: nn.Module, x: torch.Tensor, precision: Callable[[], contextlib.AbstractContextManager]):
     def step() -> None:
         model.zero_grad(set_to_none=True)
@@ -212,13 +221,8 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
                     else:
                         torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-3, msg=f'{name} differs from timm')
 
-        def infer(model: nn.Module) -> Callable[[], object]:
-            def call() -> object:
-                with precision():
-                    return model(x)
-            return call
-        timings = time_interleaved({name: infer(m) for name, m in models.items()}, batch, warmup, repeats,
-                                   device=target)
+        timings = time_interleaved({name: _inference_call(m, x, precision) for name, m in models.items()}, batch,
+                                   warmup, repeats, device=target)
         if train:  # on copies: training-mode BatchNorm updates running statistics
             steps = {'evit_mm train': _training_step(copy.deepcopy(ours).train(), x, precision),
                      'timm train': _training_step(copy.deepcopy(reference).train(), x, precision)}
@@ -270,6 +274,30 @@ def compute_rates_table(arch: str = 'm4', shape: tuple[int, int, int] = (16, 224
     return (format_compute_rates(rates, top, what) + '\n\n'
             f'{names[1]} over {names[0]}, {what}s: {timm_ms / ours_summary.run_ms:.2f}x; the most it could be were '
             f'everything but evit_mm\'s GEMMs and convolutions free: {bound:.2f}x')
+
+
+def device_time_table(arch: str = 'm4', shape: tuple[int, int, int] = (1, 224, 224), device: str = 'cuda',
+                      dtype: str = 'fp16', train: bool = False, cuda_graphs: bool = False, repeats: int = 10,
+                      calls: int = 5) -> str:
+    """Per call of each inference candidate (evit_mm and timm as built, evit_mm deployed, timm fused; with
+    ``cuda_graphs`` both deployed ones graphed) and, with ``train``, of both training steps: wall time against the
+    device's busy time (:mod:`.device_time`), under the autocast of ``dtype``, as Markdown with the ratios of
+    :data:`CASES`. On a GPU this says how host-bound each call is and what evit_mm's lead over timm becomes once
+    both are device-bound."""
+    target = torch.device(device)
+    precision = functools.partial(autocast, target.type, dtype)
+    models = inference_candidates(arch, target, cuda_graphs=cuda_graphs)
+    x = torch.randn(shape[0], 3, *shape[1:], device=target)
+    where = f'{arch} at {"x".join(map(str, shape))}, {dtype}'
+    tables = [format_device_times(
+        device_times({name: _inference_call(m, x, precision) for name, m in models.items()}, target, repeats, calls),
+        CASES, f'{where}, inference')]
+    if train:
+        steps = {f'{name} train': _training_step(copy.deepcopy(models[name]).train(), x, precision)
+                 for name in ('evit_mm', 'timm')}
+        tables.append(format_device_times(device_times(steps, target, repeats, calls, grad=True), CASES,
+                                          f'{where}, training step'))
+    return '\n\n'.join(tables)
 
 
 def backward_nodes_table(arch: str = 'm4', shape: tuple[int, int, int] = (16, 224, 224), repeats: int = 6,

@@ -31,7 +31,7 @@ class HostWork:
     module_calls: int  # nn.Module calls (Python overhead per call)
 
 
-def _is_operator(event_name: str) -> bool:
+def is_operator(event_name: str) -> bool:
     """Whether a profiler event is a dispatched operator: aten's, or another library's such as oneDNN's fused and
     prepacked convolutions (``mkldnn::_convolution_pointwise``), whose own aten calls are then not top-level."""
     return event_name.startswith(('aten::', 'mkldnn::', 'mkl::'))
@@ -55,6 +55,6 @@ def count_host_work(model: nn.Module, *inputs: torch.Tensor) -> HostWork:
     finally:
         for hook in hooks:
             hook.remove()
-    top_level = [e.name for e in prof.events() if _is_operator(e.name)
-                 and (e.cpu_parent is None or not _is_operator(e.cpu_parent.name))]
+    top_level = [e.name for e in prof.events() if is_operator(e.name)
+                 and (e.cpu_parent is None or not is_operator(e.cpu_parent.name))]
     return HostWork(len(top_level), sum(name not in VIEW_OPS for name in top_level), sum(modules.values()))

@@ -78,17 +78,17 @@ def test_every_step_runs_once_when_all_pass(tmp_path):
     status, ran, output = _run_with_fake_python(tmp_path)
     assert status == 0, output
     assert len(ran) == len(_commands()) and 'FAILED' not in output
-    assert sum(map(_graphed, ran)) == 4  # backbone, RetinaNet at batch 1 and 16, Mask R-CNN
+    assert sum(map(_graphed, ran)) == 5  # backbone, device time, RetinaNet at batch 1 and 16, Mask R-CNN
 
 
 def test_a_step_whose_cuda_graphs_fail_runs_again_without_them(tmp_path):
     status, ran, output = _run_with_fake_python(tmp_path, FAIL_GRAPHS='1')
     assert status == 1 and 'failed steps:' in output
     graphed = [args for args in ran if _graphed(args)]
-    assert len(graphed) == 4  # each failed once (the piped backbone step too: pipefail)...
-    for name in ('backbone_vs_timm', 'retinanet_b1', 'retinanet_b16', 'mask_rcnn_b1'):
+    assert len(graphed) == 5  # each failed once (the piped backbone steps too: pipefail)...
+    for name in ('backbone_vs_timm', 'retinanet_b1', 'device_time', 'retinanet_b16', 'mask_rcnn_b1'):
         assert f'=== {name} FAILED' in output and f'=== {name}_without_cuda_graphs:' in output
-    assert len(ran) == len(_commands()) + 4  # ...and ran again without them, nothing else twice
+    assert len(ran) == len(_commands()) + 5  # ...and ran again without them, nothing else twice
     rerun = ran[ran.index(graphed[1]) + 1]  # RetinaNet at batch 1 again: the same eager targets, in order
     assert rerun.split() == [a for a in graphed[1].split() if not a.endswith('@deploy-cuda-graphs')]
 
@@ -128,7 +128,9 @@ def test_every_step_parses_and_names_existing_targets(name, argv):
                 assert (REPO_ROOT / path).is_file(), path
     if name.endswith('compiled_cuda_graphs'):
         assert parsed.compile_mode == 'reduce-overhead'
-    if name == 'backbone_vs_timm':  # eager CUDA graphs measured in the first rounds
+    if name in ('backbone_vs_timm', 'device_time'):  # eager CUDA graphs measured in the first rounds
         assert parsed.cuda_graphs
+    if name == 'device_time':
+        assert parsed.device_time and parsed.train
     if name.startswith('retinanet_b') and not name.endswith(('compiled_cuda_graphs', 'bf16_weights')):
         assert 'configs/retinanet_evit_m4.py@deploy-cuda-graphs' in parsed.targets

@@ -85,6 +85,12 @@ def format_device_times(times: Mapping[str, DeviceTime], pairs: Mapping[str, tup
              '|---|---|---|---|---|']
     for name, t in times.items():
         lines.append(f'| {name} | {t.wall_ms:.2f} | {t.busy_ms:.2f} | {t.busy_fraction:.0%} | {t.tasks:.0f} |')
-    ratios = [f'{label}: wall {times[b].wall_ms / times[a].wall_ms:.2f}x, busy {times[b].busy_ms / times[a].busy_ms:.2f}x'
+    ratios = [f'{label}: wall {_ratio(times[b].wall_ms, times[a].wall_ms)}, '
+              f'busy {_ratio(times[b].busy_ms, times[a].busy_ms)}'
               for label, (a, b) in pairs.items() if a in times and b in times]
     return '\n'.join(lines + ([''] + ratios if ratios else []))
+
+
+def _ratio(reference: float, ours: float) -> str:
+    # a profiler that recorded no device work (e.g. no kernel tracing for graph replays) says so instead of failing
+    return f'{reference / ours:.2f}x' if reference > 0 and ours > 0 else 'not recorded'

@@ -55,6 +55,11 @@ def test_device_times_and_their_table():
     assert 'large vs small: wall' in table and 'absent' not in table
 
 
+def test_a_candidate_without_recorded_device_work_gets_no_busy_ratio():
+    times = {'ours': DeviceTime(2.0, 0.0, 0), 'timm': DeviceTime(3.0, 1.5, 10)}
+    assert format_device_times(times, {'c': ('ours', 'timm')}, 'x').endswith('c: wall 1.50x, busy not recorded')
+
+
 def test_busy_share():
     assert DeviceTime(wall_ms=10.0, busy_ms=4.0, tasks=3).busy_fraction == pytest.approx(0.4)
 

@@ -24,6 +24,7 @@ from ...registry import register_model
 from ..attention import LocalWindowAttention
 from ..eager_kernels import own_kernels_measured_faster
 from ..fused_conv import FusedConv2d
+from ..input_buffer import channels_last_image
 from ..layers import (BNLinear, ConvBN, ConvFFN, PatchEmbed, PatchMerging, Residual, depthwise_residual,
                       ffn_residual)
 
@@ -190,6 +191,11 @@ class EfficientViT(BaseModule):
             evit_mm checkpoints (local path or URL), converted automatically. Defaults to None.
     """
 
+    #: With ``channels_last``, copy an NCHW image into a channels-last buffer that the next CPU inference call of
+    #: the same shape reuses (:func:`~evit_mm.models.input_buffer.channels_last_image`: no fresh pages per call, same
+    #: values); False allocates the copy every call.
+    reuse_input_buffer = True
+
     def __init__(
         self,
         arch: str | dict[str, Any] = 'm4',
@@ -354,7 +360,7 @@ class EfficientViT(BaseModule):
             raise ValueError(f'EfficientViT needs images of at least {PatchEmbed.stride}x{PatchEmbed.stride} '
                              f'pixels, got {x.shape[2]}x{x.shape[3]}')
         if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = channels_last_image(x) if self.reuse_input_buffer else x.contiguous(memory_format=torch.channels_last)
         x = self.patch_embed(x)
         outs = []
         last = self.out_indices[-1]

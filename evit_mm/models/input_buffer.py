@@ -1,0 +1,50 @@
+"""The input image in channels-last memory, for CPU inference copied into a buffer that the next call of the same
+shape reuses.
+
+Why: the backbone runs on channels-last maps, so an NCHW image is copied once at the start of every forward pass.
+With glibc's default settings that copy is the one allocation of a deployed forward pass that gets fresh pages
+from the OS every call (freed memory at the top of the heap is handed back between calls): EfficientViT-M4 deployed
+at 1x800x1344 made 3150 page faults per call in one run, the 12.9 MB image's 3150 pages, and 875 with the copy into
+a reused buffer; in two runs the reuse made it 1.04x and 1.10x faster, at 16x224x224 1.00-1.02x
+(``docs/benchmarks.md``). Freed memory kept for reuse (:func:`evit_mm.deploy.keep_freed_memory`) does this process-wide; this needs no setting.
+
+Only where nothing can hold the buffer past the call: on the CPU, without autograd recording (the conv would save
+its input for the weight gradient), in eager calls, and while nothing else holds the last buffer or a view of it (a
+forward hook that kept its input makes the next call take a new one). One buffer per thread, so that threads
+sharing a model never share it.
+"""
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from .eager_kernels import exporting_or_compiling
+
+_buffers = threading.local()  # .image: this thread's last buffer; .references: its storage's use count when new
+
+
+def _storage_references(tensor: torch.Tensor) -> int | None:
+    """How many tensors share ``tensor``'s storage (views included), or None where torch does not say."""
+    use_count = getattr(torch._C, '_storage_Use_Count', None)  # torch's own tests use it; absent: no reuse
+    return None if use_count is None else use_count(tensor.untyped_storage()._cdata)
+
+
+def channels_last_image(x: torch.Tensor) -> torch.Tensor:
+    """``x.contiguous(memory_format=torch.channels_last)``; on the CPU without autograd recording, in eager mode, a
+    copy into this thread's reused buffer, as long as nothing else holds that buffer (module docstring)."""
+    if (x.is_contiguous(memory_format=torch.channels_last) or x.device.type != 'cpu' or torch.is_grad_enabled()
+            or x.requires_grad or exporting_or_compiling()):
+        return x.contiguous(memory_format=torch.channels_last)
+    buffer = getattr(_buffers, 'image', None)
+    if (buffer is None or buffer.shape != x.shape or buffer.dtype != x.dtype
+            or _storage_references(buffer) != _buffers.references):  # a view or the tensor itself kept elsewhere
+        _buffers.image = buffer = None  # the old buffer's memory is free for the new one
+        with torch.inference_mode(False):  # a normal tensor: writable in and outside inference mode
+            buffer = torch.empty(x.shape, dtype=x.dtype, memory_format=torch.channels_last)
+        references = _storage_references(buffer)
+        if references is None:
+            return buffer.copy_(x)
+        _buffers.image, _buffers.references = buffer, references
+    # an alias, not the buffer: whoever keeps it (or a view of it) adds to the storage's use count
+    return buffer.copy_(x).detach()

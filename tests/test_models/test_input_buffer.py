@@ -1,0 +1,116 @@
+"""The channels-last copy of the input image reuses one buffer per thread in CPU inference, and never while anything
+else holds it."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from evit_mm.models import EfficientViT
+from evit_mm.models import input_buffer
+from evit_mm.models.input_buffer import channels_last_image
+
+
+@pytest.fixture(autouse=True)
+def fresh_buffer():
+    input_buffer._buffers.image = None
+    yield
+    input_buffer._buffers.image = None
+
+
+def _image(seed: int = 0) -> torch.Tensor:
+    return torch.randn(2, 3, 16, 24, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize('mode', [torch.inference_mode, torch.no_grad])
+def test_the_copy_reuses_the_buffer_of_the_last_call(mode):
+    x = _image()
+    with mode():
+        first = channels_last_image(x)
+        address = first.data_ptr()
+        del first
+        second = channels_last_image(_image(1))
+    assert second.data_ptr() == address
+    assert second.is_contiguous(memory_format=torch.channels_last) and torch.equal(second, _image(1))
+
+
+def test_a_buffer_made_in_inference_mode_serves_no_grad_calls_and_back():
+    with torch.inference_mode():
+        address = channels_last_image(_image()).data_ptr()
+    with torch.no_grad():  # an inference tensor could not be written here
+        second = channels_last_image(_image(1))
+        assert second.data_ptr() == address and torch.equal(second, _image(1))
+        del second
+    with torch.inference_mode():
+        third = channels_last_image(_image(2))
+        assert third.data_ptr() == address and torch.equal(third, _image(2))
+
+
+@pytest.mark.parametrize('keep', ['tensor', 'view'])
+def test_a_kept_result_is_never_overwritten(keep):
+    with torch.no_grad():
+        kept = channels_last_image(_image())
+        if keep == 'view':
+            kept = kept[:, :1]
+        again = channels_last_image(_image(1))
+    assert again.data_ptr() != kept.data_ptr()
+    assert torch.equal(kept, _image()[:, :1] if keep == 'view' else _image())
+
+
+def test_a_new_shape_or_dtype_gets_a_new_buffer():
+    with torch.no_grad():
+        first = channels_last_image(_image())
+        address = first.data_ptr()
+        del first
+        other = channels_last_image(torch.randn(1, 3, 16, 24))
+        assert other.shape == (1, 3, 16, 24)
+        del other
+        double = channels_last_image(_image().double())
+    assert double.dtype == torch.float64 and torch.equal(double, _image().double())
+    assert input_buffer._buffers.image.dtype == torch.float64 and address  # the float32 buffer was let go
+
+
+def test_no_buffer_where_the_copy_may_be_kept_or_is_not_needed():
+    x = _image()
+    channels_last_image(x)  # autograd may record: the conv would save its input
+    with torch.no_grad():
+        channels_last_image(x.requires_grad_())
+        x = x.detach()
+        ready = x.contiguous(memory_format=torch.channels_last)
+        assert channels_last_image(ready) is ready  # already channels-last: no copy at all
+        assert channels_last_image(x.to('meta')).device.type == 'meta'  # not the CPU
+    assert input_buffer._buffers.image is None
+
+
+def test_each_thread_has_its_own_buffer():
+    addresses = []
+
+    def copy_in_thread():
+        with torch.no_grad():
+            addresses.append(channels_last_image(_image()).data_ptr())
+            addresses.append(input_buffer._buffers.image.data_ptr())
+
+    with torch.no_grad():
+        main = channels_last_image(_image())
+        thread = threading.Thread(target=copy_in_thread)
+        thread.start()
+        thread.join()
+    assert addresses[0] == addresses[1] != main.data_ptr()
+    assert input_buffer._buffers.image.data_ptr() == main.data_ptr()
+
+
+def test_the_backbone_reuses_the_buffer_with_the_same_features_and_a_hook_keeps_its_input():
+    model = EfficientViT('m0').eval()
+    plain = EfficientViT('m0').eval()
+    plain.load_state_dict(model.state_dict())
+    plain.reuse_input_buffer = False
+    inputs = []
+    model.patch_embed.register_forward_hook(lambda module, args, output: inputs.append(args[0]))
+    with torch.inference_mode():
+        for seed in range(3):
+            x = torch.randn(1, 3, 64, 80, generator=torch.Generator().manual_seed(seed))
+            for got, expected in zip(model(x), plain(x), strict=True):
+                assert torch.equal(got, expected)
+    for seed, kept in enumerate(inputs):  # each call's input, untouched by the calls after it
+        assert torch.equal(kept, torch.randn(1, 3, 64, 80, generator=torch.Generator().manual_seed(seed)))

@@ -6,7 +6,8 @@ With glibc's default settings that copy is the one allocation of a deployed forw
 from the OS every call (freed memory at the top of the heap is handed back between calls): EfficientViT-M4 deployed
 at 1x800x1344 made 3150 page faults per call in one run, the 12.9 MB image's 3150 pages, and 875 with the copy into
 a reused buffer; in two runs the reuse made it 1.04x and 1.10x faster, at 16x224x224 1.00-1.02x
-(``docs/benchmarks.md``). Freed memory kept for reuse (:func:`evit_mm.deploy.keep_freed_memory`) does this process-wide; this needs no setting.
+(``docs/benchmarks.md``). Freed memory kept for reuse (:func:`evit_mm.deploy.keep_freed_memory`) does this
+process-wide; this needs no setting.
 
 Only where nothing can hold the buffer past the call: on the CPU, without autograd recording (the conv would save
 its input for the weight gradient), in eager calls, and while nothing else holds the last buffer or a view of it (a

@@ -12,7 +12,8 @@ process-wide; this needs no setting.
 Only where nothing can hold the buffer past the call: on the CPU, without autograd recording (the conv would save
 its input for the weight gradient), in eager calls, and while nothing else holds the last buffer or a view of it (a
 forward hook that kept its input makes the next call take a new one). One buffer per thread, so that threads
-sharing a model never share it.
+sharing a model never share it; it stays allocated between calls (one input's worth of memory per thread that ran
+CPU inference; ``EfficientViT.reuse_input_buffer = False`` does without it).
 """
 from __future__ import annotations
 

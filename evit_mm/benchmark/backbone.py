@@ -154,6 +154,12 @@ def _training_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return sum(f.float().square().mean() for f in model(x))
 
 
+def _check_graphs_device(cuda_graphs: bool, device: torch.device) -> None:
+    """Refuse graphed candidates off a GPU, where they would run eagerly and be timed as if graphed."""
+    if cuda_graphs and device.type != 'cuda':
+        raise ValueError(f'CUDA graphs replay on a GPU only: cuda_graphs needs a cuda device, got {str(device)!r}')
+
+
 def _inference_call(model: nn.Module, x: torch.Tensor,
                     precision: Callable[[], contextlib.AbstractContextManager]) -> Callable[[], object]:
     def call() -> object:
@@ -201,8 +207,7 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
     target = torch.device(device)
     precision = functools.partial(autocast, target.type, dtype)
     precision()  # an unknown dtype fails here, before any model is built
-    if cuda_graphs and target.type != 'cuda':
-        raise ValueError(f'CUDA graphs replay on a GPU only: cuda_graphs needs a cuda device, got {device!r}')
+    _check_graphs_device(cuda_graphs, target)
     models = inference_candidates(arch, target, ablations=ablate, bfloat16=bfloat16, cuda_graphs=cuda_graphs)
     ours, reference = models['evit_mm'], models['timm']
     if compile_mode is not None:
@@ -286,6 +291,7 @@ def device_time_table(arch: str = 'm4', shape: tuple[int, int, int] = (1, 224, 2
     both are device-bound."""
     target = torch.device(device)
     precision = functools.partial(autocast, target.type, dtype)
+    _check_graphs_device(cuda_graphs, target)
     models = inference_candidates(arch, target, cuda_graphs=cuda_graphs)
     x = torch.randn(shape[0], 3, *shape[1:], device=target)
     where = f'{arch} at {"x".join(map(str, shape))}, {dtype}'

@@ -12,7 +12,6 @@ rounds without the profiler (:func:`~.timing.time_interleaved`), busy times from
 """
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -20,7 +19,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from .host_work import VIEW_OPS, is_operator
+from .host_work import VIEW_OPS, top_level_operators
 from .timing import synchronize, time_interleaved, warm_up
 
 
@@ -43,8 +42,7 @@ def _busy(events: list, device: torch.device) -> tuple[float, int]:
     if device.type == 'cuda':
         tasks = [e for e in events if e.device_type == DeviceType.CUDA and not e.is_async]
         return sum(e.device_time_total for e in tasks), len(tasks)
-    top = [e for e in events if e.device_type == DeviceType.CPU and is_operator(e.name)
-           and (e.cpu_parent is None or not is_operator(e.cpu_parent.name))]
+    top = [e for e in top_level_operators(events) if e.device_type == DeviceType.CPU]
     return sum(e.cpu_time_total for e in top), sum(e.name not in VIEW_OPS for e in top)
 
 
@@ -73,7 +71,7 @@ def device_times(candidates: Mapping[str, Callable[[], object]], device: torch.d
     times = {}
     for name, run in candidates.items():
         busy_ms, tasks = busy_time(run, device, calls, grad)
-        times[name] = DeviceTime(statistics.median(walls[name].latencies) * 1e3, busy_ms, tasks)
+        times[name] = DeviceTime(walls[name].median * 1e3, busy_ms, tasks)
     return times
 
 

@@ -37,11 +37,16 @@ def is_operator(event_name: str) -> bool:
     return event_name.startswith(('aten::', 'mkldnn::', 'mkl::'))
 
 
+def top_level_operators(events: list) -> list:
+    """The profiled operator events called from Python, not from inside another operator (``conv2d`` counts once,
+    not with the ``convolution`` and ``mkldnn_convolution`` it dispatches to)."""
+    return [e for e in events if is_operator(e.name) and (e.cpu_parent is None or not is_operator(e.cpu_parent.name))]
+
+
 def count_host_work(model: nn.Module, *inputs: torch.Tensor) -> HostWork:
     """Count the operators and module calls of ``model(*inputs)`` under ``torch.inference_mode``.
 
-    Top-level means called from Python, not from inside another operator (``conv2d`` counts once, not with the
-    ``convolution`` and ``mkldnn_convolution`` it dispatches to).
+    Top-level: :func:`top_level_operators`.
     """
     modules = collections.Counter()
     hooks = [m.register_forward_pre_hook(lambda module, args: modules.update((id(module),)))
@@ -55,6 +60,5 @@ def count_host_work(model: nn.Module, *inputs: torch.Tensor) -> HostWork:
     finally:
         for hook in hooks:
             hook.remove()
-    top_level = [e.name for e in prof.events() if is_operator(e.name)
-                 and (e.cpu_parent is None or not is_operator(e.cpu_parent.name))]
+    top_level = [e.name for e in top_level_operators(prof.events())]
     return HostWork(len(top_level), sum(name not in VIEW_OPS for name in top_level), sum(modules.values()))

@@ -24,29 +24,27 @@ import torch
 from .eager_kernels import exporting_or_compiling
 
 _buffers = threading.local()  # .image: this thread's last buffer; .references: its storage's use count when new
+#: How many tensors share a storage (views included); torch's own tests use it. Absent: no reuse.
+_storage_use_count = getattr(torch._C, '_storage_Use_Count', None)
 
 
-def _storage_references(tensor: torch.Tensor) -> int | None:
-    """How many tensors share ``tensor``'s storage (views included), or None where torch does not say."""
-    use_count = getattr(torch._C, '_storage_Use_Count', None)  # torch's own tests use it; absent: no reuse
-    return None if use_count is None else use_count(tensor.untyped_storage()._cdata)
+def _references(tensor: torch.Tensor) -> int:
+    return _storage_use_count(tensor.untyped_storage()._cdata)
 
 
-def channels_last_image(x: torch.Tensor) -> torch.Tensor:
-    """``x.contiguous(memory_format=torch.channels_last)``; on the CPU without autograd recording, in eager mode, a
-    copy into this thread's reused buffer, as long as nothing else holds that buffer (module docstring)."""
-    if (x.is_contiguous(memory_format=torch.channels_last) or x.device.type != 'cpu' or torch.is_grad_enabled()
-            or x.requires_grad or exporting_or_compiling()):
+def channels_last_image(x: torch.Tensor, reuse: bool = True) -> torch.Tensor:
+    """``x.contiguous(memory_format=torch.channels_last)``; with ``reuse``, on the CPU without autograd recording,
+    in eager mode, a copy into this thread's reused buffer, as long as nothing else holds that buffer (module
+    docstring)."""
+    if (not reuse or _storage_use_count is None or x.is_contiguous(memory_format=torch.channels_last)
+            or x.device.type != 'cpu' or torch.is_grad_enabled() or x.requires_grad or exporting_or_compiling()):
         return x.contiguous(memory_format=torch.channels_last)
     buffer = getattr(_buffers, 'image', None)
     if (buffer is None or buffer.shape != x.shape or buffer.dtype != x.dtype
-            or _storage_references(buffer) != _buffers.references):  # a view or the tensor itself kept elsewhere
-        _buffers.image = buffer = None  # the old buffer's memory is free for the new one
+            or _references(buffer) != _buffers.references):  # a view or the tensor itself kept elsewhere
+        _buffers.image = None  # the old buffer's memory is free for the new one
         with torch.inference_mode(False):  # a normal tensor: writable in and outside inference mode
             buffer = torch.empty(x.shape, dtype=x.dtype, memory_format=torch.channels_last)
-        references = _storage_references(buffer)
-        if references is None:
-            return buffer.copy_(x)
-        _buffers.image, _buffers.references = buffer, references
+        _buffers.image, _buffers.references = buffer, _references(buffer)
     # an alias, not the buffer: whoever keeps it (or a view of it) adds to the storage's use count
     return buffer.copy_(x).detach()

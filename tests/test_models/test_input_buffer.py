@@ -75,6 +75,8 @@ def test_no_buffer_where_the_copy_may_be_kept_or_is_not_needed():
     x = _image()
     channels_last_image(x)  # autograd may record: the conv would save its input
     with torch.no_grad():
+        assert torch.equal(channels_last_image(x, reuse=False), x)  # switched off
+    with torch.no_grad():
         channels_last_image(x.requires_grad_())
         x = x.detach()
         ready = x.contiguous(memory_format=torch.channels_last)

@@ -72,3 +72,9 @@ def test_device_time_table_compares_both_backbones_and_their_training_steps():
         assert row in table
     for ratio in ('deploy vs timm as shipped: wall', 'deploy vs timm fused: wall', 'train: wall'):
         assert ratio in table
+
+
+def test_device_time_table_refuses_cuda_graphs_off_a_gpu():
+    from evit_mm.benchmark.backbone import device_time_table
+    with pytest.raises(ValueError, match='cuda_graphs needs a cuda device'):
+        device_time_table('m0', (2, 64, 64), device='cpu', dtype='fp32', cuda_graphs=True)

@@ -360,7 +360,7 @@ class EfficientViT(BaseModule):
             raise ValueError(f'EfficientViT needs images of at least {PatchEmbed.stride}x{PatchEmbed.stride} '
                              f'pixels, got {x.shape[2]}x{x.shape[3]}')
         if self.channels_last:
-            x = channels_last_image(x) if self.reuse_input_buffer else x.contiguous(memory_format=torch.channels_last)
+            x = channels_last_image(x, reuse=self.reuse_input_buffer)
         x = self.patch_embed(x)
         outs = []
         last = self.out_indices[-1]

@@ -31,3 +31,18 @@ def eager_channels_last_cpu(x: torch.Tensor) -> bool:
     one every call on a GPU, host-bound at batch 1, ends at)."""
     return (x.device.type == 'cpu' and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
             and not exporting_or_compiling())
+
+
+def eager_cpu_autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype in which CPU autocast runs convolutions and GEMMs on ``x`` in this eager call, or None where it does
+    not apply: autocast off, ``x`` not a CPU floating-point tensor or float64 (which autocast leaves alone), or a
+    trace, export or compilation (whose graphs keep plain convolutions for autocast to handle).
+
+    evit_mm's CPU kernels call ops that autocast does not cover (oneDNN's own convolutions, in-place GEMMs), so they
+    cast their operands to this dtype themselves, as autocast would for the convolution they replace.
+    """
+    if x.device.type != 'cpu' or not torch.is_autocast_enabled('cpu'):  # the cheapest rejections first
+        return None
+    if not x.is_floating_point() or x.dtype == torch.float64 or exporting_or_compiling():
+        return None
+    return torch.get_autocast_dtype('cpu')

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .derived_cache import DerivedCache
-from .eager_kernels import eager_channels_last_cpu, exporting_or_compiling
+from .eager_kernels import eager_channels_last_cpu, eager_cpu_autocast_dtype, exporting_or_compiling
 from .gemm_conv import is_pointwise, pointwise_gemm
 
 
@@ -41,15 +41,26 @@ class PackedWeight:
 
     def __init__(self) -> None:
         self._cache: DerivedCache[torch.Tensor] = DerivedCache()
+        self._cast: DerivedCache[tuple[torch.Tensor, torch.Tensor | None]] = DerivedCache()
         self._last_shape: tuple[int, ...] | None = None  # the input shape of the previous call
 
     @property
     def empty(self) -> bool:
-        return self._cache.empty
+        return self._cache.empty and self._cast.empty
 
     def clear(self) -> None:
         self._cache.clear()
+        self._cast.clear()
         self._last_shape = None
+
+    def cast(self, weight: torch.Tensor, bias: torch.Tensor | None,
+             dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``weight`` and ``bias`` in ``dtype`` (CPU autocast's), cast once and kept until either changes, so that
+        the packed copy made from them is kept as well; the caller has checked :meth:`training`."""
+        if weight.dtype == dtype and (bias is None or bias.dtype == dtype):
+            return weight, bias
+        return self._cast.get((weight, bias), lambda: (weight.to(dtype), None if bias is None else bias.to(dtype)),
+                              also=(dtype,))
 
     def training(self, weight: torch.Tensor) -> bool:
         """Whether autograd can reach ``weight`` in this call; if so, the packed copy is dropped
@@ -164,6 +175,16 @@ class FusedConv2d(nn.Conv2d):
         folded on the fly (:meth:`~.layers.ConvBN.eval_folded`)."""
         if residual is not None and relu:
             raise ValueError('FusedConv2d applies either a ReLU or a residual add, not both')
+        autocast_dtype = eager_cpu_autocast_dtype(x)
+        if autocast_dtype is not None:
+            # CPU autocast would run the conv this replaces in its lower precision, but oneDNN's own ops and the
+            # in-place GEMM below are outside autocast: every path gets the operands autocast would give the conv (the
+            # residual, added after it, keeps its dtype), the weight cast once where it is packed
+            x = x.to(autocast_dtype)
+            if packed is not None and not packed.training(weight):
+                weight, bias = packed.cast(weight, bias, autocast_dtype)
+            else:
+                weight, bias = weight.to(autocast_dtype), None if bias is None else bias.to(autocast_dtype)
         # geometry first: a 3x3 conv is rejected before the eager/layout checks, which the oneDNN check repeats
         if kernels and is_pointwise(conv) and eager_channels_last_cpu(x) and x.dtype == weight.dtype:
             return pointwise_gemm(x, weight, bias, residual, relu)

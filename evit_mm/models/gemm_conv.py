@@ -46,16 +46,16 @@ def pointwise_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     ``weight`` on a channels-last map ``x``, as one GEMM on the NHWC pixel matrix (a view of ``x``, no copy); the
     result is channels-last too.
 
-    ``addmm`` starts from the residual (when it is a channels-last map of the output's shape) or from the bias, so
-    that add costs no pass of its own; with both, the bias is added in the pass that copies the residual into the
-    output (1.00-1.06x per call at M4's FFN shapes against adding it after the GEMM). The ReLU runs in place on the
-    output while it is in cache. Differentiable.
+    ``addmm`` starts from the residual (when it is a channels-last map of the output's shape and dtype) or from the
+    bias, so that add costs no pass of its own; with both, the bias is added in the pass that copies the residual into
+    the output (1.00-1.06x per call at M4's FFN shapes against adding it after the GEMM). The ReLU runs in place on
+    the output while it is in cache. Differentiable.
     """
     batch, in_channels, height, width = x.shape
     out_channels = weight.shape[0]
     pixels = x.permute(0, 2, 3, 1).reshape(-1, in_channels)
     weight = weight.view(out_channels, in_channels).t()
-    if (residual is not None and residual.shape == (batch, out_channels, height, width)
+    if (residual is not None and residual.shape == (batch, out_channels, height, width) and residual.dtype == x.dtype
             and residual.is_contiguous(memory_format=torch.channels_last)):
         rows = residual.permute(0, 2, 3, 1).reshape(-1, out_channels)
         y = torch.addmm(rows, pixels, weight) if bias is None else torch.add(rows, bias).addmm_(pixels, weight)

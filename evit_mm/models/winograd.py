@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .eager_kernels import exporting_or_compiling
+from .eager_kernels import eager_cpu_autocast_dtype, exporting_or_compiling
 from .module_swap import replace_modules
 from .padding import zero_padded_nhwc
 
@@ -112,11 +112,12 @@ def _polynomial_from_roots(roots: tuple[float, ...] | list[float]) -> torch.Tens
     return coefficients
 
 
-def winograd_filter(weight: torch.Tensor, tile: int = DEFAULT_TILE) -> torch.Tensor:
-    """``G g G^T`` for every filter: ``(O, C, 3, 3)`` -> ``((tile+2)^2, C, O)``, computed in float64."""
+def winograd_filter(weight: torch.Tensor, tile: int = DEFAULT_TILE, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``G g G^T`` for every filter: ``(O, C, 3, 3)`` -> ``((tile+2)^2, C, O)``, computed in float64 and rounded once
+    to ``dtype`` (default: the weight's)."""
     g = winograd_transforms(tile).filter.to(weight.device)
     u = torch.einsum('ai,ocij,bj->abco', g, weight.double(), g)
-    return u.reshape(-1, weight.shape[1], weight.shape[0]).to(weight.dtype).contiguous()
+    return u.reshape(-1, weight.shape[1], weight.shape[0]).to(dtype or weight.dtype).contiguous()
 
 
 def _combine(parts: list[torch.Tensor], terms: tuple[tuple[int, float], ...], out: torch.Tensor) -> None:
@@ -199,8 +200,8 @@ class WinogradConv2d(nn.Conv2d):
     """A 3x3, stride-1, padding-1, ungrouped ``Conv2d`` that runs :func:`winograd_conv3x3` where that is faster.
 
     Same parameters (and state-dict keys) as the ``Conv2d`` it replaces. The Winograd path runs for CPU inference
-    in float32, or in bfloat16 with F(2x2, 3x3) only (:data:`MAX_TILE`; input and weights of one dtype; no autograd,
-    not traced, exported or compiled) on batches of at least ``min_pixels`` pixels in all
+    in float32, or in bfloat16 with F(2x2, 3x3) only (:data:`MAX_TILE`; input and weights of one dtype, or under CPU
+    autocast in its dtype, as autocast would run the direct conv; no autograd, not traced, exported or compiled) on batches of at least ``min_pixels`` pixels in all
     (batch x height x width: the rows of its GEMMs) whose input and output channels have a geometric mean of at
     least ``min_channels``: F(4x4, 3x3) from ``large_tile_min_pixels`` pixels, F(2x2, 3x3) below; everything else
     runs the direct convolution. Why the whole batch: Mask R-CNN's mask head runs its four 256-channel convs on
@@ -235,7 +236,7 @@ class WinogradConv2d(nn.Conv2d):
         self.min_pixels = min_pixels
         self.tile = tile
         self.large_tile_min_pixels = large_tile_min_pixels
-        self._filters: dict[int, tuple[tuple, torch.Tensor]] = {}
+        self._filters: dict[tuple[int, torch.dtype], tuple[tuple, torch.Tensor]] = {}
 
     @staticmethod
     def supports(conv: nn.Conv2d) -> bool:
@@ -252,22 +253,33 @@ class WinogradConv2d(nn.Conv2d):
         new.train(conv.training)
         return new
 
-    def transformed_filters(self, tile: int) -> torch.Tensor:
-        """The weights as :func:`winograd_filter` of ``tile`` transforms them, cached per tile."""
+    def transformed_filters(self, tile: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The weights as :func:`winograd_filter` of ``tile`` transforms them into ``dtype`` (default: the weight's),
+        cached per tile and dtype."""
         w = self.weight
+        dtype = dtype or w.dtype
         key = (w.device, w.dtype, w.data_ptr(), None if w.is_inference() else w._version)
-        cached = self._filters.get(tile)
+        cached = self._filters.get((tile, dtype))
         if cached is None or cached[0] != key or key[3] is None:
             with torch.no_grad():
-                cached = self._filters[tile] = (key, winograd_filter(w, tile))
+                cached = self._filters[tile, dtype] = (key, winograd_filter(w, tile, dtype))
         return cached[1]
+
+    def compute_dtype(self, x: torch.Tensor) -> torch.dtype | None:
+        """The dtype the Winograd path would compute in for ``x``: CPU autocast's (as autocast would cast the direct
+        conv's operands: the tile follows it, so F(4x4, 3x3) never runs in bfloat16), else ``x``'s where the weight
+        has it too; None: the direct convolution (e.g. mixed dtypes, for which it raises)."""
+        autocast_dtype = eager_cpu_autocast_dtype(x)
+        if autocast_dtype is not None:
+            return autocast_dtype
+        return x.dtype if self.weight.dtype == x.dtype else None
 
     def winograd_tile(self, x: torch.Tensor) -> int | None:
         """The output tile the Winograd path would use for ``x``, or None where the direct convolution runs."""
-        max_tile = MAX_TILE.get(x.dtype)
-        if x.device.type != 'cpu' or max_tile is None or exporting_or_compiling():  # cheapest first
+        if x.device.type != 'cpu' or exporting_or_compiling():  # cheapest first
             return None
-        if self.weight.dtype != x.dtype:  # e.g. under autocast: the direct conv casts
+        max_tile = MAX_TILE.get(self.compute_dtype(x))
+        if max_tile is None:
             return None
         pixels = x.shape[0] * x.shape[-2] * x.shape[-1] if x.dim() == 4 else 0  # the GEMMs' rows
         if not (x.shape[0] > 0 and self.in_channels * self.out_channels >= self.min_channels ** 2
@@ -282,7 +294,9 @@ class WinogradConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tile = self.winograd_tile(x)
         if tile is not None:
-            return winograd_conv3x3(x, self.transformed_filters(tile), self.bias, self.relu)
+            dtype = self.compute_dtype(x)
+            bias = None if self.bias is None else self.bias.to(dtype)
+            return winograd_conv3x3(x.to(dtype), self.transformed_filters(tile, dtype), bias, self.relu)
         y = super().forward(x)
         return F.relu(y) if self.relu else y
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from evit_mm.benchmark.precision import norm_relative_error
 from evit_mm.models import EfficientViT
 from evit_mm.models.fused_conv import FusedConv2d, onednn_fusion_available
 from evit_mm.models.layers import ConvBN, Residual, depthwise_residual
@@ -245,6 +246,65 @@ def test_prepacked_weights_in_bfloat16():
         got = conv(x)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got, F.conv2d(x, conv.weight, conv.bias), atol=2e-2, rtol=2e-2)
+
+
+@needs_onednn
+@pytest.mark.parametrize('path', ['prepacked', 'fused relu', 'gemm', 'gemm with residual', 'plain'])
+def test_cpu_autocast_runs_the_conv_in_its_dtype(path):
+    """Under CPU autocast every path of a deployed conv computes in autocast's dtype, as the conv it replaces would,
+    and gives what it gives (a residual keeps its dtype: the sum is float32). oneDNN's own ops and the in-place GEMM
+    are outside autocast: before, they ran in float32 there, at float32's speed. The float32 calls after autocast get
+    float32 weights again, never the cast or packed bfloat16 ones."""
+    k = 1 if path.startswith('gemm') else 3
+    conv = make_conv(16, 32, k, relu=path == 'fused relu', prepack=path == 'prepacked')
+    conv.use_fused_kernel = path != 'plain'
+    x = channels_last(2, 16, 9, 11)
+    extra = {'residual': channels_last(2, 32, 9, 11)} if path == 'gemm with residual' else {}
+
+    def reference() -> torch.Tensor:
+        y = F.conv2d(x, conv.weight, conv.bias, 1, k // 2)
+        y = F.relu(y) if conv.relu else y
+        return y + extra['residual'] if extra else y
+
+    with torch.inference_mode():
+        expected32 = reference()
+        with torch.autocast('cpu', torch.bfloat16):
+            expected = reference()
+            calls = [reorders(lambda: conv(x, **extra)) for _ in range(3)]
+            got = conv(x, **extra)
+        assert calls == ([0, 1, 0] if path == 'prepacked' else [0, 0, 0])  # packed once, in bfloat16, and kept
+        assert got.dtype == expected.dtype == (torch.float32 if extra else torch.bfloat16)
+        assert norm_relative_error(got, expected) < 1e-2
+        assert (got.float() - expected32).abs().max() > 1e-4  # computed in bfloat16, not in float32
+        for _ in range(2):
+            torch.testing.assert_close(conv(x, **extra), expected32, atol=1e-5, rtol=1e-5)
+        with torch.autocast('cpu', torch.bfloat16):  # back under autocast: bfloat16 again
+            assert conv(x, **extra).dtype == expected.dtype
+            torch.testing.assert_close(conv(x, **extra), got)
+
+
+@pytest.mark.parametrize('deployed', [False, True])
+def test_backbone_under_cpu_autocast_computes_in_bfloat16(deployed):
+    """In eval mode (BatchNorms folded on the fly, on prepacked weights) and deployed, CPU autocast gives bfloat16
+    features within bfloat16's error of float32, as it does for the reference path; float32 calls after it are exact
+    again."""
+    model = randomize_(EfficientViT('m1')).eval()
+    reference = EfficientViT('m1', fast_attention=False, channels_last=False).eval()
+    reference.load_state_dict(model.state_dict())
+    reference.set_conv_bn_paths(fold_eval_bn=False)
+    if deployed:
+        model.switch_to_deploy()
+    x = torch.randn(2, 3, 97, 131)
+    with torch.no_grad():
+        expected = reference(x)
+        with torch.autocast('cpu', torch.bfloat16):
+            reference_bf16 = reference(x)
+            got = [model(x) for _ in range(3)][-1]  # packed from the second call
+        again = model(x)
+    for g, r, e, a in zip(got, reference_bf16, expected, again):
+        assert g.dtype == torch.bfloat16
+        assert norm_relative_error(g, e) < 2e-2 and norm_relative_error(r, e) < 2e-2
+        torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)
 
 
 @needs_onednn

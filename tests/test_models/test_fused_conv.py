@@ -281,13 +281,18 @@ def test_cpu_autocast_runs_the_conv_in_its_dtype(path):
         with torch.autocast('cpu', torch.bfloat16):  # back under autocast: bfloat16 again
             assert conv(x, **extra).dtype == expected.dtype
             torch.testing.assert_close(conv(x, **extra), got)
+        with torch.autocast('cpu', torch.float16):  # another autocast dtype: weights cast anew, not bfloat16's
+            expected16 = reference()
+            got16 = [conv(x, **extra) for _ in range(2)][-1]
+        torch.testing.assert_close(got16, expected16)
 
 
 @pytest.mark.parametrize('deployed', [False, True])
 def test_backbone_under_cpu_autocast_computes_in_bfloat16(deployed):
-    """In eval mode (BatchNorms folded on the fly, on prepacked weights) and deployed, CPU autocast gives bfloat16
-    features within bfloat16's error of float32, as it does for the reference path; float32 calls after it are exact
-    again."""
+    """In eval mode (BatchNorms folded on the fly, on prepacked weights) and deployed, CPU autocast runs the same
+    kernels as float32 (before, every conv after the first bfloat16 op took the plain conv: autocast's casts, no
+    prepacked weights, no fused ReLU) and gives bfloat16 features within bfloat16's error of float32, as it does for
+    the reference path; float32 calls after it are exact again."""
     model = randomize_(EfficientViT('m1')).eval()
     reference = EfficientViT('m1', fast_attention=False, channels_last=False).eval()
     reference.load_state_dict(model.state_dict())
@@ -295,12 +300,19 @@ def test_backbone_under_cpu_autocast_computes_in_bfloat16(deployed):
     if deployed:
         model.switch_to_deploy()
     x = torch.randn(2, 3, 97, 131)
+    convs = torch.ops.aten.convolution.default, torch.ops.mkldnn._convolution_pointwise.default
     with torch.no_grad():
         expected = reference(x)
+        model(x), model(x)
+        with OpCalls(*convs) as float32_calls:
+            model(x)
         with torch.autocast('cpu', torch.bfloat16):
             reference_bf16 = reference(x)
-            got = [model(x) for _ in range(3)][-1]  # packed from the second call
+            model(x)
+            with OpCalls(*convs) as autocast_calls:  # the same kernels as in float32 (oneDNN's prepacked convs)
+                got = model(x)
         again = model(x)
+    assert [op for op, _ in autocast_calls.calls] == [op for op, _ in float32_calls.calls]
     for g, r, e, a in zip(got, reference_bf16, expected, again):
         assert g.dtype == torch.bfloat16
         assert norm_relative_error(g, e) < 2e-2 and norm_relative_error(r, e) < 2e-2

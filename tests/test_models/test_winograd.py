@@ -180,7 +180,12 @@ def test_cpu_autocast_computes_in_its_dtype_with_the_2x2_tile():
             direct = conv(x)
         assert wino.winograd_tile(x) == 4  # float32 again, with its own cached filters
         got32 = wino(x)
+        small = x[:, :, :16, :24]  # 384 pixels: F(2x2) in float32, not with the bfloat16 filters of that tile
+        assert wino.winograd_tile(small) == 2
+        small32 = wino(small)
     assert got.dtype == direct.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
     error, direct_error = norm_relative_error(got, expected), norm_relative_error(direct, expected)
     assert error < 3 * direct_error and error < 1e-2
     assert norm_relative_error(got32, expected) < 1e-5
+    small_expected = F.conv2d(small.double(), conv.weight.double(), conv.bias.double(), padding=1)
+    assert norm_relative_error(small32, small_expected) < 1e-5

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from evit_mm.benchmark.allocator_option import add_allocator_argument, apply_allocator_argument  # noqa: E402
-from evit_mm.benchmark.backbone import (backward_nodes_table, compare, compute_rates_table, device_time_table,  # noqa: E402
-                                        format_rows, host_work_table)
+from evit_mm.benchmark.backbone import (  # noqa: E402
+    backward_nodes_table, compare, compute_rates_table, device_time_table, format_rows, host_work_table)
 from evit_mm.benchmark.compilation import add_compile_arguments, compile_mode_from  # noqa: E402
 from evit_mm.benchmark.inputs import parse_shape  # noqa: E402
 from evit_mm.benchmark.precision import DTYPES  # noqa: E402

@@ -206,7 +206,8 @@ class WinogradConv2d(nn.Conv2d):
     and output channels have a geometric mean of at least ``min_channels``: F(4x4, 3x3) from
     ``large_tile_min_pixels`` pixels, F(2x2, 3x3) below; everything else runs the direct convolution. Why the
     whole batch: Mask R-CNN's mask head runs its four 256-channel convs on 100 RoIs of 14x14 at once, (100, 256, 14,
-    14), which took 189 ms per conv directly (NCHW, as mmdet runs it) and 111 ms by F(2x2, 3x3). The transformed filters are cached and recomputed when the weights change.
+    14), which took 189 ms per conv directly (NCHW, as mmdet runs it) and 111 ms by F(2x2, 3x3). The transformed
+    filters are cached and recomputed when the weights change.
 
     Args:
         *args: As for ``nn.Conv2d``.

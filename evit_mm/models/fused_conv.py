@@ -140,14 +140,15 @@ class FusedConv2d(nn.Conv2d):
     def _onednn_applies(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
                         dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> bool:
         """Whether oneDNN's own convolution ops (fused, prepacked) may run ``conv`` on ``x`` of one of ``dtypes``
-        (weights of the same dtype) in this call."""
+        (weights of the same dtype) in this call: not while ``torch.backends.mkldnn.flags(enabled=False)`` keeps
+        PyTorch's own convolutions off oneDNN (e.g. to rule it out while debugging)."""
         # the cheapest rejection first: every deployed conv of a model on a GPU (host-bound at batch 1) ends here
         if not (x.device.type == 'cpu' and x.dtype in dtypes):
             return False
         if exporting_or_compiling():  # before the size and layout checks, which a trace would freeze
             return False
         return (weight.dtype == x.dtype and conv.padding_mode == 'zeros' and not isinstance(conv.padding, str)
-                and onednn_fusion_available()
+                and onednn_fusion_available() and torch.backends.mkldnn.enabled
                 and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
 
     @classmethod

@@ -320,6 +320,25 @@ def test_backbone_under_cpu_autocast_computes_in_bfloat16(deployed):
 
 
 @needs_onednn
+@pytest.mark.parametrize('relu', [False, True])
+def test_no_onednn_ops_while_pytorch_keeps_convs_off_onednn(relu):
+    """``torch.backends.mkldnn.flags(enabled=False)`` (a debugging switch) also keeps the deployed convs off oneDNN's
+    own ops: neither packed nor fused, the plain conv's values."""
+    conv = make_conv(16, 32, 3, relu=relu, prepack=True)
+    x = channels_last(2, 16, 9, 11)
+    expected = F.conv2d(x, conv.weight, conv.bias, 1, 1)
+    expected = F.relu(expected) if relu else expected
+    with torch.inference_mode(), torch.backends.mkldnn.flags(enabled=False):
+        calls = [reorders(lambda: conv(x)) + fused_kernel_calls(lambda: conv(x)) for _ in range(3)]
+        got = conv(x)
+    assert calls == [0, 0, 0]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    with torch.inference_mode():
+        conv(x)
+        assert fused_kernel_calls(lambda: conv(x)) == 1  # switched on again: the prepacked conv
+
+
+@needs_onednn
 def test_prepacked_weights_follow_new_weights():
     """Weights loaded in place, or replaced by new tensors, are packed again: never a stale copy."""
     conv = make_conv(8, 8, 3, prepack=True)

@@ -9,7 +9,7 @@ and a batched one over its columns, on the channels-last map as it is (every cha
 The backward pass is the transpose of the same products (``Ay^T dY Ax`` added into each RoI's window).
 
 Why our own: mmcv's CPU RoIAlign runs on one thread, channel plane by channel plane, and reads NCHW memory (its
-compiled op needs a contiguous copy of a channels-last map, ``evit_mm.compat.mmcv_contiguous``). Mask R-CNN-EViT-M4
+compiled op needs a contiguous copy of a channels-last map, ``evit_mm.compat.mmcv_ops``). Mask R-CNN-EViT-M4
 at 800x1333 spent 1.3 s of a 2.1 s prediction in it on 2 AVX2 cores, and its forward and backward took 2.9 s of a
 5.4 s training step of the Mask R-CNN demo (``docs/benchmarks.md``, "RoIAlign as matrix products"). Same sampling
 rules as mmcv's kernel (``aligned`` offset, adaptive ``sampling_ratio=0`` grids, samples beyond one pixel outside
@@ -60,18 +60,24 @@ def _axis_weights(start: torch.Tensor, length: torch.Tensor, pooled: int, sampli
 
 @dataclass
 class _RoIWeights:
-    """Per RoI: averaged bilinear weights of the bin rows ``(pooled_h, H)`` and columns ``(pooled_w, W)``, and the
-    window of the map they touch, ``(image, y0, y1, x0, x1)`` (empty where no sample lands inside the map)."""
+    """Per RoI: averaged bilinear weights of the bin rows ``(R, pooled_h, H)`` and columns ``(R, pooled_w, W)``, and
+    the window of the map they touch, ``(image, y0, y1, x0, x1)`` (empty where no sample lands inside the map)."""
 
-    rows: tuple[torch.Tensor, ...]
-    cols: tuple[torch.Tensor, ...]
+    rows: torch.Tensor
+    cols: torch.Tensor
     windows: list[tuple[int, int, int, int, int]]
+
+    def to(self, dtype: torch.dtype) -> _RoIWeights:
+        """The same weights in ``dtype``."""
+        return _RoIWeights(self.rows.to(dtype), self.cols.to(dtype), self.windows)
 
 
 def _roi_weights(rois: torch.Tensor, shape: tuple[int, int], output_size: tuple[int, int], spatial_scale: float,
                  sampling_ratio: int, aligned: bool, dtype: torch.dtype) -> _RoIWeights:
+    """The weights of every RoI in ``dtype``, float32 at least: the sampling positions need it (bfloat16 resolves
+    only 2 pixels of a stride-4 map beyond x = 256)."""
     height, width = shape
-    boxes = rois[:, 1:].to(dtype) * spatial_scale - (0.5 if aligned else 0.0)
+    boxes = rois[:, 1:].to(torch.promote_types(dtype, torch.float32)) * spatial_scale - (0.5 if aligned else 0.0)
     widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     if not aligned:  # mmcv keeps this for backward compatibility only
         widths, heights = widths.clamp(min=1.0), heights.clamp(min=1.0)
@@ -79,7 +85,7 @@ def _roi_weights(rois: torch.Tensor, shape: tuple[int, int], output_size: tuple[
     cols, col_first, col_end = _axis_weights(boxes[:, 0], widths, output_size[1], sampling_ratio, width)
     windows = list(zip(rois[:, 0].long().tolist(), row_first.tolist(), row_end.tolist(), col_first.tolist(),
                        col_end.tolist()))
-    return _RoIWeights(rows.unbind(0), cols.unbind(0), windows)
+    return _RoIWeights(rows, cols, windows)
 
 
 def _nhwc(features: torch.Tensor) -> torch.Tensor:
@@ -103,8 +109,8 @@ def _forward(maps: torch.Tensor, weights: _RoIWeights, output_size: tuple[int, i
     pooled_h, pooled_w = output_size
     channels = maps.shape[3]
     out = maps.new_zeros(len(weights.windows), pooled_h, pooled_w, channels)
-    for (image, y0, y1, x0, x1), bin_rows, bin_cols, bins in zip(weights.windows, weights.rows, weights.cols,
-                                                                 out.unbind(0)):
+    for (image, y0, y1, x0, x1), bin_rows, bin_cols, bins in zip(weights.windows, weights.rows.unbind(0),
+                                                                 weights.cols.unbind(0), out.unbind(0)):
         if y1 <= y0 or x1 <= x0:
             continue  # no sample inside the map: zeros, as mmcv gives
         by_rows = torch.mm(bin_rows.narrow(1, y0, y1 - y0), _window(maps, image, y0, y1, x0, x1))
@@ -119,8 +125,8 @@ def _backward(grad_out: torch.Tensor, weights: _RoIWeights, maps_shape: torch.Si
     grad_maps = grad_out.new_zeros(maps_shape)
     pooled_h = grad_out.shape[1]
     channels = maps_shape[3]
-    for (image, y0, y1, x0, x1), bin_rows, bin_cols, grad_bins in zip(weights.windows, weights.rows, weights.cols,
-                                                                      grad_out.unbind(0)):
+    for (image, y0, y1, x0, x1), bin_rows, bin_cols, grad_bins in zip(weights.windows, weights.rows.unbind(0),
+                                                                      weights.cols.unbind(0), grad_out.unbind(0)):
         if y1 <= y0 or x1 <= x0:
             continue
         w = x1 - x0
@@ -131,21 +137,23 @@ def _backward(grad_out: torch.Tensor, weights: _RoIWeights, maps_shape: torch.Si
 
 
 class _SeparableRoIAlignFunction(torch.autograd.Function):
-    """:func:`roi_align_separable` with its backward (no gradient for the boxes, as in mmcv)."""
+    """:func:`roi_align_separable` with its backward (no gradient for the boxes, as in mmcv). Lower-precision
+    features (bfloat16 under CPU autocast) are sampled in their dtype, and their gradient, where overlapping RoIs add
+    up in the map, is summed in float32 and rounded once."""
 
     @staticmethod
     def forward(ctx, features, rois, output_size, spatial_scale, sampling_ratio, aligned):
         weights = _roi_weights(rois, features.shape[2:], output_size, spatial_scale, sampling_ratio, aligned,
                                features.dtype)
         maps = _nhwc(features)
-        ctx.weights, ctx.maps_shape = weights, maps.shape
-        return _forward(maps, weights, output_size).permute(0, 3, 1, 2)
+        ctx.weights, ctx.maps_shape, ctx.dtype = weights, maps.shape, features.dtype
+        return _forward(maps, weights.to(features.dtype), output_size).permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad_out = grad_output.permute(0, 2, 3, 1).contiguous()
+        grad_out = grad_output.permute(0, 2, 3, 1).to(ctx.weights.rows.dtype, memory_format=torch.contiguous_format)
         grad_maps = _backward(grad_out, ctx.weights, ctx.maps_shape)
-        return grad_maps.permute(0, 3, 1, 2), None, None, None, None, None
+        return grad_maps.permute(0, 3, 1, 2).to(ctx.dtype), None, None, None, None, None
 
 
 def roi_align_separable(features: torch.Tensor, rois: torch.Tensor, output_size: tuple[int, int],
@@ -157,13 +165,18 @@ def roi_align_separable(features: torch.Tensor, rois: torch.Tensor, output_size:
                                             aligned)
 
 
+#: Feature dtypes :class:`SeparableRoIAlign` computes itself (its GEMMs in that dtype, the geometry in float32).
+FAST_PATH_DTYPES = (torch.float32, torch.bfloat16)
+
+
 class SeparableRoIAlign(RoIAlign):
     """mmcv's ``RoIAlign`` that runs :func:`roi_align_separable` (forward and backward) for eager CPU float32 calls
-    in average mode, and mmcv's op everywhere else (GPU, max pooling, tracing and export). Same arguments."""
+    in average mode, bfloat16 ones too (CPU autocast), and mmcv's op everywhere else (GPU, max pooling, tracing and
+    export). Same arguments."""
 
     def fast_path(self, features: torch.Tensor) -> bool:
         """Whether :func:`roi_align_separable` computes this call."""
-        return (features.device.type == 'cpu' and features.dtype == torch.float32 and features.dim() == 4
+        return (features.device.type == 'cpu' and features.dtype in FAST_PATH_DTYPES and features.dim() == 4
                 and self.pool_mode == 'avg' and not self.use_torchvision and not exporting_or_compiling())
 
     def forward(self, features: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:

@@ -61,3 +61,28 @@ def test_convert_replaces_every_mmcv_roi_align():
     assert (converted.output_size, converted.spatial_scale, converted.sampling_ratio, converted.aligned) == (
         (14, 14), 0.25, 2, False)
     assert convert_roi_aligns(model) == 0  # already converted
+
+
+def test_bfloat16_features_take_the_fast_path_with_float32_geometry():
+    """Under CPU autocast the features are bfloat16: sampled in bfloat16 (products within bfloat16's rounding of
+    mmcv's float32 result on the same values), the sampling positions in float32 (in bfloat16, x = 150 on this map
+    would be resolved to 1 pixel only), the gradient summed over the overlapping RoIs in float32 and rounded once."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 64, 100, 168, generator=gen).bfloat16()
+    rois = _rois(300, 100, 168, images=1, seed=4)
+    grad_out = torch.randn(300, 64, 7, 7, generator=gen)
+    reference = x.float().requires_grad_()
+    expected = RoIAlign((7, 7), 0.25, 0, 'avg', True)(reference, rois)
+    (expected * grad_out).sum().backward()
+    layer = SeparableRoIAlign((7, 7), 0.25, 0, 'avg', True)
+    features = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert layer.fast_path(features)
+    got = layer(features, rois)
+    (got.float() * grad_out).sum().backward()
+    assert got.dtype == features.grad.dtype == torch.bfloat16
+
+    def error(a: torch.Tensor, b: torch.Tensor) -> float:
+        return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+    assert error(got, expected) < 1e-2  # 3.3e-3 measured; 0.53 with the sampling positions in bfloat16
+    assert error(features.grad, reference.grad) < 4e-3  # 2.3e-3 measured; 5.6e-3 summed in bfloat16

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint import load_pretrained
-from ...compat import mmcv_contiguous
+from ...compat import mmcv_ops
 from ...registry import register_model
 from ..attention import LocalWindowAttention
 from ..eager_kernels import own_kernels_measured_faster
@@ -176,8 +176,8 @@ class EfficientViT(BaseModule):
         channels_last: Run on channels-last (NHWC) memory. Same values; with ``fast_attention`` no memory-layout
             conversion happens between the convolutions (docs/benchmarks.md has the measured effect of both).
             Outputs are then channels-last tensors; building the backbone makes every op of ``mmcv.ops`` take
-            contiguous tensors (:mod:`evit_mm.compat.mmcv_contiguous`: mmcv's compiled ops, RoIAlign among them,
-            read raw NCHW memory whatever the strides). Defaults to True.
+            contiguous tensors (:mod:`evit_mm.compat.mmcv_ops`: mmcv's compiled ops, RoIAlign among them, read raw
+            NCHW memory whatever the strides; and float32 ones on the CPU, under CPU autocast). Defaults to True.
         gemm_convs: Before deployment, on channels-last CPU maps, compute every 1x1 conv as one GEMM over the
             pixels and the stem convs' weight gradients by im2col and GEMMs (:mod:`~evit_mm.models.gemm_conv`;
             same values); False keeps oneDNN's convolutions. Defaults to None: on where that trained faster, AVX2
@@ -235,8 +235,8 @@ class EfficientViT(BaseModule):
         self.norm_eval = norm_eval
         self.with_cp = with_cp
         self.channels_last = channels_last
-        if channels_last:  # heads may hand our maps to mmcv ops that read raw NCHW memory (RoIAlign: Mask R-CNN)
-            mmcv_contiguous.install()
+        # heads may hand our maps to mmcv ops that read raw NCHW float32 memory (RoIAlign, NMS: Mask R-CNN)
+        mmcv_ops.install()
         self.window_sizes = _per_stage(window_size, n, 'window_size')
 
         self.patch_embed = PatchEmbed(in_channels, spec.embed_dims[0])

@@ -1,7 +1,7 @@
 """mmcv's compiled ops on EfficientViT's channels-last maps: Mask R-CNN's RoI features are those of the boxes.
 
 mmcv's RoIAlign reads raw NCHW memory whatever the strides (mmcv issue #2203); without
-:mod:`evit_mm.compat.mmcv_contiguous` the features below come out unrelated to the boxes (a difference as large as
+:mod:`evit_mm.compat.mmcv_ops` the features below come out unrelated to the boxes (a difference as large as
 the features themselves), both forward and backward.
 """
 import pytest
@@ -9,7 +9,7 @@ import torch
 from mmcv.ops.roi_align import RoIAlignFunction
 
 from evit_mm.benchmark.targets import build_target
-from evit_mm.compat import mmcv_contiguous
+from evit_mm.compat import mmcv_ops
 from tests.conftest import REPO_ROOT
 
 
@@ -42,12 +42,12 @@ def test_mask_rcnn_roi_features_match_contiguous_maps():
 
 
 def test_install_wraps_each_op_once():
-    first = mmcv_contiguous.install()
-    assert first > 0 and mmcv_contiguous.install() == first
+    first = mmcv_ops.install()
+    assert first > 0 and mmcv_ops.install() == first
     forward = RoIAlignFunction.forward
-    assert getattr(forward, '_evit_mm_contiguous', False)
-    assert not getattr(forward.__wrapped__, '_evit_mm_contiguous', False)  # one layer of wrapping, not two
-    assert RoIAlignFunction in mmcv_contiguous.mmcv_op_functions()
+    assert getattr(forward, '_evit_mm_prepared', False)
+    assert not getattr(forward.__wrapped__, '_evit_mm_prepared', False)  # one layer of wrapping, not two
+    assert RoIAlignFunction in mmcv_ops.mmcv_op_functions()
 
 
 def _deform_conv(x: torch.Tensor) -> torch.Tensor:
@@ -67,7 +67,7 @@ def _modulated_deform_conv(x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize('op', [_deform_conv, _modulated_deform_conv], ids=['DeformConv2d', 'ModulatedDeformConv2d'])
 def test_other_mmcv_ops_take_channels_last_maps(op):
-    mmcv_contiguous.install()
+    mmcv_ops.install()
     x = torch.randn(2, 16, 24, 30)
     torch.manual_seed(0)
     expected = op(x)
@@ -76,3 +76,29 @@ def test_other_mmcv_ops_take_channels_last_maps(op):
     assert expected.abs().max() > 0.1
     # float rounding only (the modulated conv's offsets come from a plain conv, whose kernel depends on the layout)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_kernels_take_bfloat16_tensors_in_float32():
+    """mmcv's CPU kernels read float32 only ("expected scalar type Float but found BFloat16" from NMS, RoIAlign "not
+    implemented for 'BFloat16'"), which is what CPU autocast hands them: computed in float32, floating-point outputs
+    and gradients back in bfloat16."""
+    from mmcv.ops import nms, roi_align
+    mmcv_ops.install()
+    gen = torch.Generator().manual_seed(5)
+    corners = torch.rand(60, 2, generator=gen) * 100
+    boxes = torch.cat([corners, corners + 5 + torch.rand(60, 2, generator=gen) * 40], dim=1).bfloat16()
+    scores = torch.rand(60, generator=gen).bfloat16()
+    dets, keep = nms(boxes, scores, 0.5)
+    expected_dets, expected_keep = nms(boxes.float(), scores.float(), 0.5)
+    assert dets.dtype == torch.bfloat16 and 0 < len(keep) < 60
+    assert torch.equal(keep, expected_keep) and torch.equal(dets, expected_dets.bfloat16())
+    features = torch.randn(1, 8, 30, 40, generator=gen).bfloat16().requires_grad_()
+    rois = torch.cat([torch.zeros(20, 1), _random_rois(20, 120, 160)[:, 1:]], dim=1)
+    got = roi_align(features, rois, (7, 7), 0.25, 2, 'avg', True)
+    got.float().sum().backward()
+    reference = features.detach().float().requires_grad_()
+    expected = roi_align(reference, rois, (7, 7), 0.25, 2, 'avg', True)
+    expected.sum().backward()
+    assert got.dtype == features.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected.bfloat16())
+    torch.testing.assert_close(features.grad, reference.grad.bfloat16())

@@ -142,15 +142,20 @@ def test_unsupported_geometry_is_an_error():
         WinogradConv2d(8, 8, 3, stride=2, padding=1)
 
 
-def test_bfloat16_takes_the_2x2_tile_only_and_stays_close():
-    """On bfloat16 weights (deployed with bfloat16=True) F(2x2, 3x3) errs about twice as much as the direct bfloat16
-    conv (5.3e-3 against 2.9e-3 of the output's norm, measured); F(4x4) would err 2.1e-2, so it never runs there."""
+def _unit_scale_conv() -> tuple[torch.nn.Conv2d, torch.Tensor, torch.Tensor]:
+    """A 256-channel 3x3 conv with unit-scale outputs, a channels-last input of 2080 pixels, and the float64 output."""
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(256, 256, 3, padding=1)
     with torch.no_grad():
-        conv.weight.mul_(3.0)  # unit-scale outputs
+        conv.weight.mul_(3.0)
     x = torch.randn(1, 256, 40, 52).relu().contiguous(memory_format=torch.channels_last)
-    expected = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+    return conv, x, F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+
+
+def test_bfloat16_takes_the_2x2_tile_only_and_stays_close():
+    """On bfloat16 weights (deployed with bfloat16=True) F(2x2, 3x3) errs about twice as much as the direct bfloat16
+    conv (5.3e-3 against 2.9e-3 of the output's norm, measured); F(4x4) would err 2.1e-2, so it never runs there."""
+    conv, x, expected = _unit_scale_conv()
     wino = WinogradConv2d.from_conv(conv).bfloat16()
     with torch.inference_mode():
         assert wino.winograd_tile(x.bfloat16()) == 2  # 2080 pixels: F(4x4) in float32
@@ -166,12 +171,7 @@ def test_cpu_autocast_computes_in_its_dtype_with_the_2x2_tile():
     """Under CPU autocast a float32 WinogradConv2d computes as autocast computes the direct conv, in bfloat16, and so
     by F(2x2, 3x3) only. Before, F(4x4, 3x3) ran in float32 with autocast's bfloat16 GEMMs inside: 2.0e-2 of the
     output's norm off, 7x the direct bfloat16 conv's error (measured, 256 channels at 50x84)."""
-    torch.manual_seed(0)
-    conv = torch.nn.Conv2d(256, 256, 3, padding=1)
-    with torch.no_grad():
-        conv.weight.mul_(3.0)  # unit-scale outputs
-    x = torch.randn(1, 256, 40, 52).relu().contiguous(memory_format=torch.channels_last)
-    expected = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+    conv, x, expected = _unit_scale_conv()
     wino = WinogradConv2d.from_conv(conv)
     with torch.inference_mode():
         with torch.autocast('cpu', torch.bfloat16):

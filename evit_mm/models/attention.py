@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .derived_cache import DerivedCache
-from .eager_kernels import exporting_or_compiling
+from .eager_kernels import eager_autocast_dtype, exporting_or_compiling
+from .fused_conv import cast_for_autocast
 from .layers import ConvBN
 
 
@@ -29,7 +30,13 @@ def pointwise_tokens(layer: ConvBN, x: torch.Tensor) -> torch.Tensor:
     # deployed, or the eval-mode BatchNorm folded on the fly: no views, no BatchNorm call (host time on GPUs)
     folded = (layer.conv.weight, layer.conv.bias) if layer.fused else layer.eval_folded()
     if folded is not None:
-        return F.linear(x, folded[0].flatten(1), folded[1])
+        weight, bias = folded
+        autocast_dtype = eager_autocast_dtype(x)
+        if autocast_dtype is not None:  # cast once, not by autocast on every call (see eager_autocast_dtype)
+            cache = layer.conv._packed_weight if layer.fused else layer._packed_cache
+            weight, bias = cast_for_autocast(weight, bias, autocast_dtype, cache)
+            x = x.to(autocast_dtype)
+        return F.linear(x, weight.flatten(1), bias)
     y = F.linear(x, layer.conv.weight.flatten(1), layer.conv.bias)
     channels = y.shape[-1]
     if y.numel() <= CUDNN_BATCH_NORM_MAX_BATCH * channels:
@@ -85,8 +92,9 @@ class CascadedGroupAttention(nn.Module):
         self.register_buffer('attention_bias_idxs', relative_position_index(window_size), persistent=False)
         self._bias_cache: DerivedCache[torch.Tensor] = DerivedCache()
 
-    def attention_bias(self) -> torch.Tensor:
-        """The bias table gathered to ``(num_heads, N, N)``.
+    def attention_bias(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The bias table gathered to ``(num_heads, N, N)``, in ``dtype`` (default: the parameter's; autocast's
+        where it applies, so that autocast does not cast the table again on every call).
 
         In eval mode without gradients the gathered table is cached. The cache key includes the parameter's
         storage and version counter, so loading new weights after ``.eval()`` (or moving the module) never
@@ -94,10 +102,11 @@ class CascadedGroupAttention(nn.Module):
         (fused optimizers update parameters in place without a version bump).
         """
         param = self.attention_biases
+        dtype = dtype or param.dtype
         # the table trains (also e.g. fine-tuning in eval mode): gathered with autograd, the cache dropped
         if self._bias_cache.training((param,)) or self.training or exporting_or_compiling():
-            return param[:, self.attention_bias_idxs]
-        return self._bias_cache.get((param,), lambda: param[:, self.attention_bias_idxs])
+            return param[:, self.attention_bias_idxs].to(dtype)
+        return self._bias_cache.get((param,), lambda: param[:, self.attention_bias_idxs].to(dtype), also=(dtype,))
 
     def train(self, mode: bool = True) -> 'CascadedGroupAttention':
         self._bias_cache.clear()
@@ -111,7 +120,8 @@ class CascadedGroupAttention(nn.Module):
         """
         B, N, _ = x.shape
         ws = self.window_size
-        biases = self.attention_bias().unbind(0)  # one (N, N) table per head; baddbmm broadcasts it over windows
+        # one (N, N) table per head; baddbmm broadcasts it over windows
+        biases = self.attention_bias(eager_autocast_dtype(x)).unbind(0)
         groups = x.chunk(self.num_heads, dim=-1)
         outputs = []
         feat = groups[0]

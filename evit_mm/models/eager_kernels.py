@@ -33,16 +33,19 @@ def eager_channels_last_cpu(x: torch.Tensor) -> bool:
             and not exporting_or_compiling())
 
 
-def eager_cpu_autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
-    """The dtype in which CPU autocast runs convolutions and GEMMs on ``x`` in this eager call, or None where it does
-    not apply: autocast off, ``x`` not a CPU floating-point tensor or float64 (which autocast leaves alone), or a
-    trace, export or compilation (whose graphs keep plain convolutions for autocast to handle).
+def eager_autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype in which autocast runs convolutions and GEMMs on ``x``'s device (CPU or CUDA) in this eager call, or
+    None where it does not apply: autocast off there, ``x`` not a floating-point tensor or float64 (which autocast
+    leaves alone), or a trace, export or compilation (whose graphs keep plain convolutions for autocast to handle).
 
-    evit_mm's CPU kernels call ops that autocast does not cover (oneDNN's own convolutions, in-place GEMMs), so they
-    cast their operands to this dtype themselves, as autocast would for the convolution they replace.
+    Deployed layers cast their operands to this dtype themselves, as autocast would for the conv or linear layer they
+    replace, for two reasons: evit_mm's CPU kernels call ops that autocast does not cover (oneDNN's own
+    convolutions, in-place GEMMs), and autocast casts every weight and bias again on every call (two more kernels
+    per layer on a GPU, which waits for kernel launches at small batches), where a deployed layer casts them once.
     """
-    if x.device.type != 'cpu' or not torch.is_autocast_enabled('cpu'):  # the cheapest rejections first
+    device = x.device.type
+    if device not in ('cpu', 'cuda') or not torch.is_autocast_enabled(device):  # the cheapest rejections first
         return None
     if not x.is_floating_point() or x.dtype == torch.float64 or exporting_or_compiling():
         return None
-    return torch.get_autocast_dtype('cpu')
+    return torch.get_autocast_dtype(device)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .derived_cache import DerivedCache
-from .eager_kernels import eager_channels_last_cpu, eager_cpu_autocast_dtype, exporting_or_compiling
+from .eager_kernels import eager_channels_last_cpu, eager_autocast_dtype, exporting_or_compiling
 from .gemm_conv import is_pointwise, pointwise_gemm
 
 
@@ -55,8 +55,8 @@ class PackedWeight:
 
     def cast(self, weight: torch.Tensor, bias: torch.Tensor | None,
              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``weight`` and ``bias`` in ``dtype`` (CPU autocast's), cast once and kept until either changes, so that
-        the packed copy made from them is kept as well; the caller has checked :meth:`training`."""
+        """``weight`` and ``bias`` in ``dtype`` (autocast's), cast once and kept until either changes, so that the
+        packed copy made from them is kept as well; the caller has checked :meth:`training`."""
         if weight.dtype == dtype and (bias is None or bias.dtype == dtype):
             return weight, bias
         return self._cast.get((weight, bias), lambda: (weight.to(dtype), None if bias is None else bias.to(dtype)),
@@ -76,6 +76,15 @@ class PackedWeight:
         geometry = _onednn_geometry(conv)
         return self._cache.get((weight,), lambda: torch.ops.mkldnn._reorder_convolution_weight(
             weight.contiguous(), *geometry, list(shape)), also=(shape,))
+
+
+def cast_for_autocast(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
+                      cache: PackedWeight | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``weight`` and ``bias`` in autocast's ``dtype``: kept in ``cache`` where one is given and no gradient reaches
+    the weight, cast for this call otherwise (with autograd, as autocast does)."""
+    if cache is not None and not cache.training(weight):
+        return cache.cast(weight, bias, dtype)
+    return weight.to(dtype), None if bias is None else bias.to(dtype)
 
 
 class FusedConv2d(nn.Conv2d):
@@ -169,29 +178,27 @@ class FusedConv2d(nn.Conv2d):
     @classmethod
     def apply_to(cls, conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  residual: torch.Tensor | None = None, relu: bool = False, kernels: bool = True,
-                 packed: PackedWeight | None = None) -> torch.Tensor:
+                 packed: PackedWeight | None = None, prepack: bool = True) -> torch.Tensor:
         """``relu(conv2d(x, weight, bias))`` or ``residual + conv2d(x, weight, bias)`` (or the conv alone) with the
-        geometry of ``conv``, through this class's CPU kernels where they apply and ``kernels`` is True, and on
-        weights prepacked into ``packed`` where that is given. Also what a ConvBN runs with its eval-mode BatchNorm
-        folded on the fly (:meth:`~.layers.ConvBN.eval_folded`)."""
+        geometry of ``conv``, through this class's CPU kernels where they apply and ``kernels`` is True. ``packed``
+        keeps this conv's derived weights: their copy in autocast's dtype, and, where ``prepack`` is True, their copy
+        prepacked for oneDNN. Also what a ConvBN runs with its eval-mode BatchNorm folded on the fly
+        (:meth:`~.layers.ConvBN.eval_folded`)."""
         if residual is not None and relu:
             raise ValueError('FusedConv2d applies either a ReLU or a residual add, not both')
-        autocast_dtype = eager_cpu_autocast_dtype(x)
+        autocast_dtype = eager_autocast_dtype(x)
         if autocast_dtype is not None:
-            # CPU autocast would run the conv this replaces in its lower precision, but oneDNN's own ops and the
-            # in-place GEMM below are outside autocast: every path gets the operands autocast would give the conv (the
-            # residual, added after it, keeps its dtype), the weight cast once where it is packed
+            # every path gets the operands autocast would give the conv this replaces (the residual, added after it,
+            # keeps its dtype): oneDNN's own ops and the in-place GEMM below are outside autocast, and autocast itself
+            # would cast the weight and bias on every call
             x = x.to(autocast_dtype)
-            if packed is not None and not packed.training(weight):
-                weight, bias = packed.cast(weight, bias, autocast_dtype)
-            else:
-                weight, bias = weight.to(autocast_dtype), None if bias is None else bias.to(autocast_dtype)
+            weight, bias = cast_for_autocast(weight, bias, autocast_dtype, packed)
         # geometry first: a 3x3 conv is rejected before the eager/layout checks, which the oneDNN check repeats
         if kernels and is_pointwise(conv) and eager_channels_last_cpu(x) and x.dtype == weight.dtype:
             return pointwise_gemm(x, weight, bias, residual, relu)
         # on a GPU (host-bound at batch 1) nothing more is checked after the device; a weight that trains drops its
         # packed copy (fused optimizers update it without a version bump)
-        if (packed is not None and eager_channels_last_cpu(x) and not packed.training(weight)
+        if (packed is not None and prepack and eager_channels_last_cpu(x) and not packed.training(weight)
                 and cls._onednn_applies(conv, x, weight, PREPACKED_DTYPES)):
             blocked = packed.get(conv, x, weight)
             if blocked is not None:
@@ -218,4 +225,4 @@ class FusedConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``relu(conv(x))`` or ``residual + conv(x)`` (or ``conv(x)``)."""
         return self.apply_to(self, x, self.weight, self.bias, residual, self.relu, self.use_fused_kernel,
-                             self._packed_weight if self.prepack_weights else None)
+                             self._packed_weight, self.prepack_weights)

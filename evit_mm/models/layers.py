@@ -12,8 +12,8 @@ from timm.layers import DropPath, make_divisible
 from torch import nn
 
 from .derived_cache import DerivedCache
-from .eager_kernels import exporting_or_compiling
-from .fused_conv import FusedConv2d, PackedWeight
+from .eager_kernels import eager_autocast_dtype, exporting_or_compiling
+from .fused_conv import FusedConv2d, PackedWeight, cast_for_autocast
 from .gemm_conv import gemm_conv
 
 
@@ -119,7 +119,7 @@ class ConvBN(nn.Module):
         folded = self.eval_folded()
         if folded is not None:  # run as deployed
             return FusedConv2d.apply_to(self.conv, x, *folded, residual, kernels=self.gemm_convs,
-                                        packed=self._packed_cache if self.prepack_weights else None)
+                                        packed=self._packed_cache, prepack=self.prepack_weights)
         y = self.bn(gemm_conv(self.conv, x) if self.gemm_convs else self.conv(x))
         # in place: BatchNorm's backward does not read its output, so autograd allows it and a map is saved
         return y if residual is None else y.add_(residual)
@@ -292,10 +292,24 @@ class SqueezeExcite(nn.Module):
         squeezed = make_divisible(channels * rd_ratio, 8, round_limit=0.0)  # timm's (and the official) rounding
         self.fc1 = nn.Conv2d(channels, squeezed, 1)
         self.fc2 = nn.Conv2d(squeezed, channels, 1)
+        self._casts = (PackedWeight(), PackedWeight())  # fc1's and fc2's weights in autocast's dtype
+
+    def train(self, mode: bool = True) -> 'SqueezeExcite':
+        for cache in self._casts:  # as DerivedCache asks of its owner
+            cache.clear()
+        return super().train(mode)
+
+    def _linear(self, x: torch.Tensor, fc: nn.Conv2d, casts: PackedWeight) -> torch.Tensor:
+        weight, bias = fc.weight, fc.bias
+        autocast_dtype = eager_autocast_dtype(x)
+        if autocast_dtype is not None:  # cast once, not by autocast on every call (see eager_autocast_dtype)
+            weight, bias = cast_for_autocast(weight, bias, autocast_dtype, casts)
+            x = x.to(autocast_dtype)
+        return F.linear(x, weight.flatten(1), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        squeezed = F.linear(x.mean((2, 3)), self.fc1.weight.flatten(1), self.fc1.bias).relu_()
-        gate = F.linear(squeezed, self.fc2.weight.flatten(1), self.fc2.bias).sigmoid_()
+        squeezed = self._linear(x.mean((2, 3)), self.fc1, self._casts[0]).relu_()
+        gate = self._linear(squeezed, self.fc2, self._casts[1]).sigmoid_()
         return x * gate[:, :, None, None]
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .eager_kernels import eager_cpu_autocast_dtype, exporting_or_compiling
+from .eager_kernels import eager_autocast_dtype, exporting_or_compiling
 from .module_swap import replace_modules
 from .padding import zero_padded_nhwc
 
@@ -270,7 +270,7 @@ class WinogradConv2d(nn.Conv2d):
         """The dtype the Winograd path would compute in for ``x``: CPU autocast's (as autocast would cast the direct
         conv's operands: the tile follows it, so F(4x4, 3x3) never runs in bfloat16), else ``x``'s where the weight
         has it too; None: the direct convolution (e.g. mixed dtypes, for which it raises)."""
-        autocast_dtype = eager_cpu_autocast_dtype(x)
+        autocast_dtype = eager_autocast_dtype(x)
         if autocast_dtype is not None:
             return autocast_dtype
         return x.dtype if self.weight.dtype == x.dtype else None

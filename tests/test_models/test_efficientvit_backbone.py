@@ -6,10 +6,11 @@ import torch
 from mmengine.registry import MODELS as ROOT_MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from evit_mm.benchmark.precision import norm_relative_error
 from evit_mm.models import EfficientViT
 from evit_mm.models.backbones import ARCH_SETTINGS
 
-from tests.helpers import OpCalls, randomize_
+from tests.helpers import DEVICES, OpCalls, randomize_
 
 
 def _expected_side(size: int) -> list[int]:
@@ -293,3 +294,30 @@ def test_backward_keeps_one_memory_layout_through_batchnorm():
     mixed = [tuple(inp.shape) for grad, inp in maps if grad.is_contiguous(memory_format=torch.channels_last)
              != inp.is_contiguous(memory_format=torch.channels_last)]
     assert mixed == []
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('variant', ['eval', 'deploy', 'deploy, plain ops'])
+def test_autocast_casts_no_weight_on_every_call(device, variant):
+    """Under autocast the folded and deployed layers keep their weights, biases and attention-bias tables in
+    autocast's dtype: a call casts the input image only. Autocast alone casts every weight and bias of a conv or
+    linear layer again on every call (198 casts per deployed M4 forward with plain ops, the path a GPU runs, plus 24
+    bias tables), kernels a GPU waits for at small batches. The values are autocast's own."""
+    model = randomize_(EfficientViT('m4')).eval().to(device)
+    reference = EfficientViT('m4', fast_attention=False, channels_last=False).eval().to(device)
+    reference.load_state_dict(model.state_dict())
+    reference.set_conv_bn_paths(fold_eval_bn=False)
+    if variant == 'deploy':
+        model.switch_to_deploy()
+    elif variant == 'deploy, plain ops':
+        model.switch_to_deploy(fused_kernels=False, prepack_weights=False)
+    dtype = torch.bfloat16 if device == 'cpu' else torch.float16
+    x = torch.randn(1, 3, 96, 128, device=device)
+    with torch.no_grad(), torch.autocast(device, dtype):
+        model(x)
+        with OpCalls(torch.ops.aten._to_copy.default) as casts:
+            got = model(x)
+        expected = reference(x)
+    assert [args[0].shape for _, args in casts.calls] == [x.shape]  # the image (its channels-last copy)
+    for g, e in zip(got, expected):
+        assert g.dtype == dtype and norm_relative_error(g, e) < 2e-2

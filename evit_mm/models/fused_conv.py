@@ -78,13 +78,16 @@ class PackedWeight:
             weight.contiguous(), *geometry, list(shape)), also=(shape,))
 
 
-def cast_for_autocast(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
-                      cache: PackedWeight | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``weight`` and ``bias`` in autocast's ``dtype``: kept in ``cache`` where one is given and no gradient reaches
-    the weight, cast for this call otherwise (with autograd, as autocast does)."""
+def cast_for_autocast(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
+                      cache: PackedWeight | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``x``, ``weight`` and ``bias`` in autocast's ``dtype``: the weight and bias kept in ``cache`` where one is
+    given and no gradient reaches the weight, cast for this call otherwise (with autograd, as autocast does); ``x``
+    only where it has another dtype (``.to`` costs a dispatch even when it returns its input)."""
+    if x.dtype != dtype:
+        x = x.to(dtype)
     if cache is not None and not cache.training(weight):
-        return cache.cast(weight, bias, dtype)
-    return weight.to(dtype), None if bias is None else bias.to(dtype)
+        return x, *cache.cast(weight, bias, dtype)
+    return x, weight.to(dtype), None if bias is None else bias.to(dtype)
 
 
 class FusedConv2d(nn.Conv2d):
@@ -191,8 +194,7 @@ class FusedConv2d(nn.Conv2d):
             # every path gets the operands autocast would give the conv this replaces (the residual, added after it,
             # keeps its dtype): oneDNN's own ops and the in-place GEMM below are outside autocast, and autocast itself
             # would cast the weight and bias on every call
-            x = x.to(autocast_dtype)
-            weight, bias = cast_for_autocast(weight, bias, autocast_dtype, packed)
+            x, weight, bias = cast_for_autocast(x, weight, bias, autocast_dtype, packed)
         # geometry first: a 3x3 conv is rejected before the eager/layout checks, which the oneDNN check repeats
         if kernels and is_pointwise(conv) and eager_channels_last_cpu(x) and x.dtype == weight.dtype:
             return pointwise_gemm(x, weight, bias, residual, relu)

@@ -303,8 +303,7 @@ class SqueezeExcite(nn.Module):
         weight, bias = fc.weight, fc.bias
         autocast_dtype = eager_autocast_dtype(x)
         if autocast_dtype is not None:  # cast once, not by autocast on every call (see eager_autocast_dtype)
-            weight, bias = cast_for_autocast(weight, bias, autocast_dtype, casts)
-            x = x.to(autocast_dtype)
+            x, weight, bias = cast_for_autocast(x, weight, bias, autocast_dtype, casts)
         return F.linear(x, weight.flatten(1), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

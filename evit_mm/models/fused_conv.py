@@ -37,6 +37,9 @@ class PackedWeight:
     whenever the shape changes cost 5-6% where it changed on every call (detection at batch 1, images of varying
     aspect ratio), more than the reorder it saves (``docs/benchmarks.md``). Waiting for a repeat keeps fixed-shape
     workloads on packed weights from their second call and leaves ever-changing shapes on the plain conv.
+
+    Under autocast it also keeps the layer's weight and bias cast to autocast's dtype (:meth:`cast`, on any device),
+    from which the packed copy is then made.
     """
 
     def __init__(self) -> None:

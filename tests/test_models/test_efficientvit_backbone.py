@@ -302,8 +302,9 @@ def test_backward_keeps_one_memory_layout_through_batchnorm():
 def test_autocast_casts_no_weight_on_every_call(device, variant):
     """Under autocast the folded and deployed layers keep their weights, biases and attention-bias tables in
     autocast's dtype: a call casts the input image only. Autocast alone casts every weight and bias of a conv or
-    linear layer again on every call (198 casts per deployed M4 forward with plain ops, the path a GPU runs, plus 24
-    bias tables), kernels a GPU waits for at small batches. The values are autocast's own."""
+    linear layer, and every bias table, again on every call (257 casts per deployed M4 forward at 1x224x224 with
+    plain ops, the path a GPU runs; as many for timm fused), kernels a GPU waits for at small batches. The values are
+    autocast's own."""
     model = randomize_(EfficientViT('m4')).eval().to(device)
     reference = EfficientViT('m4', fast_attention=False, channels_last=False).eval().to(device)
     reference.load_state_dict(model.state_dict())

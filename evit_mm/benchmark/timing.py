@@ -12,7 +12,7 @@ import torch
 
 #: Calls that bring an evit_mm model to its steady state: the first fills its caches (attention-bias tables, folded
 #: weights), the second with the same input shape makes the deployed convs' prepacked weights
-#: (:class:`~evit_mm.models.fused_conv.PackedWeight`).
+#: (:class:`~evit_mm.models.fused_conv.DerivedWeights`).
 STEADY_STATE_CALLS = 2
 
 

@@ -33,7 +33,7 @@ def pointwise_tokens(layer: ConvBN, x: torch.Tensor) -> torch.Tensor:
         weight, bias = folded
         autocast_dtype = eager_autocast_dtype(x)
         if autocast_dtype is not None:  # cast once, not by autocast on every call (see eager_autocast_dtype)
-            cache = layer.conv._packed_weight if layer.fused else layer._packed_cache
+            cache = layer.conv._derived_weights if layer.fused else layer._derived_weights
             x, weight, bias = cast_for_autocast(x, weight, bias, autocast_dtype, cache)
         return F.linear(x, weight.flatten(1), bias)
     y = F.linear(x, layer.conv.weight.flatten(1), layer.conv.bias)

@@ -27,19 +27,19 @@ def _onednn_geometry(conv: nn.Conv2d) -> tuple[list[int], list[int], list[int], 
     return list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
 
 
-class PackedWeight:
-    """A conv weight reordered into oneDNN's blocked layout for one input shape, served when a call's input shape is
-    the previous call's (the first call with a new shape takes the plain conv); made on the first such repeat and
-    kept, keyed on the shape, until the weight or the shape changes.
+class DerivedWeights:
+    """A layer's weights as its kernels take them, kept until the weights change: under autocast, the weight and bias
+    cast to autocast's dtype (:meth:`cast`, on any device); on the CPU, the conv weight reordered into oneDNN's
+    blocked layout for one input shape (:meth:`get`), served when a call's input shape is the previous call's (the
+    first call with a new shape takes the plain conv), made on the first such repeat and kept, keyed on the shape,
+    until the weight or the shape changes.
 
-    Why not on the first call: the layout oneDNN picks depends on the input shape, and a weight packed for another
+    Why not pack on the first call: the layout oneDNN picks depends on the input shape, and a weight packed for another
     shape can cost more than the plain conv (deployed M4 packed at 1x224x224 ran 0.47x at 1x800x1344); repacking
     whenever the shape changes cost 5-6% where it changed on every call (detection at batch 1, images of varying
     aspect ratio), more than the reorder it saves (``docs/benchmarks.md``). Waiting for a repeat keeps fixed-shape
-    workloads on packed weights from their second call and leaves ever-changing shapes on the plain conv.
-
-    Under autocast it also keeps the layer's weight and bias cast to autocast's dtype (:meth:`cast`, on any device),
-    from which the packed copy is then made.
+    workloads on packed weights from their second call and leaves ever-changing shapes on the plain conv. Under
+    autocast the packed copy is made from the cast weight.
     """
 
     def __init__(self) -> None:
@@ -82,7 +82,7 @@ class PackedWeight:
 
 
 def cast_for_autocast(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
-                      cache: PackedWeight | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                      cache: DerivedWeights | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``x``, ``weight`` and ``bias`` in autocast's ``dtype``: the weight and bias kept in ``cache`` where one is
     given and no gradient reaches the weight, cast for this call otherwise (with autograd, as autocast does); ``x``
     only where it has another dtype (``.to`` costs a dispatch even when it returns its input)."""
@@ -113,7 +113,7 @@ class FusedConv2d(nn.Conv2d):
 
     Every other deployed conv on a channels-last CPU map (float32, or bfloat16 weights) runs oneDNN's convolution on
     weights reordered once into oneDNN's blocked layout for the input's shape, with the ReLU as its post-op
-    (``prepack_weights``; whenever the input shape repeats the previous call's, :class:`PackedWeight`). Why:
+    (``prepack_weights``; whenever the input shape repeats the previous call's, :class:`DerivedWeights`). Why:
     ``F.conv2d`` reorders the plain weights on every call; reordered once, M4's depthwise and 1x1 convs ran
     1.05-1.36x faster alone (the most on small maps), the whole deployed backbone 1.08x at 1x224x224, 1.03x at
     16x224x224 and 1.02x at 1x800x1344 (medians of 4-11 runs, AVX-512, ``docs/benchmarks.md``). It is what
@@ -146,7 +146,7 @@ class FusedConv2d(nn.Conv2d):
         self.relu = relu
         self.use_fused_kernel = use_fused_kernel
         self.prepack_weights = prepack_weights
-        self._packed_weight = PackedWeight()
+        self._derived_weights = DerivedWeights()
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (', relu=True' if self.relu else '')
@@ -177,16 +177,16 @@ class FusedConv2d(nn.Conv2d):
     def _prepacked_conv(conv: nn.Conv2d, x: torch.Tensor, blocked: torch.Tensor, bias: torch.Tensor | None,
                         relu: bool) -> torch.Tensor:
         """``relu(conv2d(x, weight, bias))`` (or without the ReLU) by oneDNN on the weight packed as ``blocked``
-        (:class:`PackedWeight`)."""
+        (:class:`DerivedWeights`)."""
         return torch.ops.mkldnn._convolution_pointwise(x, blocked, bias, *_onednn_geometry(conv),
                                                        'relu' if relu else 'none', [], '')
 
     @classmethod
     def apply_to(cls, conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  residual: torch.Tensor | None = None, relu: bool = False, kernels: bool = True,
-                 packed: PackedWeight | None = None, prepack: bool = True) -> torch.Tensor:
+                 derived: DerivedWeights | None = None, prepack: bool = True) -> torch.Tensor:
         """``relu(conv2d(x, weight, bias))`` or ``residual + conv2d(x, weight, bias)`` (or the conv alone) with the
-        geometry of ``conv``, through this class's CPU kernels where they apply and ``kernels`` is True. ``packed``
+        geometry of ``conv``, through this class's CPU kernels where they apply and ``kernels`` is True. ``derived``
         keeps this conv's derived weights: their copy in autocast's dtype, and, where ``prepack`` is True, their copy
         prepacked for oneDNN. Also what a ConvBN runs with its eval-mode BatchNorm folded on the fly
         (:meth:`~.layers.ConvBN.eval_folded`)."""
@@ -197,15 +197,15 @@ class FusedConv2d(nn.Conv2d):
             # every path gets the operands autocast would give the conv this replaces (the residual, added after it,
             # keeps its dtype): oneDNN's own ops and the in-place GEMM below are outside autocast, and autocast itself
             # would cast the weight and bias on every call
-            x, weight, bias = cast_for_autocast(x, weight, bias, autocast_dtype, packed)
+            x, weight, bias = cast_for_autocast(x, weight, bias, autocast_dtype, derived)
         # geometry first: a 3x3 conv is rejected before the eager/layout checks, which the oneDNN check repeats
         if kernels and is_pointwise(conv) and eager_channels_last_cpu(x) and x.dtype == weight.dtype:
             return pointwise_gemm(x, weight, bias, residual, relu)
         # on a GPU (host-bound at batch 1) nothing more is checked after the device; a weight that trains drops its
         # packed copy (fused optimizers update it without a version bump)
-        if (packed is not None and prepack and eager_channels_last_cpu(x) and not packed.training(weight)
+        if (derived is not None and prepack and eager_channels_last_cpu(x) and not derived.training(weight)
                 and cls._onednn_applies(conv, x, weight, PREPACKED_DTYPES)):
-            blocked = packed.get(conv, x, weight)
+            blocked = derived.get(conv, x, weight)
             if blocked is not None:
                 y = cls._prepacked_conv(conv, x, blocked, bias, relu)
                 return y if residual is None else cls._add_residual(y, residual)
@@ -224,10 +224,10 @@ class FusedConv2d(nn.Conv2d):
         return y.add_(residual) if same else residual + y
 
     def train(self, mode: bool = True) -> 'FusedConv2d':
-        self._packed_weight.clear()  # as DerivedCache asks of its owner: weights swapped through .data, then a switch
+        self._derived_weights.clear()  # as DerivedCache asks of its owner: weights swapped through .data, then a switch
         return super().train(mode)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``relu(conv(x))`` or ``residual + conv(x)`` (or ``conv(x)``)."""
         return self.apply_to(self, x, self.weight, self.bias, residual, self.relu, self.use_fused_kernel,
-                             self._packed_weight, self.prepack_weights)
+                             self._derived_weights, self.prepack_weights)

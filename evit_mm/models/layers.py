@@ -13,7 +13,7 @@ from torch import nn
 
 from .derived_cache import DerivedCache
 from .eager_kernels import eager_autocast_dtype, exporting_or_compiling
-from .fused_conv import FusedConv2d, PackedWeight, cast_for_autocast
+from .fused_conv import FusedConv2d, DerivedWeights, cast_for_autocast
 from .gemm_conv import gemm_conv
 
 
@@ -68,7 +68,7 @@ class ConvBN(nn.Module):
         nn.init.constant_(self.bn.weight, bn_weight_init)
         nn.init.zeros_(self.bn.bias)
         self._fold_cache: DerivedCache[tuple[torch.Tensor, torch.Tensor]] = DerivedCache()
-        self._packed_cache = PackedWeight()  # of the folded weight
+        self._derived_weights = DerivedWeights()  # of the folded weight
 
     @property
     def fused(self) -> bool:
@@ -109,7 +109,7 @@ class ConvBN(nn.Module):
     def train(self, mode: bool = True) -> 'ConvBN':
         # the caches serve eval mode only; do not hold copies of the weights
         self._fold_cache.clear()
-        self._packed_cache.clear()
+        self._derived_weights.clear()
         return super().train(mode)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -119,7 +119,7 @@ class ConvBN(nn.Module):
         folded = self.eval_folded()
         if folded is not None:  # run as deployed
             return FusedConv2d.apply_to(self.conv, x, *folded, residual, kernels=self.gemm_convs,
-                                        packed=self._packed_cache, prepack=self.prepack_weights)
+                                        derived=self._derived_weights, prepack=self.prepack_weights)
         y = self.bn(gemm_conv(self.conv, x) if self.gemm_convs else self.conv(x))
         # in place: BatchNorm's backward does not read its output, so autograd allows it and a map is saved
         return y if residual is None else y.add_(residual)
@@ -143,7 +143,7 @@ class ConvBN(nn.Module):
             fused.bias.copy_(bias)
             self.conv, self.bn = fused, nn.Identity()
             self._fold_cache.clear()
-            self._packed_cache.clear()
+            self._derived_weights.clear()
         self.conv.relu = self.conv.relu or relu
         self.conv.use_fused_kernel = use_fused_kernel
 
@@ -292,14 +292,14 @@ class SqueezeExcite(nn.Module):
         squeezed = make_divisible(channels * rd_ratio, 8, round_limit=0.0)  # timm's (and the official) rounding
         self.fc1 = nn.Conv2d(channels, squeezed, 1)
         self.fc2 = nn.Conv2d(squeezed, channels, 1)
-        self._casts = (PackedWeight(), PackedWeight())  # fc1's and fc2's weights in autocast's dtype
+        self._casts = (DerivedWeights(), DerivedWeights())  # fc1's and fc2's weights in autocast's dtype
 
     def train(self, mode: bool = True) -> 'SqueezeExcite':
         for cache in self._casts:  # as DerivedCache asks of its owner
             cache.clear()
         return super().train(mode)
 
-    def _linear(self, x: torch.Tensor, fc: nn.Conv2d, casts: PackedWeight) -> torch.Tensor:
+    def _linear(self, x: torch.Tensor, fc: nn.Conv2d, casts: DerivedWeights) -> torch.Tensor:
         weight, bias = fc.weight, fc.bias
         autocast_dtype = eager_autocast_dtype(x)
         if autocast_dtype is not None:  # cast once, not by autocast on every call (see eager_autocast_dtype)

@@ -190,7 +190,7 @@ def test_eval_mode_runs_on_prepacked_folded_weights():
     for u, v in zip(got, expected, strict=True):
         torch.testing.assert_close(u, v, atol=1e-5, rtol=1e-5)
     model.train()  # the packed copies go with the folded weights
-    assert all(m._packed_cache.empty for m in model.modules() if isinstance(m, ConvBN))
+    assert all(m._derived_weights.empty for m in model.modules() if isinstance(m, ConvBN))
 
 
 def test_no_stale_caches_after_fused_optimizer_steps_in_eval_mode():

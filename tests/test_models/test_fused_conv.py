@@ -224,8 +224,8 @@ def test_weights_packed_for_another_shape_give_the_same_values(cin, cout, k, str
     conv.use_fused_kernel = False
     with torch.inference_mode():
         x = channels_last(16, cin, 56, 56)
-        assert conv._packed_weight.get(conv, x, conv.weight) is None  # a new shape: the plain conv
-        blocked = conv._packed_weight.get(conv, x, conv.weight)  # the same shape again: packed for it
+        assert conv._derived_weights.get(conv, x, conv.weight) is None  # a new shape: the plain conv
+        blocked = conv._derived_weights.get(conv, x, conv.weight)  # the same shape again: packed for it
         assert blocked is not None
         x = channels_last(3, cin, 9, 13)
         got = FusedConv2d._prepacked_conv(conv, x, blocked, conv.bias, False)
@@ -363,9 +363,9 @@ def test_prepacking_only_where_it_applies():
         assert reorders(lambda: conv(x)) == 0
         conv.prepack_weights = True
         conv(x), conv(x)
-    assert not conv._packed_weight.empty
+    assert not conv._derived_weights.empty
     assert reorders(lambda: conv(x)) == 0  # grad mode, the weight requires grad: the differentiable conv
-    assert conv._packed_weight.empty
+    assert conv._derived_weights.empty
     conv(x).sum().backward()
     assert conv.weight.grad is not None
 
@@ -379,9 +379,9 @@ def test_prepacked_conv_copies_and_pickles():
     with torch.inference_mode():
         conv(x)
         expected = conv(x)
-    assert not conv._packed_weight.empty
+    assert not conv._derived_weights.empty
     clone = copy.deepcopy(conv)
-    assert clone._packed_weight.empty
+    assert clone._derived_weights.empty
     buffer = io.BytesIO()
     torch.save(conv, buffer)
     buffer.seek(0)
@@ -557,4 +557,4 @@ def test_backbone_compiles_without_graph_breaks(variant):
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
     if variant == 'deploy with autograd':
-        assert all(m._packed_weight.empty for m in model.modules() if isinstance(m, FusedConv2d))
+        assert all(m._derived_weights.empty for m in model.modules() if isinstance(m, FusedConv2d))

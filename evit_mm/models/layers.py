@@ -13,7 +13,7 @@ from torch import nn
 
 from .derived_cache import DerivedCache
 from .eager_kernels import eager_autocast_dtype, exporting_or_compiling
-from .fused_conv import FusedConv2d, DerivedWeights, cast_for_autocast
+from .fused_conv import DerivedWeights, FusedConv2d, cast_for_autocast
 from .gemm_conv import gemm_conv
 
 

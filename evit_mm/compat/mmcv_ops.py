@@ -34,22 +34,17 @@ _WRAPPED = '_evit_mm_prepared'
 CPU_FLOAT32_FROM = (torch.bfloat16, torch.float16)
 
 
+def _computed_in_float32(value: object) -> bool:
+    """Whether ``value`` is a tensor of a dtype that mmcv's CPU kernels do not take."""
+    return isinstance(value, torch.Tensor) and value.device.type == 'cpu' and value.dtype in CPU_FLOAT32_FROM
+
+
 def prepared(value: object) -> object:
     """``value`` as mmcv's kernels read it: a tensor contiguous, and float32 if it is a bfloat16 or float16 CPU
     tensor; anything else as it is."""
     if not isinstance(value, torch.Tensor):
         return value
-    if value.device.type == 'cpu' and value.dtype in CPU_FLOAT32_FROM:
-        return value.float().contiguous()
-    return value.contiguous()
-
-
-def _half_precision_cpu_dtype(values: list) -> torch.dtype | None:
-    """The dtype of the first bfloat16 or float16 CPU tensor among ``values``, or None."""
-    for value in values:
-        if isinstance(value, torch.Tensor) and value.device.type == 'cpu' and value.dtype in CPU_FLOAT32_FROM:
-            return value.dtype
-    return None
+    return value.float().contiguous() if _computed_in_float32(value) else value.contiguous()
 
 
 def _with_prepared_tensors(method: Callable) -> Callable:
@@ -59,7 +54,7 @@ def _with_prepared_tensors(method: Callable) -> Callable:
     @functools.wraps(method)
     def wrapper(ctx, *args, **kwargs):
         outputs = method(ctx, *map(prepared, args), **{k: prepared(v) for k, v in kwargs.items()})
-        dtype = _half_precision_cpu_dtype([*args, *kwargs.values()])
+        dtype = next((v.dtype for v in (*args, *kwargs.values()) if _computed_in_float32(v)), None)
         if dtype is None:
             return outputs
         return tree_map_only(torch.Tensor, lambda t: t.to(dtype) if t.dtype == torch.float32 else t, outputs)

@@ -9,7 +9,7 @@ from torch import nn
 
 from .derived_cache import DerivedCache
 from .eager_kernels import eager_autocast_dtype, exporting_or_compiling
-from .fused_conv import cast_for_autocast
+from .fused_conv import pointwise_linear
 from .layers import ConvBN
 
 
@@ -30,12 +30,7 @@ def pointwise_tokens(layer: ConvBN, x: torch.Tensor) -> torch.Tensor:
     # deployed, or the eval-mode BatchNorm folded on the fly: no views, no BatchNorm call (host time on GPUs)
     folded = (layer.conv.weight, layer.conv.bias) if layer.fused else layer.eval_folded()
     if folded is not None:
-        weight, bias = folded
-        autocast_dtype = eager_autocast_dtype(x)
-        if autocast_dtype is not None:  # cast once, not by autocast on every call (see eager_autocast_dtype)
-            cache = layer.conv._derived_weights if layer.fused else layer._derived_weights
-            x, weight, bias = cast_for_autocast(x, weight, bias, autocast_dtype, cache)
-        return F.linear(x, weight.flatten(1), bias)
+        return pointwise_linear(x, *folded, layer._derived_weights)
     y = F.linear(x, layer.conv.weight.flatten(1), layer.conv.bias)
     channels = y.shape[-1]
     if y.numel() <= CUDNN_BATCH_NORM_MAX_BATCH * channels:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .derived_cache import DerivedCache
@@ -81,16 +82,29 @@ class DerivedWeights:
             weight.contiguous(), *geometry, list(shape)), also=(shape,))
 
 
-def cast_for_autocast(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
+def autocast_operands(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                       cache: DerivedWeights | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``x``, ``weight`` and ``bias`` in autocast's ``dtype``: the weight and bias kept in ``cache`` where one is
-    given and no gradient reaches the weight, cast for this call otherwise (with autograd, as autocast does); ``x``
-    only where it has another dtype (``.to`` costs a dispatch even when it returns its input)."""
+    """``x``, ``weight`` and ``bias`` as autocast would hand them to the conv or linear layer they feed: unchanged
+    where it does not apply (:func:`~.eager_kernels.eager_autocast_dtype`), else in its dtype, the weight and bias
+    kept in ``cache`` where one is given and no gradient reaches the weight (cast for this call otherwise, with
+    autograd, as autocast does), and ``x`` cast only where it has another dtype (``.to`` costs a dispatch even when
+    it returns its input)."""
+    dtype = eager_autocast_dtype(x)
+    if dtype is None:
+        return x, weight, bias
     if x.dtype != dtype:
         x = x.to(dtype)
     if cache is not None and not cache.training(weight):
         return x, *cache.cast(weight, bias, dtype)
     return x, weight.to(dtype), None if bias is None else bias.to(dtype)
+
+
+def pointwise_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     cache: DerivedWeights | None) -> torch.Tensor:
+    """A 1x1 conv's ``weight`` ``(O, I, 1, 1)`` and ``bias`` applied to rows ``(..., I)`` by ``F.linear``, under
+    autocast on the weights kept in its dtype in ``cache`` (:func:`autocast_operands`)."""
+    x, weight, bias = autocast_operands(x, weight, bias, cache)
+    return F.linear(x, weight.flatten(1), bias)
 
 
 class FusedConv2d(nn.Conv2d):
@@ -192,12 +206,10 @@ class FusedConv2d(nn.Conv2d):
         (:meth:`~.layers.ConvBN.eval_folded`)."""
         if residual is not None and relu:
             raise ValueError('FusedConv2d applies either a ReLU or a residual add, not both')
-        autocast_dtype = eager_autocast_dtype(x)
-        if autocast_dtype is not None:
-            # every path gets the operands autocast would give the conv this replaces (the residual, added after it,
-            # keeps its dtype): oneDNN's own ops and the in-place GEMM below are outside autocast, and autocast itself
-            # would cast the weight and bias on every call
-            x, weight, bias = cast_for_autocast(x, weight, bias, autocast_dtype, derived)
+        # every path gets the operands autocast would give the conv this replaces (the residual, added after it,
+        # keeps its dtype): oneDNN's own ops and the in-place GEMM below are outside autocast, and autocast itself
+        # would cast the weight and bias on every call
+        x, weight, bias = autocast_operands(x, weight, bias, derived)
         # geometry first: a 3x3 conv is rejected before the eager/layout checks, which the oneDNN check repeats
         if kernels and is_pointwise(conv) and eager_channels_last_cpu(x) and x.dtype == weight.dtype:
             return pointwise_gemm(x, weight, bias, residual, relu)

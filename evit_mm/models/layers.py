@@ -7,13 +7,12 @@ so that evit_mm and timm state dicts share their keys.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from timm.layers import DropPath, make_divisible
 from torch import nn
 
 from .derived_cache import DerivedCache
-from .eager_kernels import eager_autocast_dtype, exporting_or_compiling
-from .fused_conv import DerivedWeights, FusedConv2d, cast_for_autocast
+from .eager_kernels import exporting_or_compiling
+from .fused_conv import DerivedWeights, FusedConv2d, pointwise_linear
 from .gemm_conv import gemm_conv
 
 
@@ -299,16 +298,9 @@ class SqueezeExcite(nn.Module):
             cache.clear()
         return super().train(mode)
 
-    def _linear(self, x: torch.Tensor, fc: nn.Conv2d, casts: DerivedWeights) -> torch.Tensor:
-        weight, bias = fc.weight, fc.bias
-        autocast_dtype = eager_autocast_dtype(x)
-        if autocast_dtype is not None:  # cast once, not by autocast on every call (see eager_autocast_dtype)
-            x, weight, bias = cast_for_autocast(x, weight, bias, autocast_dtype, casts)
-        return F.linear(x, weight.flatten(1), bias)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        squeezed = self._linear(x.mean((2, 3)), self.fc1, self._casts[0]).relu_()
-        gate = self._linear(squeezed, self.fc2, self._casts[1]).sigmoid_()
+        squeezed = pointwise_linear(x.mean((2, 3)), self.fc1.weight, self.fc1.bias, self._casts[0]).relu_()
+        gate = pointwise_linear(squeezed, self.fc2.weight, self.fc2.bias, self._casts[1]).sigmoid_()
         return x * gate[:, :, None, None]
 
 

@@ -266,20 +266,15 @@ class WinogradConv2d(nn.Conv2d):
                 cached = self._filters[tile, dtype] = (key, winograd_filter(w, tile, dtype))
         return cached[1]
 
-    def compute_dtype(self, x: torch.Tensor) -> torch.dtype | None:
-        """The dtype the Winograd path would compute in for ``x``: CPU autocast's (as autocast would cast the direct
-        conv's operands: the tile follows it, so F(4x4, 3x3) never runs in bfloat16), else ``x``'s where the weight
-        has it too; None: the direct convolution (e.g. mixed dtypes, for which it raises)."""
-        autocast_dtype = eager_autocast_dtype(x)
-        if autocast_dtype is not None:
-            return autocast_dtype
-        return x.dtype if self.weight.dtype == x.dtype else None
-
-    def winograd_tile(self, x: torch.Tensor) -> int | None:
-        """The output tile the Winograd path would use for ``x``, or None where the direct convolution runs."""
+    def _plan(self, x: torch.Tensor) -> tuple[int, torch.dtype] | None:
+        """The output tile and the dtype the Winograd path would compute ``x`` with, or None where the direct
+        convolution runs. The dtype is CPU autocast's where that applies (as autocast would cast the direct conv's
+        operands; the tile follows it, so F(4x4, 3x3) never runs in bfloat16), else ``x``'s where the weight has it
+        too (mixed dtypes go to the direct conv, which raises)."""
         if x.device.type != 'cpu' or exporting_or_compiling():  # cheapest first
             return None
-        max_tile = MAX_TILE.get(self.compute_dtype(x))
+        dtype = eager_autocast_dtype(x) or (x.dtype if self.weight.dtype == x.dtype else None)
+        max_tile = MAX_TILE.get(dtype)
         if max_tile is None:
             return None
         pixels = x.shape[0] * x.shape[-2] * x.shape[-1] if x.dim() == 4 else 0  # the GEMMs' rows
@@ -287,15 +282,20 @@ class WinogradConv2d(nn.Conv2d):
                 and pixels >= self.min_pixels
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
             return None
-        return min(self.tile if pixels >= self.large_tile_min_pixels else 2, max_tile)
+        return min(self.tile if pixels >= self.large_tile_min_pixels else 2, max_tile), dtype
+
+    def winograd_tile(self, x: torch.Tensor) -> int | None:
+        """The output tile the Winograd path would use for ``x``, or None where the direct convolution runs."""
+        plan = self._plan(x)
+        return None if plan is None else plan[0]
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f', tile={self.tile}' + (', relu=True' if self.relu else '')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tile = self.winograd_tile(x)
-        if tile is not None:
-            dtype = self.compute_dtype(x)
+        plan = self._plan(x)
+        if plan is not None:
+            tile, dtype = plan
             bias = None if self.bias is None else self.bias.to(dtype)
             return winograd_conv3x3(x.to(dtype), self.transformed_filters(tile, dtype), bias, self.relu)
         y = super().forward(x)

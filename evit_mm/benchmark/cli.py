@@ -16,7 +16,7 @@ from mmengine.config import DictAction
 from ..models.winograd import DEFAULT_TILE, WINOGRAD_POINTS
 from .allocator_option import add_allocator_argument, apply_allocator_argument
 from .compilation import add_compile_arguments, compile_mode_from
-from .inputs import parse_shape
+from .inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, parse_shape
 from .measure import MODES, Options, Result, gflops, measure, prepare
 from .precision import DTYPES
 from .targets import build_target
@@ -51,7 +51,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         'data loading + test_step; onnx: backbone in ONNX Runtime')
     p.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N')
     p.add_argument('--batch-size', type=int, default=1)
-    p.add_argument('--shape', nargs='+', default=['224x224'], help='HxW, one or more')
+    p.add_argument('--shape', nargs='+', help=f'HxW, one or more ({DEFAULT_SHAPES_HELP})')
     p.add_argument('--dtype', choices=sorted(DTYPES), default='fp32', help='autocast precision')
     p.add_argument('--channels-last', action='store_true')
     add_compile_arguments(p, 'the backbone')
@@ -165,22 +165,24 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    shapes = [parse_shape(s) for s in args.shape]
+    shapes = [parse_shape(s) for s in args.shape] if args.shape else None  # None: each target's kind's default
     results: list[Result] = []
-    jobs = [(t, m, s) for t in args.targets for s in shapes for m in args.modes]
+    jobs = [(t, m, s) for t in args.targets for s in (shapes or [None]) for m in args.modes]
     allocator = apply_allocator_argument(args)
     print(f'torch {torch.__version__} | {args.device} | {torch.get_num_threads()} threads | {args.dtype} | {allocator}',
           file=sys.stderr)
     deploy_options = {name: getattr(args, name) for name in DEPLOY_SWITCHES}
     built = {}
-    for index, (spec, mode, (h, w)) in enumerate(jobs, 1):
+    for index, (spec, mode, shape) in enumerate(jobs, 1):
         name, _, suffix = spec.partition('@')  # parse_args allows only TARGET_SUFFIXES
+        target = built[spec][0] if spec in built else build_target(
+            name, args.checkpoint if name.endswith('.py') else None, args.cfg_options)
+        h, w = shape or DEFAULT_SHAPES[target.kind]
         opts = Options(args.device, args.batch_size, h, w, args.dtype, args.channels_last, compile_mode_from(args),
                        deploy=args.deploy or bool(suffix),
                        deploy_options={**deploy_options, **TARGET_SUFFIXES.get(suffix, {})}, warmup=args.warmup,
                        repeats=args.repeats, time_budget=args.time_budget)
         if spec not in built:
-            target = build_target(name, args.checkpoint if name.endswith('.py') else None, args.cfg_options)
             device = prepare(target, opts)
             for note in target.notes:
                 print(f'WARNING [{target.name}]: {note}', file=sys.stderr)

@@ -6,14 +6,20 @@ import argparse
 import torch
 
 from .flop_count import count_macs, count_params
-from .inputs import parse_shape
+from .inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, parse_shape
 from .targets import build_target
 from .tensor_mode import TensorMode
 
 
-def complexity(spec: str, height: int, width: int) -> dict:
-    """mmengine's counter on the model in tensor mode (for configs) or the backbone; FLOPs are MACs."""
+def complexity(spec: str, shape: tuple[int, int] | None = None) -> dict:
+    """mmengine's counter on the model in tensor mode (for configs) or the backbone; FLOPs are MACs.
+
+    Args:
+        spec: a config file or backbone name (:func:`~evit_mm.benchmark.targets.build_target`).
+        shape: input ``(height, width)``; default: the target kind's (:data:`~evit_mm.benchmark.inputs.DEFAULT_SHAPES`).
+    """
     target = build_target(spec)
+    height, width = shape or DEFAULT_SHAPES[target.kind]
     module = TensorMode(target).eval()
     x = torch.randn(1, 3, height, width)
     with torch.no_grad():
@@ -27,10 +33,9 @@ def complexity(spec: str, height: int, width: int) -> dict:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description='Parameters and FLOPs (MACs) of a config or backbone')
     parser.add_argument('target', help='config file, evit_m0..evit_m5, resnet50, swin-t, timm:<model>')
-    parser.add_argument('--shape', default='224x224', help='HxW')
+    parser.add_argument('--shape', help=f'HxW ({DEFAULT_SHAPES_HELP})')
     args = parser.parse_args(argv)
-    height, width = parse_shape(args.shape)
-    c = complexity(args.target, height, width)
+    c = complexity(args.target, parse_shape(args.shape) if args.shape else None)
     print(f"{c['target']} at {c['shape']} (tensor mode, no pre/post-processing):\n"
           f"  whole model: {c['gflops']:.2f} GFLOPs (MACs), {c['params_m']:.2f} M parameters\n"
           f"  backbone:    {c['backbone_gflops']:.2f} GFLOPs (MACs), {c['backbone_params_m']:.2f} M parameters")

@@ -9,6 +9,13 @@ SHAPE_FORMS = {2: 'HxW, e.g. 800x1333', 3: 'BxHxW, e.g. 16x224x224',
                4: 'CINxCOUTxHxW (a convolution), e.g. 256x256x100x167'}
 
 
+#: Input size (HxW) the tools use for a target when no ``--shape`` is given: what each task is measured at (COCO's
+#: test scale, ADE20K's crop, ImageNet's), not one size for all (a detector timed at 224x224 says little).
+DEFAULT_SHAPES: dict[str, tuple[int, int]] = {'detector': (800, 1333), 'segmentor': (512, 512),
+                                              'classifier': (224, 224), 'backbone': (224, 224)}
+DEFAULT_SHAPES_HELP = 'default: ' + ', '.join(f'{h}x{w} for {kind}s' for kind, (h, w) in DEFAULT_SHAPES.items())
+
+
 def parse_shape(text: str, dims: int = 2) -> tuple[int, ...]:
     """``'800x1333'`` -> ``(800, 1333)``: ``dims`` positive integers joined by ``x`` (:data:`SHAPE_FORMS`)."""
     try:

@@ -153,9 +153,9 @@ def test_onnx_export_matches_pytorch(tmp_path, target, deploy, capsys):
 
 
 def test_flops_of_config_and_backbone():
-    c = complexity(DET_DEMO, 224, 224)
+    c = complexity(DET_DEMO, (224, 224))
     assert c['gflops'] > c['backbone_gflops'] > 0
-    dense = complexity('evit_m4', 224, 224)['backbone_gflops']  # windows 7 everywhere: stage 3 padded 4 -> 7
+    dense = complexity('evit_m4', (224, 224))['backbone_gflops']  # windows 7 everywhere: stage 3 padded 4 -> 7
     import torch
 
     from evit_mm.benchmark.flop_count import count_macs
@@ -163,6 +163,18 @@ def test_flops_of_config_and_backbone():
     classification = count_macs(EfficientViT('m4', window_size=(7, 7, 4)).eval(), (torch.randn(1, 3, 224, 224),))
     assert classification / 1e9 == pytest.approx(0.299, abs=0.004)  # paper: 299M MACs (head included there)
     assert dense > classification / 1e9
+
+
+def test_flops_default_to_the_task_input_size():
+    """Without --shape a detector is counted at COCO's test scale, a segmentor at ADE20K's crop, a backbone at 224."""
+    assert complexity(DET_DEMO)['shape'] == '800x1333'
+    assert complexity(SEG_DEMO)['shape'] == '512x512'
+    assert complexity('evit_m0')['shape'] == '224x224'
+
+
+def test_benchmark_defaults_to_each_target_kind_input_size(tmp_path):
+    results = _run(tmp_path, DET_DEMO, 'evit_m0')
+    assert [(r['kind'], r['shape']) for r in results] == [('detector', '800x1333'), ('backbone', '224x224')]
 
 
 @pytest.mark.parametrize('config', ['retinanet_r50_fpn_coco.py', 'fpn_r50_ade20k.py'])

@@ -9,6 +9,7 @@ import torch
 from mmengine.logging import print_log
 from torch import nn
 
+from .arch_match import matching_archs
 from .convert import resize_attention_biases, to_backbone_state_dict
 from .io import read_checkpoint
 
@@ -89,10 +90,30 @@ def load_pretrained(model: nn.Module, checkpoint: str | os.PathLike, prefix: str
         CheckpointMismatchError: If a backbone weight is missing or has an unusable shape; nothing is loaded.
     """
     state_dict = to_backbone_state_dict(read_checkpoint(checkpoint, map_location), prefix=prefix)
-    adapted, unused = adapt_state_dict(model.state_dict(), state_dict)
+    return load_backbone_state_dict(model, state_dict, os.fspath(checkpoint))
+
+
+def load_backbone_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> list[str]:
+    """Load backbone weights with evit_mm/timm key names (:func:`~evit_mm.checkpoint.convert.to_backbone_state_dict`)
+    into ``model``, all or none; ``source`` names them in the log and errors.
+
+    Returns:
+        Keys of ``state_dict`` that the backbone did not use (also logged).
+
+    Raises:
+        CheckpointMismatchError: If a backbone weight is missing or has an unusable shape, naming the arch whose
+            weights the checkpoint holds when it is another variant of the arch table.
+    """
+    try:
+        adapted, unused = adapt_state_dict(model.state_dict(), state_dict)
+    except CheckpointMismatchError as error:
+        archs = matching_archs(state_dict)
+        if archs:  # the usual cause: a config's arch and its checkpoint disagree
+            raise CheckpointMismatchError(f'{source}: {error}; the checkpoint holds the weights of arch '
+                                          f'{archs[0]!r}, set arch={archs[0]!r}') from None
+        raise CheckpointMismatchError(f'{source}: {error}') from None
     model.load_state_dict(adapted, strict=False)
-    print_log(f'{type(model).__name__}: loaded {len(adapted)} tensors from {os.fspath(checkpoint)}',
-              logger='current')
+    print_log(f'{type(model).__name__}: loaded {len(adapted)} tensors from {source}', logger='current')
     if unused:
         print_log(f'{type(model).__name__}: {len(unused)} checkpoint keys unused: {_list(unused)}',
                   logger='current', level=logging.WARNING)

@@ -10,7 +10,10 @@ import torch
 
 from evit_mm.checkpoint import (CheckpointMismatchError, detect_format, load_pretrained, local_checkpoint,
                                 read_checkpoint, to_backbone_state_dict)
+from evit_mm.checkpoint.arch_match import matching_archs
 from evit_mm.models import EfficientViT
+from evit_mm.models.backbones.efficientvit import ARCH_SETTINGS
+from evit_mm.tools import convert as convert_tool
 from evit_mm.tools.convert import convert_checkpoint
 from tests.helpers import hub_cache, randomize_
 
@@ -79,7 +82,8 @@ def test_other_arch_raises_listing_keys_and_loads_nothing(tmp_path, m0_reference
     torch.save(timm_sd, tmp_path / 'm0.pth')
     model = EfficientViT('m4')
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(CheckpointMismatchError, match=r'another arch.*shape mismatches: patch_embed\.conv1'):
+    with pytest.raises(CheckpointMismatchError, match=r'another arch.*shape mismatches: patch_embed\.conv1.*'
+                                                      r"holds the weights of arch 'm0', set arch='m0'"):
         load_pretrained(model, tmp_path / 'm0.pth')
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -140,12 +144,34 @@ def test_official_layout_detected_and_renamed(golden_dir):
 def test_convert_tool_writes_clean_checkpoints(tmp_path, m0_reference):
     timm_sd, x, expected = m0_reference
     torch.save(timm_sd, tmp_path / 'timm.pth')
-    for name in ('clean.pth', 'clean.safetensors'):
-        assert convert_checkpoint(tmp_path / 'timm.pth', tmp_path / name, arch='m0') > 0
+    for name, arch in (('clean.pth', 'm0'), ('clean.safetensors', None)):  # None: read from the weights
+        assert convert_checkpoint(tmp_path / 'timm.pth', tmp_path / name, arch=arch) == ('m0', len(EfficientViT('m0').state_dict()))
         loaded = read_checkpoint(tmp_path / name)
         model = EfficientViT('m0')
         model.load_state_dict(loaded.get('state_dict', loaded))  # strict: exactly the backbone's keys
         _assert_same(_outputs(model, x), expected)
+
+
+def test_every_arch_is_recognised_by_its_weights_alone():
+    for name in ARCH_SETTINGS:
+        state_dict = EfficientViT(name).state_dict()
+        flat = {k: (v.flatten(1) if v.dim() == 4 and v.shape[2:] == (1, 1) else v) for k, v in state_dict.items()}
+        assert matching_archs(state_dict) == matching_archs(flat) == [name]
+    custom = dict(embed_dims=(64, 128, 192), depths=(1, 2, 2), num_heads=(4, 4, 4), kernels=(5, 5, 5, 5))
+    assert matching_archs(EfficientViT(custom).state_dict()) == []
+
+
+def test_convert_tool_names_the_problem_without_a_traceback(tmp_path, m0_reference, capsys):
+    torch.save(m0_reference[0], tmp_path / 'm0.pth')
+    assert convert_tool.main([str(tmp_path / 'm0.pth'), str(tmp_path / 'out.pth'), '--arch', 'm4']) == 1
+    assert "holds the weights of arch 'm0'" in capsys.readouterr().err
+    truncated = {k: v for k, v in m0_reference[0].items() if not k.startswith('stages.2.')}
+    torch.save(truncated, tmp_path / 'truncated.pth')
+    assert convert_tool.main([str(tmp_path / 'truncated.pth'), str(tmp_path / 'out.pth')]) == 1
+    assert 'match no EfficientViT arch (m0, m1, m2, m3, m4, m5)' in capsys.readouterr().err
+    assert not (tmp_path / 'out.pth').exists()
+    assert convert_tool.main([str(tmp_path / 'm0.pth'), str(tmp_path / 'out.pth')]) == 0
+    assert 'EfficientViT-M0' in capsys.readouterr().out
 
 
 def test_hf_hub_names_load_timm_weights_from_the_hub_cache(offline_hub, m0_reference):

@@ -240,7 +240,7 @@ class EfficientViT(BaseModule):
         self.window_sizes = _per_stage(window_size, n, 'window_size')
 
         self.patch_embed = PatchEmbed(in_channels, spec.embed_dims[0])
-        rates = torch.linspace(0, drop_path_rate, sum(spec.depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(spec.depths), device='cpu').tolist()  # also under a meta device
         self.stages = nn.ModuleList()
         start = 0
         for i in range(n):

@@ -202,7 +202,8 @@ def test_arch_without_matching_neck_stops_before_training(coco_root, tmp_path):
 def test_checkpoint_of_another_arch_is_refused_by_test_tool(coco_root, tmp_path):
     work = tmp_path / 'work'
     train_tool.main([DEMO_CONFIG, '--work-dir', str(work), *_options(coco_root)])
-    with pytest.raises(PreflightError, match='does not fit this model.*another arch or task'):
+    with pytest.raises(PreflightError, match=r"does not fit this model.*another arch or task.*Its backbone weights "
+                                             r"are EfficientViT-M0's: model.backbone.arch='m0'\?"):
         test_tool.main([DEMO_CONFIG, str(work / 'epoch_1.pth'), '--work-dir', str(tmp_path / 't'),
                         *_options(coco_root, **{'model.backbone.arch': 'm1',
                                                 'model.neck.in_channels': '[128,144,192]'})])

@@ -6,6 +6,9 @@ from functools import lru_cache
 
 import torch
 
+from .convert import to_backbone_state_dict
+from .errors import CheckpointMismatchError
+
 # Keys whose shape says nothing about the variant: bias tables depend on the window, and BN counters may be absent.
 _IGNORED_SUFFIXES = ('attention_biases', 'num_batches_tracked')
 
@@ -38,3 +41,13 @@ def matching_archs(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
     from ..models.backbones.efficientvit import ARCH_SETTINGS
     available = {(key, _signature_shape(value.shape)) for key, value in state_dict.items()}
     return [name for name in ARCH_SETTINGS if _arch_signature(name) <= available]
+
+
+def checkpoint_arch(checkpoint: Mapping[str, object]) -> str | None:
+    """The variant whose backbone weights a checkpoint holds (official, timm or evit_mm layout, a whole detector or
+    segmentor included), or None: not an EfficientViT checkpoint, or a custom variant."""
+    try:
+        archs = matching_archs(to_backbone_state_dict(checkpoint))
+    except CheckpointMismatchError:
+        return None
+    return archs[0] if archs else None

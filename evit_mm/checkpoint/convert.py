@@ -13,6 +13,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .errors import CheckpointMismatchError
+
 # Keys of classification heads (official ``head``/``head_dist``, timm ``head``), dropped for a backbone.
 _HEAD_PREFIXES = ('head.', 'head_dist.')
 _BLOCKS_KEY = re.compile(r'^blocks(\d+)\.(\d+)\.(.*)$')
@@ -79,7 +81,7 @@ def to_timm_state_dict(checkpoint: Mapping[str, Any], prefix: str | None = None,
     classification heads (``head.``, ``head_dist.``) are dropped unless ``keep_heads``.
 
     Raises:
-        ValueError: If the checkpoint is not an EfficientViT checkpoint, naming what was found.
+        CheckpointMismatchError: If the checkpoint is not an EfficientViT checkpoint, naming what was found.
     """
     state_dict = unwrap_state_dict(checkpoint)
     if all(k.startswith('module.') for k in state_dict):
@@ -89,12 +91,12 @@ def to_timm_state_dict(checkpoint: Mapping[str, Any], prefix: str | None = None,
     if prefix:
         stripped = strip_prefix(state_dict, prefix)
         if not stripped:
-            raise ValueError(f'no checkpoint key starts with prefix {prefix!r}; '
+            raise CheckpointMismatchError(f'no checkpoint key starts with prefix {prefix!r}; '
                              f'first keys: {sorted(state_dict)[:5]}')
         state_dict = stripped
     layout = detect_format(state_dict)
     if layout == 'unknown':
-        raise ValueError('not an EfficientViT (MSRA) checkpoint: expected official keys (blocks1., '
+        raise CheckpointMismatchError('not an EfficientViT (MSRA) checkpoint: expected official keys (blocks1., '
                          'patch_embed.0.) or timm/evit_mm keys (stages., patch_embed.conv1.); '
                          f'first keys: {sorted(state_dict)[:5]}')
     if layout == 'official':

@@ -11,14 +11,11 @@ from torch import nn
 
 from .arch_match import matching_archs
 from .convert import resize_attention_biases, to_backbone_state_dict
+from .errors import CheckpointMismatchError
 from .io import read_checkpoint
 
 # Buffers whose absence from a checkpoint is harmless (older BN checkpoints lack the counter).
 _OPTIONAL_SUFFIXES = ('num_batches_tracked',)
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint does not provide every weight of the model with a usable shape."""
 
 
 def _list(keys: list[str], limit: int = 12) -> str:

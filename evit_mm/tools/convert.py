@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 
 import torch
 
-from ..checkpoint import load_backbone_state_dict, read_checkpoint, to_backbone_state_dict
+from ..checkpoint import CheckpointMismatchError, load_backbone_state_dict, read_checkpoint, to_backbone_state_dict
 from ..checkpoint.arch_match import matching_archs
 from ..models import EfficientViT
 from ..models.backbones.efficientvit import ARCH_SETTINGS
@@ -26,14 +25,14 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, arch: str
         The arch written and the number of tensors.
 
     Raises:
-        ValueError: If ``arch`` is None and the checkpoint's weights are those of no variant in the arch table.
-        CheckpointMismatchError: If the checkpoint does not fit ``arch``.
+        CheckpointMismatchError: If the checkpoint does not fit ``arch``, or ``arch`` is None and its weights are
+            those of no variant in the arch table.
     """
     state_dict = to_backbone_state_dict(read_checkpoint(src), prefix=prefix)
     if arch is None:
         archs = matching_archs(state_dict)
         if not archs:
-            raise ValueError(f'{os.fspath(src)}: the weights match no EfficientViT arch ({", ".join(ARCH_SETTINGS)}); '
+            raise CheckpointMismatchError(f'{os.fspath(src)}: the weights match no EfficientViT arch ({", ".join(ARCH_SETTINGS)}); '
                              f'pass --arch to see which weights are missing or mis-shaped')
         arch = archs[0]
     model = EfficientViT(arch, window_size=window_size)
@@ -50,7 +49,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, arch: str
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``tools/convert_checkpoint.py``: 0 on success; 1 with the problem on stderr (no traceback)."""
+    """``tools/convert_checkpoint.py``."""
     parser = argparse.ArgumentParser(description='Write a clean evit_mm backbone checkpoint from an official, timm '
                                                  'or evit_mm (classifier/detector/segmentor) EfficientViT checkpoint.')
     parser.add_argument('src', help='source checkpoint: local path, URL or hf-hub:ORG/NAME[@REVISION]')
@@ -62,10 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--prefix', default=None, help="backbone key prefix in SRC (auto: 'backbone.' if present)")
     args = parser.parse_args(argv)
     window = args.window_size[0] if len(args.window_size) == 1 else tuple(args.window_size)
-    try:
-        arch, count = convert_checkpoint(args.src, args.dst, arch=args.arch, window_size=window, prefix=args.prefix)
-    except (ValueError, FileNotFoundError) as error:  # CheckpointMismatchError included: a message, no traceback
-        print(f'error: {error}', file=sys.stderr)
-        return 1
+    arch, count = convert_checkpoint(args.src, args.dst, arch=args.arch, window_size=window, prefix=args.prefix)
     print(f'wrote {count} tensors of EfficientViT-{arch.upper()} to {args.dst}')
     return 0

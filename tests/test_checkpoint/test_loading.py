@@ -15,6 +15,7 @@ from evit_mm.models import EfficientViT
 from evit_mm.models.backbones.efficientvit import ARCH_SETTINGS
 from evit_mm.tools import convert as convert_tool
 from evit_mm.tools.convert import convert_checkpoint
+from evit_mm.tools.entry import run
 from tests.helpers import hub_cache, randomize_
 
 
@@ -163,12 +164,12 @@ def test_every_arch_is_recognised_by_its_weights_alone():
 
 def test_convert_tool_names_the_problem_without_a_traceback(tmp_path, m0_reference, capsys):
     torch.save(m0_reference[0], tmp_path / 'm0.pth')
-    assert convert_tool.main([str(tmp_path / 'm0.pth'), str(tmp_path / 'out.pth'), '--arch', 'm4']) == 1
-    assert "holds the weights of arch 'm0'" in capsys.readouterr().err
+    message = run(convert_tool.main, [str(tmp_path / 'm0.pth'), str(tmp_path / 'out.pth'), '--arch', 'm4'])
+    assert message.startswith('error: ') and "holds the weights of arch 'm0'" in message
     truncated = {k: v for k, v in m0_reference[0].items() if not k.startswith('stages.2.')}
     torch.save(truncated, tmp_path / 'truncated.pth')
-    assert convert_tool.main([str(tmp_path / 'truncated.pth'), str(tmp_path / 'out.pth')]) == 1
-    assert 'match no EfficientViT arch (m0, m1, m2, m3, m4, m5)' in capsys.readouterr().err
+    message = run(convert_tool.main, [str(tmp_path / 'truncated.pth'), str(tmp_path / 'out.pth')])
+    assert message.startswith('error: ') and 'match no EfficientViT arch (m0, m1, m2, m3, m4, m5)' in message
     assert not (tmp_path / 'out.pth').exists()
     assert convert_tool.main([str(tmp_path / 'm0.pth'), str(tmp_path / 'out.pth')]) == 0
     assert 'EfficientViT-M0' in capsys.readouterr().out

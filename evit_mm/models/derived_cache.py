@@ -11,7 +11,16 @@ import torch
 
 T = TypeVar('T')
 
-_served = threading.local()  # .values: the list that retaining_served_values() collects into, if any
+
+
+class _Served(threading.local):
+    """Per thread, ``values``: the list that :func:`retaining_served_values` collects into, if any (a class default,
+    not ``getattr(local, name, None)``: a missing attribute costs 0.36 us on every cache hit)."""
+
+    values: list | None = None
+
+
+_served = _Served()
 
 
 @contextlib.contextmanager
@@ -22,7 +31,7 @@ def retaining_served_values() -> Iterator[list]:
     their addresses on every replay, while their caches may drop them later (another mode, new weights); holding
     them keeps their memory from being reused under the graph.
     """
-    outer = getattr(_served, 'values', None)
+    outer = _served.values
     _served.values = values = []
     try:
         yield values
@@ -74,10 +83,17 @@ class DerivedCache(Generic[T]):
     def get(self, sources: Sequence[torch.Tensor | None], compute: Callable[[], T], also: tuple = ()) -> T:
         """The cached value, or ``compute()`` (run without autograd, outside inference mode) when a source, or a
         hashable in ``also`` (e.g. a BatchNorm's ``eps``), changed since it was cached."""
-        if any(t is not None and t.is_inference() for t in sources):
-            with torch.no_grad():
-                return compute()
-        key = (*also, *((t.data_ptr(), t._version) if t is not None else None for t in sources))
+        # plain loops, no generators: this runs for every deployed layer on every call, on the host a GPU waits for
+        # at batch 1 (2.1 -> 1.0 us for one source)
+        key = also
+        for t in sources:
+            if t is None:
+                key += (None,)
+            elif t.is_inference():
+                with torch.no_grad():
+                    return compute()
+            else:
+                key += (t.data_ptr(), t._version)
         if key != self._key or not self._same_sources(sources):
             # never an inference tensor, even when called under inference mode: a cache keyed on this value (the
             # packed copy of a folded weight) could otherwise not keep its own (inference tensors have no version)
@@ -85,11 +101,15 @@ class DerivedCache(Generic[T]):
                 self._value = compute()
             self._key = key
             self._sources = tuple(None if t is None else weakref.ref(t) for t in sources)
-        retained = getattr(_served, 'values', None)
+        retained = _served.values
         if retained is not None:
             retained.append(self._value)
         return self._value
 
     def _same_sources(self, sources: Sequence[torch.Tensor | None]) -> bool:
-        return len(sources) == len(self._sources) and all(
-            (ref is None) if t is None else (ref is not None and ref() is t) for t, ref in zip(sources, self._sources))
+        if len(sources) != len(self._sources):
+            return False
+        for t, ref in zip(sources, self._sources):
+            if (ref is not None) if t is None else (ref is None or ref() is not t):
+                return False
+        return True

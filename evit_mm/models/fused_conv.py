@@ -172,7 +172,7 @@ class FusedConv2d(nn.Conv2d):
         (weights of the same dtype) in this call: not while ``torch.backends.mkldnn.flags(enabled=False)`` keeps
         PyTorch's own convolutions off oneDNN (e.g. to rule it out while debugging)."""
         # the cheapest rejection first: every deployed conv of a model on a GPU (host-bound at batch 1) ends here
-        if not (x.device.type == 'cpu' and x.dtype in dtypes):
+        if not (x.is_cpu and x.dtype in dtypes):
             return False
         if exporting_or_compiling():  # before the size and layout checks, which a trace would freeze
             return False

@@ -37,7 +37,7 @@ def channels_last_image(x: torch.Tensor, reuse: bool = True) -> torch.Tensor:
     in eager mode, a copy into this thread's reused buffer, as long as nothing else holds that buffer (module
     docstring)."""
     if (not reuse or _storage_use_count is None or x.is_contiguous(memory_format=torch.channels_last)
-            or x.device.type != 'cpu' or torch.is_grad_enabled() or x.requires_grad or exporting_or_compiling()):
+            or not x.is_cpu or torch.is_grad_enabled() or x.requires_grad or exporting_or_compiling()):
         return x.contiguous(memory_format=torch.channels_last)
     buffer = getattr(_buffers, 'image', None)
     if (buffer is None or buffer.shape != x.shape or buffer.dtype != x.dtype

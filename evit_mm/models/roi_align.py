@@ -176,7 +176,7 @@ class SeparableRoIAlign(RoIAlign):
 
     def fast_path(self, features: torch.Tensor) -> bool:
         """Whether :func:`roi_align_separable` computes this call."""
-        return (features.device.type == 'cpu' and features.dtype in FAST_PATH_DTYPES and features.dim() == 4
+        return (features.is_cpu and features.dtype in FAST_PATH_DTYPES and features.dim() == 4
                 and self.pool_mode == 'avg' and not self.use_torchvision and not exporting_or_compiling())
 
     def forward(self, features: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:

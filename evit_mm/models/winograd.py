@@ -271,7 +271,7 @@ class WinogradConv2d(nn.Conv2d):
         convolution runs. The dtype is CPU autocast's where that applies (as autocast would cast the direct conv's
         operands; the tile follows it, so F(4x4, 3x3) never runs in bfloat16), else ``x``'s where the weight has it
         too (mixed dtypes go to the direct conv, which raises)."""
-        if x.device.type != 'cpu' or exporting_or_compiling():  # cheapest first
+        if not x.is_cpu or exporting_or_compiling():  # cheapest first
             return None
         dtype = eager_autocast_dtype(x) or (x.dtype if self.weight.dtype == x.dtype else None)
         max_tile = MAX_TILE.get(dtype)

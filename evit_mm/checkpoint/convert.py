@@ -92,13 +92,13 @@ def to_timm_state_dict(checkpoint: Mapping[str, Any], prefix: str | None = None,
         stripped = strip_prefix(state_dict, prefix)
         if not stripped:
             raise CheckpointMismatchError(f'no checkpoint key starts with prefix {prefix!r}; '
-                             f'first keys: {sorted(state_dict)[:5]}')
+                                          f'first keys: {sorted(state_dict)[:5]}')
         state_dict = stripped
     layout = detect_format(state_dict)
     if layout == 'unknown':
         raise CheckpointMismatchError('not an EfficientViT (MSRA) checkpoint: expected official keys (blocks1., '
-                         'patch_embed.0.) or timm/evit_mm keys (stages., patch_embed.conv1.); '
-                         f'first keys: {sorted(state_dict)[:5]}')
+                                      'patch_embed.0.) or timm/evit_mm keys (stages., patch_embed.conv1.); '
+                                      f'first keys: {sorted(state_dict)[:5]}')
     if layout == 'official':
         state_dict = {official_key_to_timm(k): v for k, v in state_dict.items()}
     return {k: v for k, v in state_dict.items()

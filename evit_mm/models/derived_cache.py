@@ -12,7 +12,6 @@ import torch
 T = TypeVar('T')
 
 
-
 class _Served(threading.local):
     """Per thread, ``values``: the list that :func:`retaining_served_values` collects into, if any (a class default,
     not ``getattr(local, name, None)``: a missing attribute costs 0.36 us on every cache hit)."""
@@ -84,7 +83,7 @@ class DerivedCache(Generic[T]):
         """The cached value, or ``compute()`` (run without autograd, outside inference mode) when a source, or a
         hashable in ``also`` (e.g. a BatchNorm's ``eps``), changed since it was cached."""
         # plain loops, no generators: this runs for every deployed layer on every call, on the host a GPU waits for
-        # at batch 1 (2.1 -> 1.0 us for one source)
+        # at batch 1 (2.1 -> 0.8 us for one source)
         key = also
         for t in sources:
             if t is None:

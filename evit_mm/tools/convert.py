@@ -32,8 +32,9 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, arch: str
     if arch is None:
         archs = matching_archs(state_dict)
         if not archs:
-            raise CheckpointMismatchError(f'{os.fspath(src)}: the weights match no EfficientViT arch ({", ".join(ARCH_SETTINGS)}); '
-                             f'pass --arch to see which weights are missing or mis-shaped')
+            raise CheckpointMismatchError(f'{os.fspath(src)}: the weights match no EfficientViT arch '
+                                          f'({", ".join(ARCH_SETTINGS)}); pass --arch to see which weights are '
+                                          'missing or mis-shaped')
         arch = archs[0]
     model = EfficientViT(arch, window_size=window_size)
     load_backbone_state_dict(model, state_dict, os.fspath(src))

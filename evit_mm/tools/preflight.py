@@ -162,14 +162,14 @@ def check_checkpoint_fits(model: Any, checkpoint: str) -> None:
     shape; mmengine would otherwise load it partially with only a warning (another arch, another task)."""
     from ..checkpoint import CheckpointMismatchError, adapt_state_dict, read_checkpoint, unwrap_state_dict
     from ..checkpoint.arch_match import checkpoint_arch
-    from ..models.backbones.efficientvit import ARCH_SETTINGS
+    from ..models.backbones.efficientvit import ARCH_SETTINGS, EfficientViT
     state_dict = unwrap_state_dict(read_checkpoint(checkpoint))
     try:
         adapt_state_dict(model.state_dict(), state_dict, adapt_shapes=False)
     except CheckpointMismatchError as error:
-        arch, model_arch = checkpoint_arch(state_dict), getattr(getattr(model, 'backbone', None), 'arch', None)
+        arch, backbone = checkpoint_arch(state_dict), getattr(model, 'backbone', None)
         hint = (f' Its backbone weights are EfficientViT-{arch.upper()}\'s: model.backbone.arch={arch!r}?'
-                if arch and model_arch is not None and ARCH_SETTINGS[arch] != model_arch else '')
+                if arch and isinstance(backbone, EfficientViT) and ARCH_SETTINGS[arch] != backbone.arch else '')
         raise PreflightError(
             f'{checkpoint!r} does not fit this model ({type(model).__name__}): {error}.{hint} ImageNet weights for '
             'the backbone go in model.backbone.init_cfg=dict(type="Pretrained", checkpoint=...) instead.') from None

@@ -145,8 +145,9 @@ def test_official_layout_detected_and_renamed(golden_dir):
 def test_convert_tool_writes_clean_checkpoints(tmp_path, m0_reference):
     timm_sd, x, expected = m0_reference
     torch.save(timm_sd, tmp_path / 'timm.pth')
+    tensors = len(EfficientViT('m0').state_dict())
     for name, arch in (('clean.pth', 'm0'), ('clean.safetensors', None)):  # None: read from the weights
-        assert convert_checkpoint(tmp_path / 'timm.pth', tmp_path / name, arch=arch) == ('m0', len(EfficientViT('m0').state_dict()))
+        assert convert_checkpoint(tmp_path / 'timm.pth', tmp_path / name, arch=arch) == ('m0', tensors)
         loaded = read_checkpoint(tmp_path / name)
         model = EfficientViT('m0')
         model.load_state_dict(loaded.get('state_dict', loaded))  # strict: exactly the backbone's keys

@@ -4,7 +4,7 @@
 # lr 2e-4, weight decay 1e-4 (none on attention-bias tables), poly decay (power 0.9). ResNet-50's Semantic FPN
 # (fpn_r50_4xb4-160k: SGD, 160k iterations) is the other reference; this short AdamW schedule suits a
 # transformer-style backbone initialised from ImageNet weights (the official M4 release).
-# Neck: EfficientViTFPN turns strides 16/32/64 into 4/8/16/32/64 (two 2x2 transposed convs), as for Mask R-CNN.
+# Neck: EfficientViTFPN turns strides 16/32/64 into 4/8/16/32/64 (two 2x2 transposed convs + 3x3), as for Mask R-CNN.
 _base_ = [
     'mmseg::_base_/models/fpn_r50.py',
     'mmseg::_base_/datasets/ade20k.py',

@@ -66,6 +66,24 @@ def official_key_to_timm(key: str) -> str:
     return '.'.join(_OFFICIAL_SHORT_NAMES.get(part, part) for part in key.split('.'))
 
 
+def rename_official_backbone_keys(state_dict: dict[str, Any], prefix: str) -> bool:
+    """Rename, in place, the official-layout EfficientViT keys under ``prefix`` (``'backbone.'`` in an official
+    downstream detector checkpoint, ``''`` for a backbone alone) to evit_mm's names, dropping the official
+    ``attention_bias_idxs`` buffers; keys elsewhere are left alone. Returns whether there were any to rename.
+
+    What lets a whole official detector checkpoint (RetinaNet or Mask R-CNN from the official downstream code, an
+    mmdet 2.x file whose neck and head names are mmdet 3.x's) load into an evit_mm detector.
+    """
+    own = {key[len(prefix):]: key for key in state_dict if key.startswith(prefix)}
+    if detect_format(dict.fromkeys(own)) != 'official':
+        return False
+    for short, key in own.items():
+        value = state_dict.pop(key)
+        if not short.endswith('attention_bias_idxs'):
+            state_dict[prefix + official_key_to_timm(short)] = value
+    return True
+
+
 def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """Keep the keys that start with ``prefix`` (e.g. ``'backbone.'``), without it."""
     return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}

@@ -159,11 +159,17 @@ def run_preflight(cfg: Config, loaders: tuple[str, ...]) -> None:
 
 def check_checkpoint_fits(model: Any, checkpoint: str) -> None:
     """A checkpoint given to test or fine-tune (``load_from``) must hold every weight of the model with its
-    shape; mmengine would otherwise load it partially with only a warning (another arch, another task)."""
-    from ..checkpoint import CheckpointMismatchError, adapt_state_dict, read_checkpoint, unwrap_state_dict
+    shape; mmengine would otherwise load it partially with only a warning (another arch, another task). An
+    official downstream checkpoint's backbone keys are compared under the names they load as (the backbone's
+    ``load_state_dict`` hook renames them)."""
+    from ..checkpoint import (CheckpointMismatchError, adapt_state_dict, read_checkpoint,
+                              rename_official_backbone_keys, unwrap_state_dict)
     from ..checkpoint.arch_match import checkpoint_arch
     from ..models.backbones.efficientvit import ARCH_SETTINGS, EfficientViT
     state_dict = unwrap_state_dict(read_checkpoint(checkpoint))
+    for name, module in model.named_modules():
+        if isinstance(module, EfficientViT):
+            rename_official_backbone_keys(state_dict, f'{name}.' if name else '')
     try:
         adapt_state_dict(model.state_dict(), state_dict, adapt_shapes=False)
     except CheckpointMismatchError as error:

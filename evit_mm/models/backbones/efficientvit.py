@@ -18,7 +18,7 @@ from mmengine.model import BaseModule
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ...checkpoint import load_pretrained
+from ...checkpoint import load_pretrained, rename_official_backbone_keys
 from ...compat import mmcv_ops
 from ...registry import register_model
 from ..attention import LocalWindowAttention
@@ -257,6 +257,7 @@ class EfficientViT(BaseModule):
             gemm_convs = own_kernels_measured_faster()
         self.set_conv_bn_paths(gemm_convs=gemm_convs, fold_eval_bn=fold_eval_bn)
         self._freeze_stages()
+        self._register_load_state_dict_pre_hook(self._rename_official_keys)
 
     @staticmethod
     def _normalize_out_indices(out_indices: int | Sequence[int], num_stages: int) -> tuple[int, ...]:
@@ -279,6 +280,13 @@ class EfficientViT(BaseModule):
         else:
             super().init_weights()
         self._freeze_stages()
+
+    @staticmethod
+    def _rename_official_keys(state_dict: dict, prefix: str, *args) -> None:
+        """``load_state_dict`` hook: the official code's key names under this backbone's prefix become evit_mm's,
+        so that any loader (mmengine's ``load_checkpoint``, ``tools/test.py``, mmdet's ``init_detector``) takes an
+        official downstream detector checkpoint (``backbone.blocks1.0...``) as it is."""
+        rename_official_backbone_keys(state_dict, prefix)
 
     def no_weight_decay_keys(self) -> set[str]:
         """Parameter names that should get no weight decay (the attention bias tables)."""

@@ -72,3 +72,26 @@ def test_invalid_number_of_transposed_convs_and_inputs():
     neck = EfficientViTFPN([64, 128, 192], 32, num_outs=5, num_extra_trans_convs=2)
     with pytest.raises(ValueError, match='expects 3 feature maps, got 2'):
         neck((torch.zeros(1, 64, 8, 8), torch.zeros(1, 128, 4, 4)))
+
+
+@pytest.mark.parametrize('extra', [
+    dict(),  # max-pooled extra levels (Mask R-CNN's FPN)
+    dict(add_extra_convs='on_input'),
+    dict(add_extra_convs='on_lateral', relu_before_extra_convs=True),
+    dict(add_extra_convs='on_output', upsample_cfg=dict(scale_factor=2, mode='nearest')),
+    dict(start_level=1, add_extra_convs='on_input'),
+])
+def test_without_transposed_convs_it_is_mmdets_fpn(extra):
+    """The forward pass is written out (the transposed convs need the finest lateral): with none of them it must be
+    mmdet's FPN, for each way FPN makes its coarser levels."""
+    from mmdet.models.necks import FPN
+    torch.manual_seed(0)
+    ours = EfficientViTFPN([16, 24, 32], 8, num_outs=6, num_extra_trans_convs=0, **extra).eval()
+    mmdet = FPN([16, 24, 32], 8, num_outs=6, **extra).eval()
+    mmdet.load_state_dict(ours.state_dict())
+    # odd sizes for the size-matched upsampling; a fixed factor needs exactly halving ones
+    sizes = ((16, 24), (8, 12), (4, 6)) if 'upsample_cfg' in extra else ((13, 19), (7, 10), (4, 5))
+    inputs = tuple(torch.randn(1, c, h, w) for c, (h, w) in zip((16, 24, 32), sizes))
+    with torch.no_grad():
+        for a, b in zip(ours(inputs), mmdet(inputs), strict=True):
+            assert torch.equal(a, b)

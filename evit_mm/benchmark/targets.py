@@ -55,8 +55,9 @@ def _backbone_target(name: str) -> Target:
         register_all_modules(init_default_scope=False)
         module = MODELS.build(dict(MMDET_BASELINES[lowered]))  # 'mmdet.' types: whatever the default scope
     else:
-        raise ValueError(f'unknown target {name!r}: give a config file (.py), an EfficientViT arch (evit_m0 ... '
-                         f'evit_m5), a baseline ({", ".join(MMDET_BASELINES)}) or timm:<model name>')
+        from ..tools.preflight import PreflightError  # a ValueError that the tools print without a traceback
+        raise PreflightError(f'unknown target {name!r}: give a config file (.py), an EfficientViT arch (evit_m0 '
+                             f'... evit_m5), a baseline ({", ".join(MMDET_BASELINES)}) or timm:<model name>')
     module.eval()  # not chained: some mmdet backbones' train() returns None
     return Target(name, 'backbone', module, module)
 

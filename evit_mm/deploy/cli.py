@@ -5,9 +5,10 @@ import argparse
 
 import torch
 
-from ..benchmark.inputs import parse_shape
+from ..benchmark.inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, parse_shape
 from ..benchmark.targets import build_target
 from ..benchmark.tensor_mode import TensorMode
+from ..tools.preflight import PreflightError
 from .onnx_export import check_onnx, export_onnx
 from .optimize import optimize_for_inference
 
@@ -17,7 +18,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument('target', help='config file or evit_m0..evit_m5')
     parser.add_argument('output', help='.onnx file')
     parser.add_argument('--checkpoint', help='weights for a config target')
-    parser.add_argument('--shape', default='224x224', help='HxW used for tracing')
+    parser.add_argument('--shape', help=f'HxW used for tracing (a segmentor\'s only size; {DEFAULT_SHAPES_HELP})')
     parser.add_argument('--deploy', action='store_true',
                         help='export the deployed model (optimize_for_inference: Conv+BN folded)')
     parser.add_argument('--opset', type=int, default=17)
@@ -25,12 +26,12 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     target = build_target(args.target, args.checkpoint)
     if target.kind == 'detector' and getattr(target.model, 'with_rpn', False):
-        raise ValueError('two-stage detectors (RPN + RoI heads) are not exported in tensor mode; export the '
-                         'backbone (evit_m*) or a single-stage detector/segmentor/classifier')
+        raise PreflightError('two-stage detectors (RPN + RoI heads) are not exported in tensor mode; export the '
+                             'backbone (evit_m*) or a single-stage detector/segmentor/classifier')
     if args.deploy:  # the exported graph has the folded convs; fused kernels and Winograd are eager-CPU only
         print(optimize_for_inference(target.model))
     module = TensorMode(target).eval()
-    height, width = parse_shape(args.shape)
+    height, width = parse_shape(args.shape) if args.shape else DEFAULT_SHAPES[target.kind]
     # mmseg's decode heads compute upsampling sizes with Python ints, which tracing freezes: a segmentor's graph
     # holds for the export size only (dynamic batch); backbones, detectors and classifiers take any size.
     dynamic_hw = target.kind != 'segmentor'

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from evit_mm.benchmark import cli
 from evit_mm.benchmark.flops import complexity
 from evit_mm.data.demo_coco import make_coco_demo
 from evit_mm.deploy import cli as export_cli
+from evit_mm.tools.entry import run
 from tests.conftest import REPO_ROOT
 
 DET_DEMO = str(REPO_ROOT / 'configs/demo/retinanet_evit_m0_coco_demo.py')
@@ -138,8 +140,14 @@ def test_onnx_runtime_mode(tmp_path):
 
 
 def test_unknown_target_is_explained():
-    with pytest.raises(ValueError, match=r"unknown target 'vgg16'.*evit_m0 \.\.\. evit_m5"):
-        cli.main(['vgg16'])
+    message = run(cli.main, ['vgg16'])  # as tools/benchmark.py ends: a message, no traceback
+    assert re.match(r"error: unknown target 'vgg16'.*evit_m0 \.\.\. evit_m5", message)
+
+
+def test_two_stage_detectors_are_refused_by_the_onnx_export_with_a_message(tmp_path):
+    message = run(export_cli.main, [str(REPO_ROOT / 'configs/demo/mask_rcnn_evit_m0_coco_demo.py'),
+                                    str(tmp_path / 'm.onnx')])
+    assert message.startswith('error: two-stage detectors') and not (tmp_path / 'm.onnx').exists()
 
 
 @pytest.mark.parametrize('target,deploy', [('evit_m0', False), (DET_DEMO, False), (SEG_DEMO, False),

@@ -30,14 +30,15 @@ from evit_mm.benchmark.allocator_option import add_allocator_argument, apply_all
 from evit_mm.benchmark.backbone import (  # noqa: E402
     backward_nodes_table, compare, compute_rates_table, device_time_table, format_rows, host_work_table)
 from evit_mm.benchmark.compilation import add_compile_arguments, compile_mode_from  # noqa: E402
-from evit_mm.benchmark.inputs import parse_shape  # noqa: E402
+from evit_mm.benchmark.inputs import shape_type  # noqa: E402
 from evit_mm.benchmark.precision import DTYPES  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--arch', default='m4')
-    parser.add_argument('--shapes', nargs='+', default=['16x224x224', '1x800x1344'], help='BxHxW per case')
+    parser.add_argument('--shapes', nargs='+', type=shape_type(dims=3), default=[(16, 224, 224), (1, 800, 1344)],
+                        help='BxHxW per case (default: 16x224x224 1x800x1344)')
     parser.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N')
     parser.add_argument('--dtype', choices=sorted(DTYPES), default='fp32',
                         help='autocast precision of the timed calls (the equivalence check runs in float32)')
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    shapes = tuple(parse_shape(s, dims=3) for s in args.shapes)
+    shapes = tuple(args.shapes)
     where = torch.cuda.get_device_name(args.device) if args.device.startswith('cuda') else 'cpu'
     allocator = apply_allocator_argument(args)
     print(f'torch {torch.__version__}, {where}, {torch.get_num_threads()} CPU threads, {args.dtype}, {allocator}')

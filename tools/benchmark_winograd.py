@@ -17,14 +17,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from evit_mm.benchmark.allocator_option import add_allocator_argument, apply_allocator_argument  # noqa: E402
-from evit_mm.benchmark.inputs import parse_shape  # noqa: E402
+from evit_mm.benchmark.inputs import shape_type  # noqa: E402
 from evit_mm.benchmark.winograd_convs import RETINANET_HEAD_SHAPES, compare_winograd, format_conv_rows  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--shapes', nargs='+', default=['x'.join(map(str, s)) for s in RETINANET_HEAD_SHAPES],
-                        help='CINxCOUTxHxW per convolution')
+    parser.add_argument('--shapes', nargs='+', type=shape_type(dims=4), default=list(RETINANET_HEAD_SHAPES),
+                        help="CINxCOUTxHxW per convolution (default: the RetinaNet head's at 800x1333)")
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--repeats', type=int, default=5)
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    shapes = tuple(parse_shape(s, dims=4) for s in args.shapes)
+    shapes = tuple(args.shapes)
     print(f'torch {torch.__version__}, cpu, {torch.get_num_threads()} threads, float32, '
           f'{apply_allocator_argument(args)}')
     print(format_conv_rows(compare_winograd(shapes, args.warmup, args.repeats)))

@@ -16,7 +16,7 @@ from mmengine.config import DictAction
 from ..models.winograd import DEFAULT_TILE, WINOGRAD_POINTS
 from .allocator_option import add_allocator_argument, apply_allocator_argument
 from .compilation import add_compile_arguments, compile_mode_from
-from .inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, parse_shape
+from .inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, shape_type
 from .measure import MODES, Options, Result, gflops, measure, prepare
 from .precision import DTYPES
 from .targets import build_target
@@ -51,7 +51,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         'data loading + test_step; onnx: backbone in ONNX Runtime')
     p.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N')
     p.add_argument('--batch-size', type=int, default=1)
-    p.add_argument('--shape', nargs='+', help=f'HxW, one or more ({DEFAULT_SHAPES_HELP})')
+    p.add_argument('--shape', nargs='+', type=shape_type(), help=f'HxW, one or more ({DEFAULT_SHAPES_HELP})')
     p.add_argument('--dtype', choices=sorted(DTYPES), default='fp32', help='autocast precision')
     p.add_argument('--channels-last', action='store_true')
     add_compile_arguments(p, 'the backbone')
@@ -165,9 +165,9 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    shapes = [parse_shape(s) for s in args.shape] if args.shape else None  # None: each target's kind's default
     results: list[Result] = []
-    jobs = [(t, m, s) for t in args.targets for s in (shapes or [None]) for m in args.modes]
+    # no --shape: each target at its kind's default size
+    jobs = [(t, m, s) for t in args.targets for s in (args.shape or [None]) for m in args.modes]
     allocator = apply_allocator_argument(args)
     print(f'torch {torch.__version__} | {args.device} | {torch.get_num_threads()} threads | {args.dtype} | {allocator}',
           file=sys.stderr)

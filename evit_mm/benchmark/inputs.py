@@ -1,6 +1,9 @@
 """Synthetic inputs in the format each task's ``test_step`` and ``data_preprocessor`` expect."""
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
+
 import torch
 
 
@@ -25,6 +28,17 @@ def parse_shape(text: str, dims: int = 2) -> tuple[int, ...]:
     if len(values) != dims or min(values) < 1:
         raise ValueError(f'shape must be {SHAPE_FORMS[dims]}, got {text!r}')
     return values
+
+
+def shape_type(dims: int = 2) -> Callable[[str], tuple[int, ...]]:
+    """:func:`parse_shape` as an argparse ``type``: a malformed shape ends in argparse's usage error, which names the
+    expected form, instead of a traceback after the models were built."""
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            return parse_shape(text, dims)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return parse
 
 
 def synthetic_batch(kind: str, batch: int, height: int, width: int, num_classes: int = 80) -> dict:

@@ -5,7 +5,7 @@ import argparse
 
 import torch
 
-from ..benchmark.inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, parse_shape
+from ..benchmark.inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, shape_type
 from ..benchmark.targets import build_target
 from ..benchmark.tensor_mode import TensorMode
 from ..tools.preflight import PreflightError
@@ -18,7 +18,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument('target', help='config file or evit_m0..evit_m5')
     parser.add_argument('output', help='.onnx file')
     parser.add_argument('--checkpoint', help='weights for a config target')
-    parser.add_argument('--shape', help=f'HxW used for tracing (a segmentor\'s only size; {DEFAULT_SHAPES_HELP})')
+    parser.add_argument('--shape', type=shape_type(), help=f'HxW used for tracing (a segmentor\'s only size; {DEFAULT_SHAPES_HELP})')
     parser.add_argument('--deploy', action='store_true',
                         help='export the deployed model (optimize_for_inference: Conv+BN folded)')
     parser.add_argument('--opset', type=int, default=17)
@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
     if args.deploy:  # the exported graph has the folded convs; fused kernels and Winograd are eager-CPU only
         print(optimize_for_inference(target.model))
     module = TensorMode(target).eval()
-    height, width = parse_shape(args.shape) if args.shape else DEFAULT_SHAPES[target.kind]
+    height, width = args.shape or DEFAULT_SHAPES[target.kind]
     # mmseg's decode heads compute upsampling sizes with Python ints, which tracing freezes: a segmentor's graph
     # holds for the export size only (dynamic batch); backbones, detectors and classifiers take any size.
     dynamic_hw = target.kind != 'segmentor'

@@ -201,6 +201,13 @@ def test_shapes_parse_or_explain():
             parse_shape(bad, dims)
 
 
+def test_a_malformed_shape_is_a_usage_error_before_anything_is_built(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(['evit_m0', '--shape', '224'])
+    assert exit_info.value.code == 2
+    assert "argument --shape: shape must be HxW, e.g. 800x1333, got '224'" in capsys.readouterr().err
+
+
 def test_compile_mode_implies_compile_and_reaches_torch_compile(tmp_path, monkeypatch, capsys):
     import evit_mm.benchmark.measure as measure
     modes = []

@@ -2,7 +2,8 @@
 # (12 epochs, lr steps at 8 and 11, 500-iteration linear warm-up), AdamW lr 1e-4, weight decay 0.05 (none on the
 # attention-bias tables), 1333x800, 16 images per step, backbone from the official ImageNet-1k M4 weights.
 # The neck adds two 2x2 transposed convs, each followed by a 3x3 conv, for the stride-8 and stride-4 levels.
-# Official result: mask AP 31.0 / AP50 51.2 / AP75 32.2.
+# Official result: mask AP 31.0 / AP50 51.2 / AP75 32.2; the official COCO weights
+# (mask_rcnn_efficientvit_m4_fpn_1x_coco.pth) load as they are: tools/test.py configs/mask_rcnn_evit_m4.py FILE_OR_URL.
 _base_ = [
     'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
     'mmdet::_base_/datasets/coco_instance.py',

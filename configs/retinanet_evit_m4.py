@@ -1,7 +1,8 @@
 # RetinaNet + EfficientViT-M4 + EfficientViTFPN on COCO 2017, the official EfficientViT recipe:
 # 1x schedule (12 epochs, lr steps at 8 and 11, linear warm-up over 500 iterations), AdamW lr 1e-4 with weight
 # decay 0.05 (none on the attention-bias tables), 1333x800, 16 images per step (8 GPUs x 2), backbone from the
-# official ImageNet-1k M4 weights. Official result: box AP 32.7 / AP50 52.2 / AP75 34.1.
+# official ImageNet-1k M4 weights. Official result: box AP 32.7 / AP50 52.2 / AP75 34.1; the official COCO weights
+# (retinanet_efficientvit_m4_fpn_1x_coco.pth) load as they are: tools/test.py configs/retinanet_evit_m4.py FILE_OR_URL.
 # Local weights: --cfg-options model.backbone.init_cfg.checkpoint=/path/to/efficientvit_m4.pth
 # timm's weights: --cfg-options model.backbone.init_cfg.checkpoint=hf-hub:timm/efficientvit_m4.r224_in1k
 # Other batch sizes: tools/train.py ... --auto-scale-lr (linear scaling from 16 images per step).

@@ -175,19 +175,19 @@ def main(argv: list[str]) -> int:
     built = {}
     for index, (spec, mode, shape) in enumerate(jobs, 1):
         name, _, suffix = spec.partition('@')  # parse_args allows only TARGET_SUFFIXES
-        target = built[spec][0] if spec in built else build_target(
-            name, args.checkpoint if name.endswith('.py') else None, args.cfg_options)
+        if spec not in built:
+            built[spec] = build_target(name, args.checkpoint if name.endswith('.py') else None, args.cfg_options), None
+        target, device = built[spec]
         h, w = shape or DEFAULT_SHAPES[target.kind]
         opts = Options(args.device, args.batch_size, h, w, args.dtype, args.channels_last, compile_mode_from(args),
                        deploy=args.deploy or bool(suffix),
                        deploy_options={**deploy_options, **TARGET_SUFFIXES.get(suffix, {})}, warmup=args.warmup,
                        repeats=args.repeats, time_budget=args.time_budget)
-        if spec not in built:
+        if device is None:  # first job of this target: deploy, convert, compile it once
             device = prepare(target, opts)
             for note in target.notes:
                 print(f'WARNING [{target.name}]: {note}', file=sys.stderr)
-            built[spec] = (target, device)
-        target, device = built[spec]
+            built[spec] = target, device
         print(f'[{index}/{len(jobs)}] {target.name}: {mode} at {args.batch_size}x{h}x{w} ...', file=sys.stderr,
               flush=True)
         result = measure(target, mode, opts, device)

@@ -43,11 +43,13 @@ def matching_archs(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
     return [name for name in ARCH_SETTINGS if _arch_signature(name) <= available]
 
 
-def checkpoint_arch(checkpoint: Mapping[str, object]) -> str | None:
+def other_arch(checkpoint: Mapping[str, object], model_arch: object) -> str | None:
     """The variant whose backbone weights a checkpoint holds (official, timm or evit_mm layout, a whole detector or
-    segmentor included), or None: not an EfficientViT checkpoint, or a custom variant."""
+    segmentor included) where it is not ``model_arch`` (an :class:`ArchSpec`), or None: the same variant, not an
+    EfficientViT checkpoint, or a custom one. What an error about a checkpoint that does not fit names as the fix."""
+    from ..models.backbones.efficientvit import ARCH_SETTINGS
     try:
         archs = matching_archs(to_backbone_state_dict(checkpoint))
     except CheckpointMismatchError:
         return None
-    return archs[0] if archs else None
+    return archs[0] if archs and ARCH_SETTINGS[archs[0]] != model_arch else None

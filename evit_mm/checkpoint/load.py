@@ -9,7 +9,7 @@ import torch
 from mmengine.logging import print_log
 from torch import nn
 
-from .arch_match import matching_archs
+from .arch_match import other_arch
 from .convert import resize_attention_biases, to_backbone_state_dict
 from .errors import CheckpointMismatchError
 from .io import read_checkpoint
@@ -104,10 +104,10 @@ def load_backbone_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Te
     try:
         adapted, unused = adapt_state_dict(model.state_dict(), state_dict)
     except CheckpointMismatchError as error:
-        archs = matching_archs(state_dict)
-        if archs:  # the usual cause: a config's arch and its checkpoint disagree
-            raise CheckpointMismatchError(f'{source}: {error}; the checkpoint holds the weights of arch '
-                                          f'{archs[0]!r}, set arch={archs[0]!r}') from None
+        arch = other_arch(state_dict, getattr(model, 'arch', None))
+        if arch:  # the usual cause: a config's arch and its checkpoint disagree
+            raise CheckpointMismatchError(f'{source}: {error}; the checkpoint holds the weights of arch {arch!r}, '
+                                          f'set arch={arch!r}') from None
         raise CheckpointMismatchError(f'{source}: {error}') from None
     model.load_state_dict(adapted, strict=False)
     print_log(f'{type(model).__name__}: loaded {len(adapted)} tensors from {source}', logger='current')

@@ -36,7 +36,7 @@ CPU_FLOAT32_FROM = (torch.bfloat16, torch.float16)
 
 def _computed_in_float32(value: object) -> bool:
     """Whether ``value`` is a tensor of a dtype that mmcv's CPU kernels do not take."""
-    return isinstance(value, torch.Tensor) and value.device.type == 'cpu' and value.dtype in CPU_FLOAT32_FROM
+    return isinstance(value, torch.Tensor) and value.is_cpu and value.dtype in CPU_FLOAT32_FROM
 
 
 def prepared(value: object) -> object:

@@ -67,9 +67,12 @@ class DerivedWeights:
                               also=(dtype,))
 
     def training(self, weight: torch.Tensor) -> bool:
-        """Whether autograd can reach ``weight`` in this call; if so, the packed copy is dropped
+        """Whether autograd can reach ``weight`` in this call; if so, the packed and cast copies are dropped
         (:meth:`DerivedCache.training`)."""
-        return self._cache.training((weight,))
+        if self._cache.training((weight,)):
+            self._cast.clear()
+            return True
+        return False
 
     def get(self, conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
         """``weight`` packed for ``conv`` on ``x``'s shape, or None where the plain conv should run this call."""
@@ -210,12 +213,11 @@ class FusedConv2d(nn.Conv2d):
         # keeps its dtype): oneDNN's own ops and the in-place GEMM below are outside autocast, and autocast itself
         # would cast the weight and bias on every call
         x, weight, bias = autocast_operands(x, weight, bias, derived)
-        # geometry first: a 3x3 conv is rejected before the eager/layout checks, which the oneDNN check repeats
-        if kernels and is_pointwise(conv) and eager_channels_last_cpu(x) and x.dtype == weight.dtype:
+        eager_cpu = eager_channels_last_cpu(x)  # on a GPU (host-bound at batch 1): False after the device check
+        if kernels and eager_cpu and is_pointwise(conv) and x.dtype == weight.dtype:
             return pointwise_gemm(x, weight, bias, residual, relu)
-        # on a GPU (host-bound at batch 1) nothing more is checked after the device; a weight that trains drops its
-        # packed copy (fused optimizers update it without a version bump)
-        if (derived is not None and prepack and eager_channels_last_cpu(x) and not derived.training(weight)
+        # a weight that trains drops its packed copy (fused optimizers update it without a version bump)
+        if (derived is not None and prepack and eager_cpu and not derived.training(weight)
                 and cls._onednn_applies(conv, x, weight, PREPACKED_DTYPES)):
             blocked = derived.get(conv, x, weight)
             if blocked is not None:

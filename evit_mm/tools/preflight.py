@@ -164,8 +164,8 @@ def check_checkpoint_fits(model: Any, checkpoint: str) -> None:
     ``load_state_dict`` hook renames them)."""
     from ..checkpoint import (CheckpointMismatchError, adapt_state_dict, read_checkpoint,
                               rename_official_backbone_keys, unwrap_state_dict)
-    from ..checkpoint.arch_match import checkpoint_arch
-    from ..models.backbones.efficientvit import ARCH_SETTINGS, EfficientViT
+    from ..checkpoint.arch_match import other_arch
+    from ..models.backbones.efficientvit import EfficientViT
     state_dict = unwrap_state_dict(read_checkpoint(checkpoint))
     for name, module in model.named_modules():
         if isinstance(module, EfficientViT):
@@ -173,9 +173,9 @@ def check_checkpoint_fits(model: Any, checkpoint: str) -> None:
     try:
         adapt_state_dict(model.state_dict(), state_dict, adapt_shapes=False)
     except CheckpointMismatchError as error:
-        arch, backbone = checkpoint_arch(state_dict), getattr(model, 'backbone', None)
-        hint = (f' Its backbone weights are EfficientViT-{arch.upper()}\'s: model.backbone.arch={arch!r}?'
-                if arch and isinstance(backbone, EfficientViT) and ARCH_SETTINGS[arch] != backbone.arch else '')
+        backbone = getattr(model, 'backbone', None)
+        arch = other_arch(state_dict, backbone.arch) if isinstance(backbone, EfficientViT) else None
+        hint = f" Its backbone weights are EfficientViT-{arch.upper()}'s: model.backbone.arch={arch!r}?" if arch else ''
         raise PreflightError(
             f'{checkpoint!r} does not fit this model ({type(model).__name__}): {error}.{hint} ImageNet weights for '
             'the backbone go in model.backbone.init_cfg=dict(type="Pretrained", checkpoint=...) instead.') from None

@@ -287,6 +287,19 @@ def test_cpu_autocast_runs_the_conv_in_its_dtype(path):
         torch.testing.assert_close(got16, expected16)
 
 
+def test_a_weight_that_trains_drops_its_cast_copy():
+    """Under autocast the cast weights are kept only while no gradient reaches them: a call that records one for
+    the weight drops the kept copy (a fused optimizer may change the weight without a version bump)."""
+    conv = make_conv(16, 32, 3, relu=False, prepack=False)
+    x = channels_last(1, 16, 6, 7)
+    with torch.autocast('cpu', torch.bfloat16):
+        with torch.no_grad():
+            conv(x)
+        assert not conv._derived_weights.empty  # cast once and kept
+        conv(x).float().sum().backward()
+    assert conv._derived_weights.empty and conv.weight.grad is not None
+
+
 @pytest.mark.parametrize('deployed', [False, True])
 def test_backbone_under_cpu_autocast_computes_in_bfloat16(deployed):
     """In eval mode (BatchNorms folded on the fly, on prepacked weights) and deployed, CPU autocast runs the same

@@ -28,7 +28,8 @@ import torch  # noqa: E402
 
 from evit_mm.benchmark.allocator_option import add_allocator_argument, apply_allocator_argument  # noqa: E402
 from evit_mm.benchmark.backbone import (  # noqa: E402
-    backward_nodes_table, compare, compute_rates_table, device_time_table, format_rows, host_work_table)
+    backward_nodes_table, compare, compute_rates_table, device_time_table, format_rows, host_work_table,
+    part_times_table)
 from evit_mm.benchmark.compilation import add_compile_arguments, compile_mode_from  # noqa: E402
 from evit_mm.benchmark.inputs import shape_type  # noqa: E402
 from evit_mm.benchmark.precision import DTYPES  # noqa: E402
@@ -72,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='also profile every shape: per call of each model (with --train: each training step), '
                              'the wall time against the time the device computes (GPU kernels; on a CPU the '
                              'operators): how host-bound each is, and the ratio once both are device-bound')
+    parser.add_argument('--parts', action='store_true',
+                        help='also time the stem and each stage of evit_mm deployed and timm as shipped inside the '
+                             'same calls, at every shape: which part makes the ratio')
     add_allocator_argument(parser)
     args = parser.parse_args(argv)
     if args.cuda_graphs and not args.device.startswith('cuda'):
@@ -90,6 +94,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f'torch {torch.__version__}, {where}, {torch.get_num_threads()} CPU threads, {args.dtype}, {allocator}')
     print(format_rows(compare(args.arch, shapes, args.warmup, args.repeats, args.train, compile_mode_from(args),
                               args.device, args.dtype, args.ablate, args.bfloat16, args.cuda_graphs)))
+    if args.parts:
+        for shape in shapes:
+            print()
+            print(part_times_table(args.arch, shape, args.warmup, args.repeats, args.device, args.dtype))
     if args.host_work:
         print()
         print(host_work_table(args.arch, shapes[0]))

@@ -22,6 +22,7 @@ from .compilation import compiled
 from .compute_rates import compute_rates, format_compute_rates, summarize
 from .device_time import device_times, format_device_times
 from .host_work import count_host_work
+from .part_times import format_part_times, time_parts
 from .precision import autocast, exact_float32, norm_relative_error
 from .timing import Timing, time_interleaved
 
@@ -279,6 +280,21 @@ def compute_rates_table(arch: str = 'm4', shape: tuple[int, int, int] = (16, 224
     return (format_compute_rates(rates, top, what) + '\n\n'
             f'{names[1]} over {names[0]}, {what}s: {timm_ms / ours_summary.run_ms:.2f}x; the most it could be were '
             f'everything but evit_mm\'s GEMMs and convolutions free: {bound:.2f}x')
+
+
+def part_times_table(arch: str = 'm4', shape: tuple[int, int, int] = (1, 800, 1344), warmup: int = 3,
+                     repeats: int = 10, device: str = 'cpu', dtype: str = 'fp32') -> str:
+    """Milliseconds of the stem and of each stage of evit_mm deployed and of timm as shipped (issue 8's
+    comparison), timed inside the same interleaved calls (:mod:`.part_times`), with the paired ratio per part, as
+    Markdown: which part makes the whole-call ratio at this input size."""
+    target = torch.device(device)
+    precision = functools.partial(autocast, target.type, dtype)
+    candidates = inference_candidates(arch, target)
+    models = {name: candidates[name] for name in ('evit_mm deploy', 'timm')}
+    x = torch.randn(shape[0], 3, *shape[1:], device=target)
+    times = time_parts(models, {name: _inference_call(m, x, precision) for name, m in models.items()}, shape[0],
+                       warmup, repeats, device=target)
+    return format_part_times(times, 'evit_mm deploy', 'timm', f'{arch} at {"x".join(map(str, shape))}, {dtype}')
 
 
 def device_time_table(arch: str = 'm4', shape: tuple[int, int, int] = (1, 224, 224), device: str = 'cuda',

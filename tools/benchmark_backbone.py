@@ -32,6 +32,7 @@ from evit_mm.benchmark.backbone import (  # noqa: E402
     part_times_table)
 from evit_mm.benchmark.compilation import add_compile_arguments, compile_mode_from  # noqa: E402
 from evit_mm.benchmark.inputs import shape_type  # noqa: E402
+from evit_mm.benchmark.isolated import compare_isolated  # noqa: E402
 from evit_mm.benchmark.precision import DTYPES  # noqa: E402
 
 
@@ -76,8 +77,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--parts', action='store_true',
                         help='also time the stem and each stage of evit_mm deployed and timm as shipped inside the '
                              'same calls, at every shape: which part makes the ratio')
+    parser.add_argument('--isolated', type=int, metavar='ROUNDS',
+                        help='also time evit_mm deployed and timm as shipped (with --train: both training steps) each '
+                             'alone in a fresh process, ROUNDS processes each, alternating (CPU, float32): what a '
+                             'deployment running one model sees, without the other model\'s memory in its heap')
     add_allocator_argument(parser)
     args = parser.parse_args(argv)
+    if args.isolated is not None and args.isolated < 1:
+        parser.error(f'--isolated needs at least 1 round, got {args.isolated}')
+    if args.isolated and (args.device != 'cpu' or args.dtype != 'fp32'):
+        parser.error('--isolated times float32 on the CPU only; drop --device/--dtype')
     if args.cuda_graphs and not args.device.startswith('cuda'):
         parser.error('--cuda-graphs needs --device cuda (CUDA graphs replay on a GPU only), got --device '
                      f'{args.device}')
@@ -94,6 +103,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f'torch {torch.__version__}, {where}, {torch.get_num_threads()} CPU threads, {args.dtype}, {allocator}')
     print(format_rows(compare(args.arch, shapes, args.warmup, args.repeats, args.train, compile_mode_from(args),
                               args.device, args.dtype, args.ablate, args.bfloat16, args.cuda_graphs)))
+    if args.isolated:
+        print()
+        print(format_rows(compare_isolated(args.arch, shapes, args.isolated, args.warmup, args.repeats, args.train,
+                                           args.threads, args.keep_freed_memory)))
     if args.parts:
         for shape in shapes:
             print()

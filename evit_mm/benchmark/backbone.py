@@ -161,15 +161,19 @@ def _check_graphs_device(cuda_graphs: bool, device: torch.device) -> None:
         raise ValueError(f'CUDA graphs replay on a GPU only: cuda_graphs needs a cuda device, got {str(device)!r}')
 
 
-def _inference_call(model: nn.Module, x: torch.Tensor,
-                    precision: Callable[[], contextlib.AbstractContextManager]) -> Callable[[], object]:
+def inference_call(model: nn.Module, x: torch.Tensor,
+                   precision: Callable[[], contextlib.AbstractContextManager]) -> Callable[[], object]:
+    """The timed inference call: ``model(x)`` under ``precision`` (an autocast context or a no-op)."""
     def call() -> object:
         with precision():
             return model(x)
     return call
 
 
-def _training_step(model: nn.Module, x: torch.Tensor, precision: Callable[[], contextlib.AbstractContextManager]):
+def training_step(model: nn.Module, x: torch.Tensor,
+                  precision: Callable[[], contextlib.AbstractContextManager]) -> Callable[[], None]:
+    """The timed training step: gradients cleared, the forward pass under ``precision``, the mean squares of every
+    feature map as the loss, the backward pass."""
     def step() -> None:
         model.zero_grad(set_to_none=True)
         with precision():
@@ -227,14 +231,14 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
                     else:
                         torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-3, msg=f'{name} differs from timm')
 
-        timings = time_interleaved({name: _inference_call(m, x, precision) for name, m in models.items()}, batch,
+        timings = time_interleaved({name: inference_call(m, x, precision) for name, m in models.items()}, batch,
                                    warmup, repeats, device=target)
         if train:  # on copies: training-mode BatchNorm updates running statistics
-            steps = {'evit_mm train': _training_step(copy.deepcopy(ours).train(), x, precision),
-                     'timm train': _training_step(copy.deepcopy(reference).train(), x, precision)}
+            steps = {'evit_mm train': training_step(copy.deepcopy(ours).train(), x, precision),
+                     'timm train': training_step(copy.deepcopy(reference).train(), x, precision)}
             if ablate:  # both ways: the default depends on the CPU (eager_kernels.own_kernels_measured_faster)
                 for name, gemm_convs in (('evit_mm train, no GEMM convs', False), ('evit_mm train, GEMM convs', True)):
-                    steps[name] = _training_step(copy.deepcopy(ours).set_conv_bn_paths(gemm_convs=gemm_convs).train(),
+                    steps[name] = training_step(copy.deepcopy(ours).set_conv_bn_paths(gemm_convs=gemm_convs).train(),
                                                  x, precision)
             timings.update(time_interleaved(steps, batch, warmup, repeats, device=target, grad=True))
         for case, (a, b) in CASES.items():
@@ -267,8 +271,8 @@ def compute_rates_table(arch: str = 'm4', shape: tuple[int, int, int] = (16, 224
     x = torch.randn(shape[0], 3, *shape[1:])
     if train:
         ours, reference = build_pair(arch)
-        runs = {'evit_mm train': _training_step(ours.train(), x, contextlib.nullcontext),
-                'timm train': _training_step(reference.train(), x, contextlib.nullcontext)}
+        runs = {'evit_mm train': training_step(ours.train(), x, contextlib.nullcontext),
+                'timm train': training_step(reference.train(), x, contextlib.nullcontext)}
         names, what = ('evit_mm train', 'timm train'), 'training step'
     else:
         runs = {name: functools.partial(model, x) for name, model in inference_candidates(arch).items()
@@ -292,7 +296,7 @@ def part_times_table(arch: str = 'm4', shape: tuple[int, int, int] = (1, 800, 13
     candidates = inference_candidates(arch, target)
     models = {name: candidates[name] for name in ('evit_mm deploy', 'timm')}
     x = torch.randn(shape[0], 3, *shape[1:], device=target)
-    times = time_parts(models, {name: _inference_call(m, x, precision) for name, m in models.items()}, shape[0],
+    times = time_parts(models, {name: inference_call(m, x, precision) for name, m in models.items()}, shape[0],
                        warmup, repeats, device=target)
     return format_part_times(times, 'evit_mm deploy', 'timm', f'{arch} at {"x".join(map(str, shape))}, {dtype}')
 
@@ -312,10 +316,10 @@ def device_time_table(arch: str = 'm4', shape: tuple[int, int, int] = (1, 224, 2
     x = torch.randn(shape[0], 3, *shape[1:], device=target)
     where = f'{arch} at {"x".join(map(str, shape))}, {dtype}'
     tables = [format_device_times(
-        device_times({name: _inference_call(m, x, precision) for name, m in models.items()}, target, repeats, calls),
+        device_times({name: inference_call(m, x, precision) for name, m in models.items()}, target, repeats, calls),
         CASES, f'{where}, inference')]
     if train:
-        steps = {f'{name} train': _training_step(copy.deepcopy(models[name]).train(), x, precision)
+        steps = {f'{name} train': training_step(copy.deepcopy(models[name]).train(), x, precision)
                  for name in ('evit_mm', 'timm')}
         tables.append(format_device_times(device_times(steps, target, repeats, calls, grad=True), CASES,
                                           f'{where}, training step'))

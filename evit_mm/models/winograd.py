@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .derived_cache import DerivedCache
 from .eager_kernels import eager_autocast_dtype, exporting_or_compiling
 from .module_swap import replace_modules
 from .padding import zero_padded_nhwc
@@ -237,7 +238,7 @@ class WinogradConv2d(nn.Conv2d):
         self.min_pixels = min_pixels
         self.tile = tile
         self.large_tile_min_pixels = large_tile_min_pixels
-        self._filters: dict[tuple[int, torch.dtype], tuple[tuple, torch.Tensor]] = {}
+        self._filters: dict[tuple[int, torch.dtype], DerivedCache[torch.Tensor]] = {}  # per tile and dtype
 
     @staticmethod
     def supports(conv: nn.Conv2d) -> bool:
@@ -256,15 +257,16 @@ class WinogradConv2d(nn.Conv2d):
 
     def transformed_filters(self, tile: int, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The weights as :func:`winograd_filter` of ``tile`` transforms them into ``dtype`` (default: the weight's),
-        cached per tile and dtype."""
-        w = self.weight
-        dtype = dtype or w.dtype
-        key = (w.device, w.dtype, w.data_ptr(), None if w.is_inference() else w._version)
-        cached = self._filters.get((tile, dtype))
-        if cached is None or cached[0] != key or key[3] is None:
-            with torch.no_grad():
-                cached = self._filters[tile, dtype] = (key, winograd_filter(w, tile, dtype))
-        return cached[1]
+        cached per tile and dtype until the weight changes (:class:`~.derived_cache.DerivedCache`)."""
+        weight = self.weight
+        dtype = dtype or weight.dtype
+        cache = self._filters.setdefault((tile, dtype), DerivedCache())
+        # dtype and device in the key: a weight moved through `.data` may land at a freed address with version 0
+        return cache.get((weight,), lambda: winograd_filter(weight, tile, dtype), also=(weight.dtype, weight.device))
+
+    def train(self, mode: bool = True) -> WinogradConv2d:
+        self._filters.clear()  # as DerivedCache asks of its owner: weights swapped through .data, then a switch
+        return super().train(mode)
 
     def _plan(self, x: torch.Tensor) -> tuple[int, torch.dtype] | None:
         """The output tile and the dtype the Winograd path would compute ``x`` with, or None where the direct

@@ -1,4 +1,6 @@
 """Winograd F(2x2, 3x3) and F(4x4, 3x3) convolutions: same values as the direct convolution, and where they run."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -123,6 +125,24 @@ def test_cached_filters_follow_new_weights():
         conv.weight.mul_(2)  # in place: same storage, new version
         got = conv(x)
     assert relative_error(got, F.conv2d(x, conv.weight, conv.bias, padding=1)) < 1e-5
+
+
+def test_cached_filters_per_tile_and_dtype_follow_swapped_weights_and_mode_switches():
+    conv = WinogradConv2d.from_conv(nn.Conv2d(64, 64, 3, padding=1).eval(), min_channels=64)
+    with torch.no_grad():
+        f4, f2 = conv.transformed_filters(4), conv.transformed_filters(2)
+        assert f4.shape[0] == 36 and f2.shape[0] == 16
+        assert conv.transformed_filters(4) is f4 and conv.transformed_filters(2) is f2  # kept
+        assert conv.transformed_filters(2, torch.bfloat16).dtype == torch.bfloat16
+        conv.weight.data = conv.weight.data * 2  # swapped, no version bump on the parameter
+        torch.testing.assert_close(conv.transformed_filters(4), 2 * f4)
+        x = torch.randn(1, 64, 24, 24)
+        assert relative_error(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1)) < 1e-5
+    conv.train(False)  # a mode switch drops every cached transform (EMA hooks swap weights, then switch)
+    assert conv._filters == {}
+    clone = copy.deepcopy(conv)
+    with torch.no_grad():
+        torch.testing.assert_close(clone.transformed_filters(4), 2 * f4)
 
 
 def test_convert_replaces_only_supported_convolutions():

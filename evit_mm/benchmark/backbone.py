@@ -293,8 +293,8 @@ def part_times_table(arch: str = 'm4', shape: tuple[int, int, int] = (1, 800, 13
     Markdown: which part makes the whole-call ratio at this input size."""
     target = torch.device(device)
     precision = functools.partial(autocast, target.type, dtype)
-    candidates = inference_candidates(arch, target)
-    models = {name: candidates[name] for name in ('evit_mm deploy', 'timm')}
+    ours, reference = build_pair(arch)  # these two only: other models' memory would sit in the same heap
+    models = {'evit_mm deploy': ours.switch_to_deploy().to(target), 'timm': reference.to(target)}
     x = torch.randn(shape[0], 3, *shape[1:], device=target)
     times = time_parts(models, {name: inference_call(m, x, precision) for name, m in models.items()}, shape[0],
                        warmup, repeats, device=target)

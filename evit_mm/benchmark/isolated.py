@@ -24,12 +24,12 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .allocator_option import add_allocator_argument, apply_allocator_argument
-from .backbone import Row, build_pair, inference_call, quartiles, training_step
+from .backbone import CASES, Row, build_pair, inference_call, quartiles, training_step
 from .inputs import shape_type
 from .timing import time_interleaved
 
-#: The comparisons timed alone: the case's name (as in :data:`~.backbone.CASES`) and its evit_mm and timm candidates.
-ISOLATED_CASES = {'deploy vs timm as shipped': ('evit_mm deploy', 'timm'), 'train': ('evit_mm train', 'timm train')}
+#: The comparisons of :data:`~.backbone.CASES` timed alone, with their evit_mm and timm candidates.
+ISOLATED_CASES = {case: CASES[case] for case in ('deploy vs timm as shipped', 'train')}
 #: Seed of the weights every worker builds (the same in every process).
 SEED = 0
 #: Seconds a worker may take before the run stops with an error.

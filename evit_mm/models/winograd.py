@@ -261,8 +261,7 @@ class WinogradConv2d(nn.Conv2d):
         weight = self.weight
         dtype = dtype or weight.dtype
         cache = self._filters.setdefault((tile, dtype), DerivedCache())
-        # dtype and device in the key: a weight moved through `.data` may land at a freed address with version 0
-        return cache.get((weight,), lambda: winograd_filter(weight, tile, dtype), also=(weight.dtype, weight.device))
+        return cache.get((weight,), lambda: winograd_filter(weight, tile, dtype))
 
     def train(self, mode: bool = True) -> WinogradConv2d:
         self._filters.clear()  # as DerivedCache asks of its owner: weights swapped through .data, then a switch

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .derived_cache import DerivedCache
-from .eager_kernels import eager_autocast_dtype, exporting_or_compiling
+from .eager_kernels import eager_autocast_dtype, exporting_or_compiling, tracing_or_exporting
 from .fused_conv import pointwise_linear
 from .layers import ConvBN
 
@@ -178,7 +178,7 @@ class LocalWindowAttention(nn.Module):
         B, C, H, W = x.shape
         ws = self.window_size
         # Shortcuts on sizes only in eager mode: a traced graph (ONNX export) must hold for every input size.
-        general = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        general = tracing_or_exporting()
         if not general and not self.fast and H == ws and W == ws:
             return self.attn(x)
         pad_b, pad_r = (-H) % ws, (-W) % ws

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from evit_mm.models import eager_kernels
-from evit_mm.models.eager_kernels import exporting_or_compiling
+from evit_mm.models.eager_kernels import exporting_or_compiling, tracing_or_exporting
 
 
 class _Recorder(nn.Module):
@@ -46,12 +46,25 @@ def test_onnx_flags_are_read_where_torch_sets_them(monkeypatch, flag):
     both; the dynamo exporter needs onnxscript, which the stack does not install, so its flag is set by hand."""
     from torch.onnx._internal.exporter import _flags
     from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
-    assert not exporting_or_compiling()
+    assert not exporting_or_compiling() and not tracing_or_exporting()
     if flag == 'torchscript':
         monkeypatch.setattr(GLOBALS, 'in_onnx_export', True)
     else:
         monkeypatch.setattr(_flags, '_is_onnx_exporting', True)
     assert torch.onnx.is_in_onnx_export() and eager_kernels._in_onnx_export() and exporting_or_compiling()
+    assert tracing_or_exporting()
+
+
+def test_tracing_is_seen():
+    seen = []
+
+    def record(x: torch.Tensor) -> torch.Tensor:
+        seen.append(tracing_or_exporting())
+        return x + 1
+
+    torch.jit.trace(record, torch.zeros(2), check_trace=False)
+    record(torch.zeros(2))
+    assert seen == [True, False]
 
 
 def test_compilation_is_seen():

@@ -160,6 +160,13 @@ def test_onnx_export_matches_pytorch(tmp_path, target, deploy, capsys):
     assert ('deploy: Conv+BN folded in EfficientViT' in out) == deploy
 
 
+def test_onnx_export_without_window_padding_holds_where_padding_is_needed(tmp_path, capsys):
+    """At 448x448 every stage's map is a whole number of 7x7 windows, so the eager forward pads nothing; the traced
+    graph must still pad at the check's other size (485x429), or its windows would straddle the map's edges."""
+    assert export_cli.main(['evit_m0', str(tmp_path / 'm.onnx'), '--shape', '448x448', '--atol', '1e-3']) == 0
+    assert '(2, 3, 485, 429)' in capsys.readouterr().out
+
+
 def test_flops_of_config_and_backbone():
     c = complexity(DET_DEMO, (224, 224))
     assert c['gflops'] > c['backbone_gflops'] > 0

@@ -39,7 +39,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                '--checkpoint ckpt.pth\n'
                '  tools/benchmark.py configs/retinanet_evit_m4.py@deploy '
                'configs/retinanet_evit_m4.py@deploy-cuda-graphs --device cuda --dtype fp16 --modes predict '
-               '--shape 800x1333\n',
+               '--shape 800x1333\n'
+               '\n'
+               'memory columns: "call peak MB" is the most memory one steady-state call allocates above what was '
+               'allocated before it (activations, outputs, workspaces: CUDA allocator statistics on a GPU, the '
+               "profiler's tensor allocations on the CPU), measured on one more call after the timed ones; "
+               '"weights MB" is the parameters and buffers of the measured module.\n',
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('targets', nargs='+', help='config files, evit_m0..evit_m5, resnet18, resnet50, swin-t, '
                                                'timm:<model>; append @deploy to deploy one target, @deploy-bf16 '
@@ -97,13 +102,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def format_table(results: list[Result]) -> str:
-    head = ('target', 'mode', 'batch', 'shape', 'img/s', 'p50 ms', 'p90 ms', 'p99 ms', 'peak MB', 'page faults',
-            'params M', 'GFLOPs')
+    head = ('target', 'mode', 'batch', 'shape', 'img/s', 'p50 ms', 'p90 ms', 'p99 ms', 'call peak MB', 'weights MB',
+            'page faults', 'params M', 'GFLOPs')
     rows = [head]
     for r in results:
         rows.append((r.target, r.mode + _deploy_label(r), str(r.batch), r.shape,
                      f'{r.images_per_s:.2f}', f'{r.latency_p50_ms:.1f}', f'{r.latency_p90_ms:.1f}',
-                     f'{r.latency_p99_ms:.1f}', f'{r.peak_memory_mb:.0f}',
+                     f'{r.latency_p99_ms:.1f}', _mb(r.peak_memory_mb), _mb(r.weights_mb),
                      '-' if r.page_faults_per_call is None else f'{r.page_faults_per_call:.0f}', f'{r.params_m:.2f}',
                      '-' if r.gflops is None else f'{r.gflops:.2f}'))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
@@ -122,6 +127,10 @@ def format_table(results: list[Result]) -> str:
             cells = [f'{b[k]:.1f}' for k in ('preprocess', 'backbone', 'neck')] + [head, post, f"{b['total']:.1f}"]
             lines.append(f'| {r.target}{_deploy_label(r)} | {r.shape} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
+
+
+def _mb(value: float | None) -> str:
+    return '-' if value is None else f'{value:.1f}'
 
 
 def _deploy_label(r: Result) -> str:

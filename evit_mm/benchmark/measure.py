@@ -1,7 +1,6 @@
 """Throughput, latency, memory, parameters and FLOPs of backbones and whole pipelines, in one run."""
 from __future__ import annotations
 
-import resource
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -11,6 +10,7 @@ import torch
 from .compilation import compiled
 from .flop_count import count_params
 from .inputs import synthetic_batch
+from .memory import call_peak_mb, weights_mb
 from .precision import autocast
 from .targets import Target
 from .timing import Timing, time_interleaved
@@ -48,11 +48,12 @@ class Result:
     latency_p50_ms: float
     latency_p90_ms: float
     latency_p99_ms: float
-    peak_memory_mb: float
-    memory_kind: str
+    peak_memory_mb: float | None  # MiB one steady-state call allocates above what was allocated before it
+    memory_kind: str  # how peak_memory_mb was measured
     page_faults_per_call: float | None  # median minor page faults of the process per timed call
     params_m: float
     gflops: float | None
+    weights_mb: float  # MiB of the measured module's parameters and buffers
     deploy: bool
     trained: bool | None
     bfloat16_weights: bool = False  # deployed with the dense parts on bfloat16 weights
@@ -74,11 +75,9 @@ def gflops(module: torch.nn.Module, height: int, width: int) -> float | None:
         return None
 
 
-def _peak_memory(device: torch.device) -> tuple[float, str]:
-    if device.type == 'cuda':
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20, 'cuda allocator peak'
-    scale = 1 if sys.platform == 'darwin' else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2 ** 20, 'process peak RSS'
+#: How :func:`~.memory.call_peak_mb` measures, per device type.
+MEMORY_KINDS = {'cuda': 'one call, CUDA allocator peak above the memory allocated before it',
+                'cpu': 'one call, peak of its tensor allocations (profiler)'}
 
 
 def prepare(target: Target, opts: Options) -> torch.device:
@@ -149,9 +148,9 @@ def _breakdown(timings: dict[str, Timing]) -> dict[str, float]:
     return {**parts, 'total': ms['total']}
 
 
-def _pipeline_timing(target: Target, opts: Options, device: torch.device) -> Timing:
-    """Data loading from the config's test dataset + ``test_step``, per batch, in order (the loader starts over
-    when it runs out), timed like every other mode by :func:`~.timing.time_interleaved`."""
+def _pipeline_call(target: Target, opts: Options) -> Callable[[], object]:
+    """Data loading from the config's test dataset + ``test_step``, one batch per call, in order (the loader starts
+    over when it runs out)."""
     from mmengine.runner import Runner
 
     from ..tools.preflight import check_datasets
@@ -169,38 +168,40 @@ def _pipeline_timing(target: Target, opts: Options, device: torch.device) -> Tim
             if empty:
                 raise ValueError('the test dataloader yields no batches')
     stream = batches()
-    return time_interleaved({'total': lambda: target.model.test_step(next(stream))}, opts.batch_size, opts.warmup,
-                            opts.repeats, device, opts.time_budget)['total']
+    return lambda: target.model.test_step(next(stream))
 
 
 def measure(target: Target, mode: str, opts: Options, device: torch.device) -> Result:
-    """Measure one target in one mode; all sub-timings of the mode are interleaved in one run."""
-    if device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats(device)
+    """Measure one target in one mode; all sub-timings of the mode are interleaved in one run. The memory one call
+    needs is measured on one more call after the timed ones (:func:`~.memory.call_peak_mb`)."""
     breakdown: dict[str, float] = {}
+    peak = None
     with autocast(device.type, opts.dtype):
-        if mode == 'pipeline':
-            if target.cfg is None:
-                raise ValueError('mode pipeline needs a config target with a test dataset')
-            total = _pipeline_timing(target, opts, device)
-        elif mode == 'onnx':
+        if mode == 'onnx':
             from .onnx_runtime import onnx_backbone_timing
-            total = onnx_backbone_timing(target.backbone, opts)
+            total = onnx_backbone_timing(target.backbone, opts)  # ONNX Runtime's memory is its own: not measured
         else:
-            timings = time_interleaved(_callables(target, mode, opts, device), opts.batch_size, opts.warmup,
-                                       opts.repeats, device, opts.time_budget)
+            if mode == 'pipeline':
+                if target.cfg is None:
+                    raise ValueError('mode pipeline needs a config target with a test dataset')
+                calls = {'total': _pipeline_call(target, opts)}
+            else:
+                calls = _callables(target, mode, opts, device)
+            timings = time_interleaved(calls, opts.batch_size, opts.warmup, opts.repeats, device, opts.time_budget)
             total = timings['total']
             if mode == 'predict':
                 breakdown = _breakdown(timings)
-    peak, memory_kind = _peak_memory(device)
+            with torch.inference_mode():
+                peak = call_peak_mb(calls['total'], device)
     measured = target.backbone if mode in ('backbone', 'onnx') else target.model
     return Result(
         target=target.name, kind=target.kind, mode=mode, device=str(device), dtype=opts.dtype,
         batch=opts.batch_size, shape=f'{opts.height}x{opts.width}', images_per_s=total.images_per_second,
         latency_p50_ms=total.median * 1e3, latency_p90_ms=total.percentile(90) * 1e3,
-        latency_p99_ms=total.percentile(99) * 1e3, peak_memory_mb=peak, memory_kind=memory_kind,
+        latency_p99_ms=total.percentile(99) * 1e3, peak_memory_mb=peak,
+        memory_kind=MEMORY_KINDS.get(device.type, 'not measured') if peak is not None else 'not measured',
         page_faults_per_call=total.median_page_faults,
-        params_m=count_params(measured), gflops=None, deploy=opts.deploy,
+        params_m=count_params(measured), gflops=None, weights_mb=weights_mb(measured), deploy=opts.deploy,
         bfloat16_weights=opts.deploy and bool(opts.deploy_options.get('bfloat16')),
         cuda_graphs=opts.deploy and bool(opts.deploy_options.get('cuda_graphs')),
         trained=None if target.kind == 'backbone' else target.trained, breakdown_ms=breakdown)

@@ -22,6 +22,7 @@ from .compilation import compiled
 from .compute_rates import compute_rates, format_compute_rates, summarize
 from .device_time import device_times, format_device_times
 from .host_work import count_host_work
+from .memory import call_peak_mb
 from .part_times import format_part_times, time_parts
 from .precision import autocast, exact_float32, norm_relative_error
 from .timing import Timing, time_interleaved
@@ -70,6 +71,8 @@ class Row:
     ratio_quartiles: tuple[float, float]  # 25th and 75th percentile of the same per-round ratios (the spread)
     ours_page_faults: float | None = None  # median minor page faults per call (Timing.median_page_faults)
     timm_page_faults: float | None = None
+    ours_memory_mb: float | None = None  # MiB one call allocates above what was allocated before it (memory.py)
+    timm_memory_mb: float | None = None
 
 
 PLAIN_DEPLOY = 'evit_mm deploy, plain ops (the GPU path)'
@@ -231,8 +234,9 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
                     else:
                         torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-3, msg=f'{name} differs from timm')
 
-        timings = time_interleaved({name: inference_call(m, x, precision) for name, m in models.items()}, batch,
-                                   warmup, repeats, device=target)
+        calls = {name: inference_call(m, x, precision) for name, m in models.items()}
+        timings = time_interleaved(calls, batch, warmup, repeats, device=target)
+        steps = {}
         if train:  # on copies: training-mode BatchNorm updates running statistics
             steps = {'evit_mm train': training_step(copy.deepcopy(ours).train(), x, precision),
                      'timm train': training_step(copy.deepcopy(reference).train(), x, precision)}
@@ -241,13 +245,26 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
                     steps[name] = training_step(copy.deepcopy(ours).set_conv_bn_paths(gemm_convs=gemm_convs).train(),
                                                  x, precision)
             timings.update(time_interleaved(steps, batch, warmup, repeats, device=target, grad=True))
+        memory = _call_peaks({**calls, **steps}, {name for pair in CASES.values() for name in pair} & set(timings),
+                             set(steps), target)
         for case, (a, b) in CASES.items():
             if a in timings:
                 ratios = paired_ratios(timings[b], timings[a])
                 rows.append(Row(arch, (batch, height, width), case, timings[a].images_per_second,
                                 timings[b].images_per_second, statistics.median(ratios), quartiles(ratios),
-                                timings[a].median_page_faults, timings[b].median_page_faults))
+                                timings[a].median_page_faults, timings[b].median_page_faults, memory[a], memory[b]))
     return rows
+
+
+def _call_peaks(calls: dict[str, Callable[[], object]], names: set[str], training: set[str],
+                device: torch.device) -> dict[str, float | None]:
+    """The memory one more call of each of ``names`` allocates (:func:`~.memory.call_peak_mb`), after the timed
+    ones: inference calls in inference mode, the ``training`` steps with autograd."""
+    peaks = {}
+    for name in sorted(names):
+        with torch.inference_mode(name not in training):
+            peaks[name] = call_peak_mb(calls[name], device)
+    return peaks
 
 
 def host_work_table(arch: str = 'm4', shape: tuple[int, int, int] = (1, 224, 224)) -> str:
@@ -341,14 +358,19 @@ def backward_nodes_table(arch: str = 'm4', shape: tuple[int, int, int] = (16, 22
 
 def format_rows(rows: list[Row]) -> str:
     lines = ['| arch | input (BxHxW) | comparison | evit_mm img/s | timm img/s | ratio (paired median) | '
-             'ratio, middle half of rounds | page faults per call, evit_mm / timm |',
-             '|---|---|---|---|---|---|---|---|']
+             'ratio, middle half of rounds | page faults per call, evit_mm / timm | call peak MB, evit_mm / timm |',
+             '|---|---|---|---|---|---|---|---|---|']
     for r in rows:
         lines.append(f'| {r.arch} | {r.shape[0]}x{r.shape[1]}x{r.shape[2]} | {r.case} | {r.ours:.1f} | {r.timm:.1f} | '
                      f'{r.ratio:.2f} | {r.ratio_quartiles[0]:.2f}-{r.ratio_quartiles[1]:.2f} | '
-                     f'{_count(r.ours_page_faults)} / {_count(r.timm_page_faults)} |')
+                     f'{_count(r.ours_page_faults)} / {_count(r.timm_page_faults)} | '
+                     f'{_megabytes(r.ours_memory_mb)} / {_megabytes(r.timm_memory_mb)} |')
     return '\n'.join(lines)
 
 
 def _count(value: float | None) -> str:
     return '-' if value is None else f'{value:.0f}'
+
+
+def _megabytes(value: float | None) -> str:
+    return '-' if value is None else f'{value:.1f}'

@@ -20,6 +20,14 @@ def test_compare_runs_at_tiny_size():
     assert f'| {spread[0]:.2f}-{spread[1]:.2f} | {rows[1].ours_page_faults:.0f} / {rows[1].timm_page_faults:.0f} |' \
         in table.splitlines()[3]
     assert all(r.ours_page_faults >= 0 and r.timm_page_faults >= 0 for r in rows)
+    # memory of one more call each: training steps keep their activations for the backward pass
+    by_case = {r.case: r for r in rows}
+    assert all(r.ours_memory_mb > 0 and r.timm_memory_mb > 0 for r in rows)
+    assert by_case['train'].ours_memory_mb > 2 * by_case['eval'].ours_memory_mb
+    assert by_case['train'].timm_memory_mb > 2 * by_case['eval'].timm_memory_mb
+    assert by_case['deploy vs timm fused'].ours_memory_mb == by_case['deploy vs timm as shipped'].ours_memory_mb
+    assert table.splitlines()[3].endswith(
+        f'| {rows[1].ours_memory_mb:.1f} / {rows[1].timm_memory_mb:.1f} |')
 
 
 def test_quartiles_of_the_per_round_ratios():
@@ -37,6 +45,8 @@ def test_compare_ablates_the_fast_paths():
                                       'train with GEMM convs']
     by_case = {r.case: r for r in rows}
     assert by_case['train without GEMM convs'].timm == by_case['train'].timm  # the same timm timings
+    for case in ('train without GEMM convs', 'train with GEMM convs'):  # profiled as training steps too
+        assert by_case[case].ours_memory_mb > 2 * by_case['eval without BN folding'].ours_memory_mb
     assert by_case['eval without BN folding'].timm == by_case['eval'].timm
     assert all(r.ours > 0 and r.ratio > 0 for r in rows)
 

@@ -15,10 +15,11 @@ middle half of the per-round ratios (25th-75th percentile) beside them.
     python tools/benchmark_backbone.py --arch m4 --threads 2 --parts
     python tools/benchmark_backbone.py --arch m4 --threads 2 --train --isolated 4
 
-The last column counts the process's minor page faults per call (fresh pages the kernel maps in and zeroes, about
-1 us each on a CPU machine); --keep-freed-memory makes glibc keep freed memory for reuse, for both models. Models in
-one process share its heap, so each one's page faults depend on the others; --isolated times each model alone in
-fresh processes, as deployed.
+The page-fault column counts the process's minor page faults per call (fresh pages the kernel maps in and zeroes,
+about 1 us each on a CPU machine); --keep-freed-memory makes glibc keep freed memory for reuse, for both models. Models
+in one process share its heap, so each one's page faults depend on the others; --isolated times each model alone in
+fresh processes, as deployed. The last column is the memory one more call of each model allocates above what was
+allocated before it (tensors: CUDA's allocator statistics on a GPU, the profiler's allocation events on the CPU).
 """
 from __future__ import annotations
 

@@ -29,7 +29,8 @@ def weights_mb(module: nn.Module) -> float:
 def call_peak_mb(call: Callable[[], object], device: torch.device) -> float | None:
     """Peak MiB that one ``call`` allocates above what was allocated before it: by CUDA's allocator statistics on
     a GPU, by the profiler's allocation events on the CPU (tensors only: the private scratch buffers of oneDNN and
-    MKL are not counted); None on other devices or where the profiler does not report them."""
+    MKL are not counted); None on other devices or where the profiler does not report them. A call that replays a
+    CUDA graph reuses the memory its capture allocated, before this call: the graph's working memory is not in it."""
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)

@@ -174,6 +174,19 @@ def test_eval_bias_cache_sees_new_weights():
     assert not torch.allclose(before, after)
 
 
+def test_bias_table_is_not_cached_in_training_mode():
+    """A forward without gradients in training mode (a teacher or EMA pass, validation without ``.eval()``) must not
+    keep the gathered table: fused optimizers update the parameter in place without a version bump, so a cached
+    table would be served stale after the step (written here through ``.data``, which bumps no version either)."""
+    attn = CascadedGroupAttention(dim=32, key_dim=8, num_heads=2, window_size=4, kernels=(3, 3)).train()
+    x = torch.randn(2, 32, 4, 4)
+    with torch.no_grad():
+        attn(x)
+        attn.attention_biases.data.add_(torch.randn_like(attn.attention_biases))
+        table = attn.attention_bias()
+    assert torch.equal(table, attn.attention_biases[:, attn.attention_bias_idxs])
+
+
 def test_registered_in_all_scopes():
     from mmdet.registry import MODELS as DET_MODELS
     from mmseg.registry import MODELS as SEG_MODELS

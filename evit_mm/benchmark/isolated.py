@@ -26,6 +26,7 @@ import torch
 from .allocator_option import add_allocator_argument, apply_allocator_argument
 from .backbone import CASES, Row, build_pair, inference_call, quartiles, training_step
 from .inputs import shape_type
+from .memory import call_peak_mb
 from .timing import time_interleaved
 
 #: The comparisons of :data:`~.backbone.CASES` timed alone, with their evit_mm and timm candidates.
@@ -38,7 +39,8 @@ WORKER_TIMEOUT_S = 900
 
 def measure_alone(arch: str, candidate: str, shape: tuple[int, int, int], warmup: int, repeats: int) -> dict:
     """Latencies and page faults of ``candidate`` (a name of :data:`ISOLATED_CASES`' pairs) in this process, the
-    only model built in it besides the pair's construction."""
+    only model built in it besides the pair's construction, and the memory one more call allocates
+    (:func:`~.memory.call_peak_mb`)."""
     torch.manual_seed(SEED)
     pair = build_pair(arch)
     model = pair[0] if candidate.startswith('evit_mm') else pair[1]
@@ -50,9 +52,11 @@ def measure_alone(arch: str, candidate: str, shape: tuple[int, int, int], warmup
         if candidate == 'evit_mm deploy':
             model.switch_to_deploy()
         call = inference_call(model, x, contextlib.nullcontext)
-    timing = time_interleaved({candidate: call}, shape[0], warmup, repeats, grad=candidate.endswith('train'))
-    result = timing[candidate]
-    return {'latencies': result.latencies, 'page_faults': result.page_faults}
+    training = candidate.endswith('train')
+    result = time_interleaved({candidate: call}, shape[0], warmup, repeats, grad=training)[candidate]
+    with torch.inference_mode(not training):
+        memory = call_peak_mb(call, torch.device('cpu'))
+    return {'latencies': result.latencies, 'page_faults': result.page_faults, 'memory_mb': memory}
 
 
 def run_worker(arch: str, candidate: str, shape: tuple[int, int, int], warmup: int, repeats: int,
@@ -85,21 +89,29 @@ def compare_isolated(arch: str = 'm4', shapes: Sequence[tuple[int, int, int]] = 
         for case, pair in cases.items():
             medians: dict[str, list[float]] = {name: [] for name in pair}
             faults: dict[str, list[float]] = {name: [] for name in pair}
+            memory: dict[str, list[float]] = {name: [] for name in pair}
             for round_index in range(rounds):
                 for name in pair if round_index % 2 == 0 else pair[::-1]:
                     result = worker(arch, name, shape, warmup, repeats, threads, keep_freed_memory)
                     medians[name].append(statistics.median(result['latencies']))
                     faults[name].append(statistics.median(result['page_faults']))
+                    memory[name].append(result['memory_mb'])
             ours, reference = (medians[name] for name in pair)
             ratios = [r / o for o, r in zip(ours, reference, strict=True)]
             rows.append(Row(arch, shape, f'{case}, each alone in its process', shape[0] / statistics.median(ours),
                             shape[0] / statistics.median(reference), statistics.median(ratios), quartiles(ratios),
-                            statistics.median(faults[pair[0]]), statistics.median(faults[pair[1]])))
+                            statistics.median(faults[pair[0]]), statistics.median(faults[pair[1]]),
+                            _median_or_none(memory[pair[0]]), _median_or_none(memory[pair[1]])))
     return rows
 
 
+def _median_or_none(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
 def main(argv: list[str] | None = None) -> None:
-    """The worker: time one candidate alone and print ``{"latencies": [...], "page_faults": [...]}``."""
+    """The worker: time one candidate alone and print its :func:`measure_alone` result as one JSON line."""
     parser = argparse.ArgumentParser(description='Time one candidate of the backbone benchmark alone in this process')
     parser.add_argument('arch')
     parser.add_argument('candidate', choices=sorted({name for pair in ISOLATED_CASES.values() for name in pair}))

@@ -18,7 +18,8 @@ def test_rounds_alternate_and_each_ratio_pairs_one_round():
 
     def worker(arch, candidate, shape, warmup, repeats, threads, keep_freed_memory):
         calls.append((candidate, shape, warmup, repeats, threads, keep_freed_memory))
-        return {'latencies': next(latencies[candidate]), 'page_faults': [7] if candidate == 'timm' else [0, 2]}
+        return {'latencies': next(latencies[candidate]), 'page_faults': [7] if candidate == 'timm' else [0, 2],
+                'memory_mb': 30.5 if candidate == 'timm' else 18.25}
 
     rows = compare_isolated('m0', shapes=((2, 64, 64),), rounds=3, warmup=1, repeats=5, threads=2,
                             keep_freed_memory=True, worker=worker)
@@ -31,11 +32,12 @@ def test_rounds_alternate_and_each_ratio_pairs_one_round():
     assert row.ours == pytest.approx(2 / 0.020) and row.timm == pytest.approx(2 / 0.040)
     assert row.ratio_quartiles == pytest.approx((0.5 * (0.0405 / 0.040 + 0.015 / 0.011), 0.5 * (0.015 / 0.011 + 2.0)))
     assert (row.ours_page_faults, row.timm_page_faults) == (1, 7)
+    assert (row.ours_memory_mb, row.timm_memory_mb) == (18.25, 30.5)
 
 
 def test_training_steps_are_compared_only_when_asked():
     def worker(arch, candidate, *_):
-        return {'latencies': [0.02 if candidate.startswith('evit_mm') else 0.03], 'page_faults': [0]}
+        return {'latencies': [0.02 if candidate.startswith('evit_mm') else 0.03], 'page_faults': [0], 'memory_mb': None}
 
     assert [r.case for r in compare_isolated('m0', shapes=((1, 64, 64),), rounds=1, worker=worker)] == [
         'deploy vs timm as shipped, each alone in its process']
@@ -44,6 +46,7 @@ def test_training_steps_are_compared_only_when_asked():
         ('deploy vs timm as shipped', (1, 64, 64)), ('train', (1, 64, 64)),
         ('deploy vs timm as shipped', (2, 32, 32)), ('train', (2, 32, 32))]
     assert all(r.ratio == pytest.approx(1.5) for r in rows)
+    assert all(r.ours_memory_mb is None and r.timm_memory_mb is None for r in rows)  # not reported: not invented
 
 
 @pytest.mark.parametrize('candidate', ['evit_mm deploy', 'timm', 'evit_mm train', 'timm train'])
@@ -51,6 +54,12 @@ def test_measure_alone_times_the_candidate_it_names(candidate):
     result = measure_alone('m0', candidate, (2, 64, 64), warmup=1, repeats=2)  # 2 images: BatchNorm trains
     assert len(result['latencies']) == 2 and all(t > 0 for t in result['latencies'])
     assert len(result['page_faults']) == 2 and all(f >= 0 for f in result['page_faults'])
+    inference_candidate = {'evit_mm train': 'evit_mm deploy', 'timm train': 'timm'}.get(candidate, candidate)
+    inference = measure_alone('m0', inference_candidate, (2, 64, 64), warmup=1, repeats=1)
+    if candidate.endswith('train'):  # a training step holds its activations for the backward pass
+        assert result['memory_mb'] > 2 * inference['memory_mb'] > 0
+    else:
+        assert result['memory_mb'] == inference['memory_mb'] > 0
 
 
 @pytest.mark.slow

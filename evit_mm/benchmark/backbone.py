@@ -22,7 +22,7 @@ from .compilation import compiled
 from .compute_rates import compute_rates, format_compute_rates, summarize
 from .device_time import device_times, format_device_times
 from .host_work import count_host_work
-from .memory import call_peak_mb
+from .memory import call_peak_mb, format_mb
 from .part_times import format_part_times, time_parts
 from .precision import autocast, exact_float32, norm_relative_error
 from .timing import Timing, time_interleaved
@@ -245,8 +245,9 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
                     steps[name] = training_step(copy.deepcopy(ours).set_conv_bn_paths(gemm_convs=gemm_convs).train(),
                                                  x, precision)
             timings.update(time_interleaved(steps, batch, warmup, repeats, device=target, grad=True))
-        memory = _call_peaks({**calls, **steps}, {name for pair in CASES.values() for name in pair} & set(timings),
-                             set(steps), target)
+        compared = {name for pair in CASES.values() for name in pair}
+        memory = {name: call_peak_mb(call, target, grad=name in steps)
+                  for name, call in {**calls, **steps}.items() if name in compared}
         for case, (a, b) in CASES.items():
             if a in timings:
                 ratios = paired_ratios(timings[b], timings[a])
@@ -254,17 +255,6 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
                                 timings[b].images_per_second, statistics.median(ratios), quartiles(ratios),
                                 timings[a].median_page_faults, timings[b].median_page_faults, memory[a], memory[b]))
     return rows
-
-
-def _call_peaks(calls: dict[str, Callable[[], object]], names: set[str], training: set[str],
-                device: torch.device) -> dict[str, float | None]:
-    """The memory one more call of each of ``names`` allocates (:func:`~.memory.call_peak_mb`), after the timed
-    ones: inference calls in inference mode, the ``training`` steps with autograd."""
-    peaks = {}
-    for name in sorted(names):
-        with torch.inference_mode(name not in training):
-            peaks[name] = call_peak_mb(calls[name], device)
-    return peaks
 
 
 def host_work_table(arch: str = 'm4', shape: tuple[int, int, int] = (1, 224, 224)) -> str:
@@ -364,13 +354,9 @@ def format_rows(rows: list[Row]) -> str:
         lines.append(f'| {r.arch} | {r.shape[0]}x{r.shape[1]}x{r.shape[2]} | {r.case} | {r.ours:.1f} | {r.timm:.1f} | '
                      f'{r.ratio:.2f} | {r.ratio_quartiles[0]:.2f}-{r.ratio_quartiles[1]:.2f} | '
                      f'{_count(r.ours_page_faults)} / {_count(r.timm_page_faults)} | '
-                     f'{_megabytes(r.ours_memory_mb)} / {_megabytes(r.timm_memory_mb)} |')
+                     f'{format_mb(r.ours_memory_mb)} / {format_mb(r.timm_memory_mb)} |')
     return '\n'.join(lines)
 
 
 def _count(value: float | None) -> str:
     return '-' if value is None else f'{value:.0f}'
-
-
-def _megabytes(value: float | None) -> str:
-    return '-' if value is None else f'{value:.1f}'

@@ -18,6 +18,7 @@ from .allocator_option import add_allocator_argument, apply_allocator_argument
 from .compilation import add_compile_arguments, compile_mode_from
 from .inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, shape_type
 from .measure import MODES, Options, Result, gflops, measure, prepare
+from .memory import format_mb
 from .precision import DTYPES
 from .targets import build_target
 from .tensor_mode import TensorMode
@@ -108,7 +109,7 @@ def format_table(results: list[Result]) -> str:
     for r in results:
         rows.append((r.target, r.mode + _deploy_label(r), str(r.batch), r.shape,
                      f'{r.images_per_s:.2f}', f'{r.latency_p50_ms:.1f}', f'{r.latency_p90_ms:.1f}',
-                     f'{r.latency_p99_ms:.1f}', _mb(r.peak_memory_mb), _mb(r.weights_mb),
+                     f'{r.latency_p99_ms:.1f}', format_mb(r.peak_memory_mb), format_mb(r.weights_mb),
                      '-' if r.page_faults_per_call is None else f'{r.page_faults_per_call:.0f}', f'{r.params_m:.2f}',
                      '-' if r.gflops is None else f'{r.gflops:.2f}'))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
@@ -127,10 +128,6 @@ def format_table(results: list[Result]) -> str:
             cells = [f'{b[k]:.1f}' for k in ('preprocess', 'backbone', 'neck')] + [head, post, f"{b['total']:.1f}"]
             lines.append(f'| {r.target}{_deploy_label(r)} | {r.shape} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
-
-
-def _mb(value: float | None) -> str:
-    return '-' if value is None else f'{value:.1f}'
 
 
 def _deploy_label(r: Result) -> str:

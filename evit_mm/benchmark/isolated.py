@@ -46,17 +46,16 @@ def measure_alone(arch: str, candidate: str, shape: tuple[int, int, int], warmup
     model = pair[0] if candidate.startswith('evit_mm') else pair[1]
     del pair  # the other model is freed before anything is timed
     x = torch.randn(shape[0], 3, *shape[1:])
-    if candidate.endswith('train'):
+    training = candidate.endswith('train')
+    if training:
         call: Callable[[], object] = training_step(model.train(), x, contextlib.nullcontext)
     else:
         if candidate == 'evit_mm deploy':
             model.switch_to_deploy()
         call = inference_call(model, x, contextlib.nullcontext)
-    training = candidate.endswith('train')
     result = time_interleaved({candidate: call}, shape[0], warmup, repeats, grad=training)[candidate]
-    with torch.inference_mode(not training):
-        memory = call_peak_mb(call, torch.device('cpu'))
-    return {'latencies': result.latencies, 'page_faults': result.page_faults, 'memory_mb': memory}
+    return {'latencies': result.latencies, 'page_faults': result.page_faults,
+            'memory_mb': call_peak_mb(call, torch.device('cpu'), grad=training)}
 
 
 def run_worker(arch: str, candidate: str, shape: tuple[int, int, int], warmup: int, repeats: int,

@@ -191,15 +191,14 @@ def measure(target: Target, mode: str, opts: Options, device: torch.device) -> R
             total = timings['total']
             if mode == 'predict':
                 breakdown = _breakdown(timings)
-            with torch.inference_mode():
-                peak = call_peak_mb(calls['total'], device)
+            peak = call_peak_mb(calls['total'], device)
     measured = target.backbone if mode in ('backbone', 'onnx') else target.model
     return Result(
         target=target.name, kind=target.kind, mode=mode, device=str(device), dtype=opts.dtype,
         batch=opts.batch_size, shape=f'{opts.height}x{opts.width}', images_per_s=total.images_per_second,
         latency_p50_ms=total.median * 1e3, latency_p90_ms=total.percentile(90) * 1e3,
         latency_p99_ms=total.percentile(99) * 1e3, peak_memory_mb=peak,
-        memory_kind=MEMORY_KINDS.get(device.type, 'not measured') if peak is not None else 'not measured',
+        memory_kind=MEMORY_KINDS[device.type] if peak is not None else 'not measured',
         page_faults_per_call=total.median_page_faults,
         params_m=count_params(measured), gflops=None, weights_mb=weights_mb(measured), deploy=opts.deploy,
         bfloat16_weights=opts.deploy and bool(opts.deploy_options.get('bfloat16')),

@@ -26,11 +26,23 @@ def weights_mb(module: nn.Module) -> float:
     return sum(t.numel() * t.element_size() for t in tensors.values()) / MIB
 
 
-def call_peak_mb(call: Callable[[], object], device: torch.device) -> float | None:
+def call_peak_mb(call: Callable[[], object], device: torch.device, grad: bool = False) -> float | None:
     """Peak MiB that one ``call`` allocates above what was allocated before it: by CUDA's allocator statistics on
     a GPU, by the profiler's allocation events on the CPU (tensors only: the private scratch buffers of oneDNN and
     MKL are not counted); None on other devices or where the profiler does not report them. A call that replays a
-    CUDA graph reuses the memory its capture allocated, before this call: the graph's working memory is not in it."""
+    CUDA graph reuses the memory its capture allocated, before this call: the graph's working memory is not in it.
+    Like :func:`~.timing.time_interleaved`, the call runs under ``torch.inference_mode`` unless ``grad`` (a training
+    step, whose saved activations are then part of its peak)."""
+    with torch.inference_mode(not grad):
+        return _call_peak(call, device)
+
+
+def format_mb(value: float | None) -> str:
+    """A table cell for MiB: one decimal, or ``-`` where nothing was measured."""
+    return '-' if value is None else f'{value:.1f}'
+
+
+def _call_peak(call: Callable[[], object], device: torch.device) -> float | None:
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import torch
 from torch.autograd import DeviceType
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity
 
 from .host_work import VIEW_OPS, top_level_operators
+from .quiet_profiler import quiet_profile
 from .timing import synchronize, time_interleaved, warm_up
 
 
@@ -56,7 +57,7 @@ def busy_time(run: Callable[[], object], device: torch.device, calls: int = 5,
     with torch.inference_mode(not grad):
         warm_up(run)
         synchronize(device)
-        with profile(activities=activities) as prof:
+        with quiet_profile(activities=activities) as prof:
             for _ in range(calls):
                 run()
             synchronize(device)

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity
 
+from .quiet_profiler import quiet_profile
 from .timing import warm_up
 
 #: Operators that only describe memory (no kernel on a GPU) or allocate it.
@@ -55,7 +56,7 @@ def count_host_work(model: nn.Module, *inputs: torch.Tensor) -> HostWork:
         with torch.inference_mode():
             warm_up(lambda: model(*inputs))  # so that the counted pass is a steady-state one
             modules.clear()
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
+            with quiet_profile(activities=[ProfilerActivity.CPU]) as prof:
                 model(*inputs)
     finally:
         for hook in hooks:

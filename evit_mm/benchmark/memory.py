@@ -9,13 +9,12 @@ own weights.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from .quiet_profiler import quiet_profile
 
 MIB = 2 ** 20
 
@@ -56,8 +55,8 @@ def _call_peak(call: Callable[[], object], device: torch.device) -> float | None
 
 
 def _cpu_call_peak(call: Callable[[], object]) -> float | None:
-    from torch.profiler import ProfilerActivity, profile
-    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    from torch.profiler import ProfilerActivity
+    with quiet_profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         call()
     try:  # the raw allocation and free events in time order (the public event list folds them into operators)
         events = [e for e in prof.profiler.kineto_results.events()
@@ -70,18 +69,3 @@ def _cpu_call_peak(call: Callable[[], object]) -> float | None:
         peak = max(peak, live)
     return peak / MIB
 
-
-@contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """File descriptor 2 to /dev/null: the profiler's native library writes a line to it when it starts and stops
-    (and, in CUDA builds on machines without a GPU, an error about counting devices), none of it about the call."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, 'w') as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)

@@ -20,18 +20,19 @@ def quiet_profile(**options) -> Iterator[profile]:
     """``with torch.profiler.profile(**options) as prof:``, with the profiler's own start and stop lines kept off
     stderr."""
     prof = profile(**options)
-    with _native_stderr_silenced():
+    with native_stderr_silenced():
         prof.__enter__()
     try:
         yield prof
     finally:
-        with _native_stderr_silenced():
+        with native_stderr_silenced():
             prof.__exit__(None, None, None)
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """File descriptor 2 to /dev/null (Python's ``sys.stderr`` flushed first, so none of its text is lost)."""
+def native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null (Python's ``sys.stderr`` flushed first, so none of its text is lost), for
+    code whose stderr is known to be only the profiler's."""
     sys.stderr.flush()
     saved = os.dup(2)
     try:

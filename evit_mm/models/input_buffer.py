@@ -1,19 +1,23 @@
-"""The input image in channels-last memory, for CPU inference copied into a buffer that the next call of the same
-shape reuses.
+"""The input image in channels-last memory, copied on the CPU into a buffer that the next call of the same shape
+reuses.
 
 Why: the backbone runs on channels-last maps, so an NCHW image is copied once at the start of every forward pass.
 With glibc's default settings that copy is the one allocation of a deployed forward pass that gets fresh pages
 from the OS every call (freed memory at the top of the heap is handed back between calls): EfficientViT-M4 deployed
 at 1x800x1344 made 3150 page faults per call in one run, the 12.9 MB image's 3150 pages, and 875 with the copy into
 a reused buffer; in two runs the reuse made it 1.04x and 1.10x faster, at 16x224x224 1.00-1.02x
-(``docs/benchmarks.md``). Freed memory kept for reuse (:func:`evit_mm.deploy.keep_freed_memory`) does this
-process-wide; this needs no setting.
+(``docs/benchmarks.md``). A training step's copy is saved by the first conv for its weight gradient until the
+backward pass frees the graph, so there the buffer serves the next step: M4's training step at 1x800x1344 made 2100
+page faults instead of 7333 and was 1.012x faster, at 16x224x224 1.004x, and its peak memory per step dropped by the
+image's size. Freed memory kept for reuse (:func:`evit_mm.deploy.keep_freed_memory`) does this process-wide; this
+needs no setting.
 
-Only where nothing can hold the buffer past the call: on the CPU, without autograd recording (the conv would save
-its input for the weight gradient), in eager calls, and while nothing else holds the last buffer or a view of it (a
-forward hook that kept its input makes the next call take a new one). One buffer per thread, so that threads
-sharing a model never share it; it stays allocated between calls (one input's worth of memory per thread that ran
-CPU inference; ``EfficientViT.reuse_input_buffer = False`` does without it).
+Only where nothing can hold the buffer past the call: on the CPU, for an input that needs no gradient, in eager
+calls, and while nothing else holds the last buffer or a view of it. Anything that still holds the last copy (a
+training step's graph before its backward pass or kept with ``retain_graph``, a forward hook that kept its input)
+makes the next call take a new buffer. One buffer per thread, so that threads sharing a model never share it; it
+stays allocated between calls (one input's worth of memory per thread that ran on the CPU;
+``EfficientViT.reuse_input_buffer = False`` does without it).
 """
 from __future__ import annotations
 
@@ -33,11 +37,11 @@ def _references(tensor: torch.Tensor) -> int:
 
 
 def channels_last_image(x: torch.Tensor, reuse: bool = True) -> torch.Tensor:
-    """``x.contiguous(memory_format=torch.channels_last)``; with ``reuse``, on the CPU without autograd recording,
-    in eager mode, a copy into this thread's reused buffer, as long as nothing else holds that buffer (module
-    docstring)."""
+    """``x.contiguous(memory_format=torch.channels_last)``; with ``reuse``, on the CPU for an ``x`` that needs no
+    gradient, in eager mode, a copy into this thread's reused buffer, as long as nothing else holds that buffer
+    (module docstring)."""
     if (not reuse or _storage_use_count is None or x.is_contiguous(memory_format=torch.channels_last)
-            or not x.is_cpu or torch.is_grad_enabled() or x.requires_grad or exporting_or_compiling()):
+            or not x.is_cpu or x.requires_grad or exporting_or_compiling()):
         return x.contiguous(memory_format=torch.channels_last)
     buffer = getattr(_buffers, 'image', None)
     if (buffer is None or buffer.shape != x.shape or buffer.dtype != x.dtype

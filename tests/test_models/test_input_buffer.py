@@ -1,5 +1,6 @@
-"""The channels-last copy of the input image reuses one buffer per thread in CPU inference, and never while anything
-else holds it."""
+"""The channels-last copy of the input image reuses one buffer per thread on the CPU, in inference and from one
+training step to the next, and never while anything else holds it (a kept result, a view, a graph not yet
+backpropagated)."""
 from __future__ import annotations
 
 import threading
@@ -73,11 +74,11 @@ def test_a_new_shape_or_dtype_gets_a_new_buffer():
 
 def test_no_buffer_where_the_copy_may_be_kept_or_is_not_needed():
     x = _image()
-    channels_last_image(x)  # autograd may record: the conv would save its input
     with torch.no_grad():
         assert torch.equal(channels_last_image(x, reuse=False), x)  # switched off
+    copy = channels_last_image(x.requires_grad_())  # the gradient must reach x through the copy
+    assert copy.requires_grad and copy.grad_fn is not None
     with torch.no_grad():
-        channels_last_image(x.requires_grad_())
         x = x.detach()
         ready = x.contiguous(memory_format=torch.channels_last)
         assert channels_last_image(ready) is ready  # already channels-last: no copy at all
@@ -116,3 +117,45 @@ def test_the_backbone_reuses_the_buffer_with_the_same_features_and_a_hook_keeps_
                 assert torch.equal(got, expected)
     for seed, kept in enumerate(inputs):  # each call's input, untouched by the calls after it
         assert torch.equal(kept, torch.randn(1, 3, 61, 83, generator=torch.Generator().manual_seed(seed)))
+
+
+def _training_model(gemm_convs: bool, reuse: bool = True) -> EfficientViT:
+    torch.manual_seed(0)
+    model = EfficientViT('m0').set_conv_bn_paths(gemm_convs=gemm_convs).train()
+    model.reuse_input_buffer = reuse
+    return model
+
+
+def _gradients(model: EfficientViT) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize('gemm_convs', [False, True])  # oneDNN's convs and evit_mm's GEMM convs save their input
+def test_training_steps_reuse_the_buffer_with_the_same_gradients(gemm_convs):
+    model, plain = _training_model(gemm_convs), _training_model(gemm_convs, reuse=False)
+    addresses = []
+    for seed in range(3):
+        x = torch.randn(2, 3, 61, 83, generator=torch.Generator().manual_seed(seed))
+        for m in (model, plain):
+            m.zero_grad(set_to_none=True)
+            sum(f.square().mean() for f in m(x)).backward()
+        addresses.append(input_buffer._buffers.image.data_ptr())
+        for got, expected in zip(_gradients(model), _gradients(plain), strict=True):
+            assert torch.equal(got, expected)
+    assert addresses[0] == addresses[1] == addresses[2]  # each step's graph was freed before the next step
+
+
+@pytest.mark.parametrize('gemm_convs', [False, True])
+def test_a_graph_not_yet_backpropagated_keeps_its_copy(gemm_convs):
+    """The first conv saves the copy for its weight gradient: a second forward pass before the first one's
+    backward (or with the first graph retained) must not overwrite it."""
+    model, plain = _training_model(gemm_convs), _training_model(gemm_convs, reuse=False)
+    first, second = (torch.randn(2, 3, 61, 83, generator=torch.Generator().manual_seed(s)) for s in (0, 1))
+    loss = sum(f.square().mean() for f in model(first))
+    saved_address = input_buffer._buffers.image.data_ptr()
+    model(second)  # the buffer is held by the first graph: a new one
+    assert input_buffer._buffers.image.data_ptr() != saved_address
+    loss.backward()
+    sum(f.square().mean() for f in plain(first)).backward()
+    for got, expected in zip(_gradients(model), _gradients(plain), strict=True):
+        assert torch.equal(got, expected)

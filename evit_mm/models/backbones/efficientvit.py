@@ -191,9 +191,9 @@ class EfficientViT(BaseModule):
             evit_mm checkpoints (local path or URL), converted automatically. Defaults to None.
     """
 
-    #: With ``channels_last``, copy an NCHW image into a channels-last buffer that the next CPU inference call of
-    #: the same shape reuses (:func:`~evit_mm.models.input_buffer.channels_last_image`: no fresh pages per call, same
-    #: values); False allocates the copy every call.
+    #: With ``channels_last``, copy an NCHW image into a channels-last buffer that the next CPU call of the same shape
+    #: reuses, in inference and from one training step to the next (no fresh pages per call, same values:
+    #: :func:`~evit_mm.models.input_buffer.channels_last_image`); False allocates the copy every call.
     reuse_input_buffer = True
 
     def __init__(

@@ -69,8 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='also count operators and module calls per forward (what a GPU waits for at batch 1)')
     parser.add_argument('--backward-nodes', nargs='?', const='kind', choices=('kind', 'shape'),
                         help='also time the training step\'s backward pass per autograd node, evit_mm against timm, '
-                             'at the first shape (hooks on the nodes, not the profiler); "shape" keys convolution and '
-                             'BatchNorm nodes by their shapes')
+                             'at the first shape (hooks on the nodes, not the profiler); "shape" keys convolution, '
+                             'BatchNorm and ReLU nodes by their shapes')
     parser.add_argument('--compute-rates', action='store_true',
                         help='also time the GEMMs and convolutions of evit_mm deployed, timm and timm fused at the '
                              'first shape (with --train: of both training steps too), in place and alone (CPU), and '

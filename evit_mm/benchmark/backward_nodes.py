@@ -21,7 +21,8 @@ from torch import nn
 from .timing import synchronize
 
 #: Node names, and the saved tensor whose shape tells their layers apart (see :func:`node_key`).
-_SHAPED_NODES = {'ConvolutionBackward0': '_saved_weight', 'NativeBatchNormBackward0': '_saved_input'}
+_SHAPED_NODES = {'ConvolutionBackward0': '_saved_weight', 'NativeBatchNormBackward0': '_saved_input',
+                 'ReluBackward0': '_saved_result'}
 
 
 def graph_nodes(root: torch.autograd.graph.Node) -> list[torch.autograd.graph.Node]:
@@ -38,8 +39,8 @@ def graph_nodes(root: torch.autograd.graph.Node) -> list[torch.autograd.graph.No
 
 
 def node_key(node: torch.autograd.graph.Node, by_shape: bool = False) -> str:
-    """The node's name; with ``by_shape``, convolution nodes add their weight's shape and BatchNorm nodes their
-    input's shape and whether it is channels-last (``cl``), so that layers of one model can be told apart."""
+    """The node's name; with ``by_shape``, convolution nodes add their weight's shape, BatchNorm and ReLU nodes their
+    map's shape and whether it is channels-last (``cl``), so that layers of one model can be told apart."""
     name = node.name()
     attribute = _SHAPED_NODES.get(name)
     if not by_shape or attribute is None:

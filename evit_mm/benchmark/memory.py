@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .quiet_profiler import native_stderr_silenced, quiet_profile
+from .quiet_profiler import native_stderr_silenced
 
 MIB = 2 ** 20
 
@@ -55,12 +55,12 @@ def _call_peak(call: Callable[[], object], device: torch.device) -> float | None
 
 
 def _cpu_call_peak(call: Callable[[], object]) -> float | None:
-    from torch.profiler import ProfilerActivity
-    with quiet_profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        # the memory profiler warns on stderr for every tensor the call frees that was allocated before it started
-        # (the model's input, cached buffers); the call itself already ran, unprofiled and with its stderr, in timing
-        with native_stderr_silenced():
-            call()
+    from torch.profiler import ProfilerActivity, profile
+    # silenced throughout, not only the profiler's start and stop (quiet_profiler.quiet_profile): the memory profiler
+    # also warns for every tensor the call frees that was allocated before it started (the input, cached buffers);
+    # the call itself already ran, unprofiled and with its stderr, in the timed rounds
+    with native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        call()
     try:  # the raw allocation and free events in time order (the public event list folds them into operators)
         events = [e for e in prof.profiler.kineto_results.events()
                   if e.name() == '[memory]' and e.device_type() == torch.autograd.DeviceType.CPU]
@@ -71,4 +71,3 @@ def _cpu_call_peak(call: Callable[[], object]) -> float | None:
         live += event.nbytes()
         peak = max(peak, live)
     return peak / MIB
-

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from torch.profiler import ProfilerActivity
 
@@ -19,11 +20,8 @@ def test_profiled_code_still_writes_to_stderr_and_the_profiler_does_not(capfd):
 
 
 def test_the_profiler_stops_when_the_profiled_code_raises():
-    try:
-        with quiet_profile(activities=[ProfilerActivity.CPU]):
-            raise KeyError('inside')
-    except KeyError:
-        pass
+    with pytest.raises(KeyError, match='inside'), quiet_profile(activities=[ProfilerActivity.CPU]):
+        raise KeyError('inside')
     with quiet_profile(activities=[ProfilerActivity.CPU]) as prof:  # a second profiler can start: the first stopped
         torch.ones(2).mul_(3)
     assert any(e.name == 'aten::mul_' for e in prof.events())

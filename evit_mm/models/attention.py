@@ -10,6 +10,7 @@ from torch import nn
 from .derived_cache import DerivedCache
 from .eager_kernels import eager_autocast_dtype, exporting_or_compiling, tracing_or_exporting
 from .fused_conv import pointwise_linear
+from .grad_layout import grad_in_layout
 from .layers import ConvBN
 
 
@@ -142,6 +143,8 @@ class CascadedGroupAttention(nn.Module):
                 feat = feat + groups[i]
             q, k, v = qkv(feat).split([self.key_dim, self.key_dim, self.val_dim], dim=1)
             q = dw(q)
+            if B == 1:  # the product's gradient would reach the BatchNorm in a layout torch's CPU kernel misreads
+                q = grad_in_layout(q)
             q, k, v = q.flatten(2), k.flatten(2), v.flatten(2)
             # bias + scale * q^T k in one kernel (same values as scaling the product, then adding the bias)
             attn = torch.baddbmm(biases[i], q.transpose(-2, -1), k, alpha=self.scale)

@@ -8,7 +8,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from evit_mm.benchmark.precision import norm_relative_error
 from evit_mm.models import EfficientViT
-from evit_mm.models.attention import CascadedGroupAttention
+from evit_mm.models.attention import CascadedGroupAttention, LocalWindowAttention
 from evit_mm.models.backbones import ARCH_SETTINGS
 
 from tests.helpers import DEVICES, OpCalls, randomize_
@@ -248,6 +248,47 @@ def test_fast_attention_matches_reference_path(arch, training):
         for (name, a), (_, b) in zip(fast.named_buffers(), ref.named_buffers()):
             if a.is_floating_point() or name.endswith('num_batches_tracked'):
                 torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize('fast', [True, False], ids=['token-path', 'reference-path'])
+@pytest.mark.parametrize('side', [4, 3], ids=['one-window', 'one-padded-window'])
+def test_attention_gradients_with_one_window_in_the_batch(fast, side):
+    """Both attention paths in training mode, in float64, where the whole batch is one window: the input gradient
+    is the numerical one (gradcheck), and every parameter gradient is the other path's.
+
+    With one window, the query's gradient reaches its BatchNorm as a channels-last view with a batch stride of
+    its own, while the BatchNorm's input is NCHW: torch's CPU BatchNorm backward (2.14.1) reads such a mixed pair
+    wrongly (:func:`evit_mm.models.grad_layout.grad_in_layout`); the reference path, timm's and the official code
+    then got gradients unrelated to the true ones."""
+    torch.manual_seed(0)
+    layers = []
+    for path in (fast, not fast):
+        layer = randomize_(LocalWindowAttention(32, 4, 2, 4, [3, 3], fast=path)).double().train()
+        layers.append(layer)
+    layers[1].load_state_dict(layers[0].state_dict())
+    x = torch.randn(1, 32, side, side, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layers[0], (x,), eps=1e-6, atol=1e-7)
+    for layer in layers:
+        layer.zero_grad()
+        layer(x.detach()).square().sum().backward()
+    for (name, a), (_, b) in zip(layers[0].named_parameters(), layers[1].named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-9, rtol=1e-9, msg=name)
+
+
+def test_gradients_from_a_token_head_at_batch_one():
+    """A head that reads the last map as tokens (``flatten(2).transpose(1, 2)`` and a product) sends back, at batch
+    1, a channels-last gradient with a batch stride of its own; with NCHW maps (``channels_last=False``) the last
+    BatchNorm's backward read it wrongly (torch's CPU kernel, :mod:`evit_mm.models.grad_layout`). Float64: the NCHW
+    backbone's gradients equal the channels-last one's."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 224, 224, dtype=torch.float64)
+    head = torch.randn(1, 192, 5, dtype=torch.float64)
+    models = [randomize_(EfficientViT('m0', channels_last=layout)).double().train() for layout in (False, True)]
+    for model in models:
+        last = model(x)[-1]
+        (last.flatten(2).transpose(1, 2) @ head).square().sum().backward()
+    for (name, a), (_, b) in zip(models[0].named_parameters(), models[1].named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-9, rtol=1e-9, msg=name)
 
 
 def test_fast_attention_deployed_matches_reference():

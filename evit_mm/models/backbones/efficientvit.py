@@ -24,6 +24,7 @@ from ...registry import register_model
 from ..attention import LocalWindowAttention
 from ..eager_kernels import own_kernels_measured_faster
 from ..fused_conv import FusedConv2d
+from ..grad_layout import grad_in_layout
 from ..input_buffer import channels_last_image
 from ..layers import (BNLinear, ConvBN, ConvFFN, PatchEmbed, PatchMerging, Residual, depthwise_residual,
                       ffn_residual)
@@ -380,18 +381,11 @@ class EfficientViT(BaseModule):
                 else:
                     x = block(x)
             if i in self.out_indices:
-                if self.channels_last and x.requires_grad and not torch.compiler.is_compiling():
-                    x.register_hook(_to_channels_last)
-                outs.append(x)
+                # the gradients the heads send back, in the maps' layout: heads and losses often send NCHW ones (a
+                # global average pool or a mean expands to NCHW), and every BatchNorm backward below would then mix
+                # a channels-last input with an NCHW gradient, which torch's CPU kernel ran about 10x slower than
+                # matching layouts (M4 at 1x800x1344: 67 ms of BatchNorm backward per step against timm's 27 ms);
+                # with NCHW maps, a head reading the map as tokens at batch 1 sends a layout that kernel misreads
+                # (:mod:`~evit_mm.models.grad_layout`)
+                outs.append(grad_in_layout(x, torch.channels_last if self.channels_last else torch.contiguous_format))
         return tuple(outs)
-
-
-def _to_channels_last(grad: torch.Tensor) -> torch.Tensor:
-    """The gradient arriving at an output map, in the channels-last layout of the map.
-
-    Heads and losses often send back contiguous NCHW gradients (a global average pool or a mean expands to
-    NCHW), and every BatchNorm backward below would then mix a channels-last input with an NCHW gradient: torch's
-    CPU kernel for that mix ran about 10x slower than for matching layouts (M4 at 1x800x1344: 67 ms of BatchNorm
-    backward per step against timm's 27 ms). One conversion here keeps the whole backward in one layout.
-    """
-    return grad.contiguous(memory_format=torch.channels_last)

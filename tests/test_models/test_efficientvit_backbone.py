@@ -250,9 +250,10 @@ def test_fast_attention_matches_reference_path(arch, training):
                 torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('fast', [True, False], ids=['token-path', 'reference-path'])
 @pytest.mark.parametrize('side', [4, 3], ids=['one-window', 'one-padded-window'])
-def test_attention_gradients_with_one_window_in_the_batch(fast, side):
+def test_attention_gradients_with_one_window_in_the_batch(fast, side, device):
     """Both attention paths in training mode, in float64, where the whole batch is one window: the input gradient
     is the numerical one (gradcheck), and every parameter gradient is the other path's.
 
@@ -264,9 +265,9 @@ def test_attention_gradients_with_one_window_in_the_batch(fast, side):
     layers = []
     for path in (fast, not fast):
         layer = randomize_(LocalWindowAttention(32, 4, 2, 4, [3, 3], fast=path)).double().train()
-        layers.append(layer)
+        layers.append(layer.to(device))
     layers[1].load_state_dict(layers[0].state_dict())
-    x = torch.randn(1, 32, side, side, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(1, 32, side, side, dtype=torch.float64, device=device, requires_grad=True)
     assert torch.autograd.gradcheck(layers[0], (x,), eps=1e-6, atol=1e-7)
     for layer in layers:
         layer.zero_grad()

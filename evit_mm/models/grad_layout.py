@@ -4,7 +4,8 @@ Why: torch's CPU BatchNorm backward (``native_batch_norm_backward``, torch 2.14.
 mode) returns wrong values when one of its input and output gradient is NCHW and the other a channels-last tensor of
 batch size 1 whose batch stride is not ``C * H * W``. Size-1 dimensions may have any stride, and such gradients are
 what a batched product hands back at batch 1: ``bmm``/``matmul`` backward of a ``(1, N, C)`` operand whose map was
-read as ``flatten(2).transpose(1, 2)``. Two places met it (found by a float64 gradcheck, 2026-11-30):
+read as ``flatten(2).transpose(1, 2)``. Two places met it (found on 2026-11-30 by a float64 fuzz of the fast paths
+against the reference path, ``tests/test_models/test_fast_paths_stateful.py``, and confirmed by gradcheck):
 
 - the reference (NCHW) attention path, wherever the whole batch is one window (batch 1 and a map no larger than
   the window): the query's gradient reached its BatchNorm that way, and every gradient below was unrelated to

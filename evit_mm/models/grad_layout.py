@@ -9,7 +9,8 @@ against the reference path, ``tests/test_models/test_fast_paths_stateful.py``, a
 
 - the reference (NCHW) attention path, wherever the whole batch is one window (batch 1 and a map no larger than
   the window): the query's gradient reached its BatchNorm that way, and every gradient below was unrelated to
-  the true one (timm's ``efficientvit_msra`` and the official code compute the same way and are hit alike);
+  the true one (timm's ``efficientvit_msra``, which computes as the official code does, fails gradcheck there
+  too; the official code itself was not run);
 - a head that reads the backbone's last map as tokens, at batch 1, with NCHW maps (``channels_last=False``).
 
 Laid out like the map, the pair has one layout and the kernel reads it right (and runs its faster same-layout path).

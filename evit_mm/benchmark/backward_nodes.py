@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from ..models.grad_layout import memory_format_of
 from .timing import synchronize
 
 #: Node names, and the saved tensor whose shape tells their layers apart (see :func:`node_key`).
@@ -46,8 +47,7 @@ def node_key(node: torch.autograd.graph.Node, by_shape: bool = False) -> str:
     if not by_shape or attribute is None:
         return name
     tensor = getattr(node, attribute)
-    channels_last = tensor.is_contiguous(memory_format=torch.channels_last) and not tensor.is_contiguous()
-    layout = ' cl' if channels_last else ''
+    layout = ' cl' if memory_format_of(tensor) == torch.channels_last else ''
     return f'{name}{tuple(tensor.shape)}{layout}'
 
 

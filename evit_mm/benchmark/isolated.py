@@ -86,21 +86,17 @@ def compare_isolated(arch: str = 'm4', shapes: Sequence[tuple[int, int, int]] = 
     cases = {case: pair for case, pair in ISOLATED_CASES.items() if train or case != 'train'}
     for shape in shapes:
         for case, pair in cases.items():
-            medians: dict[str, list[float]] = {name: [] for name in pair}
-            faults: dict[str, list[float]] = {name: [] for name in pair}
-            memory: dict[str, list[float]] = {name: [] for name in pair}
+            results: dict[str, list[dict]] = {name: [] for name in pair}  # one measure_alone result per round
             for round_index in range(rounds):
                 for name in pair if round_index % 2 == 0 else pair[::-1]:
-                    result = worker(arch, name, shape, warmup, repeats, threads, keep_freed_memory)
-                    medians[name].append(statistics.median(result['latencies']))
-                    faults[name].append(statistics.median(result['page_faults']))
-                    memory[name].append(result['memory_mb'])
-            ours, reference = (medians[name] for name in pair)
+                    results[name].append(worker(arch, name, shape, warmup, repeats, threads, keep_freed_memory))
+            ours, reference = ([statistics.median(r['latencies']) for r in results[name]] for name in pair)
             ratios = [r / o for o, r in zip(ours, reference, strict=True)]
+            faults = [statistics.median(statistics.median(r['page_faults']) for r in results[name]) for name in pair]
+            memory = [_median_or_none([r['memory_mb'] for r in results[name]]) for name in pair]
             rows.append(Row(arch, shape, f'{case}, each alone in its process', shape[0] / statistics.median(ours),
                             shape[0] / statistics.median(reference), statistics.median(ratios), quartiles(ratios),
-                            statistics.median(faults[pair[0]]), statistics.median(faults[pair[1]]),
-                            _median_or_none(memory[pair[0]]), _median_or_none(memory[pair[1]])))
+                            *faults, *memory))
     return rows
 
 

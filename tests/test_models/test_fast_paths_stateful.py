@@ -88,12 +88,13 @@ class Scenario:
             outputs.append(features)
         if check:  # (BatchNorm over fewer values per channel is too ill-conditioned for 1e-7)
             self.assert_close(*outputs, f'train {tuple(x.shape)}')
-            grads = [[p.grad for p in m.parameters() if p.grad is not None] for m in (self.fast, self.reference)]
-            total = torch.cat([g.flatten() for g in grads[1]]).norm().item()
-            for (name, _), a, b in zip([(n, p) for n, p in self.fast.named_parameters() if p.grad is not None],
-                                       *grads, strict=True):
+            got, expected = ({n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+                             for m in (self.fast, self.reference))
+            assert got.keys() == expected.keys()
+            total = torch.cat([g.flatten() for g in expected.values()]).norm().item()
+            for name, grad in got.items():
                 # relative to the gradient, or to all of them where it is ~0 in theory (a BN bias before a BN)
-                assert _relative_error(a, b, 1e-6 * total) < 1e-7, f'gradient of {name}'
+                assert _relative_error(grad, expected[name], 1e-6 * total) < 1e-7, f'gradient of {name}'
             self.assert_close([b for b in self.fast.buffers() if b.is_floating_point()],
                               [b for b in self.reference.buffers() if b.is_floating_point()], 'running statistics')
         self.optimizer.step()

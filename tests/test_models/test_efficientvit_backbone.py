@@ -97,6 +97,24 @@ def test_wrong_input_channels_and_too_small_input_raise():
     assert model(torch.randn(1, 4, 16, 16))[0].shape == (1, 64, 1, 1)
 
 
+@pytest.mark.parametrize('side, kwargs, stage', [
+    (64, {}, 2), (16, {}, 0), (32, dict(out_indices=(1, 2)), 1), (64, dict(frozen_stages=2), 2)])
+def test_training_at_batch_one_with_a_one_pixel_map_names_the_stage_and_the_fix(side, kwargs, stage):
+    model = EfficientViT('m0', **kwargs).train()
+    with pytest.raises(ValueError, match=rf'{side}x{side} image at batch 1 gives stage {stage} \(stride '
+                                         rf'{16 * 2 ** stage}\) a 1x1 map.*batch of 2.*norm_eval=True'):
+        model(torch.randn(1, 3, side, side))
+
+
+@pytest.mark.parametrize('side, kwargs', [
+    (65, {}), (64, dict(norm_eval=True)), (64, dict(frozen_stages=3)), (64, dict(out_indices=(0, 1)))])
+def test_training_at_batch_one_runs_where_every_training_batchnorm_sees_more_than_one_value(side, kwargs):
+    model = EfficientViT('m0', **kwargs).train()
+    image = torch.randn(1, 3, side, side, requires_grad=True)  # a gradient to compute also with every stage frozen
+    model(image)[-1].sum().backward()
+    assert image.grad.abs().sum() > 0
+    assert model(torch.randn(2, 3, side, side))[-1].shape[0] == 2  # batch 2: BatchNorm sees two values
+
 @pytest.mark.parametrize('frozen_stages', [-1, 0, 1, 3])
 def test_frozen_stages(frozen_stages):
     model = EfficientViT('m0', frozen_stages=frozen_stages)

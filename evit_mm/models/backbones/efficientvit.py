@@ -361,6 +361,24 @@ class EfficientViT(BaseModule):
         return self
 
     # ---- forward --------------------------------------------------------------------------------------
+    def _check_batch_statistics(self, height: int, width: int) -> None:
+        """Raise where a training-mode BatchNorm would see one value per channel: at batch 1, every stage from
+        the first whose map is 1x1 on (each 3x3 stride-2 conv maps ``n`` pixels to ``ceil(n / 2)``, so stage ``i``'s
+        map is ``ceil(n / stride_i)``). torch's own error names a tensor size, not the image, the stage or the fix."""
+        last = self.out_indices[-1]
+        first = next((i for i, stride in enumerate(self.stage_strides[:last + 1])
+                      if -(-height // stride) == 1 and -(-width // stride) == 1), None)
+        if first is None:
+            return
+        modules = [*([self.patch_embed] if first == 0 else []), *self.stages[first:last + 1]]
+        if any(m.training for module in modules for m in module.modules() if isinstance(m, _BatchNorm)):
+            stride = self.stage_strides[first]
+            raise ValueError(
+                f'EfficientViT in training mode: a {height}x{width} image at batch 1 gives stage {first} (stride '
+                f'{stride}) a 1x1 map, and BatchNorm needs more than one value per channel to train; use a batch of '
+                f'2 or more, images larger than {stride} pixels in height or width, or BatchNorm statistics kept as '
+                f'they are there (norm_eval=True, or frozen_stages={last + 1})')
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'EfficientViT expects (N, {self.in_channels}, H, W) images, got shape '
@@ -368,6 +386,8 @@ class EfficientViT(BaseModule):
         if x.shape[2] < PatchEmbed.stride or x.shape[3] < PatchEmbed.stride:
             raise ValueError(f'EfficientViT needs images of at least {PatchEmbed.stride}x{PatchEmbed.stride} '
                              f'pixels, got {x.shape[2]}x{x.shape[3]}')
+        if self.training and x.shape[0] == 1:
+            self._check_batch_statistics(x.shape[2], x.shape[3])
         if self.channels_last:
             x = channels_last_image(x, reuse=self.reuse_input_buffer)
         x = self.patch_embed(x)

@@ -268,6 +268,43 @@ def test_fast_attention_matches_reference_path(arch, training):
                 torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=name)
 
 
+def _image_view(kind: str, base: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:
+    """An image of the given size taken from ``base`` as a view with odd strides, as crops and pipelines make them."""
+    if kind == 'crop':
+        return base[1:batch + 1, 1:4, 2:height + 2, 3:width + 3]
+    if kind == 'expanded':  # one image repeated over the batch: stride 0
+        return base[:1, :3, :height, :width].expand(batch, 3, height, width)
+    if kind == 'transposed':
+        return base[:batch, :3, :width, :height].transpose(2, 3)
+    return base[:batch, :3, :height, :width].contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize('kind', ['crop', 'expanded', 'transposed', 'channels-last'])
+@pytest.mark.parametrize('training', [False, True])
+def test_fast_paths_match_reference_on_image_views_with_input_gradients(kind, training):
+    """The default paths (token attention, channels-last maps, the image's copy, GEMM convs) against the reference
+    (NCHW, no fast path) on images that are views with odd strides, with the gradient reaching the image (saliency,
+    adversarial training): outputs and image gradients in float64."""
+    fast = randomize_(EfficientViT('m0', window_size=(7, 5, 3), gemm_convs=True)).double().train(training)
+    ref = EfficientViT('m0', window_size=(7, 5, 3), fast_attention=False, channels_last=False, gemm_convs=False,
+                       fold_eval_bn=False).double().train(training)
+    ref.load_state_dict(fast.state_dict())
+    # large enough that training-mode BatchNorm is well conditioned also for a batch of one repeated image
+    base = torch.randn(3, 5, 210, 210, dtype=torch.float64)
+    results = []
+    for model in (fast, ref):
+        leaf = base.clone().requires_grad_(True)
+        feats = model(_image_view(kind, leaf, 2, 201, 167))
+        weights = torch.Generator().manual_seed(1)
+        sum((f * torch.randn(f.shape, generator=weights, dtype=f.dtype)).sum() for f in feats).backward()
+        results.append((feats, leaf.grad))
+    (feats_fast, grad_fast), (feats_ref, grad_ref) = results
+    for u, v in zip(feats_fast, feats_ref):
+        torch.testing.assert_close(u, v, atol=1e-9, rtol=1e-9)
+    assert grad_ref.abs().sum() > 0
+    torch.testing.assert_close(grad_fast, grad_ref, atol=1e-9, rtol=1e-7)
+
+
 @pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('fast', [True, False], ids=['token-path', 'reference-path'])
 @pytest.mark.parametrize('side', [4, 3], ids=['one-window', 'one-padded-window'])

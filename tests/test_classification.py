@@ -117,6 +117,8 @@ def test_train_test_with_ema_and_reuse_for_detection(imagenet_root, tmp_path):
     differing = [k for k in ema if k.startswith('backbone.') and not torch.equal(ema[k], raw[f'module.{k}'])]
     assert differing, 'EMA and raw weights should differ after training'
     val_top1 = logged_metrics(work, 'accuracy/top1')['accuracy/top1']
+    log = ''.join(path.read_text() for path in work.glob('*/*.log'))
+    assert 'Epoch(train)' in log and 'Failed to search registry' not in log  # every registry has an evit_mm scope
 
     test_dir = tmp_path / 'test'
     preds_file = tmp_path / 'preds.pkl'

@@ -41,8 +41,11 @@ def shape_type(dims: int = 2) -> Callable[[str], tuple[int, ...]]:
     return parse
 
 
-def synthetic_batch(kind: str, batch: int, height: int, width: int, num_classes: int = 80) -> dict:
-    """A packed batch (before the data preprocessor) of random ``uint8`` images with test-time metadata."""
+def synthetic_batch(kind: str, batch: int, height: int, width: int, num_classes: int = 80,
+                    ground_truth: bool = False) -> dict:
+    """A packed batch (before the data preprocessor) of random ``uint8`` images with test-time metadata; with
+    ``ground_truth``, also what a training step's losses read: boxes, labels and masks of a few objects per image
+    (detectors), a label map (segmentors), class labels (classifiers), all in ``[0, num_classes)``."""
     generator = torch.Generator().manual_seed(0)
     images = [torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
               for _ in range(batch)]
@@ -54,16 +57,45 @@ def synthetic_batch(kind: str, batch: int, height: int, width: int, num_classes:
         for i in range(batch):
             sample = DetDataSample()
             sample.set_metainfo(dict(meta, img_id=i))
+            if ground_truth:
+                sample.gt_instances = _synthetic_objects(height, width, num_classes, generator)
             samples.append(sample)
         return dict(inputs=images, data_samples=samples)
     if kind == 'segmentor':
+        from mmengine.structures import PixelData
         from mmseg.structures import SegDataSample
         samples = []
         for _ in range(batch):
             sample = SegDataSample()
             sample.set_metainfo(meta)
+            if ground_truth:
+                labels = torch.randint(0, num_classes, (1, height, width), generator=generator)
+                sample.gt_sem_seg = PixelData(data=labels)
             samples.append(sample)
         return dict(inputs=images, data_samples=samples)
     if kind == 'classifier':
-        return dict(inputs=[img.float() for img in images], data_samples=[0] * batch)
+        labels = torch.randint(0, num_classes, (batch,), generator=generator).tolist()
+        return dict(inputs=[img.float() for img in images], data_samples=labels)
     raise ValueError(f'no synthetic batch for {kind!r}')
+
+
+#: Objects per image in a synthetic detection batch: a typical COCO image has about seven.
+OBJECTS_PER_IMAGE = 7
+
+
+def _synthetic_objects(height: int, width: int, num_classes: int, generator: torch.Generator):
+    """Boxes of 1/8 to 1/2 of the image side inside it, their labels, and masks filling each box."""
+    import numpy as np
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+    n = OBJECTS_PER_IMAGE
+    sizes = torch.rand(n, 2, generator=generator) * 0.375 + 0.125  # fraction of height, width
+    corners = torch.rand(n, 2, generator=generator) * (1 - sizes)
+    y1, x1 = corners[:, 0] * height, corners[:, 1] * width
+    y2, x2 = y1 + sizes[:, 0] * height, x1 + sizes[:, 1] * width
+    boxes = torch.stack([x1, y1, x2, y2], dim=1)
+    masks = np.zeros((n, height, width), dtype=np.uint8)
+    for mask, (left, top, right, bottom) in zip(masks, boxes.round().long().tolist()):
+        mask[top:bottom, left:right] = 1
+    return InstanceData(bboxes=boxes, labels=torch.randint(0, num_classes, (n,), generator=generator),
+                        masks=BitmapMasks(masks, height, width))

@@ -14,8 +14,9 @@ from .memory import call_peak_mb, weights_mb
 from .precision import autocast
 from .targets import Target
 from .timing import Timing, time_interleaved
+from .training import training_iteration
 
-MODES = ('backbone', 'forward', 'predict', 'pipeline', 'onnx')
+MODES = ('backbone', 'forward', 'predict', 'pipeline', 'train', 'onnx')
 
 
 @dataclass
@@ -185,13 +186,18 @@ def measure(target: Target, mode: str, opts: Options, device: torch.device) -> R
                 if target.cfg is None:
                     raise ValueError('mode pipeline needs a config target with a test dataset')
                 calls = {'total': _pipeline_call(target, opts)}
+            elif mode == 'train':
+                calls = {'total': training_iteration(target, opts.batch_size, opts.height, opts.width, device,
+                                                     deployed=opts.deploy, compiled=opts.compile_mode is not None)}
             else:
                 calls = _callables(target, mode, opts, device)
-            timings = time_interleaved(calls, opts.batch_size, opts.warmup, opts.repeats, device, opts.time_budget)
+            grad = mode == 'train'
+            timings = time_interleaved(calls, opts.batch_size, opts.warmup, opts.repeats, device, opts.time_budget,
+                                       grad=grad)
             total = timings['total']
             if mode == 'predict':
                 breakdown = _breakdown(timings)
-            peak = call_peak_mb(calls['total'], device)
+            peak = call_peak_mb(calls['total'], device, grad=grad)
     measured = target.backbone if mode in ('backbone', 'onnx') else target.model
     return Result(
         target=target.name, kind=target.kind, mode=mode, device=str(device), dtype=opts.dtype,

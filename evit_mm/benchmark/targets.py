@@ -1,7 +1,10 @@
 """What the throughput tool can measure: a config (detector, segmentor, classifier) or a backbone by name."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,16 +65,16 @@ def _backbone_target(name: str) -> Target:
     return Target(name, 'backbone', module, module)
 
 
-def _quiet_init_weights(model: torch.nn.Module) -> None:
-    """``model.init_weights()`` without mmengine's per-parameter INFO report (hundreds of lines)."""
-    import logging
-
+@contextlib.contextmanager
+def mmengine_info_silenced() -> Iterator[None]:
+    """mmengine's current logger without INFO lines inside the block (an initialisation reports every parameter,
+    an optimizer wrapper every parameter-wise setting: hundreds of lines); warnings still show."""
     from mmengine.logging import MMLogger
     logger = MMLogger.get_current_instance()
     level = logger.level
     logger.setLevel(logging.WARNING)
     try:
-        model.init_weights()
+        yield
     finally:
         logger.setLevel(level)
 
@@ -107,7 +110,8 @@ def _config_target(path: str, checkpoint: str | None, cfg_options: dict | None =
     else:
         # the model's own initialisation (e.g. RetinaNet's classification prior): with PyTorch's default init
         # instead, thousands of random candidates pass the score threshold and post-processing dominates
-        _quiet_init_weights(model)
+        with mmengine_info_silenced():
+            model.init_weights()
         notes.append('untrained weights (the model\'s own initialisation): post-processing time depends on how many '
                      'candidates pass the score threshold; pass --checkpoint for breakdowns of a trained model')
     name = os.path.splitext(os.path.basename(path))[0]

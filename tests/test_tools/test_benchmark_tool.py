@@ -11,6 +11,9 @@ import torch
 
 from evit_mm.benchmark import cli
 from evit_mm.benchmark.flops import complexity
+from evit_mm.benchmark.inputs import OBJECTS_PER_IMAGE, synthetic_batch
+from evit_mm.benchmark.targets import build_target
+from evit_mm.benchmark.training import training_iteration
 from evit_mm.data.demo_coco import make_coco_demo
 from evit_mm.deploy import cli as export_cli
 from evit_mm.tools.entry import run
@@ -101,6 +104,57 @@ def test_two_stage_detector_times_head_and_post_processing_as_one_part(tmp_path,
     assert set(b) == {'preprocess', 'backbone', 'neck', 'head_and_postprocess', 'total'}
     assert 0 < b['head_and_postprocess'] <= b['total']
     assert '(with post-process) | in head |' in capsys.readouterr().out
+
+
+MASK_DEMO = str(REPO_ROOT / 'configs/demo/mask_rcnn_evit_m0_coco_demo.py')
+CLS_DEMO = str(REPO_ROOT / 'configs/demo/evit_m0_in1k_demo.py')
+
+
+def test_train_mode_times_each_kind_of_target(tmp_path, capsys):
+    results = _run(tmp_path, DET_DEMO, SEG_DEMO, CLS_DEMO, 'evit_m0', 'timm:efficientvit_m0', '--modes', 'train',
+                   '--shape', '96x128', '--batch-size', '2')
+    assert [(r['target'], r['mode']) for r in results] == [
+        ('retinanet_evit_m0_coco_demo', 'train'), ('fpn_evit_m0_ade20k_demo', 'train'),
+        ('evit_m0_in1k_demo', 'train'), ('evit_m0', 'train'), ('timm:efficientvit_m0', 'train')]
+    out = capsys.readouterr().out
+    assert 'paramwise_options' not in out  # the optimizer wrapper's per-parameter report is silenced
+
+
+@pytest.mark.parametrize('config, losses', [
+    (DET_DEMO, {'loss_cls', 'loss_bbox'}), (MASK_DEMO, {'loss_rpn_cls', 'loss_cls', 'loss_bbox', 'loss_mask'}),
+    (SEG_DEMO, {'decode.loss_ce'}), (CLS_DEMO, {'loss'})])
+def test_a_training_iteration_computes_every_loss_on_a_copy(config, losses):
+    """The iteration runs the config's own train_step and optimizer on synthetic ground truth that reaches every
+    loss, and trains a copy: the target keeps its weights for the other modes of the run."""
+    target = build_target(config)
+    before = {k: v.clone() for k, v in target.model.state_dict().items()}
+    iteration = training_iteration(target, 2, 96, 128, torch.device('cpu'), deployed=False, compiled=False)
+    first, second = iteration(), iteration()
+    assert losses <= set(first) and all(torch.isfinite(torch.as_tensor(v)) for v in first.values())
+    assert first['loss'] != second['loss']  # the optimizer stepped between them
+    after = target.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before) and not target.model.training
+
+
+def test_synthetic_ground_truth_lies_in_the_image_and_the_classes():
+    batch = synthetic_batch('detector', 3, 90, 140, num_classes=5, ground_truth=True)
+    for sample in batch['data_samples']:
+        gt = sample.gt_instances
+        boxes = gt.bboxes
+        assert boxes.shape == (OBJECTS_PER_IMAGE, 4) and (boxes[:, 2:] > boxes[:, :2]).all()
+        assert boxes.min() >= 0 and (boxes[:, 2] <= 140).all() and (boxes[:, 3] <= 90).all()
+        assert 0 <= int(gt.labels.min()) and int(gt.labels.max()) < 5
+        assert gt.masks.masks.shape == (OBJECTS_PER_IMAGE, 90, 140) and gt.masks.masks.any(axis=(1, 2)).all()
+    seg = synthetic_batch('segmentor', 2, 40, 50, num_classes=7, ground_truth=True)['data_samples'][0].gt_sem_seg
+    assert seg.data.shape == (1, 40, 50) and 0 <= int(seg.data.min()) and int(seg.data.max()) < 7
+    labels = synthetic_batch('classifier', 4, 8, 8, num_classes=3, ground_truth=True)['data_samples']
+    assert len(labels) == 4 and all(0 <= label < 3 for label in labels)
+
+
+def test_train_mode_refuses_deployed_and_compiled_targets():
+    for args, message in ((['evit_m0@deploy'], 'not deployed'), (['evit_m0', '--compile'], 'torch.compile')):
+        error = run(cli.main, [*args, '--modes', 'train', '--shape', '64x64', '--repeats', '1'])
+        assert error.startswith('error: evit_m0: mode train') and message in error
 
 
 def test_pipeline_mode_loads_data(tmp_path):

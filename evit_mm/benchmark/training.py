@@ -1,0 +1,63 @@
+"""One training iteration of a target, for the throughput tool's ``train`` mode: what a training run spends per
+iteration apart from loading data (preprocessing, forward pass, losses, backward pass, optimizer step), on a
+synthetic batch with ground truth.
+
+Config targets run mmengine's own ``model.train_step`` with the optimizer wrapper their config builds (optimizer,
+parameter-wise settings, gradient clipping), so the iteration is the one ``tools/train.py`` runs; backbones train on
+the mean of their outputs with AdamW. Each runs on a copy of the target, which keeps its weights and BatchNorm
+statistics for the other modes of the same run.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..tools.preflight import PreflightError  # a ValueError that the tools print without a traceback
+from .inputs import synthetic_batch
+from .targets import Target, mmengine_info_silenced
+
+
+def num_classes_of(model: nn.Module) -> int:
+    """The largest ``num_classes`` among the model's heads (a two-stage detector's RPN head has 1)."""
+    counts = [m.num_classes for m in model.modules() if isinstance(getattr(m, 'num_classes', None), int)]
+    if not counts:
+        raise ValueError(f'{type(model).__name__} has no head with num_classes; mode train cannot make its labels')
+    return max(counts)
+
+
+def training_iteration(target: Target, batch: int, height: int, width: int, device: torch.device,
+                       deployed: bool, compiled: bool) -> Callable[[], object]:
+    """A call that runs one training iteration of a copy of ``target`` on a fixed synthetic batch.
+
+    Raises:
+        PreflightError: For a deployed or compiled target (BatchNorms folded; the copy of a compiled model), naming
+            the fix.
+    """
+    if deployed:
+        raise PreflightError(f'{target.name}: mode train measures the model as it trains, not deployed (its BatchNorms '
+                         'are folded): list the target without --deploy or @deploy for this mode')
+    if compiled:
+        raise PreflightError(f'{target.name}: mode train does not run on a torch.compile-d backbone; measure it without '
+                         '--compile / --compile-mode')
+    model = copy.deepcopy(target.model).train()
+    if target.kind == 'backbone':
+        return _backbone_iteration(model, torch.randn(batch, 3, height, width, device=device))
+    from mmengine.optim import build_optim_wrapper
+    with mmengine_info_silenced():
+        optim_wrapper = build_optim_wrapper(model, copy.deepcopy(target.cfg.optim_wrapper))
+    packed = synthetic_batch(target.kind, batch, height, width, num_classes_of(model), ground_truth=True)
+    return lambda: model.train_step(packed, optim_wrapper)
+
+
+def _backbone_iteration(model: nn.Module, images: torch.Tensor) -> Callable[[], object]:
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+
+    def step() -> None:
+        loss = sum(feature.float().mean() for feature in model(images))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step

@@ -12,7 +12,8 @@
 #   4. semantic FPN-EViT-M4 against FPN-R50, and Mask R-CNN-EViT-M4 as built, deployed and with CUDA graphs;
 #   5. deployment on bfloat16 weights (no autocast: no per-call weight casts, fewer kernel launches), backbone and
 #      RetinaNet at batch 1, both models converted the same way;
-#   6. backbones side by side (evit_mm, timm, ResNet-50, Swin-T), with each fast path off for evit_mm last.
+#   6. backbones side by side (evit_mm, timm, ResNet-50, Swin-T), with each fast path off for evit_mm last;
+#   7. whole-model training iterations (RetinaNet and semantic FPN, EViT-M4 against R50), batch 8.
 # Results go to ${OUT:-gpu_results}/ as JSON / Markdown, the tables to stdout. A failing step is reported and
 # the others still run; the exit status says whether any failed. CUDA graphs are new and measured here first: a
 # step that times them and fails is run again without them (its eager measurements are the GPU baseline), and if
@@ -90,6 +91,9 @@ step backbones_b1 $B $EV --shape 224x224 --batch-size 1 --repeats 100 --json "$O
 step backbones_b256 $B $EV --shape 224x224 --batch-size 256 --repeats 30 --json "$OUT/backbones_224_b256_fp16.json"
 step backbone_ablations bash -o pipefail -c "$PY tools/benchmark_backbone.py --arch m4 --device cuda --dtype fp16 --train \
   --ablate --shapes 1x224x224 256x224x224 --warmup 10 --repeats 20 | tee '$OUT/backbone_m4_ablations_fp16.md'"
+step training_iterations $B configs/retinanet_evit_m4.py configs/baselines/retinanet_r50_fpn_coco.py \
+  configs/fpn_evit_m4_ade20k.py configs/baselines/fpn_r50_ade20k.py --modes train --batch-size 8 --repeats 20 \
+  --json "$OUT/training_iterations_b8_fp16.json"
 
 if [ ${#FAILED[@]} -gt 0 ]; then
   echo "failed steps: ${FAILED[*]}"

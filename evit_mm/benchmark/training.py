@@ -24,7 +24,8 @@ def num_classes_of(model: nn.Module) -> int:
     """The largest ``num_classes`` among the model's heads (a two-stage detector's RPN head has 1)."""
     counts = [m.num_classes for m in model.modules() if isinstance(getattr(m, 'num_classes', None), int)]
     if not counts:
-        raise ValueError(f'{type(model).__name__} has no head with num_classes; mode train cannot make its labels')
+        raise PreflightError(f'{type(model).__name__} has no head with num_classes: mode train cannot make its '
+                             'labels')
     return max(counts)
 
 
@@ -37,11 +38,11 @@ def training_iteration(target: Target, batch: int, height: int, width: int, devi
             the fix.
     """
     if deployed:
-        raise PreflightError(f'{target.name}: mode train measures the model as it trains, not deployed (its BatchNorms '
-                         'are folded): list the target without --deploy or @deploy for this mode')
+        raise PreflightError(f'{target.name}: mode train measures the model as it trains, not deployed (its '
+                             'BatchNorms are folded): list the target without --deploy or @deploy for this mode')
     if compiled:
-        raise PreflightError(f'{target.name}: mode train does not run on a torch.compile-d backbone; measure it without '
-                         '--compile / --compile-mode')
+        raise PreflightError(f'{target.name}: mode train does not run on a torch.compile-d backbone; measure it '
+                             'without --compile / --compile-mode')
     model = copy.deepcopy(target.model).train()
     if target.kind == 'backbone':
         return _backbone_iteration(model, torch.randn(batch, 3, height, width, device=device))

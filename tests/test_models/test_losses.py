@@ -61,14 +61,14 @@ def test_channels_last_logits_are_read_in_place(monkeypatch):
 
 
 def test_sigmoid_variant_stays_mmsegs():
-    assert ChannelsLastCrossEntropyLoss(use_sigmoid=True).cls_criterion is CrossEntropyLoss(use_sigmoid=True).cls_criterion
+    mmseg_criterion = CrossEntropyLoss(use_sigmoid=True).cls_criterion
+    assert ChannelsLastCrossEntropyLoss(use_sigmoid=True).cls_criterion is mmseg_criterion
 
 
 @pytest.mark.parametrize('config, heads', [('configs/fpn_evit_m4_ade20k.py', ['decode_head']),
                                            ('configs/upernet_evit_m4_ade20k.py', ['decode_head', 'auxiliary_head']),
                                            ('configs/demo/fpn_evit_m0_ade20k_demo.py', ['decode_head'])])
 def test_segmentation_configs_use_it_with_their_weights(config, heads):
-    import evit_mm  # noqa: F401  (registration)
     cfg = Config.fromfile(str(REPO_ROOT / config))
     for head in heads:
         loss = MMSEG_MODELS.build(cfg.model[head].loss_decode)

@@ -3,9 +3,10 @@ iteration apart from loading data (preprocessing, forward pass, losses, backward
 synthetic batch with ground truth.
 
 Config targets run mmengine's own ``model.train_step`` with the optimizer wrapper their config builds (optimizer,
-parameter-wise settings, gradient clipping), so the iteration is the one ``tools/train.py`` runs; backbones train on
-the mean of their outputs with AdamW. Each runs on a copy of the target, which keeps its weights and BatchNorm
-statistics for the other modes of the same run.
+parameter-wise settings, gradient clipping) on the model as ``tools/train.py`` prepares it (on the CPU, RoIAlign as
+matrix products), so the iteration is the one ``tools/train.py`` runs; backbones train on the mean of their outputs
+with AdamW. Each runs on a copy of the target, which keeps its weights and BatchNorm statistics for the other modes
+of the same run.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..models.roi_align import convert_roi_aligns
 from ..tools.preflight import PreflightError  # a ValueError that the tools print without a traceback
 from .inputs import synthetic_batch
 from .targets import Target, mmengine_info_silenced
@@ -43,7 +45,7 @@ def training_iteration(target: Target, batch: int, height: int, width: int, devi
     if compiled:
         raise PreflightError(f'{target.name}: mode train does not run on a torch.compile-d backbone; measure it '
                              'without --compile / --compile-mode')
-    model = copy.deepcopy(target.model).train()
+    model = training_copy(target, device)
     if target.kind == 'backbone':
         return _backbone_iteration(model, torch.randn(batch, 3, height, width, device=device))
     from mmengine.optim import build_optim_wrapper
@@ -51,6 +53,15 @@ def training_iteration(target: Target, batch: int, height: int, width: int, devi
         optim_wrapper = build_optim_wrapper(model, copy.deepcopy(target.cfg.optim_wrapper))
     packed = synthetic_batch(target.kind, batch, height, width, num_classes_of(model), ground_truth=True)
     return lambda: model.train_step(packed, optim_wrapper)
+
+
+def training_copy(target: Target, device: torch.device) -> nn.Module:
+    """A copy of the target's model in training mode, prepared as ``tools/train.py`` prepares a model: on the CPU,
+    mmcv's RoIAlign layers computed as matrix products (:func:`~evit_mm.models.roi_align.convert_roi_aligns`)."""
+    model = copy.deepcopy(target.model).train()
+    if device.type == 'cpu':
+        convert_roi_aligns(model)
+    return model
 
 
 def _backbone_iteration(model: nn.Module, images: torch.Tensor) -> Callable[[], object]:

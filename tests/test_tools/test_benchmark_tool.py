@@ -13,7 +13,7 @@ from evit_mm.benchmark import cli
 from evit_mm.benchmark.flops import complexity
 from evit_mm.benchmark.inputs import OBJECTS_PER_IMAGE, synthetic_batch
 from evit_mm.benchmark.targets import build_target
-from evit_mm.benchmark.training import training_iteration
+from evit_mm.benchmark.training import training_copy, training_iteration
 from evit_mm.data.demo_coco import make_coco_demo
 from evit_mm.deploy import cli as export_cli
 from evit_mm.tools.entry import run
@@ -134,6 +134,15 @@ def test_a_training_iteration_computes_every_loss_on_a_copy(config, losses):
     assert first['loss'] != second['loss']  # the optimizer stepped between them
     after = target.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before) and not target.model.training
+
+
+def test_training_copies_take_the_train_tools_cpu_roi_align():
+    from evit_mm.models.roi_align import SeparableRoIAlign
+    target = build_target(MASK_DEMO)
+    copy = training_copy(target, torch.device('cpu'))
+    assert copy.training and copy is not target.model
+    assert sum(type(m) is SeparableRoIAlign for m in copy.modules()) == 8  # box and mask extractors, 4 levels each
+    assert not any(isinstance(m, SeparableRoIAlign) for m in target.model.modules())
 
 
 def test_synthetic_ground_truth_lies_in_the_image_and_the_classes():

@@ -152,7 +152,10 @@ class _SeparableRoIAlignFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         grad_out = grad_output.permute(0, 2, 3, 1).to(ctx.weights.rows.dtype, memory_format=torch.contiguous_format)
-        grad_maps = _backward(grad_out, ctx.weights, ctx.maps_shape)
+        # in the weights' dtype also where the backward pass runs inside an autocast region: autocast would cast the
+        # products to bfloat16, which the float32 sum in the map then cannot take in place
+        with torch.autocast('cpu', enabled=False):
+            grad_maps = _backward(grad_out, ctx.weights, ctx.maps_shape)
         return grad_maps.permute(0, 3, 1, 2).to(ctx.dtype), None, None, None, None, None
 
 

@@ -63,10 +63,12 @@ def test_convert_replaces_every_mmcv_roi_align():
     assert convert_roi_aligns(model) == 0  # already converted
 
 
-def test_bfloat16_features_take_the_fast_path_with_float32_geometry():
+@pytest.mark.parametrize('inside_autocast', [False, True], ids=['plain', 'backward-inside-autocast'])
+def test_bfloat16_features_take_the_fast_path_with_float32_geometry(inside_autocast):
     """Under CPU autocast the features are bfloat16: sampled in bfloat16 (products within bfloat16's rounding of
     mmcv's float32 result on the same values), the sampling positions in float32 (in bfloat16, x = 150 on this map
-    would be resolved to 1 pixel only), the gradient summed over the overlapping RoIs in float32 and rounded once."""
+    would be resolved to 1 pixel only), the gradient summed over the overlapping RoIs in float32 and rounded once;
+    also where the backward pass runs inside the autocast region too (its float32 sums are not cast down)."""
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(1, 64, 100, 168, generator=gen).bfloat16()
     rois = _rois(300, 100, 168, images=1, seed=4)
@@ -77,8 +79,9 @@ def test_bfloat16_features_take_the_fast_path_with_float32_geometry():
     layer = SeparableRoIAlign((7, 7), 0.25, 0, 'avg', True)
     features = x.contiguous(memory_format=torch.channels_last).requires_grad_()
     assert layer.fast_path(features)
-    got = layer(features, rois)
-    (got.float() * grad_out).sum().backward()
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=inside_autocast):
+        got = layer(features, rois)
+        (got.float() * grad_out).sum().backward()
     assert got.dtype == features.grad.dtype == torch.bfloat16
 
     def error(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -55,8 +55,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help='backbone: backbone only; forward: model in tensor mode; predict: test_step with a '
                         'per-stage breakdown (two-stage detectors: head and post-processing as one); pipeline: '
                         'data loading + test_step; train: one training iteration without data loading (the '
-                        "config's train_step and optimizer on a synthetic batch with ground truth; backbones: "
-                        'forward, backward, AdamW), on a copy of the target; onnx: backbone in ONNX Runtime')
+                        "config's train_step and optimizer on a synthetic batch with ground truth, with --dtype "
+                        "fp16/bf16 tools/train.py --amp's wrapper; backbones: forward, backward, AdamW), on a copy of "
+                        'the target; onnx: backbone in ONNX Runtime')
     p.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N')
     p.add_argument('--batch-size', type=int, default=1)
     p.add_argument('--shape', nargs='+', type=shape_type(), help=f'HxW, one or more ({DEFAULT_SHAPES_HELP})')

@@ -1,6 +1,7 @@
 """Throughput, latency, memory, parameters and FLOPs of backbones and whole pipelines, in one run."""
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -177,7 +178,8 @@ def measure(target: Target, mode: str, opts: Options, device: torch.device) -> R
     needs is measured on one more call after the timed ones (:func:`~.memory.call_peak_mb`)."""
     breakdown: dict[str, float] = {}
     peak = None
-    with autocast(device.type, opts.dtype):
+    # a training iteration sets up its mixed precision itself (autocast around its forward pass only)
+    with contextlib.nullcontext() if mode == 'train' else autocast(device.type, opts.dtype):
         if mode == 'onnx':
             from .onnx_runtime import onnx_backbone_timing
             total = onnx_backbone_timing(target.backbone, opts)  # ONNX Runtime's memory is its own: not measured
@@ -188,7 +190,8 @@ def measure(target: Target, mode: str, opts: Options, device: torch.device) -> R
                 calls = {'total': _pipeline_call(target, opts)}
             elif mode == 'train':
                 calls = {'total': training_iteration(target, opts.batch_size, opts.height, opts.width, device,
-                                                     deployed=opts.deploy, compiled=opts.compile_mode is not None)}
+                                                     deployed=opts.deploy, compiled=opts.compile_mode is not None,
+                                                     dtype=opts.dtype)}
             else:
                 calls = _callables(target, mode, opts, device)
             grad = mode == 'train'

@@ -4,9 +4,10 @@ synthetic batch with ground truth.
 
 Config targets run mmengine's own ``model.train_step`` with the optimizer wrapper their config builds (optimizer,
 parameter-wise settings, gradient clipping) on the model as ``tools/train.py`` prepares it (on the CPU, RoIAlign as
-matrix products), so the iteration is the one ``tools/train.py`` runs; backbones train on the mean of their outputs
-with AdamW. Each runs on a copy of the target, which keeps its weights and BatchNorm statistics for the other modes
-of the same run.
+matrix products), so the iteration is the one ``tools/train.py`` runs; in float16 or bfloat16, the wrapper that
+``tools/train.py --amp`` builds (autocast around the forward pass, loss scaling on GPUs). Backbones train on the mean
+of their outputs with AdamW, the forward pass under autocast where asked. Each runs on a copy of the target, which
+keeps its weights and BatchNorm statistics for the other modes of the same run.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from torch import nn
 from ..models.roi_align import convert_roi_aligns
 from ..tools.preflight import PreflightError  # a ValueError that the tools print without a traceback
 from .inputs import synthetic_batch
+from .precision import autocast
 from .targets import Target, mmengine_info_silenced
 
 
@@ -32,12 +34,13 @@ def num_classes_of(model: nn.Module) -> int:
 
 
 def training_iteration(target: Target, batch: int, height: int, width: int, device: torch.device,
-                       deployed: bool, compiled: bool) -> Callable[[], object]:
-    """A call that runs one training iteration of a copy of ``target`` on a fixed synthetic batch.
+                       deployed: bool, compiled: bool, dtype: str = 'fp32') -> Callable[[], object]:
+    """A call that runs one training iteration of a copy of ``target`` on a fixed synthetic batch, in ``dtype``
+    (``fp32``, or mixed precision ``fp16`` / ``bf16``: the call sets up autocast itself, for the forward pass only).
 
     Raises:
-        PreflightError: For a deployed or compiled target (BatchNorms folded; the copy of a compiled model), naming
-            the fix.
+        PreflightError: For a deployed or compiled target (BatchNorms folded; the copy of a compiled model), or a
+            mixed precision ``tools/train.py`` does not train in on that device, naming the fix.
     """
     if deployed:
         raise PreflightError(f'{target.name}: mode train measures the model as it trains, not deployed (its '
@@ -45,12 +48,16 @@ def training_iteration(target: Target, batch: int, height: int, width: int, devi
     if compiled:
         raise PreflightError(f'{target.name}: mode train does not run on a torch.compile-d backbone; measure it '
                              'without --compile / --compile-mode')
+    if dtype == 'fp16' and device.type == 'cpu':
+        raise PreflightError(f'{target.name}: mode train with --dtype fp16 on the CPU: training there runs in float32 '
+                             'or bfloat16 (tools/train.py --amp: bfloat16 autocast, no loss scaler); use --dtype bf16 '
+                             'or fp32')
     model = training_copy(target, device)
     if target.kind == 'backbone':
-        return _backbone_iteration(model, torch.randn(batch, 3, height, width, device=device))
+        return _backbone_iteration(model, torch.randn(batch, 3, height, width, device=device), dtype)
     from mmengine.optim import build_optim_wrapper
     with mmengine_info_silenced():
-        optim_wrapper = build_optim_wrapper(model, copy.deepcopy(target.cfg.optim_wrapper))
+        optim_wrapper = build_optim_wrapper(model, _optim_wrapper_config(target, device, dtype))
     packed = synthetic_batch(target.kind, batch, height, width, num_classes_of(model), ground_truth=True)
     return lambda: model.train_step(packed, optim_wrapper)
 
@@ -64,11 +71,26 @@ def training_copy(target: Target, device: torch.device) -> nn.Module:
     return model
 
 
-def _backbone_iteration(model: nn.Module, images: torch.Tensor) -> Callable[[], object]:
+def _optim_wrapper_config(target: Target, device: torch.device, dtype: str) -> dict:
+    """The config's optimizer wrapper; in mixed precision, the one ``tools/train.py --amp`` builds on ``device``
+    (:func:`~evit_mm.tools.config_options.enable_amp`), in bfloat16 on a GPU too."""
+    from mmengine.config import Config
+
+    from ..tools.config_options import enable_amp
+    cfg = Config(dict(optim_wrapper=copy.deepcopy(target.cfg.optim_wrapper)))
+    if dtype != 'fp32':
+        enable_amp(cfg, device.type)
+        if device.type != 'cpu' and dtype == 'bf16':
+            cfg.optim_wrapper.dtype = 'bfloat16'
+    return cfg.optim_wrapper
+
+
+def _backbone_iteration(model: nn.Module, images: torch.Tensor, dtype: str) -> Callable[[], object]:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
 
     def step() -> None:
-        loss = sum(feature.float().mean() for feature in model(images))
+        with autocast(images.device.type, dtype):
+            loss = sum(feature.float().mean() for feature in model(images))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -36,17 +36,18 @@ def load_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def enable_amp(cfg: Config) -> None:
+def enable_amp(cfg: Config, device: str | None = None) -> None:
     """Mixed precision: mmengine's ``AmpOptimWrapper`` (float16, dynamic loss scaling) where training runs on an
     accelerator, :class:`~evit_mm.engine.CPUBfloat16OptimWrapper` (bfloat16 autocast) where it runs on the CPU,
-    which mmengine's wrapper refuses; a warning where that CPU has no native bfloat16 (it would be slower)."""
+    which mmengine's wrapper refuses; a warning where that CPU has no native bfloat16 (it would be slower).
+    ``device``: the device type training runs on (default: mmengine's ``get_device()``)."""
     wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
     if wrapper in ('AmpOptimWrapper', 'CPUBfloat16OptimWrapper'):
         return
     if wrapper != 'OptimWrapper':
         raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper, AmpOptimWrapper or CPUBfloat16OptimWrapper, '
                          f'got {wrapper!r}')
-    if get_device() != 'cpu':
+    if (device or get_device()) != 'cpu':
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
         return

@@ -13,7 +13,7 @@ from evit_mm.benchmark import cli
 from evit_mm.benchmark.flops import complexity
 from evit_mm.benchmark.inputs import OBJECTS_PER_IMAGE, synthetic_batch
 from evit_mm.benchmark.targets import build_target
-from evit_mm.benchmark.training import training_copy, training_iteration
+from evit_mm.benchmark.training import _optim_wrapper_config, training_copy, training_iteration
 from evit_mm.data.demo_coco import make_coco_demo
 from evit_mm.deploy import cli as export_cli
 from evit_mm.tools.entry import run
@@ -158,6 +158,25 @@ def test_synthetic_ground_truth_lies_in_the_image_and_the_classes():
     assert seg.data.shape == (1, 40, 50) and 0 <= int(seg.data.min()) and int(seg.data.max()) < 7
     labels = synthetic_batch('classifier', 4, 8, 8, num_classes=3, ground_truth=True)['data_samples']
     assert len(labels) == 4 and all(0 <= label < 3 for label in labels)
+
+
+@pytest.mark.parametrize('device, dtype, wrapper', [
+    ('cpu', 'fp32', dict(type='OptimWrapper')), ('cpu', 'bf16', dict(type='CPUBfloat16OptimWrapper')),
+    ('cuda', 'fp16', dict(type='AmpOptimWrapper', loss_scale='dynamic')),
+    ('cuda', 'bf16', dict(type='AmpOptimWrapper', dtype='bfloat16'))])
+def test_mixed_precision_training_takes_the_train_tools_amp_wrapper(device, dtype, wrapper):
+    """What ``tools/train.py --amp`` builds on that device (no GPU needed: only the configuration is read)."""
+    built = _optim_wrapper_config(build_target(DET_DEMO), torch.device(device), dtype)
+    assert wrapper.items() <= dict(built).items() and built['optimizer']['type'] == 'AdamW'
+
+
+def test_a_bfloat16_training_iteration_on_the_cpu_autocasts_its_forward_pass():
+    target = build_target(DET_DEMO)
+    dtypes = []
+    target.model.backbone.register_forward_hook(lambda module, args, out: dtypes.append(out[0].dtype))
+    losses = training_iteration(target, 2, 96, 128, torch.device('cpu'), False, False, dtype='bf16')()
+    assert dtypes == [torch.bfloat16] and all(torch.isfinite(torch.as_tensor(v)) for v in losses.values())
+    assert 'fp16' in run(cli.main, ['evit_m0', '--modes', 'train', '--dtype', 'fp16', '--shape', '64x64'])
 
 
 def test_train_mode_refuses_deployed_and_compiled_targets():

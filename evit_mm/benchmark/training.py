@@ -57,7 +57,7 @@ def training_iteration(target: Target, batch: int, height: int, width: int, devi
         return _backbone_iteration(model, torch.randn(batch, 3, height, width, device=device), dtype)
     from mmengine.optim import build_optim_wrapper
     with mmengine_info_silenced():
-        optim_wrapper = build_optim_wrapper(model, _optim_wrapper_config(target, device, dtype))
+        optim_wrapper = build_optim_wrapper(model, optim_wrapper_config(target, device, dtype))
     packed = synthetic_batch(target.kind, batch, height, width, num_classes_of(model), ground_truth=True)
     return lambda: model.train_step(packed, optim_wrapper)
 
@@ -71,7 +71,7 @@ def training_copy(target: Target, device: torch.device) -> nn.Module:
     return model
 
 
-def _optim_wrapper_config(target: Target, device: torch.device, dtype: str) -> dict:
+def optim_wrapper_config(target: Target, device: torch.device, dtype: str) -> dict:
     """The config's optimizer wrapper; in mixed precision, the one ``tools/train.py --amp`` builds on ``device``
     (:func:`~evit_mm.tools.config_options.enable_amp`), in bfloat16 on a GPU too."""
     from mmengine.config import Config

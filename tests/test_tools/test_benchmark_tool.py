@@ -13,7 +13,7 @@ from evit_mm.benchmark import cli
 from evit_mm.benchmark.flops import complexity
 from evit_mm.benchmark.inputs import OBJECTS_PER_IMAGE, synthetic_batch
 from evit_mm.benchmark.targets import build_target
-from evit_mm.benchmark.training import _optim_wrapper_config, training_copy, training_iteration
+from evit_mm.benchmark.training import optim_wrapper_config, training_copy, training_iteration
 from evit_mm.data.demo_coco import make_coco_demo
 from evit_mm.deploy import cli as export_cli
 from evit_mm.tools.entry import run
@@ -166,7 +166,7 @@ def test_synthetic_ground_truth_lies_in_the_image_and_the_classes():
     ('cuda', 'bf16', dict(type='AmpOptimWrapper', dtype='bfloat16'))])
 def test_mixed_precision_training_takes_the_train_tools_amp_wrapper(device, dtype, wrapper):
     """What ``tools/train.py --amp`` builds on that device (no GPU needed: only the configuration is read)."""
-    built = _optim_wrapper_config(build_target(DET_DEMO), torch.device(device), dtype)
+    built = optim_wrapper_config(build_target(DET_DEMO), torch.device(device), dtype)
     assert wrapper.items() <= dict(built).items() and built['optimizer']['type'] == 'AdamW'
 
 

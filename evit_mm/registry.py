@@ -4,7 +4,7 @@ Modules are registered twice: in mmengine's root ``MODELS`` (so ``type='Efficien
 mmseg and mmpretrain scopes, whose registries are its children) and in this ``evit_mm`` child registry (so
 ``type='evit_mm.EfficientViT'`` resolves from anywhere). mmengine imports this module to resolve the prefix.
 
-Every other root registry of mmengine gets an ``evit_mm`` child too (:data:`SCOPED`), empty: a run whose config
+Every other root registry of mmengine gets an ``evit_mm`` child too, empty: a run whose config
 says ``default_scope = 'evit_mm'`` (ImageNet pretraining) builds its optimizer, hooks, datasets and metrics through
 them, finding mmengine's types (and evit_mm's, registered at the root) in the parent. Without them mmengine warned
 for each registry that it "Failed to search registry with scope evit_mm" and fell back to the root.
@@ -16,14 +16,13 @@ from mmengine.registry import Registry
 SCOPE = 'evit_mm'
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope=SCOPE, locations=['evit_mm.models'])
 
-#: The ``evit_mm`` child of each of mmengine's root registries, by the root's name (``'OPTIM_WRAPPERS'``, ...).
-SCOPED: dict[str, Registry] = {'MODELS': MODELS}
-for _name in ('RUNNERS', 'RUNNER_CONSTRUCTORS', 'LOOPS', 'HOOKS', 'STRATEGIES', 'DATASETS', 'DATA_SAMPLERS',
-              'TRANSFORMS', 'MODEL_WRAPPERS', 'WEIGHT_INITIALIZERS', 'OPTIMIZERS', 'OPTIM_WRAPPERS',
-              'OPTIM_WRAPPER_CONSTRUCTORS', 'PARAM_SCHEDULERS', 'METRICS', 'EVALUATOR', 'TASK_UTILS', 'VISUALIZERS',
-              'VISBACKENDS', 'LOG_PROCESSORS', 'INFERENCERS', 'FUNCTIONS'):
-    _root = getattr(mmengine_registry, _name)
-    SCOPED[_name] = Registry(_root.name, parent=_root, scope=SCOPE)
+# mmengine's other root registries get their evit_mm children here (each parent keeps its child)
+for _root_name in ('RUNNERS', 'RUNNER_CONSTRUCTORS', 'LOOPS', 'HOOKS', 'STRATEGIES', 'DATASETS', 'DATA_SAMPLERS',
+                   'TRANSFORMS', 'MODEL_WRAPPERS', 'WEIGHT_INITIALIZERS', 'OPTIMIZERS', 'OPTIM_WRAPPERS',
+                   'OPTIM_WRAPPER_CONSTRUCTORS', 'PARAM_SCHEDULERS', 'METRICS', 'EVALUATOR', 'TASK_UTILS',
+                   'VISUALIZERS', 'VISBACKENDS', 'LOG_PROCESSORS', 'INFERENCERS', 'FUNCTIONS'):
+    _root = getattr(mmengine_registry, _root_name)
+    Registry(_root.name, parent=_root, scope=SCOPE)
 
 
 def register_model(cls: type) -> type:

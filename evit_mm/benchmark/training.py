@@ -15,20 +15,21 @@ import copy
 from collections.abc import Callable
 
 import torch
+from mmengine.logging import MMLogger
 from torch import nn
 
-from ..models.roi_align import convert_roi_aligns
-from ..tools.preflight import PreflightError  # a ValueError that the tools print without a traceback
+from ..tools.cpu_roi_align import use_separable_roi_align_on_cpu
+from ..tools.preflight import PreflightError, num_classes_of_model
 from .inputs import synthetic_batch
 from .precision import autocast
 from .targets import Target, mmengine_info_silenced
 
 
-def num_classes_of(model: nn.Module) -> int:
-    """The largest ``num_classes`` among the model's heads (a two-stage detector's RPN head has 1)."""
-    counts = [m.num_classes for m in model.modules() if isinstance(getattr(m, 'num_classes', None), int)]
+def num_classes_of(target: Target) -> int:
+    """The most classes the config's heads predict (:func:`~evit_mm.tools.preflight.num_classes_of_model`)."""
+    counts = [value for _, value in num_classes_of_model(target.cfg.model)]
     if not counts:
-        raise PreflightError(f'{type(model).__name__} has no head with num_classes: mode train cannot make its '
+        raise PreflightError(f'{target.name}: no head of the config gives num_classes: mode train cannot make its '
                              'labels')
     return max(counts)
 
@@ -52,22 +53,22 @@ def training_iteration(target: Target, batch: int, height: int, width: int, devi
         raise PreflightError(f'{target.name}: mode train with --dtype fp16 on the CPU: training there runs in float32 '
                              'or bfloat16 (tools/train.py --amp: bfloat16 autocast, no loss scaler); use --dtype bf16 '
                              'or fp32')
-    model = training_copy(target, device)
+    model = training_copy(target)
     if target.kind == 'backbone':
         return _backbone_iteration(model, torch.randn(batch, 3, height, width, device=device), dtype)
     from mmengine.optim import build_optim_wrapper
     with mmengine_info_silenced():
         optim_wrapper = build_optim_wrapper(model, optim_wrapper_config(target, device, dtype))
-    packed = synthetic_batch(target.kind, batch, height, width, num_classes_of(model), ground_truth=True)
+    packed = synthetic_batch(target.kind, batch, height, width, num_classes_of(target), ground_truth=True)
     return lambda: model.train_step(packed, optim_wrapper)
 
 
-def training_copy(target: Target, device: torch.device) -> nn.Module:
+def training_copy(target: Target) -> nn.Module:
     """A copy of the target's model in training mode, prepared as ``tools/train.py`` prepares a model: on the CPU,
-    mmcv's RoIAlign layers computed as matrix products (:func:`~evit_mm.models.roi_align.convert_roi_aligns`)."""
+    mmcv's RoIAlign layers computed as matrix products (:mod:`~evit_mm.tools.cpu_roi_align`)."""
     model = copy.deepcopy(target.model).train()
-    if device.type == 'cpu':
-        convert_roi_aligns(model)
+    with mmengine_info_silenced():  # its log line would land in the tool's table
+        use_separable_roi_align_on_cpu(model, MMLogger.get_current_instance())
     return model
 
 

@@ -13,6 +13,7 @@ from mmseg.models.losses import CrossEntropyLoss
 from mmseg.models.losses.cross_entropy_loss import cross_entropy
 
 from ..registry import register_model
+from .grad_layout import memory_format_of
 
 
 def channels_last_cross_entropy(pred: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None = None,
@@ -22,9 +23,7 @@ def channels_last_cross_entropy(pred: torch.Tensor, label: torch.Tensor, weight:
     """mmseg's ``cross_entropy`` (same arguments, same values), computed on channels-last ``(N, C, H, W)`` logits
     as ``(N*H*W, C)`` rows; other logits, and class weights (whose averaging mmseg computes per image), go to mmseg's
     function as they are."""
-    channels_last_only = (pred.dim() == 4 and pred.is_contiguous(memory_format=torch.channels_last)
-                          and not pred.is_contiguous())
-    if not channels_last_only or class_weight is not None:
+    if memory_format_of(pred) != torch.channels_last or class_weight is not None:
         return cross_entropy(pred, label, weight, class_weight, reduction, avg_factor, ignore_index, avg_non_ignore)
     rows = pred.permute(0, 2, 3, 1).reshape(-1, pred.shape[1])  # a view: channels are the contiguous dim
     loss = cross_entropy(rows, label.reshape(-1), None if weight is None else weight.reshape(-1), None, reduction,

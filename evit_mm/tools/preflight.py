@@ -67,7 +67,8 @@ def check_datasets(cfg: Config, loaders: tuple[str, ...] = ('train_dataloader', 
                              '<loader>.dataset.data_root=PATH.')
 
 
-def _num_classes_of_model(model: ConfigDict) -> list[tuple[str, int]]:
+def num_classes_of_model(model: ConfigDict) -> list[tuple[str, int]]:
+    """Every ``num_classes`` a model config gives (its own and its heads'), with the option name that sets it."""
     found = [('model.num_classes', model['num_classes'])] if 'num_classes' in model else []
     for head in ('bbox_head', 'decode_head', 'auxiliary_head', 'head'):
         cfg = model.get(head)
@@ -111,7 +112,7 @@ def check_num_classes(cfg: Config) -> None:
     classes = _dataset_classes(leaves[0][1], cfg.get('default_scope'))
     if classes is None:
         return
-    for name, value in _num_classes_of_model(cfg.model):
+    for name, value in num_classes_of_model(cfg.model):
         if value != len(classes):
             raise PreflightError(
                 f'{name} is {value}, but the dataset has {len(classes)} classes {list(classes)[:8]}...; '

@@ -31,11 +31,12 @@ def _losses_and_gradients(model: torch.nn.Module, packed: dict) -> tuple[dict, d
 @pytest.mark.parametrize('config', ['configs/demo/retinanet_evit_m0_coco_demo.py',
                                     'configs/demo/fpn_evit_m0_ade20k_demo.py'])
 def test_whole_model_gradients_with_the_fast_backbone_equal_the_reference(config):
-    fast = build_target(str(REPO_ROOT / config)).model.double().train()
+    target = build_target(str(REPO_ROOT / config))
+    fast = target.model.double().train()
     reference = build_target(str(REPO_ROOT / config), cfg_options=REFERENCE_BACKBONE).model.double().train()
     reference.load_state_dict(fast.state_dict())
     assert fast.backbone.channels_last and not reference.backbone.channels_last
-    packed = synthetic_batch('detector' if 'coco' in config else 'segmentor', 2, 160, 224, num_classes_of(fast),
+    packed = synthetic_batch('detector' if 'coco' in config else 'segmentor', 2, 160, 224, num_classes_of(target),
                              ground_truth=True)
     fast_log, fast_grads = _losses_and_gradients(fast, packed)
     ref_log, ref_grads = _losses_and_gradients(reference, packed)

@@ -139,7 +139,7 @@ def test_a_training_iteration_computes_every_loss_on_a_copy(config, losses):
 def test_training_copies_take_the_train_tools_cpu_roi_align():
     from evit_mm.models.roi_align import SeparableRoIAlign
     target = build_target(MASK_DEMO)
-    copy = training_copy(target, torch.device('cpu'))
+    copy = training_copy(target)
     assert copy.training and copy is not target.model
     assert sum(type(m) is SeparableRoIAlign for m in copy.modules()) == 8  # box and mask extractors, 4 levels each
     assert not any(isinstance(m, SeparableRoIAlign) for m in target.model.modules())

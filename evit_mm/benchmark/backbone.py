@@ -25,7 +25,7 @@ from .host_work import count_host_work
 from .memory import call_peak_mb, format_mb
 from .part_times import format_part_times, time_parts
 from .precision import autocast, exact_float32, norm_relative_error
-from .timing import Timing, time_interleaved
+from .timing import paired_ratios, quartiles, time_interleaved
 
 
 def fuse_timm_efficientvit(model: nn.Module) -> nn.Module:
@@ -138,19 +138,6 @@ def inference_candidates(arch: str, device: torch.device | str = 'cpu', ablation
             models[name] = copy.deepcopy(source)
             use_cuda_graphs(models[name])
     return {name: model.to(device) for name, model in models.items()}
-
-
-def paired_ratios(reference: Timing, candidate: Timing) -> list[float]:
-    """``reference / candidate`` latency of each round (> 1: the candidate is faster)."""
-    return [r / c for r, c in zip(reference.latencies, candidate.latencies, strict=True)]
-
-
-def quartiles(values: list[float]) -> tuple[float, float]:
-    """25th and 75th percentile of ``values`` (inclusive method: a single value is both)."""
-    if len(values) < 2:
-        return values[0], values[0]
-    lower, _, upper = statistics.quantiles(values, n=4, method='inclusive')
-    return lower, upper
 
 
 def _training_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -17,10 +17,10 @@ from ..models.winograd import DEFAULT_TILE, WINOGRAD_POINTS
 from .allocator_option import add_allocator_argument, apply_allocator_argument
 from .compilation import add_compile_arguments, compile_mode_from
 from .inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, shape_type
-from .measure import MODES, Options, Result, gflops, measure, prepare
+from .measure import MODES, Job, Options, Result, gflops, measure_together, prepare
 from .memory import format_mb
 from .precision import DTYPES
-from .targets import build_target
+from .targets import Target, build_target
 from .tensor_mode import TensorMode
 
 #: The optimize_for_inference switches the command line sets (``--no-fused-kernels`` etc.), by argument name.
@@ -86,7 +86,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument('--threads', type=int, help='CPU threads (torch.set_num_threads)')
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--repeats', type=int, default=10)
-    p.add_argument('--time-budget', type=float, help='seconds per measurement instead of a fixed --repeats')
+    p.add_argument('--time-budget', type=float, help='seconds per mode and shape (whose rows are timed in the same rounds) instead of a fixed --repeats')
     p.add_argument('--checkpoint', help='weights for config targets (realistic post-processing times)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override entries of config targets')
     p.add_argument('--json', help='write results as JSON')
@@ -106,18 +106,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def format_table(results: list[Result]) -> str:
-    head = ('target', 'mode', 'batch', 'shape', 'img/s', 'p50 ms', 'p90 ms', 'p99 ms', 'call peak MB', 'weights MB',
-            'page faults', 'params M', 'GFLOPs')
+    head = ('target', 'mode', 'batch', 'shape', 'img/s', 'p50 ms', 'p90 ms', 'p99 ms', 'speed vs first',
+            'call peak MB', 'weights MB', 'page faults', 'params M', 'GFLOPs')
     rows = [head]
     for r in results:
-        rows.append((r.target, r.mode + _deploy_label(r), str(r.batch), r.shape,
+        rows.append((r.label, r.mode, str(r.batch), r.shape,
                      f'{r.images_per_s:.2f}', f'{r.latency_p50_ms:.1f}', f'{r.latency_p90_ms:.1f}',
-                     f'{r.latency_p99_ms:.1f}', format_mb(r.peak_memory_mb), format_mb(r.weights_mb),
+                     f'{r.latency_p99_ms:.1f}', _speed_cell(r), format_mb(r.peak_memory_mb), format_mb(r.weights_mb),
                      '-' if r.page_faults_per_call is None else f'{r.page_faults_per_call:.0f}', f'{r.params_m:.2f}',
                      '-' if r.gflops is None else f'{r.gflops:.2f}'))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ['| ' + ' | '.join(c.ljust(w) for c, w in zip(row, widths)) + ' |' for row in rows]
     lines.insert(1, '|' + '|'.join('-' * (w + 2) for w in widths) + '|')
+    if any(r.speed_ratio is not None for r in results):
+        lines += ['', SPEED_NOTE]
     breakdowns = [r for r in results if r.breakdown_ms]
     if breakdowns:
         lines += ['', '| target | shape | preprocess | backbone | neck | head | post-process | total (ms) |',
@@ -129,15 +131,21 @@ def format_table(results: list[Result]) -> str:
             else:
                 head, post = f"{b['head']:.1f}", f"{b['postprocess']:.1f}"
             cells = [f'{b[k]:.1f}' for k in ('preprocess', 'backbone', 'neck')] + [head, post, f"{b['total']:.1f}"]
-            lines.append(f'| {r.target}{_deploy_label(r)} | {r.shape} | ' + ' | '.join(cells) + ' |')
+            lines.append(f'| {r.label} | {r.shape} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
 
-def _deploy_label(r: Result) -> str:
-    if not r.deploy:
-        return ''
-    details = [name for name, on in (('bf16 weights', r.bfloat16_weights), ('CUDA graphs', r.cuda_graphs)) if on]
-    return f' (deploy{"".join(", " + d for d in details)})'
+#: What the "speed vs first" column means, printed under the table.
+SPEED_NOTE = ('speed vs first: the first row of the same mode and shape over this row, time per call, median of the '
+              'rounds in which all of them ran (> 1: this row is faster), with the middle half of the rounds in '
+              'brackets')
+
+
+def _speed_cell(r: Result) -> str:
+    if r.speed_ratio is None:
+        return '-'
+    low, high = r.speed_ratio_middle_half
+    return f'{r.speed_ratio:.2f} ({low:.2f}-{high:.2f})'
 
 
 def write_outputs(results: list[Result], args: argparse.Namespace) -> None:
@@ -174,41 +182,53 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    results: list[Result] = []
-    # no --shape: each target at its kind's default size
-    jobs = [(t, m, s) for t in args.targets for s in (args.shape or [None]) for m in args.modes]
     allocator = apply_allocator_argument(args)
     print(f'torch {torch.__version__} | {args.device} | {torch.get_num_threads()} threads | {args.dtype} | {allocator}',
           file=sys.stderr)
     deploy_options = {name: getattr(args, name) for name in DEPLOY_SWITCHES}
-    built = {}
-    for index, (spec, mode, shape) in enumerate(jobs, 1):
-        name, _, suffix = spec.partition('@')  # parse_args allows only TARGET_SUFFIXES
-        if spec not in built:
-            built[spec] = build_target(name, args.checkpoint if name.endswith('.py') else None, args.cfg_options), None
-        target, device = built[spec]
-        h, w = shape or DEFAULT_SHAPES[target.kind]
-        opts = Options(args.device, args.batch_size, h, w, args.dtype, args.channels_last, compile_mode_from(args),
-                       deploy=args.deploy or bool(suffix),
-                       deploy_options={**deploy_options, **TARGET_SUFFIXES.get(suffix, {})}, warmup=args.warmup,
-                       repeats=args.repeats, time_budget=args.time_budget)
-        if device is None:  # first job of this target: deploy, convert, compile it once
-            device = prepare(target, opts)
+    prepared: dict[str, tuple[Target, torch.device]] = {}
+    for spec in args.targets:  # each listing built, deployed, converted and compiled once
+        if spec not in prepared:
+            name, _, suffix = spec.partition('@')  # parse_args allows only TARGET_SUFFIXES
+            target = build_target(name, args.checkpoint if name.endswith('.py') else None, args.cfg_options)
+            device = prepare(target, _options(args, spec, deploy_options, (1, 1)))
             for note in target.notes:
                 print(f'WARNING [{target.name}]: {note}', file=sys.stderr)
-            built[spec] = target, device
-        print(f'[{index}/{len(jobs)}] {target.name}: {mode} at {args.batch_size}x{h}x{w} ...', file=sys.stderr,
-              flush=True)
-        result = measure(target, mode, opts, device)
-        if mode in ('backbone', 'onnx') or target.kind == 'backbone':
-            result.gflops = gflops(_uncompiled(target.backbone), h, w)
-        elif opts.compile_mode is None:
-            result.gflops = gflops(TensorMode(target).eval(), h, w)  # whole model, no pre/post-processing
-        print(f'    {result.images_per_s:.2f} img/s, p50 {result.latency_p50_ms:.1f} ms', file=sys.stderr)
-        results.append(result)
+            prepared[spec] = target, device
+    # the rows of one mode and input size are measured together, in the same rounds (measure_together); without
+    # --shape, each target at its kind's default size
+    groups: dict[tuple[str, int, int], list[Job]] = {}
+    for mode in args.modes:
+        for shape in args.shape or [None]:
+            for spec in args.targets:
+                target, device = prepared[spec]
+                h, w = shape or DEFAULT_SHAPES[target.kind]
+                groups.setdefault((mode, h, w), []).append(
+                    Job(target, mode, _options(args, spec, deploy_options, (h, w)), device))
+    results: list[Result] = []
+    for index, ((mode, h, w), jobs) in enumerate(groups.items(), 1):
+        names = ', '.join(job.target.name + (' (deploy)' if job.opts.deploy else '') for job in jobs)
+        print(f'[{index}/{len(groups)}] {mode} at {args.batch_size}x{h}x{w}: {names} ...', file=sys.stderr, flush=True)
+        for job, result in zip(jobs, measure_together(jobs)):
+            if mode in ('backbone', 'onnx') or job.target.kind == 'backbone':
+                result.gflops = gflops(_uncompiled(job.target.backbone), h, w)
+            elif job.opts.compile_mode is None:
+                result.gflops = gflops(TensorMode(job.target).eval(), h, w)  # whole model, no pre/post-processing
+            print(f'    {result.label}: {result.images_per_s:.2f} img/s, p50 {result.latency_p50_ms:.1f} ms',
+                  file=sys.stderr)
+            results.append(result)
     print(format_table(results))
     write_outputs(results, args)
     return 0
+
+
+def _options(args: argparse.Namespace, spec: str, deploy_options: dict, shape: tuple[int, int]) -> Options:
+    """The measurement options of one listing of a target (``spec``, with its ``@`` suffix) at ``shape``."""
+    suffix = spec.partition('@')[2]
+    return Options(args.device, args.batch_size, *shape, args.dtype, args.channels_last, compile_mode_from(args),
+                   deploy=args.deploy or bool(suffix),
+                   deploy_options={**deploy_options, **TARGET_SUFFIXES.get(suffix, {})}, warmup=args.warmup,
+                   repeats=args.repeats, time_budget=args.time_budget)
 
 
 def _uncompiled(module: torch.nn.Module) -> torch.nn.Module:

@@ -24,10 +24,10 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .allocator_option import add_allocator_argument, apply_allocator_argument
-from .backbone import CASES, Row, build_pair, inference_call, quartiles, training_step
+from .backbone import CASES, Row, build_pair, inference_call, training_step
 from .inputs import shape_type
 from .memory import call_peak_mb
-from .timing import time_interleaved
+from .timing import quartiles, time_interleaved
 
 #: The comparisons of :data:`~.backbone.CASES` timed alone, with their evit_mm and timm candidates.
 ISOLATED_CASES = {case: CASES[case] for case in ('deploy vs timm as shipped', 'train')}

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -14,7 +15,7 @@ from .inputs import synthetic_batch
 from .memory import call_peak_mb, weights_mb
 from .precision import autocast
 from .targets import Target
-from .timing import Timing, time_interleaved
+from .timing import Timing, paired_ratios, quartiles, time_interleaved
 from .training import training_iteration
 
 MODES = ('backbone', 'forward', 'predict', 'pipeline', 'train', 'onnx')
@@ -61,6 +62,20 @@ class Result:
     bfloat16_weights: bool = False  # deployed with the dense parts on bfloat16 weights
     cuda_graphs: bool = False  # deployed with the dense parts replaying CUDA graphs
     breakdown_ms: dict[str, float] = field(default_factory=dict)
+    # rows after the first of those measured together (measure_together): the first row's label, and the first
+    # row's time over this row's, median of the rounds (> 1: this row is faster), with the middle half of the rounds
+    speed_reference: str | None = None
+    speed_ratio: float | None = None
+    speed_ratio_middle_half: tuple[float, float] | None = None
+
+    @property
+    def label(self) -> str:
+        """The target's name, and how it was deployed where it was: ``name (deploy, bf16 weights)``."""
+        if not self.deploy:
+            return self.target
+        details = [name for name, on in (('bf16 weights', self.bfloat16_weights), ('CUDA graphs', self.cuda_graphs))
+                   if on]
+        return f'{self.target} (deploy{"".join(", " + d for d in details)})'
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -173,34 +188,80 @@ def _pipeline_call(target: Target, opts: Options) -> Callable[[], object]:
     return lambda: target.model.test_step(next(stream))
 
 
-def measure(target: Target, mode: str, opts: Options, device: torch.device) -> Result:
-    """Measure one target in one mode; all sub-timings of the mode are interleaved in one run. The memory one call
-    needs is measured on one more call after the timed ones (:func:`~.memory.call_peak_mb`)."""
-    breakdown: dict[str, float] = {}
-    peak = None
+@dataclass
+class Job:
+    """One row of a run: a prepared target (:func:`prepare`) measured in one mode with its listing's options."""
+
+    target: Target
+    mode: str
+    opts: Options
+    device: torch.device
+
+
+def _job_calls(job: Job) -> dict[str, Callable[[], object]]:
+    """The callables timed for ``job``: ``total`` (the row's time) and, in predict mode, the parts of its breakdown."""
+    target, mode, opts, device = job.target, job.mode, job.opts, job.device
+    if mode == 'onnx':
+        from .onnx_runtime import onnx_backbone_call
+        return {'total': onnx_backbone_call(target.backbone, opts)}
+    if mode == 'pipeline':
+        if target.cfg is None:
+            raise ValueError('mode pipeline needs a config target with a test dataset')
+        return {'total': _pipeline_call(target, opts)}
+    if mode == 'train':
+        return {'total': training_iteration(target, opts.batch_size, opts.height, opts.width, device,
+                                            deployed=opts.deploy, compiled=opts.compile_mode is not None,
+                                            dtype=opts.dtype)}
+    return _callables(target, mode, opts, device)
+
+
+#: What the jobs measured in the same rounds must share.
+SHARED_OPTIONS = ('device', 'batch_size', 'height', 'width', 'dtype', 'channels_last', 'warmup', 'repeats',
+                  'time_budget')
+
+
+def measure_together(jobs: Sequence[Job]) -> list[Result]:
+    """Measure jobs of one mode and one input (device, batch, shape, precision) in the same rounds: every call of
+    every job, the parts of a prediction's breakdown included, is timed round-robin by
+    :func:`~.timing.time_interleaved`, so that the rows' ratios are measured under the same load and each row after
+    the first gets its speed relative to the first row, a median of per-round ratios with the middle half of them
+    beside it. Why: targets timed one after another carried the machine's drift between them into their ratios
+    (the backbone tool measured ratio spreads of +-5-15% from run to run before it interleaved its candidates).
+    The memory one call needs is measured on one more call of each job after the timed ones
+    (:func:`~.memory.call_peak_mb`)."""
+    if not jobs:
+        raise ValueError('measure_together needs at least one job')
+    first = jobs[0]
+    for job in jobs[1:]:
+        differing = [name for name in SHARED_OPTIONS if getattr(job.opts, name) != getattr(first.opts, name)]
+        if job.mode != first.mode or job.device != first.device or differing:
+            raise ValueError(f'jobs measured together must share their mode, device and {", ".join(differing) or "input"}'
+                             f': {job.target.name} ({job.mode}) differs from {first.target.name} ({first.mode})')
+    mode, opts, device = first.mode, first.opts, first.device
+    grad = mode == 'train'
     # a training iteration sets up its mixed precision itself (autocast around its forward pass only)
-    with contextlib.nullcontext() if mode == 'train' else autocast(device.type, opts.dtype):
-        if mode == 'onnx':
-            from .onnx_runtime import onnx_backbone_timing
-            total = onnx_backbone_timing(target.backbone, opts)  # ONNX Runtime's memory is its own: not measured
-        else:
-            if mode == 'pipeline':
-                if target.cfg is None:
-                    raise ValueError('mode pipeline needs a config target with a test dataset')
-                calls = {'total': _pipeline_call(target, opts)}
-            elif mode == 'train':
-                calls = {'total': training_iteration(target, opts.batch_size, opts.height, opts.width, device,
-                                                     deployed=opts.deploy, compiled=opts.compile_mode is not None,
-                                                     dtype=opts.dtype)}
-            else:
-                calls = _callables(target, mode, opts, device)
-            grad = mode == 'train'
-            timings = time_interleaved(calls, opts.batch_size, opts.warmup, opts.repeats, device, opts.time_budget,
-                                       grad=grad)
-            total = timings['total']
-            if mode == 'predict':
-                breakdown = _breakdown(timings)
-            peak = call_peak_mb(calls['total'], device, grad=grad)
+    with contextlib.nullcontext() if grad else autocast(device.type, opts.dtype):
+        calls = {f'{index}:{part}': call for index, job in enumerate(jobs) for part, call in _job_calls(job).items()}
+        timings = time_interleaved(calls, opts.batch_size, opts.warmup, opts.repeats, device, opts.time_budget,
+                                   grad=grad)
+        # ONNX Runtime allocates outside PyTorch: its memory is not measured
+        peaks = [None if mode == 'onnx' else call_peak_mb(calls[f'{index}:total'], device, grad=grad)
+                 for index in range(len(jobs))]
+    per_job = [{name.partition(':')[2]: timing for name, timing in timings.items()
+                if name.partition(':')[0] == str(index)} for index in range(len(jobs))]
+    results = [_result(job, parts, peak) for job, parts, peak in zip(jobs, per_job, peaks)]
+    reference = per_job[0]['total']
+    for result, parts in zip(results[1:], per_job[1:]):
+        ratios = paired_ratios(reference, parts['total'])
+        result.speed_reference = results[0].label
+        result.speed_ratio = statistics.median(ratios)
+        result.speed_ratio_middle_half = quartiles(ratios)
+    return results
+
+
+def _result(job: Job, timings: dict[str, Timing], peak: float | None) -> Result:
+    target, mode, opts, device = job.target, job.mode, job.opts, job.device
+    total = timings['total']
     measured = target.backbone if mode in ('backbone', 'onnx') else target.model
     return Result(
         target=target.name, kind=target.kind, mode=mode, device=str(device), dtype=opts.dtype,
@@ -212,4 +273,5 @@ def measure(target: Target, mode: str, opts: Options, device: torch.device) -> R
         params_m=count_params(measured), gflops=None, weights_mb=weights_mb(measured), deploy=opts.deploy,
         bfloat16_weights=opts.deploy and bool(opts.deploy_options.get('bfloat16')),
         cuda_graphs=opts.deploy and bool(opts.deploy_options.get('cuda_graphs')),
-        trained=None if target.kind == 'backbone' else target.trained, breakdown_ms=breakdown)
+        trained=None if target.kind == 'backbone' else target.trained,
+        breakdown_ms=_breakdown(timings) if mode == 'predict' else {})

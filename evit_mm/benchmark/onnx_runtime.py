@@ -1,13 +1,14 @@
 """ONNX Runtime timing of an exported backbone (CPU execution provider, or CUDA where onnxruntime-gpu is)."""
 from __future__ import annotations
 
+import copy
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from ..deploy.onnx_export import export_onnx
-from .timing import Timing, time_interleaved
 
 
 def session_options():
@@ -22,16 +23,16 @@ def session_options():
     return options
 
 
-def onnx_backbone_timing(backbone: torch.nn.Module, opts) -> Timing:
+def onnx_backbone_call(backbone: torch.nn.Module, opts) -> Callable[[], object]:
+    """One ONNX Runtime call of ``backbone`` exported at the options' batch and size (on ``opts.device``'s execution
+    provider, CPU as the fallback), as a callable to time; the session holds the model, so the file is gone after."""
     import onnxruntime as ort
     x = torch.randn(opts.batch_size, 3, opts.height, opts.width)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / 'backbone.onnx'
-        export_onnx(backbone.cpu().eval(), x, path)
+        export_onnx(copy.deepcopy(backbone).cpu().eval(), x, path)  # a copy: the target stays on its device
         providers = ['CUDAExecutionProvider', 'CPUExecutionProvider'] if opts.device.startswith('cuda') \
             else ['CPUExecutionProvider']
         session = ort.InferenceSession(str(path), session_options(), providers=providers)
-        feed = {session.get_inputs()[0].name: x.numpy()}
-        timings = time_interleaved({'total': lambda: session.run(None, feed)}, opts.batch_size, opts.warmup,
-                                   opts.repeats, None, opts.time_budget)
-    return timings['total']
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    return lambda: session.run(None, feed)

@@ -104,3 +104,16 @@ def _time_rounds(candidates: Mapping[str, Callable[[], object]], images_per_call
             latencies[name].append(time.perf_counter() - start)
             faults[name].append(minor_page_faults() - faulted)
     return {name: Timing(name, values, images_per_call, faults[name]) for name, values in latencies.items()}
+
+
+def paired_ratios(reference: Timing, candidate: Timing) -> list[float]:
+    """``reference / candidate`` latency of each round (> 1: the candidate is faster)."""
+    return [r / c for r, c in zip(reference.latencies, candidate.latencies, strict=True)]
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """25th and 75th percentile of ``values`` (inclusive method: a single value is both)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    lower, _, upper = statistics.quantiles(values, n=4, method='inclusive')
+    return lower, upper

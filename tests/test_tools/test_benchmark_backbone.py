@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from evit_mm.benchmark.backbone import (GRAPHED_DEPLOY, GRAPHED_TIMM_FUSED, compare, format_rows, inference_candidates,
-                                        quartiles)
+from evit_mm.benchmark.backbone import GRAPHED_DEPLOY, GRAPHED_TIMM_FUSED, compare, format_rows, inference_candidates
+from evit_mm.benchmark.timing import quartiles
 from evit_mm.deploy.cuda_graphs import CudaGraphForward
 from tests.helpers import REQUIRES_CUDA
 

@@ -23,7 +23,8 @@ DET_DEMO = str(REPO_ROOT / 'configs/demo/retinanet_evit_m0_coco_demo.py')
 SEG_DEMO = str(REPO_ROOT / 'configs/demo/fpn_evit_m0_ade20k_demo.py')
 FIELDS = {'target', 'kind', 'mode', 'device', 'dtype', 'batch', 'shape', 'images_per_s', 'latency_p50_ms',
           'latency_p90_ms', 'latency_p99_ms', 'peak_memory_mb', 'memory_kind', 'page_faults_per_call', 'params_m',
-          'gflops', 'weights_mb', 'deploy', 'trained', 'bfloat16_weights', 'cuda_graphs', 'breakdown_ms'}
+          'gflops', 'weights_mb', 'deploy', 'trained', 'bfloat16_weights', 'cuda_graphs', 'breakdown_ms',
+          'speed_reference', 'speed_ratio', 'speed_ratio_middle_half'}
 
 
 def _run(tmp_path, *args: str) -> list[dict]:
@@ -43,7 +44,66 @@ def _run(tmp_path, *args: str) -> list[dict]:
             assert record['peak_memory_mb'] > 0 and record['memory_kind'].startswith('one call')
         assert record['latency_p50_ms'] <= record['latency_p90_ms'] <= record['latency_p99_ms']
         assert record['page_faults_per_call'] >= 0  # counted in every mode
+    first_of_group: dict[tuple[str, str], dict] = {}
+    for record in data['results']:  # rows of one mode and shape: the first is the others' reference
+        first = first_of_group.setdefault((record['mode'], record['shape']), record)
+        if record is first:
+            assert record['speed_reference'] is record['speed_ratio'] is record['speed_ratio_middle_half'] is None
+        else:
+            low, high = record['speed_ratio_middle_half']
+            assert record['speed_reference'].startswith(first['target'])  # its label: name (deploy, ...)
+            assert 0 < low <= record['speed_ratio'] <= high
     return data['results']
+
+
+def test_rows_of_one_mode_and_shape_are_timed_in_the_same_rounds(tmp_path, monkeypatch, capsys):
+    """Every call of every target of a mode and shape (a prediction's parts too) goes to one interleaved timing, so
+    that their ratios share the machine's load; each row after the first gets its speed relative to the first."""
+    import evit_mm.benchmark.measure as measure
+    groups = []
+    timed = measure.time_interleaved
+
+    def recording(candidates, *args, **kwargs):
+        groups.append(sorted(candidates))
+        return timed(candidates, *args, **kwargs)
+    monkeypatch.setattr(measure, 'time_interleaved', recording)
+    results = _run(tmp_path, DET_DEMO, DET_DEMO + '@deploy', '--modes', 'forward', 'predict', '--shape', '96x128')
+    assert groups == [['0:total', '1:total'],
+                      sorted(f'{i}:{part}' for i in (0, 1)
+                             for part in ('total', 'preprocess', 'backbone', 'forward', 'backbone+neck'))]
+    assert [(r['mode'], r['deploy'], r['speed_reference']) for r in results] == [
+        ('forward', False, None), ('forward', True, 'retinanet_evit_m0_coco_demo'),
+        ('predict', False, None), ('predict', True, 'retinanet_evit_m0_coco_demo')]
+    out = capsys.readouterr().out
+    assert '| speed vs first' in out and cli.SPEED_NOTE in out
+
+
+def test_speed_relative_to_the_first_row_pairs_the_rounds(monkeypatch):
+    """The ratio is the median over rounds of the first row's time over this row's in the same round, not a ratio
+    of medians: per-round pairs cancel the load both rows met in that round."""
+    import evit_mm.benchmark.measure as measure
+    from evit_mm.benchmark.timing import Timing
+    latencies = {'0:total': [1.0, 2.0, 4.0, 1.0, 1.0], '1:total': [0.5, 2.0, 1.0, 0.25, 2.0]}
+    monkeypatch.setattr(measure, 'time_interleaved', lambda calls, images, *a, **k: {
+        name: Timing(name, latencies[name], images) for name in calls})
+    monkeypatch.setattr(measure, 'call_peak_mb', lambda *a, **k: 1.0)
+    target = build_target('evit_m0')
+    opts = measure.Options(height=32, width=32, warmup=0, repeats=5)
+    jobs = [measure.Job(target, 'backbone', opts, torch.device('cpu')) for _ in range(2)]
+    first, second = measure.measure_together(jobs)
+    assert first.speed_ratio is None and second.speed_reference == 'evit_m0'
+    assert second.speed_ratio == 2.0  # per round: 2, 1, 4, 4, 0.5 (the ratio of the medians would be 1.0)
+    assert second.speed_ratio_middle_half == (1.0, 4.0)
+    assert second.latency_p50_ms == 1000.0
+
+
+def test_rows_measured_together_must_share_their_input():
+    import evit_mm.benchmark.measure as measure
+    target = build_target('evit_m0')
+    jobs = [measure.Job(target, 'backbone', measure.Options(height=h, width=32), torch.device('cpu'))
+            for h in (32, 64)]
+    with pytest.raises(ValueError, match='must share their mode, device and height'):
+        measure.measure_together(jobs)
 
 
 def test_backbone_mode_with_baselines_and_plot(tmp_path):

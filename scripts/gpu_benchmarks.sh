@@ -84,15 +84,15 @@ graphed_step mask_rcnn_b1 $B configs/mask_rcnn_evit_m4.py configs/mask_rcnn_evit
 step backbone_bf16_weights bash -o pipefail -c "$PY tools/benchmark_backbone.py --arch m4 --device cuda --bfloat16 \
   --shapes 1x224x224 256x224x224 --warmup 10 --repeats 30 | tee '$OUT/backbone_m4_vs_timm_bf16_weights.md'"
 step retinanet_b1_bf16_weights $PY tools/benchmark.py --device cuda --warmup 10 \
-  configs/retinanet_evit_m4.py@deploy-bf16 configs/baselines/retinanet_r50_fpn_coco.py@deploy-bf16 \
+  configs/baselines/retinanet_r50_fpn_coco.py@deploy-bf16 configs/retinanet_evit_m4.py@deploy-bf16 \
   --modes predict --shape 800x1333 --batch-size 1 --repeats 30 --json "$OUT/retinanet_predict_b1_bf16_weights.json"
 EV="evit_m0 evit_m4 evit_m4@deploy evit_m5 timm:efficientvit_m0 timm:efficientvit_m4 timm:efficientvit_m5 resnet50 swin-t"
 step backbones_b1 $B $EV --shape 224x224 --batch-size 1 --repeats 100 --json "$OUT/backbones_224_b1_fp16.json"
 step backbones_b256 $B $EV --shape 224x224 --batch-size 256 --repeats 30 --json "$OUT/backbones_224_b256_fp16.json"
 step backbone_ablations bash -o pipefail -c "$PY tools/benchmark_backbone.py --arch m4 --device cuda --dtype fp16 --train \
   --ablate --shapes 1x224x224 256x224x224 --warmup 10 --repeats 20 | tee '$OUT/backbone_m4_ablations_fp16.md'"
-step training_iterations $B configs/retinanet_evit_m4.py configs/baselines/retinanet_r50_fpn_coco.py \
-  configs/fpn_evit_m4_ade20k.py configs/baselines/fpn_r50_ade20k.py --modes train --batch-size 8 --repeats 20 \
+step training_iterations $B configs/baselines/retinanet_r50_fpn_coco.py configs/retinanet_evit_m4.py \
+  configs/baselines/fpn_r50_ade20k.py configs/fpn_evit_m4_ade20k.py --modes train --batch-size 8 --repeats 20 \
   --json "$OUT/training_iterations_b8_fp16.json"
 
 if [ ${#FAILED[@]} -gt 0 ]; then

@@ -17,7 +17,7 @@ from ..models.winograd import DEFAULT_TILE, WINOGRAD_POINTS
 from .allocator_option import add_allocator_argument, apply_allocator_argument
 from .compilation import add_compile_arguments, compile_mode_from
 from .inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, shape_type
-from .measure import MODES, Job, Options, Result, gflops, measure_together, prepare
+from .measure import CONFIG_MODES, MODES, Job, Options, Result, gflops, measure_together, prepare
 from .memory import format_mb
 from .precision import DTYPES
 from .targets import Target, build_target
@@ -195,6 +195,12 @@ def main(argv: list[str]) -> int:
             for note in target.notes:
                 print(f'WARNING [{target.name}]: {note}', file=sys.stderr)
             prepared[spec] = target, device
+    for spec, (target, _) in prepared.items():  # before anything is timed
+        misfits = [mode for mode in args.modes if mode in CONFIG_MODES and target.cfg is None]
+        if misfits:
+            print(f'error: mode {misfits[0]} needs a config target (a detector, segmentor or classifier); {spec} is '
+                  f'a {target.kind}: time it with --modes backbone, train or onnx', file=sys.stderr)
+            return 2
     # the rows of one mode and input size are measured together, in the same rounds (measure_together); without
     # --shape, each target at its kind's default size
     groups: dict[tuple[str, int, int], list[Job]] = {}

@@ -19,6 +19,8 @@ from .timing import Timing, paired_ratios, quartiles, time_interleaved
 from .training import training_iteration
 
 MODES = ('backbone', 'forward', 'predict', 'pipeline', 'train', 'onnx')
+#: The modes that run a whole model built from a config (a backbone target has none of its parts).
+CONFIG_MODES = ('forward', 'predict', 'pipeline')
 
 
 @dataclass

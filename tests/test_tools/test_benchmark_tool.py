@@ -285,6 +285,13 @@ def test_onnx_runtime_mode(tmp_path):
     assert results[0]['mode'] == 'onnx'
 
 
+def test_a_mode_that_needs_a_config_is_refused_for_a_backbone_before_anything_is_timed(capsys):
+    assert cli.main(['evit_m0', DET_DEMO, '--modes', 'backbone', 'predict', '--shape', '64x64']) == 2
+    captured = capsys.readouterr()
+    assert 'mode predict needs a config target' in captured.err and 'evit_m0 is a backbone' in captured.err
+    assert '| target' not in captured.out  # nothing was timed
+
+
 def test_unknown_target_is_explained():
     message = run(cli.main, ['vgg16'])  # as tools/benchmark.py ends: a message, no traceback
     assert re.match(r"error: unknown target 'vgg16'.*evit_m0 \.\.\. evit_m5", message)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -38,6 +39,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                '  tools/benchmark.py evit_m4 timm:efficientvit_m4 resnet50 swin-t --shape 224x224 --batch-size 16\n'
                '  tools/benchmark.py configs/retinanet_evit_m4.py --modes predict --shape 800x1333 '
                '--checkpoint ckpt.pth\n'
+               '  tools/benchmark.py configs/r50.py configs/evit.py@deploy --modes pipeline '
+               '--checkpoint configs/r50.py=r50.pth configs/evit.py=evit.pth\n'
                '  tools/benchmark.py configs/retinanet_evit_m4.py@deploy '
                'configs/retinanet_evit_m4.py@deploy-cuda-graphs --device cuda --dtype fp16 --modes predict '
                '--shape 800x1333\n'
@@ -87,7 +90,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--repeats', type=int, default=10)
     p.add_argument('--time-budget', type=float, help='seconds per mode and shape (whose rows are timed in the same rounds) instead of a fixed --repeats')
-    p.add_argument('--checkpoint', help='weights for config targets (realistic post-processing times)')
+    p.add_argument('--checkpoint', nargs='+', default=[], metavar='[TARGET=]PATH',
+                   help='weights for config targets (realistic post-processing times): PATH for every config target, '
+                        'TARGET=PATH for one (TARGET as listed, e.g. configs/a.py@deploy, or its config for all its '
+                        'listings); several may be given')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override entries of config targets')
     p.add_argument('--json', help='write results as JSON')
     p.add_argument('--csv', help='write results as CSV')
@@ -98,11 +104,40 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if '@' in spec and spec.partition('@')[2] not in TARGET_SUFFIXES:
             p.error(f'unknown target suffix in {spec!r}; choose from '
                     + ', '.join(f'@{suffix}' for suffix in TARGET_SUFFIXES))
+    args.checkpoints = _checkpoints_by_target(p, args.checkpoint, args.targets)
     graphs = args.cuda_graphs or any(spec.endswith('@deploy-cuda-graphs') for spec in args.targets)
     if graphs and not args.device.startswith('cuda'):
         p.error(f'CUDA graphs replay on a GPU only: --cuda-graphs and @deploy-cuda-graphs need --device cuda, got '
                 f'--device {args.device}')
     return args
+
+
+def _checkpoints_by_target(parser: argparse.ArgumentParser, entries: list[str],
+                            targets: list[str]) -> dict[str, str]:
+    """The checkpoint of each listed config target, from ``--checkpoint`` entries ``PATH`` (every config target
+    without an entry of its own) and ``TARGET=PATH`` (one listing as given, or a config for all its listings); a
+    usage error names what does not fit."""
+    configs = [spec for spec in targets if spec.partition('@')[0].endswith('.py')]
+    own: dict[str, str] = {}
+    every: list[str] = []
+    for entry in entries:
+        key, sep, path = entry.partition('=')
+        if sep and (key in targets or key in {spec.partition('@')[0] for spec in targets}):
+            if not key.partition('@')[0].endswith('.py'):
+                parser.error(f'--checkpoint {entry}: checkpoints apply to config targets, not to backbone names')
+            own[key] = path
+        elif sep and not os.path.isfile(entry):
+            parser.error(f'--checkpoint {entry}: {key} is not a listed target; listed: {", ".join(targets)}')
+        else:
+            every.append(entry)
+    if len(every) > 1:
+        parser.error(f'--checkpoint: one PATH for every config target at most (got {", ".join(every)}); give the '
+                     'others as TARGET=PATH')
+    if every and not configs:
+        parser.error(f'--checkpoint {every[0]}: checkpoints apply to config targets, and none is listed')
+    default = every[0] if every else None
+    chosen = {spec: own.get(spec) or own.get(spec.partition('@')[0]) or default for spec in configs}
+    return {spec: path for spec, path in chosen.items() if path}
 
 
 def format_table(results: list[Result]) -> str:
@@ -190,7 +225,7 @@ def main(argv: list[str]) -> int:
     for spec in args.targets:  # each listing built, deployed, converted and compiled once
         if spec not in prepared:
             name, _, suffix = spec.partition('@')  # parse_args allows only TARGET_SUFFIXES
-            target = build_target(name, args.checkpoint if name.endswith('.py') else None, args.cfg_options)
+            target = build_target(name, args.checkpoints.get(spec), args.cfg_options)
             device = prepare(target, _options(args, spec, deploy_options, (1, 1)))
             for note in target.notes:
                 print(f'WARNING [{target.name}]: {note}', file=sys.stderr)

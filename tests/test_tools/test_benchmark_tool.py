@@ -255,6 +255,29 @@ def test_pipeline_mode_loads_data(tmp_path):
     assert root.is_dir()
 
 
+def test_checkpoints_per_target_listing_or_config(tmp_path, capsys):
+    checkpoint = _tiny_checkpoint(tmp_path)
+    listings = [DET_DEMO, DET_DEMO + '@deploy', SEG_DEMO]
+    for entries, trained in (([f'{DET_DEMO}@deploy={checkpoint}'], [False, True, False]),
+                             ([f'{DET_DEMO}={checkpoint}'], [True, True, False])):
+        assert cli.parse_args([*listings, '--checkpoint', *entries]).checkpoints == {
+            spec: checkpoint for spec, on in zip(listings, trained) if on}
+    results = _run(tmp_path, DET_DEMO, DET_DEMO + '@deploy', '--modes', 'forward', '--shape', '64x64',
+                   '--checkpoint', f'{DET_DEMO}@deploy={checkpoint}')
+    assert [r['trained'] for r in results] == [False, True]
+    # one PATH still serves every config target
+    assert cli.parse_args([*listings, 'evit_m0', '--checkpoint', checkpoint]).checkpoints == dict.fromkeys(
+        listings, checkpoint)
+    for argv, message in (
+            ([DET_DEMO, '--checkpoint', f'configs/other.py={checkpoint}'], 'configs/other.py is not a listed target'),
+            ([DET_DEMO, '--checkpoint', checkpoint, checkpoint], 'one PATH for every config target at most'),
+            ([DET_DEMO, 'evit_m0', '--checkpoint', f'evit_m0={checkpoint}'], 'apply to config targets'),
+            (['evit_m0', '--checkpoint', checkpoint], 'none is listed')):
+        with pytest.raises(SystemExit):
+            cli.parse_args(argv)
+        assert message in capsys.readouterr().err
+
+
 def _tiny_checkpoint(tmp_path) -> str:
     import torch
     from mmengine.config import Config

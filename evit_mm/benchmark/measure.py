@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -167,27 +167,43 @@ def _breakdown(timings: dict[str, Timing]) -> dict[str, float]:
     return {**parts, 'total': ms['total']}
 
 
-def _pipeline_call(target: Target, opts: Options) -> Callable[[], object]:
+class DatasetBatches:
     """Data loading from the config's test dataset + ``test_step``, one batch per call, in order (the loader starts
-    over when it runs out)."""
-    from mmengine.runner import Runner
+    over when it runs out), remembering the sizes of the images it served: they are the dataset's, resized by its
+    pipeline, not ``--shape``."""
 
-    from ..tools.preflight import check_datasets
-    check_datasets(target.cfg, ('test_dataloader',))
-    loader_cfg = target.cfg.test_dataloader.copy()
-    loader_cfg['batch_size'] = opts.batch_size
-    loader = Runner.build_dataloader(loader_cfg)
+    def __init__(self, target: Target, opts: Options) -> None:
+        from mmengine.runner import Runner
 
-    def batches():
+        from ..tools.preflight import check_datasets
+        check_datasets(target.cfg, ('test_dataloader',))
+        loader_cfg = target.cfg.test_dataloader.copy()
+        loader_cfg['batch_size'] = opts.batch_size
+        self.loader = Runner.build_dataloader(loader_cfg)
+        self.model = target.model
+        self.image_sizes: set[tuple[int, int]] = set()
+        self._stream = self._batches()
+
+    def _batches(self) -> Iterator[dict]:
         while True:
             empty = True
-            for batch in loader:
+            for batch in self.loader:
                 empty = False
                 yield batch
             if empty:
                 raise ValueError('the test dataloader yields no batches')
-    stream = batches()
-    return lambda: target.model.test_step(next(stream))
+
+    def __call__(self) -> object:
+        batch = next(self._stream)
+        self.image_sizes.update(tuple(image.shape[-2:]) for image in batch['inputs'])
+        return self.model.test_step(batch)
+
+    @property
+    def shape_label(self) -> str:
+        """``HxW`` of the images served, or the range ``HxW-HxW`` (by pixels) where they differed."""
+        sizes = sorted(self.image_sizes, key=lambda size: (size[0] * size[1], size))
+        labels = [f'{h}x{w}' for h, w in sizes]
+        return labels[0] if len(labels) == 1 else f'{labels[0]}-{labels[-1]}'
 
 
 @dataclass
@@ -209,7 +225,7 @@ def _job_calls(job: Job) -> dict[str, Callable[[], object]]:
     if mode == 'pipeline':
         if target.cfg is None:
             raise ValueError('mode pipeline needs a config target with a test dataset')
-        return {'total': _pipeline_call(target, opts)}
+        return {'total': DatasetBatches(target, opts)}
     if mode == 'train':
         return {'total': training_iteration(target, opts.batch_size, opts.height, opts.width, device,
                                             deployed=opts.deploy, compiled=opts.compile_mode is not None,
@@ -251,7 +267,9 @@ def measure_together(jobs: Sequence[Job]) -> list[Result]:
                  for index in range(len(jobs))]
     per_job = [{name.partition(':')[2]: timing for name, timing in timings.items()
                 if name.partition(':')[0] == str(index)} for index in range(len(jobs))]
-    results = [_result(job, parts, peak) for job, parts, peak in zip(jobs, per_job, peaks)]
+    shapes = [getattr(calls[f'{index}:total'], 'shape_label', f'{opts.height}x{opts.width}')
+              for index in range(len(jobs))]
+    results = [_result(job, *row) for job, *row in zip(jobs, per_job, peaks, shapes)]
     reference = per_job[0]['total']
     for result, parts in zip(results[1:], per_job[1:]):
         ratios = paired_ratios(reference, parts['total'])
@@ -261,13 +279,13 @@ def measure_together(jobs: Sequence[Job]) -> list[Result]:
     return results
 
 
-def _result(job: Job, timings: dict[str, Timing], peak: float | None) -> Result:
+def _result(job: Job, timings: dict[str, Timing], peak: float | None, shape: str) -> Result:
     target, mode, opts, device = job.target, job.mode, job.opts, job.device
     total = timings['total']
     measured = target.backbone if mode in ('backbone', 'onnx') else target.model
     return Result(
         target=target.name, kind=target.kind, mode=mode, device=str(device), dtype=opts.dtype,
-        batch=opts.batch_size, shape=f'{opts.height}x{opts.width}', images_per_s=total.images_per_second,
+        batch=opts.batch_size, shape=shape, images_per_s=total.images_per_second,
         latency_p50_ms=total.median * 1e3, latency_p90_ms=total.percentile(90) * 1e3,
         latency_p99_ms=total.percentile(99) * 1e3, peak_memory_mb=peak,
         memory_kind=MEMORY_KINDS[device.type] if peak is not None else 'not measured',

@@ -247,12 +247,23 @@ def test_train_mode_refuses_deployed_and_compiled_targets():
 
 def test_pipeline_mode_loads_data(tmp_path):
     root = make_coco_demo(tmp_path / 'coco', num_train=2, num_val=4, size=(96, 128))
-    results = _run(tmp_path, DET_DEMO, '--modes', 'pipeline', '--shape', '96x128', '--batch-size', '2',
+    results = _run(tmp_path, DET_DEMO, '--modes', 'pipeline', '--shape', '64x64', '--batch-size', '2',
                    '--checkpoint', _tiny_checkpoint(tmp_path), '--cfg-options',
                    f'test_dataloader.dataset.data_root={root}/', 'test_dataloader.num_workers=0',
                    'test_dataloader.persistent_workers=False')
     assert results[0]['mode'] == 'pipeline' and results[0]['trained'] is True
+    # the size of the images the dataset's pipeline served (96x128 resized to fit 256x256), not --shape's
+    assert results[0]['shape'] == '192x256'
     assert root.is_dir()
+
+
+def test_dataset_batches_of_several_sizes_are_labelled_by_their_smallest_and_largest():
+    from evit_mm.benchmark.measure import DatasetBatches
+    batches = object.__new__(DatasetBatches)  # the label alone, without a dataset
+    batches.image_sizes = {(800, 1199), (800, 800), (600, 1333)}
+    assert batches.shape_label == '800x800-800x1199'
+    batches.image_sizes = {(800, 800)}
+    assert batches.shape_label == '800x800'
 
 
 def test_checkpoints_per_target_listing_or_config(tmp_path, capsys):

@@ -59,8 +59,8 @@ step cuda_tests $PY -m pytest -q -p no:cacheprovider tests/test_models/test_effi
 graphed_step backbone_vs_timm bash -o pipefail -c "$PY tools/benchmark_backbone.py --arch m4 --device cuda --dtype fp16 --train \
   --cuda-graphs --shapes 1x224x224 256x224x224 1x800x1344 --warmup 10 --repeats 30 \
   | tee '$OUT/backbone_m4_vs_timm_fp16.md'"
-graphed_step retinanet_b1 $B configs/retinanet_evit_m4.py configs/retinanet_evit_m4.py@deploy \
-  configs/retinanet_evit_m4.py@deploy-cuda-graphs configs/baselines/retinanet_r50_fpn_coco.py \
+graphed_step retinanet_b1 $B configs/baselines/retinanet_r50_fpn_coco.py configs/retinanet_evit_m4.py \
+  configs/retinanet_evit_m4.py@deploy configs/retinanet_evit_m4.py@deploy-cuda-graphs \
   configs/baselines/retinanet_r50_fpn_coco.py@deploy-cuda-graphs --modes predict --shape 800x1333 --batch-size 1 \
   --repeats 30 --json "$OUT/retinanet_predict_b1_fp16.json"
 graphed_step device_time bash -o pipefail -c "$PY tools/benchmark_backbone.py --arch m4 --device cuda --dtype fp16 \
@@ -69,14 +69,14 @@ graphed_step device_time bash -o pipefail -c "$PY tools/benchmark_backbone.py --
 step backbone_vs_timm_compiled_cuda_graphs bash -o pipefail -c "$PY tools/benchmark_backbone.py --arch m4 --device cuda \
   --dtype fp16 --compile-mode reduce-overhead --shapes 1x224x224 256x224x224 --warmup 10 --repeats 30 \
   | tee '$OUT/backbone_m4_vs_timm_fp16_compiled_cuda_graphs.md'"
-step retinanet_b1_compiled_cuda_graphs $B configs/retinanet_evit_m4.py@deploy \
-  configs/baselines/retinanet_r50_fpn_coco.py --modes predict --compile-mode reduce-overhead --shape 800x1333 \
+step retinanet_b1_compiled_cuda_graphs $B configs/baselines/retinanet_r50_fpn_coco.py \
+  configs/retinanet_evit_m4.py@deploy --modes predict --compile-mode reduce-overhead --shape 800x1333 \
   --batch-size 1 --repeats 30 --json "$OUT/retinanet_predict_b1_fp16_compiled_cuda_graphs.json"
-graphed_step retinanet_b16 $B configs/retinanet_evit_m4.py configs/retinanet_evit_m4.py@deploy \
-  configs/retinanet_evit_m4.py@deploy-cuda-graphs configs/baselines/retinanet_r50_fpn_coco.py --modes predict \
+graphed_step retinanet_b16 $B configs/baselines/retinanet_r50_fpn_coco.py configs/retinanet_evit_m4.py \
+  configs/retinanet_evit_m4.py@deploy configs/retinanet_evit_m4.py@deploy-cuda-graphs --modes predict \
   --shape 800x1333 --batch-size 16 --repeats 10 --json "$OUT/retinanet_predict_b16_fp16.json"
-step segmentation_b1 $B configs/fpn_evit_m4_ade20k.py configs/fpn_evit_m4_ade20k.py@deploy \
-  configs/baselines/fpn_r50_ade20k.py --modes predict --shape 512x512 --batch-size 1 --repeats 30 \
+step segmentation_b1 $B configs/baselines/fpn_r50_ade20k.py configs/fpn_evit_m4_ade20k.py \
+  configs/fpn_evit_m4_ade20k.py@deploy --modes predict --shape 512x512 --batch-size 1 --repeats 30 \
   --json "$OUT/segmentation_predict_b1_fp16.json"
 graphed_step mask_rcnn_b1 $B configs/mask_rcnn_evit_m4.py configs/mask_rcnn_evit_m4.py@deploy \
   configs/mask_rcnn_evit_m4.py@deploy-cuda-graphs --modes predict --shape 800x1333 --batch-size 1 --repeats 20 \
@@ -86,7 +86,7 @@ step backbone_bf16_weights bash -o pipefail -c "$PY tools/benchmark_backbone.py 
 step retinanet_b1_bf16_weights $PY tools/benchmark.py --device cuda --warmup 10 \
   configs/baselines/retinanet_r50_fpn_coco.py@deploy-bf16 configs/retinanet_evit_m4.py@deploy-bf16 \
   --modes predict --shape 800x1333 --batch-size 1 --repeats 30 --json "$OUT/retinanet_predict_b1_bf16_weights.json"
-EV="evit_m0 evit_m4 evit_m4@deploy evit_m5 timm:efficientvit_m0 timm:efficientvit_m4 timm:efficientvit_m5 resnet50 swin-t"
+EV="timm:efficientvit_m4 evit_m4 evit_m4@deploy evit_m0 evit_m5 timm:efficientvit_m0 timm:efficientvit_m5 resnet50 swin-t"
 step backbones_b1 $B $EV --shape 224x224 --batch-size 1 --repeats 100 --json "$OUT/backbones_224_b1_fp16.json"
 step backbones_b256 $B $EV --shape 224x224 --batch-size 256 --repeats 30 --json "$OUT/backbones_224_b256_fp16.json"
 step backbone_ablations bash -o pipefail -c "$PY tools/benchmark_backbone.py --arch m4 --device cuda --dtype fp16 --train \

@@ -40,7 +40,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                '  tools/benchmark.py configs/retinanet_evit_m4.py --modes predict --shape 800x1333 '
                '--checkpoint ckpt.pth\n'
                '  tools/benchmark.py configs/r50.py configs/evit.py@deploy --modes pipeline '
-               '--checkpoint configs/r50.py=r50.pth configs/evit.py=evit.pth\n'
+               '--checkpoint configs/r50.py=r50.pth --checkpoint configs/evit.py=evit.pth\n'
                '  tools/benchmark.py configs/retinanet_evit_m4.py@deploy '
                'configs/retinanet_evit_m4.py@deploy-cuda-graphs --device cuda --dtype fp16 --modes predict '
                '--shape 800x1333\n'
@@ -89,11 +89,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument('--threads', type=int, help='CPU threads (torch.set_num_threads)')
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--repeats', type=int, default=10)
-    p.add_argument('--time-budget', type=float, help='seconds per mode and shape (whose rows are timed in the same rounds) instead of a fixed --repeats')
-    p.add_argument('--checkpoint', nargs='+', default=[], metavar='[TARGET=]PATH',
+    p.add_argument('--time-budget', type=float,
+                   help='seconds per mode and shape (their rows share the rounds) instead of a fixed --repeats')
+    p.add_argument('--checkpoint', action='append', default=[], metavar='[TARGET=]PATH',
                    help='weights for config targets (realistic post-processing times): PATH for every config target, '
                         'TARGET=PATH for one (TARGET as listed, e.g. configs/a.py@deploy, or its config for all its '
-                        'listings); several may be given')
+                        'listings); repeat the option for several')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override entries of config targets')
     p.add_argument('--json', help='write results as JSON')
     p.add_argument('--csv', help='write results as CSV')

@@ -271,7 +271,7 @@ def test_checkpoints_per_target_listing_or_config(tmp_path, capsys):
     listings = [DET_DEMO, DET_DEMO + '@deploy', SEG_DEMO]
     for entries, trained in (([f'{DET_DEMO}@deploy={checkpoint}'], [False, True, False]),
                              ([f'{DET_DEMO}={checkpoint}'], [True, True, False])):
-        assert cli.parse_args([*listings, '--checkpoint', *entries]).checkpoints == {
+        assert cli.parse_args([*listings, *(f'--checkpoint={entry}' for entry in entries)]).checkpoints == {
             spec: checkpoint for spec, on in zip(listings, trained) if on}
     results = _run(tmp_path, DET_DEMO, DET_DEMO + '@deploy', '--modes', 'forward', '--shape', '64x64',
                    '--checkpoint', f'{DET_DEMO}@deploy={checkpoint}')
@@ -281,7 +281,8 @@ def test_checkpoints_per_target_listing_or_config(tmp_path, capsys):
         listings, checkpoint)
     for argv, message in (
             ([DET_DEMO, '--checkpoint', f'configs/other.py={checkpoint}'], 'configs/other.py is not a listed target'),
-            ([DET_DEMO, '--checkpoint', checkpoint, checkpoint], 'one PATH for every config target at most'),
+            ([DET_DEMO, '--checkpoint', checkpoint, '--checkpoint', checkpoint],
+             'one PATH for every config target at most'),
             ([DET_DEMO, 'evit_m0', '--checkpoint', f'evit_m0={checkpoint}'], 'apply to config targets'),
             (['evit_m0', '--checkpoint', checkpoint], 'none is listed')):
         with pytest.raises(SystemExit):

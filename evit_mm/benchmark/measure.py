@@ -253,8 +253,9 @@ def measure_together(jobs: Sequence[Job]) -> list[Result]:
     for job in jobs[1:]:
         differing = [name for name in SHARED_OPTIONS if getattr(job.opts, name) != getattr(first.opts, name)]
         if job.mode != first.mode or job.device != first.device or differing:
-            raise ValueError(f'jobs measured together must share their mode, device and {", ".join(differing) or "input"}'
-                             f': {job.target.name} ({job.mode}) differs from {first.target.name} ({first.mode})')
+            shared = ', '.join(differing) or 'input'
+            raise ValueError(f'jobs measured together must share their mode, device and {shared}: '
+                             f'{job.target.name} ({job.mode}) differs from {first.target.name} ({first.mode})')
     mode, opts, device = first.mode, first.opts, first.device
     grad = mode == 'train'
     # a training iteration sets up its mixed precision itself (autocast around its forward pass only)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import os
 from collections.abc import Iterator
@@ -46,19 +47,29 @@ class _TimmFeatures(nn.Module):
 
 
 def _backbone_target(name: str) -> Target:
+    from ..models.backbones.efficientvit import ARCH_SETTINGS
+    from ..tools.preflight import PreflightError  # a ValueError that the tools print without a traceback
     lowered = name.lower()
     if lowered.startswith('timm:'):
+        import timm
+        if not timm.is_model(name[5:]):
+            close = difflib.get_close_matches(name[5:], timm.list_models(), n=3)
+            raise PreflightError(f'unknown timm model {name[5:]!r} in target {name!r}'
+                                 + (f'; did you mean {", ".join(close)}?' if close else '; see timm.list_models()'))
         module = _TimmFeatures(name[5:])
-    elif lowered.startswith(('evit_', 'efficientvit_')) or lowered in ('m0', 'm1', 'm2', 'm3', 'm4', 'm5'):
+    elif lowered.startswith(('evit_', 'efficientvit_')) or lowered in ARCH_SETTINGS:
         from ..models import EfficientViT
-        module = EfficientViT(lowered.split('_')[-1])
+        arch = lowered.split('_')[-1]
+        if arch not in ARCH_SETTINGS:
+            raise PreflightError(f'unknown EfficientViT arch in target {name!r}; choose from '
+                                 + ', '.join(f'evit_{known}' for known in ARCH_SETTINGS))
+        module = EfficientViT(arch)
     elif lowered in MMDET_BASELINES:
         from mmdet.registry import MODELS
         from mmdet.utils import register_all_modules
         register_all_modules(init_default_scope=False)
         module = MODELS.build(dict(MMDET_BASELINES[lowered]))  # 'mmdet.' types: whatever the default scope
     else:
-        from ..tools.preflight import PreflightError  # a ValueError that the tools print without a traceback
         raise PreflightError(f'unknown target {name!r}: give a config file (.py), an EfficientViT arch (evit_m0 '
                              f'... evit_m5), a baseline ({", ".join(MMDET_BASELINES)}) or timm:<model name>')
     module.eval()  # not chained: some mmdet backbones' train() returns None

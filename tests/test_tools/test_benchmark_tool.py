@@ -330,6 +330,10 @@ def test_a_mode_that_needs_a_config_is_refused_for_a_backbone_before_anything_is
 def test_unknown_target_is_explained():
     message = run(cli.main, ['vgg16'])  # as tools/benchmark.py ends: a message, no traceback
     assert re.match(r"error: unknown target 'vgg16'.*evit_m0 \.\.\. evit_m5", message)
+    assert run(cli.main, ['evit_m9']) == ("error: unknown EfficientViT arch in target 'evit_m9'; choose from evit_m0, "
+                                          'evit_m1, evit_m2, evit_m3, evit_m4, evit_m5')
+    message = run(cli.main, ['timm:efficientvit_m9'])
+    assert message.startswith("error: unknown timm model 'efficientvit_m9'") and 'efficientvit_m5' in message
 
 
 def test_two_stage_detectors_are_refused_by_the_onnx_export_with_a_message(tmp_path):

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from evit_mm.benchmark.allocator_option import add_allocator_argument, apply_allocator_argument  # noqa: E402
-from evit_mm.benchmark.inputs import shape_type  # noqa: E402
+from evit_mm.benchmark.inputs import count_type, shape_type  # noqa: E402
 from evit_mm.benchmark.winograd_convs import RETINANET_HEAD_SHAPES, compare_winograd, format_conv_rows  # noqa: E402
 
 
@@ -25,9 +25,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--shapes', nargs='+', type=shape_type(dims=4), default=list(RETINANET_HEAD_SHAPES),
                         help="CINxCOUTxHxW per convolution (default: the RetinaNet head's at 800x1333)")
-    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
-    parser.add_argument('--warmup', type=int, default=1)
-    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--threads', type=count_type(1), default=None,
+                        help='torch CPU threads (default: torch default)')
+    parser.add_argument('--warmup', type=count_type(0), default=1)
+    parser.add_argument('--repeats', type=count_type(1), default=5)
     add_allocator_argument(parser)
     args = parser.parse_args(argv)
     if args.threads:

@@ -17,7 +17,7 @@ from mmengine.config import DictAction
 from ..models.winograd import DEFAULT_TILE, WINOGRAD_POINTS
 from .allocator_option import add_allocator_argument, apply_allocator_argument
 from .compilation import add_compile_arguments, compile_mode_from
-from .inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, shape_type
+from .inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, count_type, shape_type
 from .measure import CONFIG_MODES, MODES, Job, Options, Result, gflops, measure_together, prepare
 from .memory import format_mb
 from .precision import DTYPES
@@ -62,7 +62,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "fp16/bf16 tools/train.py --amp's wrapper; backbones: forward, backward, AdamW), on a copy of "
                         'the target; onnx: backbone in ONNX Runtime')
     p.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N')
-    p.add_argument('--batch-size', type=int, default=1)
+    p.add_argument('--batch-size', type=count_type(1), default=1)
     p.add_argument('--shape', nargs='+', type=shape_type(), help=f'HxW, one or more ({DEFAULT_SHAPES_HELP})')
     p.add_argument('--dtype', choices=sorted(DTYPES), default='fp32', help='autocast precision')
     p.add_argument('--channels-last', action='store_true')
@@ -86,9 +86,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         'evit_mm.deploy.use_cuda_graphs)')
     p.add_argument('--winograd-tile', type=int, choices=sorted(WINOGRAD_POINTS), default=DEFAULT_TILE,
                    help='with deploy: the largest Winograd output tile (2: F(2x2,3x3) everywhere)')
-    p.add_argument('--threads', type=int, help='CPU threads (torch.set_num_threads)')
-    p.add_argument('--warmup', type=int, default=3)
-    p.add_argument('--repeats', type=int, default=10)
+    p.add_argument('--threads', type=count_type(1), help='CPU threads (torch.set_num_threads)')
+    p.add_argument('--warmup', type=count_type(0), default=3)
+    p.add_argument('--repeats', type=count_type(1), default=10)
     p.add_argument('--time-budget', type=float,
                    help='seconds per mode and shape (their rows share the rounds) instead of a fixed --repeats')
     p.add_argument('--checkpoint', action='append', default=[], metavar='[TARGET=]PATH',

@@ -41,6 +41,20 @@ def shape_type(dims: int = 2) -> Callable[[str], tuple[int, ...]]:
     return parse
 
 
+def count_type(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type`` for a count of at least ``minimum`` (threads, repeats, batch size: 1; warm-up calls: 0),
+    so that e.g. ``--threads 0`` is a usage error instead of being taken for "not given"."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f'must be an integer of at least {minimum}, got {text!r}')
+        return value
+    return parse
+
+
 def synthetic_batch(kind: str, batch: int, height: int, width: int, num_classes: int = 80,
                     ground_truth: bool = False) -> dict:
     """A packed batch (before the data preprocessor) of random ``uint8`` images with test-time metadata; with

@@ -25,7 +25,7 @@ import torch
 
 from .allocator_option import add_allocator_argument, apply_allocator_argument
 from .backbone import CASES, Row, build_pair, inference_call, training_step
-from .inputs import shape_type
+from .inputs import count_type, shape_type
 from .memory import call_peak_mb
 from .timing import quartiles, time_interleaved
 
@@ -111,9 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('arch')
     parser.add_argument('candidate', choices=sorted({name for pair in ISOLATED_CASES.values() for name in pair}))
     parser.add_argument('shape', type=shape_type(3))
-    parser.add_argument('--warmup', type=int, default=3)
-    parser.add_argument('--repeats', type=int, default=10)
-    parser.add_argument('--threads', type=int, default=None)
+    parser.add_argument('--warmup', type=count_type(0), default=3)
+    parser.add_argument('--repeats', type=count_type(1), default=10)
+    parser.add_argument('--threads', type=count_type(1), default=None)
     add_allocator_argument(parser)
     args = parser.parse_args(argv)
     if args.threads:

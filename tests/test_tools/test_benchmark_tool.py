@@ -400,6 +400,20 @@ def test_shapes_parse_or_explain():
             parse_shape(bad, dims)
 
 
+@pytest.mark.parametrize('argv, message', [
+    (['--threads', '0'], "argument --threads: must be an integer of at least 1, got '0'"),
+    (['--repeats', '0'], "argument --repeats: must be an integer of at least 1, got '0'"),
+    (['--batch-size', 'two'], "argument --batch-size: must be an integer of at least 1, got 'two'"),
+    (['--warmup', '-1'], "argument --warmup: must be an integer of at least 0, got '-1'")])
+def test_counts_out_of_range_are_usage_errors(argv, message, capsys):
+    """``--threads 0`` used to be taken for "not given" (torch's default thread count ran), ``--repeats 0`` ended in
+    a traceback after the models were built."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(['evit_m0', *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert cli.parse_args(['evit_m0', '--warmup', '0']).warmup == 0
+
+
 def test_a_malformed_shape_is_a_usage_error_before_anything_is_built(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(['evit_m0', '--shape', '224'])

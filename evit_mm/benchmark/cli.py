@@ -17,7 +17,7 @@ from mmengine.config import DictAction
 from ..models.winograd import DEFAULT_TILE, WINOGRAD_POINTS
 from .allocator_option import add_allocator_argument, apply_allocator_argument
 from .compilation import add_compile_arguments, compile_mode_from
-from .inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, count_type, shape_type
+from .inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, count_type, parse_shape, shape_type
 from .measure import CONFIG_MODES, MODES, Job, Options, Result, gflops, measure_together, prepare
 from .memory import format_mb
 from .precision import DTYPES
@@ -65,6 +65,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument('--batch-size', type=count_type(1), default=1)
     p.add_argument('--shape', nargs='+', type=shape_type(), help=f'HxW, one or more ({DEFAULT_SHAPES_HELP})')
     p.add_argument('--dtype', choices=sorted(DTYPES), default='fp32', help='autocast precision')
+    p.add_argument('--images', choices=('synthetic', 'dataset'), default='synthetic',
+                   help="forward and predict modes: random images at --shape, or the first batch of each config's "
+                        'test set, resized by its pipeline (--shape unused), whose content gives a trained model\'s '
+                        'post-processing real detections to work on')
     p.add_argument('--channels-last', action='store_true')
     add_compile_arguments(p, 'the backbone')
     p.add_argument('--deploy', action='store_true',
@@ -106,6 +110,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             p.error(f'unknown target suffix in {spec!r}; choose from '
                     + ', '.join(f'@{suffix}' for suffix in TARGET_SUFFIXES))
     args.checkpoints = _checkpoints_by_target(p, args.checkpoint, args.targets)
+    if args.images == 'dataset' and not {'forward', 'predict'} & set(args.modes):
+        p.error('--images dataset applies to the forward and predict modes (pipeline mode always loads the test set); '
+                f'none was asked for (--modes {" ".join(args.modes)})')
     graphs = args.cuda_graphs or any(spec.endswith('@deploy-cuda-graphs') for spec in args.targets)
     if graphs and not args.device.startswith('cuda'):
         p.error(f'CUDA graphs replay on a GPU only: --cuda-graphs and @deploy-cuda-graphs need --device cuda, got '
@@ -252,10 +259,11 @@ def main(argv: list[str]) -> int:
         names = ', '.join(job.target.name + (' (deploy)' if job.opts.deploy else '') for job in jobs)
         print(f'[{index}/{len(groups)}] {mode} at {args.batch_size}x{h}x{w}: {names} ...', file=sys.stderr, flush=True)
         for job, result in zip(jobs, measure_together(jobs)):
-            if mode in ('backbone', 'onnx') or job.target.kind == 'backbone':
-                result.gflops = gflops(_uncompiled(job.target.backbone), h, w)
-            elif job.opts.compile_mode is None:
-                result.gflops = gflops(TensorMode(job.target).eval(), h, w)  # whole model, no pre/post-processing
+            size = _single_size(result.shape)  # None where a dataset's images had several sizes
+            if size is not None and (mode in ('backbone', 'onnx') or job.target.kind == 'backbone'):
+                result.gflops = gflops(_uncompiled(job.target.backbone), *size)
+            elif size is not None and job.opts.compile_mode is None:
+                result.gflops = gflops(TensorMode(job.target).eval(), *size)  # whole model, no pre/post-processing
             print(f'    {result.label}: {result.images_per_s:.2f} img/s, p50 {result.latency_p50_ms:.1f} ms',
                   file=sys.stderr)
             results.append(result)
@@ -270,7 +278,15 @@ def _options(args: argparse.Namespace, spec: str, deploy_options: dict, shape: t
     return Options(args.device, args.batch_size, *shape, args.dtype, args.channels_last, compile_mode_from(args),
                    deploy=args.deploy or bool(suffix),
                    deploy_options={**deploy_options, **TARGET_SUFFIXES.get(suffix, {})}, warmup=args.warmup,
-                   repeats=args.repeats, time_budget=args.time_budget)
+                   repeats=args.repeats, time_budget=args.time_budget, images=args.images)
+
+
+def _single_size(shape: str) -> tuple[int, int] | None:
+    """``(H, W)`` of a row's ``HxW``, or None for a range of sizes (``HxW-HxW``)."""
+    try:
+        return parse_shape(shape)
+    except ValueError:
+        return None
 
 
 def _uncompiled(module: torch.nn.Module) -> torch.nn.Module:

@@ -38,6 +38,8 @@ class Options:
     warmup: int = 3
     repeats: int = 10
     time_budget: float | None = None
+    # forward and predict modes: 'synthetic' images at height x width, or 'dataset': the config's first test batch
+    images: str = 'synthetic'
 
 
 @dataclass
@@ -119,23 +121,30 @@ def prepare(target: Target, opts: Options) -> torch.device:
     return device
 
 
-def _callables(target: Target, mode: str, opts: Options, device: torch.device) -> dict[str, Callable[[], object]]:
+def _callables(target: Target, mode: str, opts: Options,
+               device: torch.device) -> tuple[dict[str, Callable[[], object]], Callable[[], str]]:
+    """The callables of the backbone, forward and predict modes, and what gives their input's ``HxW``."""
     b, h, w = opts.batch_size, opts.height, opts.width
-    x = torch.randn(b, 3, h, w, device=device)
-    if opts.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    shape = f'{h}x{w}'
     if mode == 'backbone':
-        return {'total': lambda: target.backbone(x)}
+        x = torch.randn(b, 3, h, w, device=device)
+        if opts.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return {'total': lambda: target.backbone(x)}, lambda: shape
     if target.kind == 'backbone':
         raise ValueError(f'mode {mode!r} needs a config target (a detector, segmentor or classifier)')
     model = target.model
-    packed = synthetic_batch(target.kind, b, h, w)
+    if opts.images == 'dataset':  # real content: a trained model's post-processing meets real detections
+        batches = DatasetBatches(target, opts)
+        packed, shape_of = batches.next(), lambda: batches.shape_label
+    else:
+        packed, shape_of = synthetic_batch(target.kind, b, h, w), lambda: shape
     data = model.data_preprocessor(packed, False)
     inputs, samples = data['inputs'], data['data_samples']
     if opts.channels_last:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
     if mode == 'forward':
-        return {'total': lambda: model(inputs, samples, mode='tensor')}
+        return {'total': lambda: model(inputs, samples, mode='tensor')}, shape_of
     if mode == 'predict':
         parts = {'total': lambda: model.test_step(packed),
                  'preprocess': lambda: model.data_preprocessor(packed, False),
@@ -148,7 +157,7 @@ def _callables(target: Target, mode: str, opts: Options, device: torch.device) -
             parts['forward'] = lambda: model(inputs, samples, mode='tensor')
         if getattr(model, 'neck', None) is not None:
             parts['backbone+neck'] = lambda: model.extract_feat(inputs)
-        return parts
+        return parts, shape_of
     raise ValueError(f'unknown mode {mode!r}; choose from {MODES}')
 
 
@@ -193,10 +202,14 @@ class DatasetBatches:
             if empty:
                 raise ValueError('the test dataloader yields no batches')
 
-    def __call__(self) -> object:
+    def next(self) -> dict:
+        """The next packed batch (before the data preprocessor), its image sizes recorded."""
         batch = next(self._stream)
         self.image_sizes.update(tuple(image.shape[-2:]) for image in batch['inputs'])
-        return self.model.test_step(batch)
+        return batch
+
+    def __call__(self) -> object:
+        return self.model.test_step(self.next())
 
     @property
     def shape_label(self) -> str:
@@ -216,26 +229,29 @@ class Job:
     device: torch.device
 
 
-def _job_calls(job: Job) -> dict[str, Callable[[], object]]:
-    """The callables timed for ``job``: ``total`` (the row's time) and, in predict mode, the parts of its breakdown."""
+def _job_calls(job: Job) -> tuple[dict[str, Callable[[], object]], Callable[[], str]]:
+    """The callables timed for ``job`` (``total``, the row's time, and in predict mode the parts of its breakdown), and
+    what gives the ``HxW`` of its input once they ran (a dataset's images are known as they are served)."""
     target, mode, opts, device = job.target, job.mode, job.opts, job.device
+    shape = f'{opts.height}x{opts.width}'
     if mode == 'onnx':
         from .onnx_runtime import onnx_backbone_call
-        return {'total': onnx_backbone_call(target.backbone, opts)}
+        return {'total': onnx_backbone_call(target.backbone, opts)}, lambda: shape
     if mode == 'pipeline':
         if target.cfg is None:
             raise ValueError('mode pipeline needs a config target with a test dataset')
-        return {'total': DatasetBatches(target, opts)}
+        batches = DatasetBatches(target, opts)
+        return {'total': batches}, lambda: batches.shape_label
     if mode == 'train':
         return {'total': training_iteration(target, opts.batch_size, opts.height, opts.width, device,
                                             deployed=opts.deploy, compiled=opts.compile_mode is not None,
-                                            dtype=opts.dtype)}
+                                            dtype=opts.dtype)}, lambda: shape
     return _callables(target, mode, opts, device)
 
 
 #: What the jobs measured in the same rounds must share.
 SHARED_OPTIONS = ('device', 'batch_size', 'height', 'width', 'dtype', 'channels_last', 'warmup', 'repeats',
-                  'time_budget')
+                  'time_budget', 'images')
 
 
 def measure_together(jobs: Sequence[Job]) -> list[Result]:
@@ -260,7 +276,9 @@ def measure_together(jobs: Sequence[Job]) -> list[Result]:
     grad = mode == 'train'
     # a training iteration sets up its mixed precision itself (autocast around its forward pass only)
     with contextlib.nullcontext() if grad else autocast(device.type, opts.dtype):
-        calls = {f'{index}:{part}': call for index, job in enumerate(jobs) for part, call in _job_calls(job).items()}
+        prepared = [_job_calls(job) for job in jobs]
+        calls = {f'{index}:{part}': call for index, (job_calls, _) in enumerate(prepared)
+                 for part, call in job_calls.items()}
         timings = time_interleaved(calls, opts.batch_size, opts.warmup, opts.repeats, device, opts.time_budget,
                                    grad=grad)
         # ONNX Runtime allocates outside PyTorch: its memory is not measured
@@ -268,8 +286,7 @@ def measure_together(jobs: Sequence[Job]) -> list[Result]:
                  for index in range(len(jobs))]
     per_job = [{name.partition(':')[2]: timing for name, timing in timings.items()
                 if name.partition(':')[0] == str(index)} for index in range(len(jobs))]
-    shapes = [getattr(calls[f'{index}:total'], 'shape_label', f'{opts.height}x{opts.width}')
-              for index in range(len(jobs))]
+    shapes = [shape_of() for _, shape_of in prepared]
     results = [_result(job, *row) for job, *row in zip(jobs, per_job, peaks, shapes)]
     reference = per_job[0]['total']
     for result, parts in zip(results[1:], per_job[1:]):

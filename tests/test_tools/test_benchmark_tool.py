@@ -257,6 +257,23 @@ def test_pipeline_mode_loads_data(tmp_path):
     assert root.is_dir()
 
 
+def test_predict_mode_on_the_test_sets_first_batch(tmp_path, capsys):
+    """``--images dataset``: forward and predict run on the config's first test batch (its pipeline's size, not
+    --shape), with the breakdown, and the FLOPs are counted at that size."""
+    root = make_coco_demo(tmp_path / 'coco', num_train=2, num_val=4, size=(96, 128))
+    data = ['--cfg-options', f'test_dataloader.dataset.data_root={root}/', 'test_dataloader.num_workers=0',
+            'test_dataloader.persistent_workers=False']
+    dataset, synthetic = (_run(tmp_path, DET_DEMO, '--modes', 'forward', 'predict', '--shape', '64x64',
+                               '--images', images, *data) for images in ('dataset', 'synthetic'))
+    assert [(r['mode'], r['shape']) for r in dataset] == [('forward', '192x256'), ('predict', '192x256')]
+    assert [r['shape'] for r in synthetic] == ['64x64', '64x64']
+    assert dataset[1]['breakdown_ms']['backbone'] > 0
+    assert dataset[0]['gflops'] > 5 * synthetic[0]['gflops']  # 192x256 against 64x64 pixels: 12x
+    with pytest.raises(SystemExit):
+        cli.parse_args([DET_DEMO, '--images', 'dataset', '--modes', 'backbone'])
+    assert '--images dataset applies to the forward and predict modes' in capsys.readouterr().err
+
+
 def test_dataset_batches_of_several_sizes_are_labelled_by_their_smallest_and_largest():
     from evit_mm.benchmark.measure import DatasetBatches
     batches = object.__new__(DatasetBatches)  # the label alone, without a dataset

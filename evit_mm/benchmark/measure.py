@@ -262,7 +262,9 @@ def measure_together(jobs: Sequence[Job]) -> list[Result]:
     beside it. Why: targets timed one after another carried the machine's drift between them into their ratios
     (the backbone tool measured ratio spreads of +-5-15% from run to run before it interleaved its candidates).
     The memory one call needs is measured on one more call of each job after the timed ones
-    (:func:`~.memory.call_peak_mb`)."""
+    (:func:`~.memory.call_peak_mb`). In pipeline mode a loader with workers loads its next batch in the background
+    during the other rows' calls, where in a run it would during its own: with the same data and pipeline in every
+    row, each row's calls share the CPU with the same loading work."""
     if not jobs:
         raise ValueError('measure_together needs at least one job')
     first = jobs[0]

@@ -16,12 +16,10 @@ from mmengine.registry import Registry
 SCOPE = 'evit_mm'
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope=SCOPE, locations=['evit_mm.models'])
 
-# mmengine's other root registries get their evit_mm children here (each parent keeps its child)
-for _root_name in ('RUNNERS', 'RUNNER_CONSTRUCTORS', 'LOOPS', 'HOOKS', 'STRATEGIES', 'DATASETS', 'DATA_SAMPLERS',
-                   'TRANSFORMS', 'MODEL_WRAPPERS', 'WEIGHT_INITIALIZERS', 'OPTIMIZERS', 'OPTIM_WRAPPERS',
-                   'OPTIM_WRAPPER_CONSTRUCTORS', 'PARAM_SCHEDULERS', 'METRICS', 'EVALUATOR', 'TASK_UTILS',
-                   'VISUALIZERS', 'VISBACKENDS', 'LOG_PROCESSORS', 'INFERENCERS', 'FUNCTIONS'):
-    _root = getattr(mmengine_registry, _root_name)
+# mmengine's other root registries, whichever its version defines, get their evit_mm children here (each parent
+# keeps its child)
+for _root in [value for value in vars(mmengine_registry).values() if isinstance(value, Registry)
+              and value.parent is None and value is not MMENGINE_MODELS]:
     Registry(_root.name, parent=_root, scope=SCOPE)
 
 

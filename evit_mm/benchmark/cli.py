@@ -17,12 +17,11 @@ from mmengine.config import DictAction
 from ..models.winograd import DEFAULT_TILE, WINOGRAD_POINTS
 from .allocator_option import add_allocator_argument, apply_allocator_argument
 from .compilation import add_compile_arguments, compile_mode_from
-from .inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, count_type, parse_shape, shape_type
-from .measure import CONFIG_MODES, MODES, Job, Options, Result, gflops, measure_together, prepare
+from .inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, count_type, shape_type
+from .measure import CONFIG_MODES, MODES, Job, Options, Result, measure_together, prepare
 from .memory import format_mb
 from .precision import DTYPES
 from .targets import Target, build_target
-from .tensor_mode import TensorMode
 
 #: The optimize_for_inference switches the command line sets (``--no-fused-kernels`` etc.), by argument name.
 DEPLOY_SWITCHES = ('fused_kernels', 'winograd', 'winograd_tile', 'fold_batch_norms', 'roi_align', 'bfloat16',
@@ -109,6 +108,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if '@' in spec and spec.partition('@')[2] not in TARGET_SUFFIXES:
             p.error(f'unknown target suffix in {spec!r}; choose from '
                     + ', '.join(f'@{suffix}' for suffix in TARGET_SUFFIXES))
+    backbones = [spec for spec in args.targets if not _is_config(spec)]
+    misfits = [mode for mode in args.modes if mode in CONFIG_MODES]
+    if backbones and misfits:
+        p.error(f'mode {misfits[0]} needs a config target (a detector, segmentor or classifier); {backbones[0]} is a '
+                'backbone: time it with --modes backbone, train or onnx')
     args.checkpoints = _checkpoints_by_target(p, args.checkpoint, args.targets)
     if args.images == 'dataset' and not {'forward', 'predict'} & set(args.modes):
         p.error('--images dataset applies to the forward and predict modes (pipeline mode always loads the test set); '
@@ -120,18 +124,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _is_config(spec: str) -> bool:
+    """Whether a listed target (``@`` suffix and all) is a config file, as :func:`~.targets.build_target` decides."""
+    return spec.partition('@')[0].endswith('.py')
+
+
 def _checkpoints_by_target(parser: argparse.ArgumentParser, entries: list[str],
                             targets: list[str]) -> dict[str, str]:
     """The checkpoint of each listed config target, from ``--checkpoint`` entries ``PATH`` (every config target
     without an entry of its own) and ``TARGET=PATH`` (one listing as given, or a config for all its listings); a
     usage error names what does not fit."""
-    configs = [spec for spec in targets if spec.partition('@')[0].endswith('.py')]
+    configs = [spec for spec in targets if _is_config(spec)]
     own: dict[str, str] = {}
     every: list[str] = []
     for entry in entries:
         key, sep, path = entry.partition('=')
         if sep and (key in targets or key in {spec.partition('@')[0] for spec in targets}):
-            if not key.partition('@')[0].endswith('.py'):
+            if not _is_config(key):
                 parser.error(f'--checkpoint {entry}: checkpoints apply to config targets, not to backbone names')
             own[key] = path
         elif sep and not os.path.isfile(entry):
@@ -234,16 +243,10 @@ def main(argv: list[str]) -> int:
         if spec not in prepared:
             name, _, suffix = spec.partition('@')  # parse_args allows only TARGET_SUFFIXES
             target = build_target(name, args.checkpoints.get(spec), args.cfg_options)
-            device = prepare(target, _options(args, spec, deploy_options, (1, 1)))
+            device = prepare(target, _options(args, spec, deploy_options, DEFAULT_SHAPES[target.kind]))
             for note in target.notes:
                 print(f'WARNING [{target.name}]: {note}', file=sys.stderr)
             prepared[spec] = target, device
-    for spec, (target, _) in prepared.items():  # before anything is timed
-        misfits = [mode for mode in args.modes if mode in CONFIG_MODES and target.cfg is None]
-        if misfits:
-            print(f'error: mode {misfits[0]} needs a config target (a detector, segmentor or classifier); {spec} is '
-                  f'a {target.kind}: time it with --modes backbone, train or onnx', file=sys.stderr)
-            return 2
     # the rows of one mode and input size are measured together, in the same rounds (measure_together); without
     # --shape, each target at its kind's default size
     groups: dict[tuple[str, int, int], list[Job]] = {}
@@ -256,14 +259,9 @@ def main(argv: list[str]) -> int:
                     Job(target, mode, _options(args, spec, deploy_options, (h, w)), device))
     results: list[Result] = []
     for index, ((mode, h, w), jobs) in enumerate(groups.items(), 1):
-        names = ', '.join(job.target.name + (' (deploy)' if job.opts.deploy else '') for job in jobs)
+        names = ', '.join(job.label for job in jobs)
         print(f'[{index}/{len(groups)}] {mode} at {args.batch_size}x{h}x{w}: {names} ...', file=sys.stderr, flush=True)
-        for job, result in zip(jobs, measure_together(jobs)):
-            size = _single_size(result.shape)  # None where a dataset's images had several sizes
-            if size is not None and (mode in ('backbone', 'onnx') or job.target.kind == 'backbone'):
-                result.gflops = gflops(_uncompiled(job.target.backbone), *size)
-            elif size is not None and job.opts.compile_mode is None:
-                result.gflops = gflops(TensorMode(job.target).eval(), *size)  # whole model, no pre/post-processing
+        for result in measure_together(jobs):
             print(f'    {result.label}: {result.images_per_s:.2f} img/s, p50 {result.latency_p50_ms:.1f} ms',
                   file=sys.stderr)
             results.append(result)
@@ -279,15 +277,3 @@ def _options(args: argparse.Namespace, spec: str, deploy_options: dict, shape: t
                    deploy=args.deploy or bool(suffix),
                    deploy_options={**deploy_options, **TARGET_SUFFIXES.get(suffix, {})}, warmup=args.warmup,
                    repeats=args.repeats, time_budget=args.time_budget, images=args.images)
-
-
-def _single_size(shape: str) -> tuple[int, int] | None:
-    """``(H, W)`` of a row's ``HxW``, or None for a range of sizes (``HxW-HxW``)."""
-    try:
-        return parse_shape(shape)
-    except ValueError:
-        return None
-
-
-def _uncompiled(module: torch.nn.Module) -> torch.nn.Module:
-    return getattr(module, '_orig_mod', module)

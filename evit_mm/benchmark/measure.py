@@ -15,6 +15,7 @@ from .inputs import synthetic_batch
 from .memory import call_peak_mb, weights_mb
 from .precision import autocast
 from .targets import Target
+from .tensor_mode import TensorMode
 from .timing import Timing, paired_ratios, quartiles, time_interleaved
 from .training import training_iteration
 
@@ -40,6 +41,24 @@ class Options:
     time_budget: float | None = None
     # forward and predict modes: 'synthetic' images at height x width, or 'dataset': the config's first test batch
     images: str = 'synthetic'
+
+    @property
+    def bfloat16_weights(self) -> bool:
+        """Deployed with the dense parts on bfloat16 weights."""
+        return self.deploy and bool(self.deploy_options.get('bfloat16'))
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Deployed with the dense parts replaying CUDA graphs."""
+        return self.deploy and bool(self.deploy_options.get('cuda_graphs'))
+
+
+def listing_label(name: str, deploy: bool, bfloat16_weights: bool, cuda_graphs: bool) -> str:
+    """A target's name, and how it was deployed where it was: ``name (deploy, bf16 weights)``."""
+    if not deploy:
+        return name
+    details = [detail for detail, on in (('bf16 weights', bfloat16_weights), ('CUDA graphs', cuda_graphs)) if on]
+    return f'{name} (deploy{"".join(", " + d for d in details)})'
 
 
 @dataclass
@@ -74,12 +93,8 @@ class Result:
 
     @property
     def label(self) -> str:
-        """The target's name, and how it was deployed where it was: ``name (deploy, bf16 weights)``."""
-        if not self.deploy:
-            return self.target
-        details = [name for name, on in (('bf16 weights', self.bfloat16_weights), ('CUDA graphs', self.cuda_graphs))
-                   if on]
-        return f'{self.target} (deploy{"".join(", " + d for d in details)})'
+        """The target's name, and how it was deployed where it was (:func:`listing_label`)."""
+        return listing_label(self.target, self.deploy, self.bfloat16_weights, self.cuda_graphs)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -122,29 +137,28 @@ def prepare(target: Target, opts: Options) -> torch.device:
 
 
 def _callables(target: Target, mode: str, opts: Options,
-               device: torch.device) -> tuple[dict[str, Callable[[], object]], Callable[[], str]]:
-    """The callables of the backbone, forward and predict modes, and what gives their input's ``HxW``."""
+               device: torch.device) -> tuple[dict[str, Callable[[], object]], Callable[[], set[Size]]]:
+    """The callables of the backbone, forward and predict modes, and what gives their images' sizes."""
     b, h, w = opts.batch_size, opts.height, opts.width
-    shape = f'{h}x{w}'
     if mode == 'backbone':
         x = torch.randn(b, 3, h, w, device=device)
         if opts.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return {'total': lambda: target.backbone(x)}, lambda: shape
+        return {'total': lambda: target.backbone(x)}, lambda: {(h, w)}
     if target.kind == 'backbone':
         raise ValueError(f'mode {mode!r} needs a config target (a detector, segmentor or classifier)')
     model = target.model
     if opts.images == 'dataset':  # real content: a trained model's post-processing meets real detections
-        batches = DatasetBatches(target, opts)
-        packed, shape_of = batches.next(), lambda: batches.shape_label
+        packed = DatasetBatches(target, opts).next()  # the loader (and its workers) not kept past this batch
+        sizes = image_sizes(packed)
     else:
-        packed, shape_of = synthetic_batch(target.kind, b, h, w), lambda: shape
+        packed, sizes = synthetic_batch(target.kind, b, h, w), {(h, w)}
     data = model.data_preprocessor(packed, False)
     inputs, samples = data['inputs'], data['data_samples']
     if opts.channels_last:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
     if mode == 'forward':
-        return {'total': lambda: model(inputs, samples, mode='tensor')}, shape_of
+        return {'total': lambda: model(inputs, samples, mode='tensor')}, lambda: sizes
     if mode == 'predict':
         parts = {'total': lambda: model.test_step(packed),
                  'preprocess': lambda: model.data_preprocessor(packed, False),
@@ -157,7 +171,7 @@ def _callables(target: Target, mode: str, opts: Options,
             parts['forward'] = lambda: model(inputs, samples, mode='tensor')
         if getattr(model, 'neck', None) is not None:
             parts['backbone+neck'] = lambda: model.extract_feat(inputs)
-        return parts, shape_of
+        return parts, lambda: sizes
     raise ValueError(f'unknown mode {mode!r}; choose from {MODES}')
 
 
@@ -176,6 +190,22 @@ def _breakdown(timings: dict[str, Timing]) -> dict[str, float]:
     return {**parts, 'total': ms['total']}
 
 
+#: An image's (height, width).
+Size = tuple[int, int]
+
+
+def image_sizes(packed: dict) -> set[Size]:
+    """The (height, width) of the images of a packed batch (before the data preprocessor)."""
+    return {tuple(image.shape[-2:]) for image in packed['inputs']}
+
+
+def size_label(sizes: set[Size]) -> str:
+    """``HxW`` of one size, or the range ``HxW-HxW`` (smallest and largest by pixels) of several."""
+    ordered = sorted(sizes, key=lambda size: (size[0] * size[1], size))
+    labels = [f'{h}x{w}' for h, w in ordered]
+    return labels[0] if len(labels) == 1 else f'{labels[0]}-{labels[-1]}'
+
+
 class DatasetBatches:
     """Data loading from the config's test dataset + ``test_step``, one batch per call, in order (the loader starts
     over when it runs out), remembering the sizes of the images it served: they are the dataset's, resized by its
@@ -190,7 +220,7 @@ class DatasetBatches:
         loader_cfg['batch_size'] = opts.batch_size
         self.loader = Runner.build_dataloader(loader_cfg)
         self.model = target.model
-        self.image_sizes: set[tuple[int, int]] = set()
+        self.image_sizes: set[Size] = set()
         self._stream = self._batches()
 
     def _batches(self) -> Iterator[dict]:
@@ -205,18 +235,12 @@ class DatasetBatches:
     def next(self) -> dict:
         """The next packed batch (before the data preprocessor), its image sizes recorded."""
         batch = next(self._stream)
-        self.image_sizes.update(tuple(image.shape[-2:]) for image in batch['inputs'])
+        self.image_sizes |= image_sizes(batch)
         return batch
 
     def __call__(self) -> object:
         return self.model.test_step(self.next())
 
-    @property
-    def shape_label(self) -> str:
-        """``HxW`` of the images served, or the range ``HxW-HxW`` (by pixels) where they differed."""
-        sizes = sorted(self.image_sizes, key=lambda size: (size[0] * size[1], size))
-        labels = [f'{h}x{w}' for h, w in sizes]
-        return labels[0] if len(labels) == 1 else f'{labels[0]}-{labels[-1]}'
 
 
 @dataclass
@@ -228,24 +252,28 @@ class Job:
     opts: Options
     device: torch.device
 
+    @property
+    def label(self) -> str:
+        return listing_label(self.target.name, self.opts.deploy, self.opts.bfloat16_weights, self.opts.cuda_graphs)
 
-def _job_calls(job: Job) -> tuple[dict[str, Callable[[], object]], Callable[[], str]]:
+
+def _job_calls(job: Job) -> tuple[dict[str, Callable[[], object]], Callable[[], set[Size]]]:
     """The callables timed for ``job`` (``total``, the row's time, and in predict mode the parts of its breakdown), and
-    what gives the ``HxW`` of its input once they ran (a dataset's images are known as they are served)."""
+    what gives its images' sizes once they ran (a dataset's images are known as they are served)."""
     target, mode, opts, device = job.target, job.mode, job.opts, job.device
-    shape = f'{opts.height}x{opts.width}'
+    size = {(opts.height, opts.width)}
     if mode == 'onnx':
         from .onnx_runtime import onnx_backbone_call
-        return {'total': onnx_backbone_call(target.backbone, opts)}, lambda: shape
+        return {'total': onnx_backbone_call(target.backbone, opts)}, lambda: size
     if mode == 'pipeline':
         if target.cfg is None:
             raise ValueError('mode pipeline needs a config target with a test dataset')
         batches = DatasetBatches(target, opts)
-        return {'total': batches}, lambda: batches.shape_label
+        return {'total': batches}, lambda: batches.image_sizes
     if mode == 'train':
         return {'total': training_iteration(target, opts.batch_size, opts.height, opts.width, device,
                                             deployed=opts.deploy, compiled=opts.compile_mode is not None,
-                                            dtype=opts.dtype)}, lambda: shape
+                                            dtype=opts.dtype)}, lambda: size
     return _callables(target, mode, opts, device)
 
 
@@ -286,10 +314,10 @@ def measure_together(jobs: Sequence[Job]) -> list[Result]:
         # ONNX Runtime allocates outside PyTorch: its memory is not measured
         peaks = [None if mode == 'onnx' else call_peak_mb(calls[f'{index}:total'], device, grad=grad)
                  for index in range(len(jobs))]
-    per_job = [{name.partition(':')[2]: timing for name, timing in timings.items()
-                if name.partition(':')[0] == str(index)} for index in range(len(jobs))]
-    shapes = [shape_of() for _, shape_of in prepared]
-    results = [_result(job, *row) for job, *row in zip(jobs, per_job, peaks, shapes)]
+    per_job = [{part: timings[f'{index}:{part}'] for part in job_calls}
+               for index, (job_calls, _) in enumerate(prepared)]
+    results = [_result(job, parts, peak, sizes_of()) for job, parts, peak, (_, sizes_of) in
+               zip(jobs, per_job, peaks, prepared)]
     reference = per_job[0]['total']
     for result, parts in zip(results[1:], per_job[1:]):
         ratios = paired_ratios(reference, parts['total'])
@@ -299,19 +327,32 @@ def measure_together(jobs: Sequence[Job]) -> list[Result]:
     return results
 
 
-def _result(job: Job, timings: dict[str, Timing], peak: float | None, shape: str) -> Result:
+def _row_gflops(job: Job, sizes: set[Size]) -> float | None:
+    """MACs (G) per image of what the row measured, at its images' size: the backbone in backbone and ONNX modes, the
+    whole model in tensor mode otherwise (none for a compiled model, or images of several sizes)."""
+    if len(sizes) != 1:
+        return None
+    (height, width), = sizes
+    if job.mode in ('backbone', 'onnx') or job.target.kind == 'backbone':
+        return gflops(getattr(job.target.backbone, '_orig_mod', job.target.backbone), height, width)  # uncompiled
+    if job.opts.compile_mode is None:
+        return gflops(TensorMode(job.target).eval(), height, width)  # whole model, no pre/post-processing
+    return None
+
+
+def _result(job: Job, timings: dict[str, Timing], peak: float | None, sizes: set[Size]) -> Result:
     target, mode, opts, device = job.target, job.mode, job.opts, job.device
     total = timings['total']
     measured = target.backbone if mode in ('backbone', 'onnx') else target.model
     return Result(
         target=target.name, kind=target.kind, mode=mode, device=str(device), dtype=opts.dtype,
-        batch=opts.batch_size, shape=shape, images_per_s=total.images_per_second,
+        batch=opts.batch_size, shape=size_label(sizes), images_per_s=total.images_per_second,
         latency_p50_ms=total.median * 1e3, latency_p90_ms=total.percentile(90) * 1e3,
         latency_p99_ms=total.percentile(99) * 1e3, peak_memory_mb=peak,
         memory_kind=MEMORY_KINDS[device.type] if peak is not None else 'not measured',
         page_faults_per_call=total.median_page_faults,
-        params_m=count_params(measured), gflops=None, weights_mb=weights_mb(measured), deploy=opts.deploy,
-        bfloat16_weights=opts.deploy and bool(opts.deploy_options.get('bfloat16')),
-        cuda_graphs=opts.deploy and bool(opts.deploy_options.get('cuda_graphs')),
+        params_m=count_params(measured), gflops=_row_gflops(job, sizes), weights_mb=weights_mb(measured),
+        deploy=opts.deploy,
+        bfloat16_weights=opts.bfloat16_weights, cuda_graphs=opts.cuda_graphs,
         trained=None if target.kind == 'backbone' else target.trained,
         breakdown_ms=_breakdown(timings) if mode == 'predict' else {})

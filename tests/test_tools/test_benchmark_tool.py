@@ -274,13 +274,10 @@ def test_predict_mode_on_the_test_sets_first_batch(tmp_path, capsys):
     assert '--images dataset applies to the forward and predict modes' in capsys.readouterr().err
 
 
-def test_dataset_batches_of_several_sizes_are_labelled_by_their_smallest_and_largest():
-    from evit_mm.benchmark.measure import DatasetBatches
-    batches = object.__new__(DatasetBatches)  # the label alone, without a dataset
-    batches.image_sizes = {(800, 1199), (800, 800), (600, 1333)}
-    assert batches.shape_label == '800x800-800x1199'
-    batches.image_sizes = {(800, 800)}
-    assert batches.shape_label == '800x800'
+def test_images_of_several_sizes_are_labelled_by_their_smallest_and_largest():
+    from evit_mm.benchmark.measure import size_label
+    assert size_label({(800, 1199), (800, 800), (600, 1333)}) == '800x800-800x1199'
+    assert size_label({(800, 800)}) == '800x800'
 
 
 def test_checkpoints_per_target_listing_or_config(tmp_path, capsys):
@@ -337,9 +334,12 @@ def test_onnx_runtime_mode(tmp_path):
     assert results[0]['mode'] == 'onnx'
 
 
-def test_a_mode_that_needs_a_config_is_refused_for_a_backbone_before_anything_is_timed(capsys):
-    assert cli.main(['evit_m0', DET_DEMO, '--modes', 'backbone', 'predict', '--shape', '64x64']) == 2
+def test_a_mode_that_needs_a_config_is_refused_for_a_backbone_before_anything_is_built(capsys, monkeypatch):
+    monkeypatch.setattr(cli, 'build_target', lambda *args: pytest.fail('a target was built'))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(['evit_m0', DET_DEMO, '--modes', 'backbone', 'predict', '--shape', '64x64'])
     captured = capsys.readouterr()
+    assert exit_info.value.code == 2
     assert 'mode predict needs a config target' in captured.err and 'evit_m0 is a backbone' in captured.err
     assert '| target' not in captured.out  # nothing was timed
 

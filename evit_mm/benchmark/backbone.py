@@ -101,7 +101,6 @@ CASES = {
     'deploy without prepacked weights vs timm as shipped': (UNPACKED_DEPLOY, 'timm'),
     'train without GEMM convs': ('evit_mm train, no GEMM convs', 'timm train'),
     'train with GEMM convs': ('evit_mm train, GEMM convs', 'timm train'),  # the default on AVX2 CPUs only
-    'train without the fused BatchNorm kernel': ('evit_mm train, torch BatchNorm', 'timm train'),
     # option bfloat16: both deployed on bfloat16 weights (float32 in and out, evit_mm.deploy.run_in_bfloat16)
     'deploy bf16 weights vs timm as shipped': (DEPLOY_BF16, 'timm'),
     'deploy bf16 weights vs timm bf16 weights': (DEPLOY_BF16, TIMM_BF16),
@@ -191,9 +190,8 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
             on-the-fly BatchNorm folding (``fold_eval_bn=False``), deployed with plain ops
             (``switch_to_deploy(fused_kernels=False, prepack_weights=False)``), with the CPU fused kernels and GEMMs
             (``fused_kernels=True``), without prepacked weights (``prepack_weights=False``) and, with ``train``,
-            training without and with the GEMM convolutions (``gemm_convs=False / True``) and without the fused
-            BatchNorm kernel (``fused_batch_norm=False``); the default of the CPU kernels and of the GEMM convolutions
-            depends on the CPU.
+            training without and with the GEMM convolutions (``gemm_convs=False / True``); the default of the CPU
+            kernels and of the GEMM convolutions depends on the CPU.
         bfloat16: Also time evit_mm deployed and timm as shipped on bfloat16 weights (float32 in and out), in the
             same rounds, against timm as shipped and against each other; their features are checked against timm's
             float32 ones to :data:`BFLOAT16_RELATIVE_TOLERANCE` of their norm.
@@ -233,8 +231,6 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
                 for name, gemm_convs in (('evit_mm train, no GEMM convs', False), ('evit_mm train, GEMM convs', True)):
                     steps[name] = training_step(copy.deepcopy(ours).set_conv_bn_paths(gemm_convs=gemm_convs).train(),
                                                  x, precision)
-                steps['evit_mm train, torch BatchNorm'] = training_step(
-                    copy.deepcopy(ours).set_conv_bn_paths(fused_batch_norm=False).train(), x, precision)
             timings.update(time_interleaved(steps, batch, warmup, repeats, device=target, grad=True))
         compared = {name for pair in CASES.values() for name in pair}
         memory = {name: call_peak_mb(call, target, grad=name in steps)

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batch_norm_act import batch_norm_act
 from .derived_cache import DerivedCache
 from .eager_kernels import eager_autocast_dtype, exporting_or_compiling, tracing_or_exporting
 from .fused_conv import pointwise_linear
@@ -36,9 +35,7 @@ def pointwise_tokens(layer: ConvBN, x: torch.Tensor) -> torch.Tensor:
     y = F.linear(x, layer.conv.weight.flatten(1), layer.conv.bias)
     channels = y.shape[-1]
     if y.numel() <= CUDNN_BATCH_NORM_MAX_BATCH * channels:
-        rows = y.reshape(-1, channels, 1, 1)
-        fused = batch_norm_act(layer.bn, rows) if layer.fused_batch_norm else None
-        return (layer.bn(rows) if fused is None else fused).view(y.shape)
+        return layer.bn(y.reshape(-1, channels, 1, 1)).view(y.shape)
     image = y.reshape(1, -1, 1, channels).permute(0, 3, 1, 2)
     return layer.bn(image).permute(0, 2, 3, 1).reshape(y.shape)
 

@@ -10,7 +10,6 @@ import torch
 from timm.layers import DropPath, make_divisible
 from torch import nn
 
-from .batch_norm_act import batch_norm_act
 from .derived_cache import DerivedCache
 from .eager_kernels import exporting_or_compiling
 from .fused_conv import DerivedWeights, FusedConv2d, pointwise_linear
@@ -51,9 +50,6 @@ class ConvBN(nn.Module):
     #: With the BatchNorm folded on the fly, run the folded conv on CPU on weights reordered once for oneDNN, as
     #: deployed convs do (:class:`~.fused_conv.FusedConv2d`, ``prepack_weights``; cached with the folded weights).
     prepack_weights = True
-    #: In training mode on channels-last CPU maps, run the BatchNorm and the ReLU or residual add after it as one
-    #: compiled kernel, two passes over memory each way (:mod:`.batch_norm_act`; same values).
-    fused_batch_norm = True
 
     def __init__(
         self,
@@ -115,27 +111,16 @@ class ConvBN(nn.Module):
         self._derived_weights.clear()
         return super().train(mode)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
-        """``BN(conv(x))``, plus ``residual`` when given (in the conv's kernel once fused), or followed by a ReLU
-        (``relu``; in the conv's kernel once fused with ``fuse(relu=True)``)."""
-        if residual is not None and relu:
-            raise ValueError('ConvBN applies either a ReLU or a residual add, not both')
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``BN(conv(x))``, plus ``residual`` when given (in the conv's kernel once fused)."""
         if self.fused:
-            y = self.conv(x, residual)
-            return y.relu_() if relu and not self.conv.relu else y
+            return self.conv(x, residual)
         folded = self.eval_folded()
         if folded is not None:  # run as deployed
-            return FusedConv2d.apply_to(self.conv, x, *folded, residual, relu, kernels=self.gemm_convs,
+            return FusedConv2d.apply_to(self.conv, x, *folded, residual, kernels=self.gemm_convs,
                                         derived=self._derived_weights, prepack=self.prepack_weights)
-        y = gemm_conv(self.conv, x) if self.gemm_convs else self.conv(x)
-        if self.fused_batch_norm:
-            fused = batch_norm_act(self.bn, y, relu, residual)
-            if fused is not None:
-                return fused
-        y = self.bn(y)
+        y = self.bn(gemm_conv(self.conv, x) if self.gemm_convs else self.conv(x))
         # in place: BatchNorm's backward does not read its output, so autograd allows it and a map is saved
-        if relu:
-            return y.relu_()
         return y if residual is None else y.add_(residual)
 
     @torch.no_grad()
@@ -143,7 +128,7 @@ class ConvBN(nn.Module):
         """Fold the BatchNorm (with its running statistics) into the convolution, in place.
 
         Args:
-            relu: The ReLU that follows this layer (``forward(relu=True)``) moves into the convolution.
+            relu: The ReLU that follows this layer moves into the convolution; the caller drops its own.
             use_fused_kernel: Let :class:`FusedConv2d` run its CPU kernels (oneDNN fused conv, GEMM for 1x1).
         """
         if not self.fused:
@@ -262,16 +247,18 @@ class ConvFFN(nn.Module):
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.pw1 = ConvBN(dim, hidden)  # followed by the ReLU
+        self.pw1 = ConvBN(dim, hidden)
+        self.act = nn.ReLU(inplace=True)
         self.pw2 = ConvBN(hidden, dim, bn_weight_init=0.0)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        return self.pw2(self.pw1(x, relu=True), residual)
+        return self.pw2(self.act(self.pw1(x)), residual)
 
     def fuse(self, use_fused_kernel: bool = True) -> None:
         """Fold both BatchNorms; the ReLU moves into the first convolution."""
         self.pw1.fuse(relu=True, use_fused_kernel=use_fused_kernel)
         self.pw2.fuse(use_fused_kernel=use_fused_kernel)
+        self.act = nn.Identity()
 
 
 def depthwise_residual(dim: int, drop_path: float = 0.0, bn_weight_init: float = 1.0) -> Residual:
@@ -329,22 +316,24 @@ class PatchMerging(nn.Module):
     def __init__(self, dim: int, out_dim: int) -> None:
         super().__init__()
         hidden = 4 * dim
-        self.conv1 = ConvBN(dim, hidden)  # followed by a ReLU
-        self.conv2 = ConvBN(hidden, hidden, 3, 2, 1, groups=hidden)  # followed by a ReLU
+        self.conv1 = ConvBN(dim, hidden)
+        self.act = nn.ReLU(inplace=True)
+        self.conv2 = ConvBN(hidden, hidden, 3, 2, 1, groups=hidden)
         self.se = SqueezeExcite(hidden, 0.25)
         self.conv3 = ConvBN(hidden, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv3(self.se(self.conv2(self.conv1(x, relu=True), relu=True)))
+        return self.conv3(self.se(self.act(self.conv2(self.act(self.conv1(x))))))
 
     def fuse(self, use_fused_kernel: bool = True) -> None:
         """Fold the BatchNorms; both ReLUs move into the convolutions before them."""
         self.conv1.fuse(relu=True, use_fused_kernel=use_fused_kernel)
         self.conv2.fuse(relu=True, use_fused_kernel=use_fused_kernel)
         self.conv3.fuse(use_fused_kernel=use_fused_kernel)
+        self.act = nn.Identity()
 
 
-class PatchEmbed(nn.Module):
+class PatchEmbed(nn.Sequential):
     """Overlapping patch embedding: four 3x3 stride-2 ConvBN (ReLU between), channels C/8, C/4, C/2, C.
 
     Args:
@@ -357,18 +346,16 @@ class PatchEmbed(nn.Module):
     def __init__(self, in_channels: int, dim: int) -> None:
         super().__init__()
         self.conv1 = ConvBN(in_channels, dim // 8, 3, 2, 1)
+        self.relu1 = nn.ReLU(inplace=True)
         self.conv2 = ConvBN(dim // 8, dim // 4, 3, 2, 1)
+        self.relu2 = nn.ReLU(inplace=True)
         self.conv3 = ConvBN(dim // 4, dim // 2, 3, 2, 1)
+        self.relu3 = nn.ReLU(inplace=True)
         self.conv4 = ConvBN(dim // 2, dim, 3, 2, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x, relu=True)
-        x = self.conv2(x, relu=True)
-        x = self.conv3(x, relu=True)
-        return self.conv4(x)
 
     def fuse(self, use_fused_kernel: bool = True) -> None:
         """Fold the BatchNorms; each ReLU moves into the convolution before it."""
-        for conv in (self.conv1, self.conv2, self.conv3):
-            conv.fuse(relu=True, use_fused_kernel=use_fused_kernel)
+        for i in (1, 2, 3):
+            getattr(self, f'conv{i}').fuse(relu=True, use_fused_kernel=use_fused_kernel)
+            setattr(self, f'relu{i}', nn.Identity())
         self.conv4.fuse(use_fused_kernel=use_fused_kernel)

@@ -561,9 +561,6 @@ def test_backbone_compiles_without_graph_breaks(variant):
         with torch.no_grad():
             model(x)  # eager: prepacks where oneDNN runs
     model.train(variant == 'train')
-    # graphs keep torch's BatchNorm: the eager reference too (the fused kernel rounds differently, and BatchNorms over
-    # a few values per channel in the last stage amplify that: tested in test_batch_norm_act)
-    model.set_conv_bn_paths(fused_batch_norm=False)
     compiled = torch.compile(model, fullgraph=True, backend='eager')
     with torch.set_grad_enabled(variant == 'deploy with autograd'):
         torch.manual_seed(0)

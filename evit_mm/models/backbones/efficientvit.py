@@ -187,10 +187,6 @@ class EfficientViT(BaseModule):
             before deployment, validation, frozen stages), fold its running statistics into the conv weights on the
             fly (:meth:`ConvBN.eval_folded`, cached): one conv with a bias instead of conv + BatchNorm, same values.
             False always runs the BatchNorm. Defaults to True.
-        fused_batch_norm: In training mode on channels-last CPU maps, run each BatchNorm with the ReLU or residual
-            add after it as one compiled kernel, two passes over memory forward and two backward instead of three to
-            five (:mod:`~evit_mm.models.batch_norm_act`; same values, built on first use; torch's operators run where
-            it cannot be built). Defaults to True.
         pretrained: Deprecated; use ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
         init_cfg: Initialisation config. ``type='Pretrained'`` accepts official (``{'model': ...}``), timm and
             evit_mm checkpoints (local path or URL), converted automatically. Defaults to None.
@@ -215,7 +211,6 @@ class EfficientViT(BaseModule):
         channels_last: bool = True,
         gemm_convs: bool | None = None,
         fold_eval_bn: bool = True,
-        fused_batch_norm: bool = True,
         pretrained: str | None = None,
         init_cfg: dict | list[dict] | None = None,
     ) -> None:
@@ -261,7 +256,7 @@ class EfficientViT(BaseModule):
         self.out_strides = [self.stage_strides[i] for i in self.out_indices]
         if gemm_convs is None:
             gemm_convs = own_kernels_measured_faster()
-        self.set_conv_bn_paths(gemm_convs=gemm_convs, fold_eval_bn=fold_eval_bn, fused_batch_norm=fused_batch_norm)
+        self.set_conv_bn_paths(gemm_convs=gemm_convs, fold_eval_bn=fold_eval_bn)
         self._freeze_stages()
         self._register_load_state_dict_pre_hook(self._rename_official_keys)
 
@@ -320,16 +315,14 @@ class EfficientViT(BaseModule):
         return self
 
     def set_conv_bn_paths(self, *, gemm_convs: bool | None = None, fold_eval_bn: bool | None = None,
-                          prepack_weights: bool | None = None,
-                          fused_batch_norm: bool | None = None) -> 'EfficientViT':
-        """Switch the fast paths of every unfused ConvBN on or off (``gemm_convs``, ``fold_eval_bn`` and
-        ``fused_batch_norm`` as in the constructor; ``prepack_weights``: the convs with their eval-mode BatchNorm
-        folded run on CPU on weights reordered once for oneDNN, on by default, :attr:`ConvBN.prepack_weights`); None
-        leaves a path as it is."""
+                          prepack_weights: bool | None = None) -> 'EfficientViT':
+        """Switch the fast paths of every unfused ConvBN on or off (``gemm_convs`` and ``fold_eval_bn`` as in the
+        constructor; ``prepack_weights``: the convs with their eval-mode BatchNorm folded run on CPU on weights
+        reordered once for oneDNN, on by default, :attr:`ConvBN.prepack_weights`); None leaves a path as it is."""
         for module in self.modules():
             if isinstance(module, ConvBN):
                 for name, value in (('gemm_convs', gemm_convs), ('fold_eval_bn', fold_eval_bn),
-                                    ('prepack_weights', prepack_weights), ('fused_batch_norm', fused_batch_norm)):
+                                    ('prepack_weights', prepack_weights)):
                     if value is not None:
                         setattr(module, name, value)
         return self

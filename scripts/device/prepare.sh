@@ -11,7 +11,9 @@ grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/ex
 "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
   mmengine==0.10.7 mmdet==3.3.0 mmsegmentation==1.2.2 timm==1.0.31 addict yapf platformdirs termcolor \
-  terminaltables pycocotools shapely prettytable wcwidth ftfy
+  terminaltables pycocotools shapely prettytable wcwidth ftfy 'setuptools>=77.0.3,<80.9'
+# setuptools: mmengine's config loading imports pkg_resources, which setuptools 81 dropped; the image's version is
+# not ours to know (requirements/stack.txt pins the same range here)
 if ! ls .whl/mmcv*-2.1.0-*.whl >/dev/null 2>&1; then
   BUILD="$(mktemp -d)"
   trap 'rm -rf "$BUILD"' EXIT

@@ -42,7 +42,7 @@ if [ ! -f "$ENV_DIR/.stack-installed" ]; then
   say "creating environment $ENV_DIR (first time on this machine: downloads ~5.5 GB of packages)"
   rm -rf "$ENV_DIR"
   "$PYTHON" -m venv "$ENV_DIR"
-  "$ENV_DIR/bin/python" -m pip install --quiet --upgrade pip wheel 'setuptools==69.5.1'
+  "$ENV_DIR/bin/python" -m pip install --quiet --upgrade pip wheel
   "$ENV_DIR/bin/python" -m pip install -r "$STACK"
   touch "$ENV_DIR/.stack-installed"
 fi
@@ -66,9 +66,9 @@ if ! "$PY" -c 'import mmcv, mmcv.ops; assert mmcv.__version__ == "'"$MMCV_VERSIO
     say "building mmcv $MMCV_VERSION with CPU ops for torch $TORCH_VERSION (once per machine; ~8 min on 2 cores)"
     BUILD="$(mktemp -d)"
     trap 'rm -rf "$BUILD"' EXIT
-    # mmcv 2.1.0's setup.py imports pkg_resources, which setuptools >= 81 no longer ships, and torch:
-    # both its metadata step (in pip download) and its build run without isolation, in this environment.
-    "$PY" -m pip install --quiet 'setuptools==69.5.1'
+    # mmcv 2.1.0's setup.py imports pkg_resources, which setuptools >= 81 no longer ships, and torch: both its
+    # metadata step (in pip download) and its build run without isolation, in this environment, on the setuptools
+    # requirements/stack.txt pins (< 80.9; built and tested with 80.8.0).
     "$PY" -m pip download --no-deps --no-binary :all: --no-build-isolation --quiet -d "$BUILD" "mmcv==$MMCV_VERSION"
     tar -xzf "$BUILD"/mmcv-"$MMCV_VERSION".tar.gz -C "$BUILD"
     SRC="$BUILD/mmcv-$MMCV_VERSION"

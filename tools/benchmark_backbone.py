@@ -37,9 +37,9 @@ from evit_mm.benchmark.backbone import (  # noqa: E402
     part_times_table)
 from evit_mm.benchmark.compilation import add_compile_arguments, compile_mode_from  # noqa: E402
 from evit_mm.benchmark.inputs import count_type, shape_type  # noqa: E402
-from evit_mm.models.backbones.efficientvit import ARCH_SETTINGS  # noqa: E402
 from evit_mm.benchmark.isolated import compare_isolated  # noqa: E402
 from evit_mm.benchmark.precision import DTYPES  # noqa: E402
+from evit_mm.models.backbones.efficientvit import ARCH_SETTINGS  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,14 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--parts', action='store_true',
                         help='also time the stem and each stage of evit_mm deployed and timm as shipped inside the '
                              'same calls, at every shape: which part makes the ratio')
-    parser.add_argument('--isolated', type=int, metavar='ROUNDS',
+    parser.add_argument('--isolated', type=count_type(1), metavar='ROUNDS',
                         help='also time evit_mm deployed and timm as shipped (with --train: both training steps) each '
                              'alone in a fresh process, ROUNDS processes each, alternating (CPU, float32): what a '
                              'deployment running one model sees, without the other model\'s memory in its heap')
     add_allocator_argument(parser)
     args = parser.parse_args(argv)
-    if args.isolated is not None and args.isolated < 1:
-        parser.error(f'--isolated needs at least 1 round, got {args.isolated}')
     if args.isolated and (args.device != 'cpu' or args.dtype != 'fp32'):
         parser.error('--isolated times float32 on the CPU only; drop --device/--dtype')
     if args.cuda_graphs and not args.device.startswith('cuda'):

@@ -21,7 +21,7 @@ from .inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, count_type, shape_type
 from .measure import CONFIG_MODES, MODES, Job, Options, Result, measure_together, prepare
 from .memory import format_mb
 from .precision import DTYPES
-from .targets import Target, build_target
+from .targets import Target, build_target, is_config_spec
 
 #: The optimize_for_inference switches the command line sets (``--no-fused-kernels`` etc.), by argument name.
 DEPLOY_SWITCHES = ('fused_kernels', 'winograd', 'winograd_tile', 'fold_batch_norms', 'roi_align', 'bfloat16',
@@ -108,7 +108,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if '@' in spec and spec.partition('@')[2] not in TARGET_SUFFIXES:
             p.error(f'unknown target suffix in {spec!r}; choose from '
                     + ', '.join(f'@{suffix}' for suffix in TARGET_SUFFIXES))
-    backbones = [spec for spec in args.targets if not _is_config(spec)]
+    backbones = [spec for spec in args.targets if not is_config_spec(spec)]
     misfits = [mode for mode in args.modes if mode in CONFIG_MODES]
     if backbones and misfits:
         p.error(f'mode {misfits[0]} needs a config target (a detector, segmentor or classifier); {backbones[0]} is a '
@@ -124,23 +124,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _is_config(spec: str) -> bool:
-    """Whether a listed target (``@`` suffix and all) is a config file, as :func:`~.targets.build_target` decides."""
-    return spec.partition('@')[0].endswith('.py')
-
-
 def _checkpoints_by_target(parser: argparse.ArgumentParser, entries: list[str],
                             targets: list[str]) -> dict[str, str]:
     """The checkpoint of each listed config target, from ``--checkpoint`` entries ``PATH`` (every config target
     without an entry of its own) and ``TARGET=PATH`` (one listing as given, or a config for all its listings); a
     usage error names what does not fit."""
-    configs = [spec for spec in targets if _is_config(spec)]
+    configs = [spec for spec in targets if is_config_spec(spec)]
     own: dict[str, str] = {}
     every: list[str] = []
     for entry in entries:
         key, sep, path = entry.partition('=')
         if sep and (key in targets or key in {spec.partition('@')[0] for spec in targets}):
-            if not _is_config(key):
+            if not is_config_spec(key):
                 parser.error(f'--checkpoint {entry}: checkpoints apply to config targets, not to backbone names')
             own[key] = path
         elif sep and not os.path.isfile(entry):

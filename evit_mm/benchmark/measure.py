@@ -242,7 +242,6 @@ class DatasetBatches:
         return self.model.test_step(self.next())
 
 
-
 @dataclass
 class Job:
     """One row of a run: a prepared target (:func:`prepare`) measured in one mode with its listing's options."""

@@ -130,10 +130,16 @@ def _config_target(path: str, checkpoint: str | None, cfg_options: dict | None =
     return Target(name, kind, model, model.backbone, cfg=cfg, trained=bool(checkpoint), notes=notes)
 
 
+def is_config_spec(spec: str) -> bool:
+    """Whether a target spec (an ``@`` suffix of the command line allowed) names a config file rather than a
+    backbone: the one test :func:`build_target` and the command line's checks share."""
+    return spec.partition('@')[0].endswith('.py')
+
+
 def build_target(spec: str, checkpoint: str | None = None, cfg_options: dict | None = None) -> Target:
     """``spec``: a config path, ``evit_m4``, ``resnet50``, ``swin-t`` or ``timm:<name>``; ``cfg_options``
     override config entries (mmengine's ``--cfg-options``)."""
-    if spec.endswith('.py'):
+    if is_config_spec(spec):
         if not os.path.isfile(spec):
             raise FileNotFoundError(f'config not found: {spec!r}')
         return _config_target(spec, checkpoint, cfg_options)

@@ -76,7 +76,7 @@ def test_the_option_refuses_no_rounds_and_other_devices(capsys):
     spec = importlib.util.spec_from_file_location('benchmark_backbone', REPO_ROOT / 'tools/benchmark_backbone.py')
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    for argv, message in ((['--isolated', '0'], '--isolated needs at least 1 round, got 0'),
+    for argv, message in ((['--isolated', '0'], "argument --isolated: must be an integer of at least 1, got '0'"),
                           (['--isolated', '2', '--dtype', 'bf16'], '--isolated times float32 on the CPU only'),
                           (['--arch', 'm9'], "argument --arch: invalid choice: 'm9'"),
                           (['--threads', '0'], "argument --threads: must be an integer of at least 1, got '0'")):

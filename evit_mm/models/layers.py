@@ -10,6 +10,7 @@ import torch
 from timm.layers import DropPath, make_divisible
 from torch import nn
 
+from .depthwise_grad import depthwise_conv_float32_input_grad, float32_input_grad_applies
 from .derived_cache import DerivedCache
 from .eager_kernels import exporting_or_compiling
 from .fused_conv import DerivedWeights, FusedConv2d, pointwise_linear
@@ -50,6 +51,9 @@ class ConvBN(nn.Module):
     #: With the BatchNorm folded on the fly, run the folded conv on CPU on weights reordered once for oneDNN, as
     #: deployed convs do (:class:`~.fused_conv.FusedConv2d`, ``prepack_weights``; cached with the folded weights).
     prepack_weights = True
+    #: In bfloat16 on the CPU (autocast), compute a strided depthwise conv's input gradient in float32, 35-90x faster
+    #: than torch's bfloat16 kernel (:mod:`.depthwise_grad`; the forward pass and weight gradient unchanged).
+    float32_depthwise_input_grad = True
 
     def __init__(
         self,
@@ -119,7 +123,10 @@ class ConvBN(nn.Module):
         if folded is not None:  # run as deployed
             return FusedConv2d.apply_to(self.conv, x, *folded, residual, kernels=self.gemm_convs,
                                         derived=self._derived_weights, prepack=self.prepack_weights)
-        y = self.bn(gemm_conv(self.conv, x) if self.gemm_convs else self.conv(x))
+        if self.float32_depthwise_input_grad and float32_input_grad_applies(self.conv, x):
+            y = self.bn(depthwise_conv_float32_input_grad(self.conv, x))
+        else:
+            y = self.bn(gemm_conv(self.conv, x) if self.gemm_convs else self.conv(x))
         # in place: BatchNorm's backward does not read its output, so autograd allows it and a map is saved
         return y if residual is None else y.add_(residual)
 

@@ -1,0 +1,159 @@
+"""Strided depthwise convs in bfloat16 on the CPU with a float32 input gradient (evit_mm.models.depthwise_grad):
+the same forward values and weight gradient as bfloat16's kernel, the exact input gradient rounded once, used only
+where it applies, and switchable off."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from evit_mm.models import EfficientViT
+from evit_mm.models.depthwise_grad import float32_input_grad_applies
+from evit_mm.models.layers import ConvBN
+
+from tests.helpers import randomize_
+
+CL = torch.channels_last
+NODE = '_DepthwiseConvFloat32InputGradBackward'
+
+
+def _nodes(output: torch.Tensor) -> list[str]:
+    """Names of the autograd nodes behind ``output``."""
+    seen, stack, names = set(), [output.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def _step(layer: ConvBN, x: torch.Tensor, grad: torch.Tensor, fast: bool, autocast: bool):
+    """Output, input gradient, conv weight gradient and autograd node names of one step of ``layer``."""
+    layer.float32_depthwise_input_grad = fast
+    layer.zero_grad()
+    x = x.detach().requires_grad_().clone()  # not a leaf: its gradient as computed (a leaf's .grad takes its layout)
+    grad_x = []
+    x.register_hook(grad_x.append)
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        y = layer(x)
+    y.backward(grad.to(y.dtype))
+    return y.detach(), grad_x[0], layer.conv.weight.grad, _nodes(y)
+
+
+# odd and even sizes (the transposed conv's output padding: 0 or 1 per side), maps smaller than the kernel, both
+# layouts, autocast over float32 and plain bfloat16 tensors, training and eval mode (gradients flowing: the BatchNorm
+# is not folded then), 3x3 stride 2 as in PatchMerging and 5x5 stride 3
+@pytest.mark.parametrize('size, kernel, stride', [
+    ((15, 17), 3, 2), ((14, 13), 3, 2), ((16, 16), 3, 2), ((2, 3), 3, 2), ((1, 1), 3, 2), ((20, 19), 5, 3)])
+@pytest.mark.parametrize('layout', [CL, torch.contiguous_format], ids=['channels_last', 'nchw'])
+@pytest.mark.parametrize('autocast', [True, False], ids=['autocast', 'bfloat16'])
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+def test_same_values_as_bfloat16_and_an_input_gradient_rounded_once(size, kernel, stride, layout, autocast,
+                                                                     training):
+    channels, dtype = 24, torch.float32 if autocast else torch.bfloat16
+    layer = randomize_(ConvBN(channels, channels, kernel, stride, kernel // 2, groups=channels)).to(dtype)
+    layer.train(training)
+    gen = torch.Generator().manual_seed(sum(size) + kernel)
+    x = torch.randn(2, channels, *size, generator=gen).to(dtype).contiguous(memory_format=layout)
+    out_size = [(s + 2 * (kernel // 2) - kernel) // stride + 1 for s in size]
+    grad = torch.randn(2, channels, *out_size, generator=gen).contiguous(memory_format=layout)
+
+    y, grad_x, grad_w, nodes = _step(layer, x, grad, fast=True, autocast=autocast)
+    y_ref, grad_x_ref, grad_w_ref, nodes_ref = _step(layer, x, grad, fast=False, autocast=autocast)
+    assert NODE in nodes and NODE not in nodes_ref
+    assert torch.equal(y, y_ref), 'the forward pass is bfloat16\'s own conv'
+    assert torch.equal(grad_w, grad_w_ref), 'the weight gradient is bfloat16\'s own kernel'
+    assert grad_x.dtype == x.dtype and grad_x.is_contiguous(memory_format=layout)
+
+    # the exact input gradient of the conv for the bfloat16 operands and the (bfloat16) gradient that reached it,
+    # which is the same in both paths: their BatchNorm backward is the same
+    grad_conv = _grad_into_conv(layer, x, grad, autocast)
+    exact = torch.ops.aten.convolution_backward(
+        grad_conv.double(), x.bfloat16().double(), layer.conv.weight.bfloat16().double(), None, (stride,) * 2,
+        (kernel // 2,) * 2, (1, 1), False, (0, 0), channels, (True, False, False))[0]
+    error = (grad_x.double() - exact).abs()
+    assert (error <= exact.abs() * 2 ** -8 + 1e-30).all(), f'largest error {error.max().item():.2e}'
+
+
+def _grad_into_conv(layer: ConvBN, x: torch.Tensor, grad: torch.Tensor, autocast: bool) -> torch.Tensor:
+    """The gradient the conv's output receives from the BatchNorm in ``layer``'s reference step."""
+    captured = []
+    layer.float32_depthwise_input_grad = False
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        conv_out = layer.conv(x.detach())
+        conv_out.register_hook(captured.append)
+        y = layer.bn(conv_out)
+    y.backward(grad.to(y.dtype))
+    return captured[0]
+
+
+def test_a_backward_pass_inside_autocast_computes_the_same():
+    layer = randomize_(ConvBN(16, 16, 3, 2, 1, groups=16)).train()
+    x = torch.randn(2, 16, 13, 11).contiguous(memory_format=CL)
+    grads = []
+    for inside in (False, True):
+        xr = x.clone().requires_grad_()
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            y = layer(xr)
+            if inside:
+                y.float().sum().backward()
+        if not inside:
+            y.float().sum().backward()
+        grads.append(xr.grad)
+    assert torch.equal(*grads)
+
+
+def _depthwise(stride: int = 2, bias: bool = False, dilation: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(8, 8, 3, stride, 1, dilation, groups=8, bias=bias)
+
+
+@pytest.mark.parametrize('case, conv, dtype, autocast, grad, applies', [
+    ('strided depthwise, autocast', _depthwise(), torch.float32, torch.bfloat16, True, True),
+    ('strided depthwise, bfloat16', _depthwise(), torch.bfloat16, None, True, True),
+    ('float32', _depthwise(), torch.float32, None, True, False),
+    ('autocast to float16', _depthwise(), torch.float32, torch.float16, True, False),
+    ('float64 under autocast', _depthwise(), torch.float64, torch.bfloat16, True, False),
+    ('no gradient', _depthwise(), torch.bfloat16, None, False, False),
+    ('stride 1', _depthwise(stride=1), torch.bfloat16, None, True, False),
+    ('dense', nn.Conv2d(8, 8, 3, 2, 1, bias=False), torch.bfloat16, None, True, False),
+    ('grouped, not depthwise', nn.Conv2d(8, 8, 3, 2, 1, groups=4, bias=False), torch.bfloat16, None, True, False),
+    ('channel multiplier', nn.Conv2d(8, 16, 3, 2, 1, groups=8, bias=False), torch.bfloat16, None, True, False),
+    ('with a bias', _depthwise(bias=True), torch.bfloat16, None, True, False),
+    ('dilated', _depthwise(dilation=2), torch.bfloat16, None, True, False),
+])
+def test_applies_only_to_strided_depthwise_convs_in_bfloat16(case, conv, dtype, autocast, grad, applies):
+    x = torch.randn(1, 8, 9, 9, dtype=dtype)
+    with torch.autocast('cpu', dtype=autocast or torch.bfloat16, enabled=autocast is not None), \
+            torch.set_grad_enabled(grad):
+        assert float32_input_grad_applies(conv, x.requires_grad_(grad)) == applies, case
+
+
+def test_not_while_compiling(monkeypatch):
+    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
+    assert not float32_input_grad_applies(_depthwise(), torch.randn(1, 8, 9, 9, dtype=torch.bfloat16,
+                                                                    requires_grad=True))
+
+
+def test_backbone_uses_it_under_autocast_and_can_switch_it_off():
+    """M0 trained under CPU autocast: every PatchMerging's depthwise conv takes the float32 input gradient, the
+    outputs are bit-identical with it off, the gradients equal to bfloat16 rounding."""
+    model = randomize_(EfficientViT('m0')).train()
+    x = torch.randn(2, 3, 97, 131)
+    results = []
+    for fast in (True, False):
+        model.set_conv_bn_paths(float32_depthwise_input_grad=fast)
+        model.zero_grad()
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            outs = model(x)
+        sum((o.float() * (i + 1)).mean() for i, o in enumerate(outs)).backward()
+        nodes = _nodes(outs[-1])
+        results.append(([o.detach() for o in outs], [p.grad.clone() for p in model.parameters()], nodes))
+    (outs, grads, nodes), (outs_ref, grads_ref, nodes_ref) = results
+    assert nodes.count(NODE) == 2 and NODE not in nodes_ref  # one per stage after the first
+    for got, expected in zip(outs, outs_ref, strict=True):
+        assert torch.equal(got, expected)
+    for got, expected in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(got, expected, atol=2e-2 * expected.abs().max().item() + 1e-6, rtol=2e-2)

@@ -101,6 +101,8 @@ CASES = {
     'deploy without prepacked weights vs timm as shipped': (UNPACKED_DEPLOY, 'timm'),
     'train without GEMM convs': ('evit_mm train, no GEMM convs', 'timm train'),
     'train with GEMM convs': ('evit_mm train, GEMM convs', 'timm train'),  # the default on AVX2 CPUs only
+    # with dtype bf16: the strided depthwise convs' input gradients in bfloat16 (evit_mm.models.depthwise_grad)
+    'train without float32 depthwise input gradients': ('evit_mm train, bf16 depthwise input grads', 'timm train'),
     # option bfloat16: both deployed on bfloat16 weights (float32 in and out, evit_mm.deploy.run_in_bfloat16)
     'deploy bf16 weights vs timm as shipped': (DEPLOY_BF16, 'timm'),
     'deploy bf16 weights vs timm bf16 weights': (DEPLOY_BF16, TIMM_BF16),
@@ -190,8 +192,10 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
             on-the-fly BatchNorm folding (``fold_eval_bn=False``), deployed with plain ops
             (``switch_to_deploy(fused_kernels=False, prepack_weights=False)``), with the CPU fused kernels and GEMMs
             (``fused_kernels=True``), without prepacked weights (``prepack_weights=False``) and, with ``train``,
-            training without and with the GEMM convolutions (``gemm_convs=False / True``); the default of the CPU
-            kernels and of the GEMM convolutions depends on the CPU.
+            training without and with the GEMM convolutions (``gemm_convs=False / True``) and, with ``dtype``
+            ``bf16``, without the float32 input gradients of the strided depthwise convs
+            (``float32_depthwise_input_grad=False``); the default of the CPU kernels and of the GEMM convolutions
+            depends on the CPU.
         bfloat16: Also time evit_mm deployed and timm as shipped on bfloat16 weights (float32 in and out), in the
             same rounds, against timm as shipped and against each other; their features are checked against timm's
             float32 ones to :data:`BFLOAT16_RELATIVE_TOLERANCE` of their norm.
@@ -227,10 +231,14 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
         if train:  # on copies: training-mode BatchNorm updates running statistics
             steps = {'evit_mm train': training_step(copy.deepcopy(ours).train(), x, precision),
                      'timm train': training_step(copy.deepcopy(reference).train(), x, precision)}
-            if ablate:  # both ways: the default depends on the CPU (eager_kernels.own_kernels_measured_faster)
-                for name, gemm_convs in (('evit_mm train, no GEMM convs', False), ('evit_mm train, GEMM convs', True)):
-                    steps[name] = training_step(copy.deepcopy(ours).set_conv_bn_paths(gemm_convs=gemm_convs).train(),
-                                                 x, precision)
+            if ablate:  # GEMM convs both ways: their default depends on the CPU (own_kernels_measured_faster)
+                paths = {'evit_mm train, no GEMM convs': dict(gemm_convs=False),
+                         'evit_mm train, GEMM convs': dict(gemm_convs=True)}
+                if dtype == 'bf16':  # the only precision in which that path applies
+                    paths['evit_mm train, bf16 depthwise input grads'] = dict(float32_depthwise_input_grad=False)
+                for name, switches in paths.items():
+                    steps[name] = training_step(copy.deepcopy(ours).set_conv_bn_paths(**switches).train(), x,
+                                                precision)
             timings.update(time_interleaved(steps, batch, warmup, repeats, device=target, grad=True))
         compared = {name for pair in CASES.values() for name in pair}
         memory = {name: call_peak_mb(call, target, grad=name in steps)

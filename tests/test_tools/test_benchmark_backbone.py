@@ -56,6 +56,14 @@ def test_compare_times_under_autocast():
     assert len(rows) == 4 and all(r.ours > 0 and r.timm > 0 for r in rows)
 
 
+def test_compare_ablates_the_bfloat16_depthwise_input_gradients():
+    rows = compare('m0', shapes=((2, 64, 64),), warmup=0, repeats=1, train=True, dtype='bf16', ablate=True)
+    by_case = {r.case: r for r in rows}
+    ablated = by_case['train without float32 depthwise input gradients']
+    assert ablated.timm == by_case['train'].timm and ablated.ours > 0
+    assert ablated.ours_memory_mb > 2 * by_case['eval without BN folding'].ours_memory_mb  # a training step
+
+
 def test_compare_times_both_models_on_bfloat16_weights():
     rows = compare('m0', shapes=((2, 64, 96),), warmup=0, repeats=2, bfloat16=True)
     by_case = {r.case: r for r in rows}

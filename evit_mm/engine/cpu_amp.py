@@ -16,8 +16,9 @@ class CPUBfloat16OptimWrapper(OptimWrapper):
 
     bfloat16 keeps float32's exponent range, so unlike float16 on GPUs it needs no loss scaling (torch's CPU autocast
     has no scaler either); parameters, gradients and optimizer state stay float32. Faster where the CPU multiplies
-    bfloat16 natively (AVX512-BF16, AMX): EfficientViT-M4 training steps 1.41x / 1.48x faster than in float32 at
-    16x224x224 / 1x800x1344 on a 2-core AVX512-BF16 CPU (``docs/benchmarks.md``); slower than float32 elsewhere.
+    bfloat16 natively (AVX512-BF16, AMX): EfficientViT-M4 training steps 1.52x / 1.48x faster than in float32 at
+    16x224x224 / 1x800x1344 on a 2-core AVX512-BF16 CPU, with the strided depthwise convs' input gradients in float32
+    (:mod:`evit_mm.models.depthwise_grad`; ``docs/benchmarks.md``); slower than float32 elsewhere.
     """
 
     @contextmanager

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -29,6 +31,14 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
                 fan_in = tensor[0].numel() if tensor.dim() > 1 else 1
                 tensor.copy_(torch.randn(tensor.shape, generator=gen) / fan_in ** 0.5)
     return model.eval()
+
+
+def load_tool(name: str) -> ModuleType:
+    """The script ``tools/<name>.py`` loaded as a module (the tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def logged_metrics(work_dir: Path, key: str) -> dict:

@@ -14,6 +14,7 @@ middle half of the per-round ratios (25th-75th percentile) beside them.
     python tools/benchmark_backbone.py --arch m4 --threads 2 --bfloat16
     python tools/benchmark_backbone.py --arch m4 --threads 2 --parts
     python tools/benchmark_backbone.py --arch m4 --threads 2 --train --isolated 4
+    python tools/benchmark_backbone.py --arch m4 --shapes 16x224x224 --train --dtype bf16 --precision-profile
 
 The page-fault column counts the process's minor page faults per call (fresh pages the kernel maps in and zeroes,
 about 1 us each on a CPU machine); --keep-freed-memory makes glibc keep freed memory for reuse, for both models. Models
@@ -34,7 +35,7 @@ import torch  # noqa: E402
 from evit_mm.benchmark.allocator_option import add_allocator_argument, apply_allocator_argument  # noqa: E402
 from evit_mm.benchmark.backbone import (  # noqa: E402
     backward_nodes_table, compare, compute_rates_table, device_time_table, format_rows, host_work_table,
-    part_times_table)
+    part_times_table, precision_profile_table)
 from evit_mm.benchmark.compilation import add_compile_arguments, compile_mode_from  # noqa: E402
 from evit_mm.benchmark.inputs import count_type, shape_type  # noqa: E402
 from evit_mm.benchmark.isolated import compare_isolated  # noqa: E402
@@ -82,6 +83,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='also profile every shape: per call of each model (with --train: each training step), '
                              'the wall time against the time the device computes (GPU kernels; on a CPU the '
                              'operators): how host-bound each is, and the ratio once both are device-bound')
+    parser.add_argument('--precision-profile', action='store_true',
+                        help='also profile evit_mm deployed (with --train: its training step) per operator and input '
+                             'shape in float32 and under --dtype, at the first shape, and list the operators the lower '
+                             'precision makes slowest (device time on a GPU): kernels that are slow in one precision')
     parser.add_argument('--parts', action='store_true',
                         help='also time the stem and each stage of evit_mm deployed and timm as shipped inside the '
                              'same calls, at every shape: which part makes the ratio')
@@ -93,6 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.isolated and (args.device != 'cpu' or args.dtype != 'fp32'):
         parser.error('--isolated times float32 on the CPU only; drop --device/--dtype')
+    if args.precision_profile and args.dtype == 'fp32':
+        parser.error('--precision-profile compares float32 with a lower precision: add --dtype bf16 (CPU) or fp16 '
+                     '(GPU)')
     if args.cuda_graphs and not args.device.startswith('cuda'):
         parser.error('--cuda-graphs needs --device cuda (CUDA graphs replay on a GPU only), got --device '
                      f'{args.device}')
@@ -131,6 +139,9 @@ def main(argv: list[str] | None = None) -> None:
             print()
             print(device_time_table(args.arch, shape, args.device, args.dtype, args.train, args.cuda_graphs,
                                     repeats=args.repeats))
+    if args.precision_profile:
+        print()
+        print(precision_profile_table(args.arch, shapes[0], args.device, args.dtype, args.train))
     if args.backward_nodes:
         print()
         print(backward_nodes_table(args.arch, shapes[0], repeats=args.repeats, by_shape=args.backward_nodes == 'shape',

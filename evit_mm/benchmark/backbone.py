@@ -25,6 +25,7 @@ from .host_work import count_host_work
 from .memory import call_peak_mb, format_mb
 from .part_times import format_part_times, time_parts
 from .precision import autocast, exact_float32, norm_relative_error
+from .precision_profile import format_precision_costs, precision_costs
 from .timing import paired_ratios, quartiles, time_interleaved
 
 
@@ -326,6 +327,23 @@ def device_time_table(arch: str = 'm4', shape: tuple[int, int, int] = (1, 224, 2
         tables.append(format_device_times(device_times(steps, target, repeats, calls, grad=True), CASES,
                                           f'{where}, training step'))
     return '\n\n'.join(tables)
+
+
+def precision_profile_table(arch: str = 'm4', shape: tuple[int, int, int] = (16, 224, 224), device: str = 'cpu',
+                            dtype: str = 'bf16', train: bool = False, top: int = 15, calls: int = 3) -> str:
+    """evit_mm deployed (with ``train``: its training step) profiled per operator and input shape in float32 and under
+    the autocast of ``dtype`` (:mod:`.precision_profile`): the operators ``dtype`` makes slowest, as Markdown."""
+    if dtype == 'fp32':
+        raise ValueError('the precision profile compares float32 with a lower precision: give dtype bf16 or fp16')
+    target = torch.device(device)
+    ours, _ = build_pair(arch)
+    x = torch.randn(shape[0], 3, *shape[1:], device=target)
+    model = ours.to(target).train() if train else ours.switch_to_deploy().to(target)
+    call = training_step if train else inference_call
+    runs = [call(model, x, functools.partial(autocast, target.type, d)) for d in ('fp32', dtype)]
+    costs, float32_ms = precision_costs(*runs, target, calls, grad=train)
+    what = f'evit_mm {"training step" if train else "deployed"}, {arch} at {"x".join(map(str, shape))} on {device}'
+    return format_precision_costs(costs, float32_ms, what, dtype, top)
 
 
 def backward_nodes_table(arch: str = 'm4', shape: tuple[int, int, int] = (16, 224, 224), repeats: int = 6,

@@ -2,7 +2,6 @@
 parse with the tools' own argument parsers and name targets that exist, which this checks on any machine."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shlex
@@ -12,15 +11,9 @@ import pytest
 
 from evit_mm.benchmark import cli
 from tests.conftest import REPO_ROOT
+from tests.helpers import load_tool
 
 SCRIPT = REPO_ROOT / 'scripts/gpu_benchmarks.sh'
-
-
-def _backbone_tool():
-    spec = importlib.util.spec_from_file_location('benchmark_backbone', REPO_ROOT / 'tools/benchmark_backbone.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _commands() -> list[tuple[str, list[str]]]:
@@ -115,7 +108,7 @@ def test_every_step_parses_and_names_existing_targets(name, argv):
     bf16_weights = name.endswith('bf16_weights')
     dtype = 'fp32' if bf16_weights else 'fp16'
     if tool == 'tools/benchmark_backbone.py':
-        parsed = _backbone_tool().parse_args(args)
+        parsed = load_tool('benchmark_backbone').parse_args(args)
         assert parsed.device == 'cuda' and parsed.dtype == dtype and parsed.bfloat16 == bf16_weights
     else:
         assert tool == 'tools/benchmark.py'

@@ -3,12 +3,11 @@ ratios pair the two processes of each round, and the worker times what it is ask
 asserts)."""
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 
 from evit_mm.benchmark.isolated import compare_isolated, measure_alone, run_worker
-from tests.conftest import REPO_ROOT
+from tests.helpers import load_tool
 
 
 def test_rounds_alternate_and_each_ratio_pairs_one_round():
@@ -73,9 +72,7 @@ def test_the_worker_runs_in_a_fresh_process_and_its_failures_are_reported():
 
 
 def test_the_option_refuses_no_rounds_and_other_devices(capsys):
-    spec = importlib.util.spec_from_file_location('benchmark_backbone', REPO_ROOT / 'tools/benchmark_backbone.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('benchmark_backbone')
     for argv, message in ((['--isolated', '0'], "argument --isolated: must be an integer of at least 1, got '0'"),
                           (['--isolated', '2', '--dtype', 'bf16'], '--isolated times float32 on the CPU only'),
                           (['--arch', 'm9'], "argument --arch: invalid choice: 'm9'"),

@@ -2,20 +2,16 @@
 apply."""
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import load_tool
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location('make_demo_data', REPO_ROOT / 'tools/make_demo_data.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return load_tool('make_demo_data')
 
 
 def test_coco_and_ade20k_at_the_given_counts_and_size(tmp_path, capsys):

@@ -8,7 +8,9 @@
 #   2. whole RetinaNet-EViT-M4 predictions (as built, deployed, deployed with CUDA graphs) against mmdet's
 #      RetinaNet-R50 (as built and with CUDA graphs), batch 1 and 16; the backbones' GPU busy time against their
 #      wall time per call (--device-time: how host-bound each is, and the ratio once device-bound), training too;
-#   3. the same through torch.compile mode reduce-overhead (compiled CUDA graphs), backbones and RetinaNet;
+#   3. the operators fp16 makes slowest against float32 in evit_mm's training step (--precision-profile: on the CPU
+#      that comparison found bfloat16's 35-90x slower strided depthwise input gradient), then the same backbones and
+#      RetinaNet through torch.compile mode reduce-overhead (compiled CUDA graphs);
 #   4. semantic FPN-EViT-M4 against FPN-R50, and Mask R-CNN-EViT-M4 as built, deployed and with CUDA graphs;
 #   5. deployment on bfloat16 weights (no autocast: no per-call weight casts, fewer kernel launches), backbone and
 #      RetinaNet at batch 1, both models converted the same way;
@@ -66,6 +68,8 @@ graphed_step retinanet_b1 $B configs/baselines/retinanet_r50_fpn_coco.py configs
 graphed_step device_time bash -o pipefail -c "$PY tools/benchmark_backbone.py --arch m4 --device cuda --dtype fp16 \
   --train --cuda-graphs --device-time --shapes 1x224x224 256x224x224 --warmup 5 --repeats 10 \
   | tee '$OUT/backbone_m4_device_time_fp16.md'"
+step precision_profile bash -o pipefail -c "$PY tools/benchmark_backbone.py --arch m4 --device cuda --dtype fp16 \
+  --train --precision-profile --shapes 256x224x224 --warmup 3 --repeats 3 | tee '$OUT/backbone_m4_precision_profile.md'"
 step backbone_vs_timm_compiled_cuda_graphs bash -o pipefail -c "$PY tools/benchmark_backbone.py --arch m4 --device cuda \
   --dtype fp16 --compile-mode reduce-overhead --shapes 1x224x224 256x224x224 --warmup 10 --repeats 30 \
   | tee '$OUT/backbone_m4_vs_timm_fp16_compiled_cuda_graphs.md'"

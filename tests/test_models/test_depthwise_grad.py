@@ -106,23 +106,29 @@ def test_a_backward_pass_inside_autocast_computes_the_same():
     assert torch.equal(*grads)
 
 
-def _depthwise(stride: int = 2, bias: bool = False, dilation: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(8, 8, 3, stride, 1, dilation, groups=8, bias=bias)
+def _conv(dtype: torch.dtype = torch.bfloat16, out_channels: int = 8, groups: int = 8, stride: int = 2,
+          bias: bool = False, dilation: int = 1) -> nn.Conv2d:
+    """A 3x3 conv of 8 channels, by default strided depthwise and bias-free, in ``dtype``."""
+    return nn.Conv2d(8, out_channels, 3, stride, 1, dilation, groups, bias).to(dtype)
+
+
+F32 = torch.float32
 
 
 @pytest.mark.parametrize('case, conv, dtype, autocast, grad, applies', [
-    ('strided depthwise, autocast', _depthwise(), torch.float32, torch.bfloat16, True, True),
-    ('strided depthwise, bfloat16', _depthwise(), torch.bfloat16, None, True, True),
-    ('float32', _depthwise(), torch.float32, None, True, False),
-    ('autocast to float16', _depthwise(), torch.float32, torch.float16, True, False),
-    ('float64 under autocast', _depthwise(), torch.float64, torch.bfloat16, True, False),
-    ('no gradient', _depthwise(), torch.bfloat16, None, False, False),
-    ('stride 1', _depthwise(stride=1), torch.bfloat16, None, True, False),
-    ('dense', nn.Conv2d(8, 8, 3, 2, 1, bias=False), torch.bfloat16, None, True, False),
-    ('grouped, not depthwise', nn.Conv2d(8, 8, 3, 2, 1, groups=4, bias=False), torch.bfloat16, None, True, False),
-    ('channel multiplier', nn.Conv2d(8, 16, 3, 2, 1, groups=8, bias=False), torch.bfloat16, None, True, False),
-    ('with a bias', _depthwise(bias=True), torch.bfloat16, None, True, False),
-    ('dilated', _depthwise(dilation=2), torch.bfloat16, None, True, False),
+    ('strided depthwise, autocast', _conv(F32), F32, torch.bfloat16, True, True),
+    ('strided depthwise, bfloat16', _conv(), torch.bfloat16, None, True, True),
+    ('bfloat16 input, float32 weight', _conv(F32), torch.bfloat16, None, True, False),
+    ('float32', _conv(F32), F32, None, True, False),
+    ('autocast to float16', _conv(F32), F32, torch.float16, True, False),
+    ('float64 under autocast', _conv(torch.float64), torch.float64, torch.bfloat16, True, False),
+    ('no gradient', _conv(), torch.bfloat16, None, False, False),
+    ('stride 1', _conv(stride=1), torch.bfloat16, None, True, False),
+    ('dense', _conv(groups=1), torch.bfloat16, None, True, False),
+    ('grouped, not depthwise', _conv(groups=4), torch.bfloat16, None, True, False),
+    ('channel multiplier', _conv(out_channels=16), torch.bfloat16, None, True, False),
+    ('with a bias', _conv(bias=True), torch.bfloat16, None, True, False),
+    ('dilated', _conv(dilation=2), torch.bfloat16, None, True, False),
 ])
 def test_applies_only_to_strided_depthwise_convs_in_bfloat16(case, conv, dtype, autocast, grad, applies):
     x = torch.randn(1, 8, 9, 9, dtype=dtype)
@@ -133,8 +139,7 @@ def test_applies_only_to_strided_depthwise_convs_in_bfloat16(case, conv, dtype, 
 
 def test_not_while_compiling(monkeypatch):
     monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
-    assert not float32_input_grad_applies(_depthwise(), torch.randn(1, 8, 9, 9, dtype=torch.bfloat16,
-                                                                    requires_grad=True))
+    assert not float32_input_grad_applies(_conv(), torch.randn(1, 8, 9, 9, dtype=torch.bfloat16, requires_grad=True))
 
 
 def test_backbone_uses_it_under_autocast_and_can_switch_it_off():

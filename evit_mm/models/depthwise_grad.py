@@ -3,11 +3,11 @@
 Why: torch's CPU kernel for the bfloat16 input gradient of a strided depthwise convolution (torch 2.14.1, oneDNN,
 2-core AVX512-BF16 machine) is 35-90x slower than float32's. EfficientViT's :class:`~.layers.PatchMerging` has one
 such conv (3x3, stride 2, 4x the channels) between stages, so under CPU autocast (``tools/train.py --amp``) the two
-of M4 took 37 of the 214 ms of a 16x224x224 training step, more than all of its 1x1 convolutions' backward passes
-(``docs/benchmarks.md``, "bfloat16 training on the CPU: ..."). At M4's shapes, the same gradient as a float32
-transposed convolution, casts included: 0.18-0.53 ms against 9.7-23.7 ms. Its values are the exact gradient
-rounded once to bfloat16, as close to it as bfloat16's own kernel gets; the forward pass and the weight gradient
-(fast in bfloat16) stay bfloat16's, bit for bit.
+of M4 took 37 of the 214 ms of a 16x224x224 training step, three quarters of what the backward passes of all its
+1x1 convolutions took (``docs/benchmarks.md``, "bfloat16 training on the CPU: ..."). At M4's shapes, the same
+gradient as a float32 transposed convolution, casts included: 0.18-0.53 ms against 9.7-23.7 ms. Its values are the
+exact gradient rounded once to bfloat16, as close to it as bfloat16's own kernel gets; the forward pass and the
+weight gradient (fast in bfloat16) stay bfloat16's, bit for bit.
 """
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from ..checkpoint import to_backbone_state_dict
 from ..deploy.bfloat16 import run_in_bfloat16
 from ..deploy.cuda_graphs import use_cuda_graphs
 from ..models import EfficientViT
+from ..models.backbones import CLASSIFICATION_WINDOWS
 from .backward_nodes import backward_breakdown, format_breakdown
 from .compilation import compiled
 from .compute_rates import compute_rates, format_compute_rates, summarize
@@ -336,7 +337,7 @@ def precision_profile_table(arch: str = 'm4', shape: tuple[int, int, int] = (16,
     if dtype == 'fp32':
         raise ValueError('the precision profile compares float32 with a lower precision: give dtype bf16 or fp16')
     target = torch.device(device)
-    ours, _ = build_pair(arch)
+    ours = EfficientViT(arch, window_size=CLASSIFICATION_WINDOWS).eval()  # build_pair's geometry, without timm
     x = torch.randn(shape[0], 3, *shape[1:], device=target)
     model = ours.to(target).train() if train else ours.switch_to_deploy().to(target)
     call = training_step if train else inference_call

@@ -53,7 +53,6 @@ class _DepthwiseConvFloat32InputGrad(torch.autograd.Function):
     def backward(ctx, grad_output: torch.Tensor):
         x, weight = ctx.saved_tensors
         stride, padding, groups = ctx.stride, ctx.padding, weight.shape[0]
-        grad_output = grad_output.to(x.dtype)
         grad_input = grad_weight = None
         with torch.autocast('cpu', enabled=False):  # a backward pass called inside autocast would undo the point
             if ctx.needs_input_grad[0]:

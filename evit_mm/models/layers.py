@@ -124,9 +124,12 @@ class ConvBN(nn.Module):
             return FusedConv2d.apply_to(self.conv, x, *folded, residual, kernels=self.gemm_convs,
                                         derived=self._derived_weights, prepack=self.prepack_weights)
         if self.float32_depthwise_input_grad and float32_input_grad_applies(self.conv, x):
-            y = self.bn(depthwise_conv_float32_input_grad(self.conv, x))
+            y = depthwise_conv_float32_input_grad(self.conv, x)
+        elif self.gemm_convs:
+            y = gemm_conv(self.conv, x)
         else:
-            y = self.bn(gemm_conv(self.conv, x) if self.gemm_convs else self.conv(x))
+            y = self.conv(x)
+        y = self.bn(y)
         # in place: BatchNorm's backward does not read its output, so autograd allows it and a map is saved
         return y if residual is None else y.add_(residual)
 

@@ -31,6 +31,14 @@ from .grad_layout import memory_format_of
 BLOCK_ELEMENTS = 1 << 20
 
 
+def _row_blocks(rows: torch.Tensor) -> tuple[torch.dtype, list[slice]]:
+    """The dtype the blockwise cross-entropy computes ``rows`` in (float32, float64 for float64 rows) and its blocks
+    of rows (:data:`BLOCK_ELEMENTS` each)."""
+    step = max(1, BLOCK_ELEMENTS // rows.shape[1])
+    return (torch.promote_types(rows.dtype, torch.float32),
+            [slice(start, start + step) for start in range(0, rows.shape[0], step)])
+
+
 class _BlockwiseRowsCrossEntropy(torch.autograd.Function):
     """``F.cross_entropy(rows, labels, ignore_index=..., reduction='none')`` for ``(M, C)`` rows, in blocks of rows: the
     forward pass keeps the per-row losses only, the backward pass recomputes each block's log-softmax and writes
@@ -39,14 +47,12 @@ class _BlockwiseRowsCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rows: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
-        dtype = torch.promote_types(rows.dtype, torch.float32)
+        dtype, blocks = _row_blocks(rows)
         valid = labels != ignore_index
         targets = torch.where(valid, labels, 0).unsqueeze(1)
         losses = rows.new_empty(rows.shape[0], dtype=dtype)
-        step = max(1, BLOCK_ELEMENTS // rows.shape[1])
         with torch.autocast(rows.device.type, enabled=False):
-            for start in range(0, rows.shape[0], step):
-                block = slice(start, start + step)
+            for block in blocks:
                 log_probs = torch.log_softmax(rows[block], 1, dtype=dtype)
                 torch.neg(log_probs.gather(1, targets[block]).squeeze(1), out=losses[block])
         ctx.save_for_backward(rows, targets, valid)
@@ -56,13 +62,11 @@ class _BlockwiseRowsCrossEntropy(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_losses: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         rows, targets, valid = ctx.saved_tensors
-        dtype = torch.promote_types(rows.dtype, torch.float32)
+        dtype, blocks = _row_blocks(rows)
         scale = (grad_losses.to(dtype) * valid).unsqueeze(1)  # ignored rows get no gradient
         grad = torch.empty_like(rows)
-        step = max(1, BLOCK_ELEMENTS // rows.shape[1])
         with torch.autocast(rows.device.type, enabled=False):
-            for start in range(0, rows.shape[0], step):
-                block = slice(start, start + step)
+            for block in blocks:
                 probs = torch.log_softmax(rows[block], 1, dtype=dtype).exp_()
                 probs.scatter_add_(1, targets[block], probs.new_full(targets[block].shape, -1.0))
                 grad[block].copy_(probs.mul_(scale[block]))

@@ -3,7 +3,6 @@ ratios pair the two processes of each round, and the worker times what it is ask
 asserts)."""
 from __future__ import annotations
 
-
 import pytest
 
 from evit_mm.benchmark.isolated import compare_isolated, measure_alone, run_worker

@@ -10,12 +10,8 @@ from PIL import Image
 from tests.helpers import load_tool
 
 
-def _tool():
-    return load_tool('make_demo_data')
-
-
 def test_coco_and_ade20k_at_the_given_counts_and_size(tmp_path, capsys):
-    tool = _tool()
+    tool = load_tool('make_demo_data')
     tool.main(['coco', str(tmp_path / 'coco'), '--num-train', '1', '--num-val', '2', '--size', '60x100'])
     val = json.loads((tmp_path / 'coco/annotations/instances_val2017.json').read_text())
     assert len(val['images']) == 2 and {(i['height'], i['width']) for i in val['images']} == {(60, 100)}
@@ -27,5 +23,5 @@ def test_coco_and_ade20k_at_the_given_counts_and_size(tmp_path, capsys):
 
 def test_counts_and_size_are_refused_for_imagenet(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        _tool().main(['imagenet', str(tmp_path / 'in'), '--size', '64x64'])
+        load_tool('make_demo_data').main(['imagenet', str(tmp_path / 'in'), '--size', '64x64'])
     assert '--num-train, --num-val and --size apply to coco and ade20k, not imagenet' in capsys.readouterr().err

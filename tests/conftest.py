@@ -24,10 +24,11 @@ def golden_dir() -> Path:
     return GOLDEN_DIR
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def keep_freed_memory_calls(monkeypatch) -> list:
-    """Calls of ``keep_freed_memory`` by the tools' ``--keep-freed-memory`` option, recorded instead of made: the real
-    setting would last for the whole test process. Each call returns the settings the real one would report."""
+    """Calls of ``keep_freed_memory`` by the tools' ``--keep-freed-memory`` option, recorded instead of made, in every
+    test: the real setting would last for the whole test process, and ``tools/train.py`` and ``tools/test.py`` make it
+    by default in CPU runs. Each call returns the settings the real one would report."""
     from evit_mm.benchmark import allocator_option
     from evit_mm.deploy.allocator import INT_MAX, AllocatorSettings
     calls = []

@@ -52,6 +52,15 @@ def _glibc() -> ctypes.CDLL:
     return libc
 
 
+def glibc_malloc() -> bool:
+    """Whether this process allocates through glibc's malloc, whose settings :func:`keep_freed_memory` changes."""
+    try:
+        _glibc()
+    except RuntimeError:
+        return False
+    return True
+
+
 def keep_freed_memory(mmap_threshold: int = 1 << 30, trim_threshold: int = INT_MAX) -> AllocatorSettings:
     """Make glibc's malloc keep freed memory mapped for reuse (``mallopt``), for the rest of the process.
 

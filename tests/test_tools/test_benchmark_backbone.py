@@ -166,18 +166,3 @@ def test_backward_nodes_table_compares_the_two_backbones():
     assert 'MmBackward0' in rows  # evit_mm's 1x1 convs and token layers are GEMMs
     assert any(key.endswith(' cl') for key in rows)  # evit_mm's BatchNorms see channels-last maps
     assert 'ConvolutionBackward0(64, 32, 1, 1)' in rows  # timm's 1x1 convs are convolutions
-
-
-def test_keep_freed_memory_option_is_applied_and_reported(keep_freed_memory_calls):
-    """The option calls evit_mm.deploy.keep_freed_memory (recorded by the fixture) and the report names the
-    settings that ran."""
-    import argparse
-
-    from evit_mm.benchmark import allocator_option
-    calls = keep_freed_memory_calls
-    parser = argparse.ArgumentParser()
-    allocator_option.add_allocator_argument(parser)
-    assert allocator_option.apply_allocator_argument(parser.parse_args([])) == 'default allocator settings'
-    assert not calls
-    line = allocator_option.apply_allocator_argument(parser.parse_args(['--keep-freed-memory']))
-    assert calls == [1] and line == 'glibc keeps freed memory (mmap threshold 1024 MiB, trim threshold 2047 MiB)'

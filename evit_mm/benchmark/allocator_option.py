@@ -16,7 +16,8 @@ import argparse
 from ..deploy.allocator import glibc_malloc, keep_freed_memory
 
 TIMING_HELP = ('make glibc keep freed memory for reuse before timing (mallopt; process-wide, so every model in the '
-               'run gains): the times without the page faults of fresh memory')
+               'run gains): the times without the page faults of fresh memory, as tools/train.py and tools/test.py '
+               'run on the CPU by default')
 
 
 def add_allocator_argument(parser: argparse.ArgumentParser, help_text: str = TIMING_HELP,

@@ -5,7 +5,7 @@ The benchmark tools take it when asked (they time the libraries as they ship). `
 ``tools/test.py`` keep freed memory by default wherever the run is on the CPU and the process allocates through
 glibc (``--no-keep-freed-memory`` turns it off). Why: there every fresh tensor above glibc's mmap threshold is
 page-faulted in again on every iteration, and keeping freed memory removes that at the same peak memory (the process
-reaches its peak on every iteration anyway): Semantic FPN-EViT-M4 predicted 300 ADE20K-sized images of mixed sizes
+reaches its peak on every iteration anyway): Semantic FPN-EViT-M4 predicted 300 images of mixed sizes
 1.70x faster on the CPU with the same maximum resident memory (3116 against 3138 MB), and its training iterations ran
 1.14-1.22x faster (``docs/benchmarks.md``, "Keeping freed memory by default in CPU runs").
 """

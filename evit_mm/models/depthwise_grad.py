@@ -15,17 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .eager_kernels import exporting_or_compiling
+from .eager_kernels import eager_conv_dtype, exporting_or_compiling
 from .grad_layout import memory_format_of
-
-
-def _computes_in_bfloat16(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether a convolution of the CPU tensor ``x`` with ``weight`` computes in bfloat16 in this call: under autocast
-    to bfloat16 on the CPU (which casts float32 and bfloat16 operands of convolutions), or both in bfloat16 without
-    autocast (mixed dtypes stay with the conv, which rejects them)."""
-    if torch.is_autocast_enabled('cpu'):
-        return torch.get_autocast_dtype('cpu') == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16)
-    return x.dtype == weight.dtype == torch.bfloat16
 
 
 def float32_input_grad_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
@@ -35,7 +26,7 @@ def float32_input_grad_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     return (x.is_cpu and conv.stride != (1, 1) and conv.groups > 1
             and conv.groups == conv.in_channels == conv.out_channels and conv.bias is None
             and conv.dilation == (1, 1) and isinstance(conv.padding, tuple) and torch.is_grad_enabled()
-            and (x.requires_grad or conv.weight.requires_grad) and _computes_in_bfloat16(x, conv.weight)
+            and (x.requires_grad or conv.weight.requires_grad) and eager_conv_dtype(x, conv.weight) == torch.bfloat16
             and not exporting_or_compiling())
 
 

@@ -78,3 +78,11 @@ def eager_autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     if not x.is_floating_point() or x.dtype == torch.float64 or exporting_or_compiling():
         return None
     return torch.get_autocast_dtype(device)
+
+
+def eager_conv_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
+    """The dtype a convolution of ``x`` with ``weight`` computes in, in this eager call: autocast's where it applies
+    (:func:`eager_autocast_dtype`, which also casts a float16 or bfloat16 ``x``), else the operands' own where they
+    agree; None where they do not (the conv itself rejects mixed dtypes). Callers that keep their kernels out of
+    traces and compilations check :func:`exporting_or_compiling` themselves."""
+    return eager_autocast_dtype(x) or (x.dtype if weight.dtype == x.dtype else None)

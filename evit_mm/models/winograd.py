@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .derived_cache import DerivedCache
-from .eager_kernels import eager_autocast_dtype, exporting_or_compiling
+from .eager_kernels import eager_conv_dtype, exporting_or_compiling
 from .module_swap import replace_modules
 from .padding import zero_padded_nhwc
 
@@ -274,7 +274,7 @@ class WinogradConv2d(nn.Conv2d):
         too (mixed dtypes go to the direct conv, which raises)."""
         if not x.is_cpu or exporting_or_compiling():  # cheapest first
             return None
-        dtype = eager_autocast_dtype(x) or (x.dtype if self.weight.dtype == x.dtype else None)
+        dtype = eager_conv_dtype(x, self.weight)
         max_tile = MAX_TILE.get(dtype)
         if max_tile is None:
             return None

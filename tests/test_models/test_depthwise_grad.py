@@ -119,6 +119,7 @@ F32 = torch.float32
     ('strided depthwise, autocast', _conv(F32), F32, torch.bfloat16, True, True),
     ('strided depthwise, bfloat16', _conv(), torch.bfloat16, None, True, True),
     ('bfloat16 input, float32 weight', _conv(F32), torch.bfloat16, None, True, False),
+    ('float16 input under autocast, which casts it', _conv(F32), torch.float16, torch.bfloat16, True, True),
     ('float32', _conv(F32), F32, None, True, False),
     ('autocast to float16', _conv(F32), F32, torch.float16, True, False),
     ('float64 under autocast', _conv(torch.float64), torch.float64, torch.bfloat16, True, False),

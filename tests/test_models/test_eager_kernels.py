@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from evit_mm.models import eager_kernels
-from evit_mm.models.eager_kernels import exporting_or_compiling, tracing_or_exporting
+from evit_mm.models.eager_kernels import eager_conv_dtype, exporting_or_compiling, tracing_or_exporting
 
 
 class _Recorder(nn.Module):
@@ -71,3 +71,16 @@ def test_compilation_is_seen():
     recorder = _Recorder()
     compiled = torch.compile(recorder, backend='eager', fullgraph=True)
     assert compiled(torch.zeros(2)).tolist() == [1.0, 1.0] and recorder(torch.zeros(2)).tolist() == [-1.0, -1.0]
+
+
+@pytest.mark.parametrize('x_dtype, w_dtype, autocast, expected', [
+    (torch.float32, torch.float32, None, torch.float32),
+    (torch.bfloat16, torch.bfloat16, None, torch.bfloat16),
+    (torch.bfloat16, torch.float32, None, None),  # mixed dtypes: the conv itself rejects them
+    (torch.float32, torch.float32, torch.bfloat16, torch.bfloat16),
+    (torch.float16, torch.float32, torch.bfloat16, torch.bfloat16),  # autocast casts any lower float too
+    (torch.float64, torch.float64, torch.bfloat16, torch.float64),  # ...but leaves float64 alone
+])
+def test_the_dtype_a_conv_computes_in(x_dtype, w_dtype, autocast, expected):
+    with torch.autocast('cpu', dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        assert eager_conv_dtype(torch.zeros(1, dtype=x_dtype), torch.zeros(1, dtype=w_dtype)) == expected

@@ -1,6 +1,7 @@
 """EfficientViT backbone behaviour: shapes at any size, freezing, norm_eval, checkpointing, drop path, deploy."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from mmengine.registry import MODELS as ROOT_MODELS
@@ -9,7 +10,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from evit_mm.benchmark.precision import norm_relative_error
 from evit_mm.models import EfficientViT
 from evit_mm.models.attention import CascadedGroupAttention, LocalWindowAttention
-from evit_mm.models.backbones import ARCH_SETTINGS
+from evit_mm.models.backbones import ARCH_SETTINGS, ArchSpec
 
 from tests.helpers import DEVICES, OpCalls, randomize_
 
@@ -68,6 +69,11 @@ def test_out_indices_negative_and_subset():
     assert [f.shape[1] for f in feats] == [64, 192]
 
 
+def _custom_arch(**override) -> dict:
+    """M0's numbers as a custom arch dict, with some entries replaced."""
+    return dict(embed_dims=[64, 128, 192], depths=[1, 2, 3], num_heads=[4, 4, 4], kernels=[5, 5, 5, 5]) | override
+
+
 @pytest.mark.parametrize('kwargs, match', [
     (dict(arch='m9'), r"Unknown EfficientViT arch 'm9'; valid choices: \['m0', 'm1'"),
     (dict(arch=dict(embed_dims=[64, 128], depths=[1, 2])), 'missing keys'),
@@ -82,10 +88,41 @@ def test_out_indices_negative_and_subset():
     (dict(window_size=0), 'window_size must be'),
     (dict(in_channels=0), 'in_channels'),
     (dict(drop_path_rate=1.0), 'drop_path_rate'),
+    (dict(window_size=7.5), 'window_size must be a positive int or 3 positive ints, got 7.5'),
+    (dict(arch=_custom_arch(embed_dims=[0, 128, 192])), r'embed_dims must be positive, got \(0, 128, 192\)'),
+    (dict(arch=_custom_arch(embed_dims=[-64, 128, 192])), 'embed_dims must be positive'),
+    (dict(arch=_custom_arch(embed_dims=[60, 128, 192], num_heads=[3, 4, 4])), r'embed_dims\[0\] must be divisible by 8'),
+    (dict(arch=_custom_arch(kernels=[5, 5, 5, -1])), r'query kernels must be positive and odd, got \(5, 5, 5, -1\)'),
+    (dict(arch=_custom_arch(kernels=[5, 5, 4, 5])), 'query kernels must be positive and odd'),
+    (dict(arch=_custom_arch(kernels=[5, 5, 5])), r'kernels needs one entry per head \(4\)'),
+    (dict(arch=_custom_arch(depths=[1, 0, 3])), 'depths and key_dim must be positive'),
+    (dict(arch=_custom_arch(key_dim=0)), 'depths and key_dim must be positive'),
+    (dict(arch=_custom_arch(depths=[1, 2])), 'need one entry per stage'),
 ])
 def test_invalid_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         EfficientViT(**kwargs)
+
+
+@pytest.mark.parametrize('override, match', [
+    (dict(key_dim=2.5), 'key_dim must be an int, got 2.5'),  # was truncated to 2 without a word
+    (dict(key_dim=True), 'key_dim must be an int, got True'),
+    (dict(kernels=5), 'kernels must be a list or tuple of ints, got 5'),
+    (dict(embed_dims='64,128,192'), 'embed_dims must be a list or tuple of ints'),
+    (dict(num_heads=[4, 4.0, 4]), 'num_heads must be an int, got 4.0'),
+])
+def test_custom_arch_with_wrong_types_raises(override, match):
+    with pytest.raises(TypeError, match=f'Custom EfficientViT arch: {match}'):
+        EfficientViT(arch=_custom_arch(**override))
+
+
+def test_custom_arch_takes_lists_tuples_and_numpy_ints():
+    arch = _custom_arch(embed_dims=np.array([64, 128, 192]).tolist(), depths=(1, 2, 3),
+                        num_heads=[np.int64(4)] * 3, key_dim=np.int32(16))
+    model = EfficientViT(arch=arch)
+    assert model.out_channels == [64, 128, 192]
+    assert model.arch == ArchSpec((64, 128, 192), (1, 2, 3), (4, 4, 4), (5, 5, 5, 5), 16)
+    assert all(type(value) is int for value in model.arch.num_heads + (model.arch.key_dim,))
 
 
 def test_wrong_input_channels_and_too_small_input_raise():

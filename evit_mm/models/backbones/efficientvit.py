@@ -7,6 +7,7 @@ arXiv:2305.07027. Official code: github.com/microsoft/Cream (EfficientViT/). The
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,18 @@ from ..grad_layout import grad_in_layout
 from ..input_buffer import channels_last_image
 from ..layers import (BNLinear, ConvBN, ConvFFN, PatchEmbed, PatchMerging, Residual, depthwise_residual,
                       ffn_residual)
+
+
+def _integer(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f'Custom EfficientViT arch: {key} must be an int, got {value!r}')
+    return int(value)
+
+
+def _integers(key: str, value: Any) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f'Custom EfficientViT arch: {key} must be a list or tuple of ints, got {value!r}')
+    return tuple(_integer(key, item) for item in value)
 
 
 @dataclass(frozen=True)
@@ -58,7 +71,10 @@ class ArchSpec:
         if missing or unknown:
             raise ValueError(f'Custom EfficientViT arch: missing keys {sorted(missing)}, unknown keys '
                              f'{sorted(unknown)}; expected {cls.required_keys()} (+ optional key_dim)')
-        spec = cls(**{k: tuple(v) if k != 'key_dim' else int(v) for k, v in arch.items()})
+        values: dict[str, Any] = {key: _integers(key, arch[key]) for key in cls.required_keys()}
+        if 'key_dim' in arch:
+            values['key_dim'] = _integer('key_dim', arch['key_dim'])
+        spec = cls(**values)
         spec.validate()
         return spec
 
@@ -76,6 +92,8 @@ class ArchSpec:
         if n == 0 or len(self.depths) != n or len(self.num_heads) != n:
             raise ValueError(f'embed_dims, depths and num_heads need one entry per stage, got '
                              f'{self.embed_dims}, {self.depths}, {self.num_heads}')
+        if any(d < 1 for d in self.embed_dims):
+            raise ValueError(f'embed_dims must be positive, got {self.embed_dims}')
         if self.embed_dims[0] % 8:
             raise ValueError(f'embed_dims[0] must be divisible by 8 (patch embedding), got {self.embed_dims[0]}')
         for dim, heads in zip(self.embed_dims, self.num_heads):
@@ -83,8 +101,8 @@ class ArchSpec:
                 raise ValueError(f'each embed_dim must be divisible by its num_heads, got {dim} and {heads}')
         if len(self.kernels) < max(self.num_heads):
             raise ValueError(f'kernels needs one entry per head ({max(self.num_heads)}), got {self.kernels}')
-        if any(k % 2 == 0 for k in self.kernels):
-            raise ValueError(f'query kernels must be odd, got {self.kernels}')
+        if any(k < 1 or k % 2 == 0 for k in self.kernels):
+            raise ValueError(f'query kernels must be positive and odd, got {self.kernels}')
         if any(d < 1 for d in self.depths) or self.key_dim < 1:
             raise ValueError(f'depths and key_dim must be positive, got {self.depths}, {self.key_dim}')
 
@@ -146,7 +164,7 @@ class EfficientViTStage(nn.Module):
 
 
 def _per_stage(value: int | Sequence[int], num_stages: int, name: str) -> tuple[int, ...]:
-    values = (value,) * num_stages if isinstance(value, int) else tuple(value)
+    values = (value,) * num_stages if isinstance(value, int) else tuple(value) if isinstance(value, Sequence) else ()
     if len(values) != num_stages or any(not isinstance(v, int) or v < 1 for v in values):
         raise ValueError(f'{name} must be a positive int or {num_stages} positive ints, got {value!r}')
     return values

@@ -11,6 +11,8 @@ from mmengine.registry import METRICS
 class TopKAccuracy(BaseMetric):
     """Top-k accuracy in percent (``top1``, ``top5``, ...) of ``pred_score`` against ``gt_label``.
 
+    A k at least the number of classes counts every sample as a hit (the label is among all classes).
+
     Args:
         topk: The k values. Defaults to ``(1, 5)``.
         prefix: Metric-name prefix. Defaults to ``'accuracy'``.
@@ -21,6 +23,9 @@ class TopKAccuracy(BaseMetric):
     def __init__(self, topk: Sequence[int] = (1, 5), collect_device: str = 'cpu', prefix: str | None = None) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
         self.topk = tuple(topk)
+        if (not self.topk or len(set(self.topk)) != len(self.topk)
+                or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.topk)):
+            raise ValueError(f'topk must be distinct positive ints, e.g. (1, 5), got {topk!r}')
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
         for sample in data_samples:

@@ -8,10 +8,14 @@ repository, ``hf-hub:ORG/NAME[@REVISION]`` (the prefix timm uses; timm's Efficie
 from __future__ import annotations
 
 import os
+import pickle
 import re
+from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from .errors import CheckpointReadError
 
 HF_HUB_PREFIX = 'hf-hub:'
 #: Files of a Hub model repository that hold its weights, in the order tried (timm's order: safetensors first).
@@ -81,16 +85,55 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     Raises:
         FileNotFoundError: If a local path does not exist, or a Hub repository's weights cannot be had.
         ValueError: If an ``hf-hub:`` name is malformed.
+        CheckpointReadError: If the file cannot be read as weights (empty, damaged, not a torch or safetensors
+            file, or pickling objects other than weights).
     """
     path = os.fspath(path)
     if is_url(path):
-        return torch.hub.load_state_dict_from_url(path, map_location=map_location, weights_only=True,
-                                                  check_hash=False, progress=False)
+        return _read_torch_file(path, lambda: torch.hub.load_state_dict_from_url(
+            path, map_location=map_location, weights_only=True, check_hash=False, progress=False))
     path = local_checkpoint(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint not found: {path!r} (give a local .pth/.safetensors file, a URL or '
                                 f'{HF_HUB_PREFIX}ORG/NAME)')
     if path.endswith('.safetensors'):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
-        return load_file(path, device=str(map_location))
-    return torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            return load_file(path, device=str(map_location))
+        except SafetensorError as error:
+            raise CheckpointReadError(f'cannot read checkpoint {path!r} as a safetensors file: {error}') from error
+    return _read_torch_file(path, lambda: torch.load(path, map_location=map_location, weights_only=True))
+
+
+_ACCEPTED = 'give a file written by torch.save (a state dict, or a checkpoint dict holding one) or a .safetensors file'
+_UNSUPPORTED_GLOBAL = re.compile(r'Unsupported global: GLOBAL (\S+)')
+_UNPICKLER_REASON = re.compile(r'WeightsUnpickler error:\s*(.+)')
+
+
+def _read_torch_file(source: str, load: Callable[[], Any]) -> Any:
+    """``load()``, with torch's errors for files it cannot read as weights turned into one
+    :class:`CheckpointReadError` that names the file, the cause and what to do (torch's own messages say
+    "Unsupported operand 35" for a text file and nothing at all for an empty one)."""
+    try:
+        return load()
+    except pickle.UnpicklingError as error:
+        text = str(error)
+        if found := _UNSUPPORTED_GLOBAL.search(text):
+            raise CheckpointReadError(
+                f'checkpoint {source!r} holds Python objects besides weights ({found.group(1)}), and they are not '
+                'unpickled: unpickling can run arbitrary code (torch.load(weights_only=True)). From a copy you '
+                "trust, save the weights alone: torch.save(torch.load(FILE, weights_only=False)['state_dict'], "
+                "'weights.pth') (or the whole model's .state_dict())") from error
+        reason = found.group(1).strip() if (found := _UNPICKLER_REASON.search(text)) else text.splitlines()[0]
+        raise CheckpointReadError(f'cannot read checkpoint {source!r}: not a file torch.save wrote ({reason}); '
+                                  f'{_ACCEPTED}') from error
+    except EOFError as error:
+        raise CheckpointReadError(f'cannot read checkpoint {source!r}: the file is empty or cut short; '
+                                  f'{_ACCEPTED}') from error
+    except RuntimeError as error:  # a damaged zip archive (a partial download or copy)
+        if 'PytorchStreamReader' not in str(error):
+            raise
+        cause = str(error).split('.')[0]
+        raise CheckpointReadError(f'cannot read checkpoint {source!r}: the file is damaged ({cause}); download or '
+                                  'copy it again') from error

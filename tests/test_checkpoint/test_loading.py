@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import os
-import pickle
+import re
+from pathlib import Path
 
 import pytest
 import timm
 import torch
 
-from evit_mm.checkpoint import (CheckpointMismatchError, detect_format, load_pretrained, local_checkpoint,
-                                read_checkpoint, to_backbone_state_dict)
+from evit_mm.checkpoint import (CheckpointMismatchError, CheckpointReadError, detect_format, load_pretrained,
+                                local_checkpoint, read_checkpoint, to_backbone_state_dict)
 from evit_mm.checkpoint.arch_match import matching_archs
 from evit_mm.models import EfficientViT
 from evit_mm.models.backbones.efficientvit import ARCH_SETTINGS
@@ -116,8 +117,33 @@ class ForeignObject:
 
 def test_foreign_objects_are_refused(tmp_path):
     torch.save({'state_dict': {}, 'x': ForeignObject()}, tmp_path / 'evil.pth')
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointReadError, match=r"holds Python objects besides weights \(tests\.test_checkpoint\."
+                                                  r"test_loading\.ForeignObject\), and they are not unpickled"):
         read_checkpoint(tmp_path / 'evil.pth')
+    torch.save(torch.nn.Linear(2, 2), tmp_path / 'module.pth')  # a whole pickled model
+    with pytest.raises(CheckpointReadError, match=r'\(torch\.nn\.modules\.linear\.Linear\).*save the weights alone'):
+        read_checkpoint(tmp_path / 'module.pth')
+
+
+def _unreadable_files(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Files that are not checkpoints, each with what the error must say."""
+    torch.save({'state_dict': torch.nn.Linear(8, 8).state_dict()}, folder / 'whole.pth')
+    whole = (folder / 'whole.pth').read_bytes()
+    files = {'empty.pth': (b'', 'the file is empty or cut short'),
+             'notes.pth': (b'# not weights\n', r'not a file torch\.save wrote \(Unsupported operand 35\)'),
+             'half.pth': (whole[:len(whole) // 2], r'the file is damaged \(PytorchStreamReader failed reading zip'),
+             'weights.safetensors': (b'nope', 'as a safetensors file: Error while deserializing header')}
+    for name, (content, _) in files.items():
+        (folder / name).write_bytes(content)
+    return {name: (folder / name, match) for name, (_, match) in files.items()}
+
+
+def test_unreadable_files_name_the_problem(tmp_path):
+    for path, match in _unreadable_files(tmp_path).values():
+        with pytest.raises(CheckpointReadError, match=rf"cannot read checkpoint '{re.escape(str(path))}'.*{match}"):
+            read_checkpoint(path)
+        with pytest.raises(CheckpointReadError):  # through init_cfg's loader too
+            load_pretrained(EfficientViT('m0'), path)
 
 
 def test_url_goes_through_hub_with_weights_only(monkeypatch, m0_reference):
@@ -174,6 +200,8 @@ def test_convert_tool_names_the_problem_without_a_traceback(tmp_path, m0_referen
     assert not (tmp_path / 'out.pth').exists()
     assert convert_tool.main([str(tmp_path / 'm0.pth'), str(tmp_path / 'out.pth')]) == 0
     assert 'EfficientViT-M0' in capsys.readouterr().out
+    message = run(convert_tool.main, [str(_unreadable_files(tmp_path)['notes.pth'][0]), str(tmp_path / 'new.pth')])
+    assert message.startswith("error: cannot read checkpoint '") and 'not a file torch.save wrote' in message
 
 
 def test_hf_hub_names_load_timm_weights_from_the_hub_cache(offline_hub, m0_reference):

@@ -67,8 +67,14 @@ def test_finer_levels_grow_from_the_finest_lateral_as_the_official_neck():
 
 
 def test_invalid_number_of_transposed_convs_and_inputs():
-    with pytest.raises(ValueError, match=r'num_extra_trans_convs must be in \[0, num_outs=3\)'):
+    with pytest.raises(ValueError, match=r'num_extra_trans_convs must be an int in \[0, num_outs=3\), got 3'):
         EfficientViTFPN([64, 128, 192], 32, num_outs=3, num_extra_trans_convs=3)
+    with pytest.raises(ValueError, match=r'num_extra_trans_convs must be an int in \[0, num_outs=5\), got 1.5'):
+        EfficientViTFPN([64, 128, 192], 32, num_outs=5, num_extra_trans_convs=1.5)
+    with pytest.raises(ValueError, match='num_outs=3 is too few: the 3 backbone levels from start_level and the 1 '
+                                         'transposed-conv levels need num_outs >= 4'):  # mmdet: a bare AssertionError
+        EfficientViTFPN([64, 128, 192], 32, num_outs=3, num_extra_trans_convs=1)
+    assert len(EfficientViTFPN([64, 128, 192], 32, num_outs=3, num_extra_trans_convs=1, start_level=1).lateral_convs) == 2
     neck = EfficientViTFPN([64, 128, 192], 32, num_outs=5, num_extra_trans_convs=2)
     with pytest.raises(ValueError, match='expects 3 feature maps, got 2'):
         neck((torch.zeros(1, 64, 8, 8), torch.zeros(1, 128, 4, 4)))

@@ -44,9 +44,15 @@ class EfficientViTFPN(FPN):
     def __init__(self, in_channels: list[int], out_channels: int, num_outs: int,
                  num_extra_trans_convs: int = 1, no_norm_on_lateral: bool = False, conv_cfg: dict | None = None,
                  norm_cfg: dict | None = None, act_cfg: dict | None = None, **kwargs) -> None:
-        if not 0 <= num_extra_trans_convs < num_outs:
-            raise ValueError(f'num_extra_trans_convs must be in [0, num_outs={num_outs}), '
-                             f'got {num_extra_trans_convs}')
+        if isinstance(num_extra_trans_convs, bool) or not isinstance(num_extra_trans_convs, int) \
+                or not 0 <= num_extra_trans_convs < num_outs:
+            raise ValueError(f'num_extra_trans_convs must be an int in [0, num_outs={num_outs}), '
+                             f'got {num_extra_trans_convs!r}')
+        levels = len(in_channels) - kwargs.get('start_level', 0)
+        if kwargs.get('end_level', -1) == -1 and num_outs - num_extra_trans_convs < levels:  # mmdet's FPN asserts
+            raise ValueError(f'num_outs={num_outs} is too few: the {levels} backbone levels from start_level and the '
+                             f'{num_extra_trans_convs} transposed-conv levels need num_outs >= '
+                             f'{levels + num_extra_trans_convs}')
         super().__init__(in_channels, out_channels, num_outs - num_extra_trans_convs,
                          no_norm_on_lateral=no_norm_on_lateral, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
                          act_cfg=act_cfg, **kwargs)

@@ -74,7 +74,8 @@ def test_invalid_number_of_transposed_convs_and_inputs():
     with pytest.raises(ValueError, match='num_outs=3 is too few: the 3 backbone levels from start_level and the 1 '
                                          'transposed-conv levels need num_outs >= 4'):  # mmdet: a bare AssertionError
         EfficientViTFPN([64, 128, 192], 32, num_outs=3, num_extra_trans_convs=1)
-    assert len(EfficientViTFPN([64, 128, 192], 32, num_outs=3, num_extra_trans_convs=1, start_level=1).lateral_convs) == 2
+    from_stage_1 = EfficientViTFPN([64, 128, 192], 32, num_outs=3, num_extra_trans_convs=1, start_level=1)
+    assert len(from_stage_1.lateral_convs) == 2
     neck = EfficientViTFPN([64, 128, 192], 32, num_outs=5, num_extra_trans_convs=2)
     with pytest.raises(ValueError, match='expects 3 feature maps, got 2'):
         neck((torch.zeros(1, 64, 8, 8), torch.zeros(1, 128, 4, 4)))

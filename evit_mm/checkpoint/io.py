@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import urllib.error
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -83,15 +85,15 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     repositories through the Hugging Face Hub's cache (:func:`download_from_hf_hub`).
 
     Raises:
-        FileNotFoundError: If a local path does not exist, or a Hub repository's weights cannot be had.
+        FileNotFoundError: If a local path does not exist, a URL cannot be downloaded, or a Hub repository's
+            weights cannot be had.
         ValueError: If an ``hf-hub:`` name is malformed.
         CheckpointReadError: If the file cannot be read as weights (empty, damaged, not a torch or safetensors
             file, or pickling objects other than weights).
     """
     path = os.fspath(path)
     if is_url(path):
-        return _read_torch_file(path, lambda: torch.hub.load_state_dict_from_url(
-            path, map_location=map_location, weights_only=True, check_hash=False, progress=False))
+        return _read_torch_file(path, lambda: _download(path, map_location))
     path = local_checkpoint(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint not found: {path!r} (give a local .pth/.safetensors file, a URL or '
@@ -104,6 +106,19 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         except SafetensorError as error:
             raise CheckpointReadError(f'cannot read checkpoint {path!r} as a safetensors file: {error}') from error
     return _read_torch_file(path, lambda: torch.load(path, map_location=map_location, weights_only=True))
+
+
+def _download(url: str, map_location: str | torch.device) -> dict[str, Any]:
+    """``url`` through torch.hub's cache; where it cannot be fetched, an error that says where the file may be put
+    by hand (offline clusters), instead of urllib's traceback."""
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location=map_location, weights_only=True,
+                                                  check_hash=False, progress=False)
+    except urllib.error.URLError as error:  # HTTPError too
+        cached = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(urllib.parse.urlparse(url).path))
+        raise FileNotFoundError(f'cannot download checkpoint {url!r} ({getattr(error, "reason", error)}); where '
+                                f'this machine is offline, fetch it elsewhere and put it at {cached!r} (torch.hub\'s '
+                                'cache, read before downloading) or give its local path instead') from error
 
 
 _ACCEPTED = 'give a file written by torch.save (a state dict, or a checkpoint dict holding one) or a .safetensors file'

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -157,6 +158,36 @@ def test_url_goes_through_hub_with_weights_only(monkeypatch, m0_reference):
     url = 'https://github.com/xinyuliu-jeffrey/EfficientViT_Model_Zoo/releases/download/v1.0/efficientvit_m0.pth'
     load_pretrained(EfficientViT('m0'), url)
     assert seen['url'] == url and seen['weights_only'] is True
+
+
+OFFICIAL_M0_URL = 'https://github.com/xinyuliu-jeffrey/EfficientViT_Model_Zoo/releases/download/v1.0/efficientvit_m0.pth'
+
+
+def test_url_read_from_torch_hubs_cache_without_network(monkeypatch, tmp_path, m0_reference):
+    monkeypatch.setattr(torch.hub, '_hub_dir', str(tmp_path))
+    (tmp_path / 'checkpoints').mkdir()
+    torch.save({'model': m0_reference[0]}, tmp_path / 'checkpoints' / 'efficientvit_m0.pth')
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', _no_network)
+    timm_sd, x, expected = m0_reference
+    model = EfficientViT('m0')
+    load_pretrained(model, OFFICIAL_M0_URL)  # torch.hub's real loader, which reads its cache first
+    with torch.no_grad():
+        for got, ref in zip(model.eval()(x), expected):
+            torch.testing.assert_close(got, ref)
+
+
+def _no_network(url, *args, **kwargs):
+    raise urllib.error.URLError('[Errno -2] Name or service not known')
+
+
+def test_url_that_cannot_be_downloaded_says_where_to_put_the_file(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, '_hub_dir', str(tmp_path))
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', _no_network)
+    cached = tmp_path / 'checkpoints' / 'efficientvit_m0.pth'
+    with pytest.raises(FileNotFoundError, match=rf"cannot download checkpoint '{re.escape(OFFICIAL_M0_URL)}' "
+                                                rf"\(\[Errno -2\] Name or service not known\).*put it at "
+                                                rf"'{re.escape(str(cached))}'"):
+        load_pretrained(EfficientViT('m0'), OFFICIAL_M0_URL)
 
 
 def test_official_layout_detected_and_renamed(golden_dir):

@@ -11,6 +11,7 @@ from mmengine.config import Config
 from evit_mm.data.demo_imagenet import make_imagenet_demo
 from evit_mm.data.imagenet import ImageFolderDataset
 from evit_mm.models import EfficientViT, EfficientViTClassifier
+from evit_mm.models import classifier as classifier_module
 from evit_mm.tools import test as test_tool
 from evit_mm.tools import train as train_tool
 from evit_mm.tools.preflight import PreflightError
@@ -57,6 +58,32 @@ def test_head_with_other_number_of_classes(tmp_path):
     lenient.load_checkpoint(str(tmp_path / 'ten.pth'))
     name = 'backbone.stages.2.blocks.0.mixer.m.attn.attention_biases'
     assert torch.equal(lenient.state_dict()[name], source.state_dict()[name])
+
+
+def test_distillation_head_is_averaged_at_test_and_refused_in_training(tmp_path, monkeypatch):
+    logged = []
+    monkeypatch.setattr(classifier_module, 'print_log', lambda message, **kwargs: logged.append(message))
+    source = randomize_(EfficientViTClassifier(dict(type='EfficientViT', arch='m0'), num_classes=5,
+                                               distillation=True), seed=2)
+    torch.save({'state_dict': source.state_dict()}, tmp_path / 'distilled.pth')
+    source.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = source.extract_feat(x)
+        torch.testing.assert_close(source(x), (source.head(feats) + source.head_dist(feats)) / 2)
+        plain = EfficientViTClassifier(dict(type='EfficientViT', arch='m0'), num_classes=5)
+        plain.load_checkpoint(str(tmp_path / 'distilled.pth'))
+        assert 'unused (a distillation head: distillation=True averages it in' in ' '.join(logged)
+        torch.testing.assert_close(plain.eval()(x), source.head(feats))
+        # a checkpoint without one: the distillation head starts as the class head, the logits are the same
+        torch.save({'state_dict': plain.state_dict()}, tmp_path / 'plain.pth')
+        both = EfficientViTClassifier(dict(type='EfficientViT', arch='m0'), num_classes=5, distillation=True)
+        both.load_checkpoint(str(tmp_path / 'plain.pth'))
+        torch.testing.assert_close(both.eval()(x), plain(x))
+    labels = torch.tensor([0, 3])
+    with pytest.raises(ValueError, match='distillation=True: the distillation head learns from a teacher'):
+        source.train()(x, dict(labels=labels, targets=labels), mode='loss')
+    assert plain.train()(x, dict(labels=labels, targets=labels), mode='loss')['loss'].isfinite()
 
 
 def test_recipe_config():

@@ -58,8 +58,9 @@ class EfficientViTClassifier(BaseModel):
     Args:
         backbone: Backbone config; ``window_size`` defaults to the classification geometry ``(7, 7, 4)``.
         num_classes: Output classes. Defaults to 1000.
-        distillation: Add the official code's distillation head (trained only with a teacher; at test time the
-            two heads are averaged, as the official code does). Defaults to False.
+        distillation: Add the official code's distillation head, to evaluate checkpoints that have one (the two
+            heads' logits are averaged, as the official code does). It learns from a teacher, which this model
+            does not take: training with it raises. Defaults to False.
         drop: Dropout before the linear layer(s). Defaults to 0.
         label_smoothing: Smoothing of hard labels when no mixup is used. Defaults to 0.1.
         data_preprocessor: Defaults to :class:`ClsDataPreprocessor` without mixup.
@@ -120,7 +121,10 @@ class EfficientViTClassifier(BaseModel):
         adapted, unused = adapt_state_dict(target, state)
         self.load_state_dict(adapted, strict=False)
         if unused:
-            print_log(f'{len(unused)} checkpoint keys unused: {unused[:8]}', logger='current', level=logging.WARNING)
+            hint = (' (a distillation head: distillation=True averages it in as the official code does)'
+                    if any(k.startswith('head_dist.') for k in unused) else '')
+            print_log(f'{len(unused)} checkpoint keys unused{hint}: {unused[:8]}', logger='current',
+                      level=logging.WARNING)
 
     def init_weights(self) -> None:
         cfg = self.init_cfg
@@ -147,6 +151,10 @@ class EfficientViTClassifier(BaseModel):
         if data_samples is None or data_samples.get('labels') is None:
             raise ValueError(f"mode={mode!r} needs labels in data_samples")
         if mode == 'loss':
+            if self.head_dist is not None:  # it would stay untrained, then be averaged into every prediction
+                raise ValueError('distillation=True: the distillation head learns from a teacher model\'s '
+                                 'predictions, which EfficientViTClassifier does not take; train with '
+                                 'distillation=False (the official recipe without a teacher)')
             logits = self.logits(inputs)
             targets = data_samples['targets']
             if targets.dim() == 2:  # soft targets from mixup/cutmix (label smoothing already applied)

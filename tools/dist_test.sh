@@ -14,8 +14,8 @@ NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 PYTHON=${PYTHON:-python}
-cd "$(dirname "$0")/.."
+TOOLS=$(cd "$(dirname "$0")" && pwd)  # paths the user typed stay relative to where they are
 exec "$PYTHON" -m torch.distributed.run \
     --nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" \
     --nproc_per_node="$GPUS" --master_port="$PORT" \
-    tools/test.py "$CONFIG" "$CHECKPOINT" --launcher pytorch "${@:4}"
+    "$TOOLS/test.py" "$CONFIG" "$CHECKPOINT" --launcher pytorch "${@:4}"

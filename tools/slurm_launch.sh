@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The srun call behind slurm_train.sh and slurm_test.sh: one task per GPU, mmengine reads the ranks from Slurm.
+# It runs where it is called from, so that the config, checkpoint and work-dir paths given stay relative to there.
 #   GPUS=16 GPUS_PER_NODE=8 CPUS_PER_TASK=5 SRUN_ARGS="..." tools/slurm_launch.sh PARTITION JOB_NAME SCRIPT ARGS...
 set -euo pipefail
 if [ $# -lt 3 ]; then
@@ -11,7 +12,6 @@ GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 SRUN_ARGS=${SRUN_ARGS:-""}
 PYTHON=${PYTHON:-python}
-cd "$(dirname "$0")/.."
 # shellcheck disable=SC2086
 exec srun -p "$1" --job-name="$2" --gres=gpu:"$GPUS_PER_NODE" --ntasks="$GPUS" \
     --ntasks-per-node="$GPUS_PER_NODE" --cpus-per-task="$CPUS_PER_TASK" --kill-on-bad-exit=1 $SRUN_ARGS \

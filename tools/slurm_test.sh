@@ -7,4 +7,5 @@ if [ $# -lt 4 ]; then
     echo "usage: GPUS=8 tools/slurm_test.sh PARTITION JOB_NAME CONFIG CHECKPOINT [test.py args...]" >&2
     exit 2
 fi
-exec bash "$(dirname "$0")/slurm_launch.sh" "$1" "$2" tools/test.py "$3" "$4" --launcher slurm "${@:5}"
+TOOLS=$(cd "$(dirname "$0")" && pwd)  # paths the user typed stay relative to where they are
+exec bash "$TOOLS/slurm_launch.sh" "$1" "$2" "$TOOLS/test.py" "$3" "$4" --launcher slurm "${@:5}"

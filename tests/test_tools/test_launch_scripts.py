@@ -1,4 +1,6 @@
-"""The launch scripts users type (torchrun and Slurm, train and test) hand every argument to the right tool.
+"""The launch scripts users type (torchrun and Slurm, train and test) hand every argument to the right tool, in the
+folder they were typed in: relative config, checkpoint and work-dir paths mean what they meant there (a script that
+changed into the repository would silently take the repository's config of the same name).
 
 Each script runs for real; only the launcher it calls (``srun``, or ``$PYTHON`` for torchrun) is a stand-in that
 writes down the command line it was given, one argument per line.
@@ -38,31 +40,31 @@ def _run(script: str, args: list[str], tmp_path: Path, **env: str) -> list[str]:
 def test_dist_train_runs_torchrun_on_train_py(tmp_path):
     argv = _run('dist_train.sh', ['configs/retinanet_evit_m4.py', '4', '--amp', '--cfg-options', 'a=1'], tmp_path,
                 NNODES='2', NODE_RANK='1', MASTER_ADDR='10.0.0.1', PORT='29600')
-    assert argv == [str(REPO_ROOT), '-m', 'torch.distributed.run', '--nnodes=2', '--node_rank=1',
+    assert argv == [str(tmp_path), '-m', 'torch.distributed.run', '--nnodes=2', '--node_rank=1',
                     '--master_addr=10.0.0.1', '--nproc_per_node=4', '--master_port=29600',
-                    'tools/train.py', 'configs/retinanet_evit_m4.py', '--launcher', 'pytorch',
+                    str(REPO_ROOT / 'tools/train.py'), 'configs/retinanet_evit_m4.py', '--launcher', 'pytorch',
                     '--amp', '--cfg-options', 'a=1']
 
 
 def test_dist_test_runs_torchrun_on_test_py(tmp_path):
     argv = _run('dist_test.sh', ['configs/fpn_evit_m4_ade20k.py', 'ckpt.pth', '8', '--out', 'preds'], tmp_path)
-    assert argv == [str(REPO_ROOT), '-m', 'torch.distributed.run', '--nnodes=1', '--node_rank=0',
+    assert argv == [str(tmp_path), '-m', 'torch.distributed.run', '--nnodes=1', '--node_rank=0',
                     '--master_addr=127.0.0.1', '--nproc_per_node=8', '--master_port=29500',
-                    'tools/test.py', 'configs/fpn_evit_m4_ade20k.py', 'ckpt.pth', '--launcher', 'pytorch',
+                    str(REPO_ROOT / 'tools/test.py'), 'configs/fpn_evit_m4_ade20k.py', 'ckpt.pth', '--launcher', 'pytorch',
                     '--out', 'preds']
 
 
 @pytest.mark.parametrize('script, positional, tool', [
     ('slurm_train.sh', ['configs/mask_rcnn_evit_m4.py', 'work_dirs/mrcnn'],
-     ['tools/train.py', 'configs/mask_rcnn_evit_m4.py', '--work-dir=work_dirs/mrcnn']),
+     [str(REPO_ROOT / 'tools/train.py'), 'configs/mask_rcnn_evit_m4.py', '--work-dir=work_dirs/mrcnn']),
     ('slurm_test.sh', ['configs/mask_rcnn_evit_m4.py', 'ckpt.pth'],
-     ['tools/test.py', 'configs/mask_rcnn_evit_m4.py', 'ckpt.pth']),
+     [str(REPO_ROOT / 'tools/test.py'), 'configs/mask_rcnn_evit_m4.py', 'ckpt.pth']),
 ])
 def test_slurm_scripts_run_one_task_per_gpu(tmp_path, script, positional, tool):
     argv = _run(script, ['gpu_part', 'evit', *positional, '--cfg-options', 'x=2'], tmp_path,
                 GPUS='16', SRUN_ARGS='--quotatype=auto --time=1:00:00')
     python = str(tmp_path / 'bin' / 'python')
-    assert argv == [str(REPO_ROOT), '-p', 'gpu_part', '--job-name=evit', '--gres=gpu:8', '--ntasks=16',
+    assert argv == [str(tmp_path), '-p', 'gpu_part', '--job-name=evit', '--gres=gpu:8', '--ntasks=16',
                     '--ntasks-per-node=8', '--cpus-per-task=5', '--kill-on-bad-exit=1', '--quotatype=auto',
                     '--time=1:00:00', python, '-u', *tool, '--launcher', 'slurm', '--cfg-options', 'x=2']
 

@@ -37,7 +37,7 @@ from evit_mm.benchmark.backbone import (  # noqa: E402
     backward_nodes_table, compare, compute_rates_table, device_time_table, format_rows, host_work_table,
     part_times_table, precision_profile_table)
 from evit_mm.benchmark.compilation import add_compile_arguments, compile_mode_from  # noqa: E402
-from evit_mm.benchmark.inputs import count_type, shape_type  # noqa: E402
+from evit_mm.benchmark.inputs import count_type, device_type, shape_type  # noqa: E402
 from evit_mm.benchmark.isolated import compare_isolated  # noqa: E402
 from evit_mm.benchmark.precision import DTYPES  # noqa: E402
 from evit_mm.models.backbones.efficientvit import ARCH_SETTINGS  # noqa: E402
@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--arch', default='m4', choices=sorted(ARCH_SETTINGS))
     parser.add_argument('--shapes', nargs='+', type=shape_type(dims=3), default=[(16, 224, 224), (1, 800, 1344)],
                         help='BxHxW per case (default: 16x224x224 1x800x1344)')
-    parser.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N')
+    parser.add_argument('--device', type=device_type, default='cpu', help='cpu, cuda or cuda:N')
     parser.add_argument('--dtype', choices=sorted(DTYPES), default='fp32',
                         help='autocast precision of the timed calls (the equivalence check runs in float32)')
     parser.add_argument('--threads', type=count_type(1), default=None,

@@ -17,7 +17,7 @@ from mmengine.config import DictAction
 from ..models.winograd import DEFAULT_TILE, WINOGRAD_POINTS
 from .allocator_option import add_allocator_argument, apply_allocator_argument
 from .compilation import add_compile_arguments, compile_mode_from
-from .inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, count_type, shape_type
+from .inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, count_type, device_type, shape_type
 from .measure import CONFIG_MODES, MODES, Job, Options, Result, measure_together, prepare
 from .memory import format_mb
 from .precision import DTYPES
@@ -60,7 +60,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "config's train_step and optimizer on a synthetic batch with ground truth, with --dtype "
                         "fp16/bf16 tools/train.py --amp's wrapper; backbones: forward, backward, AdamW), on a copy of "
                         'the target; onnx: backbone in ONNX Runtime')
-    p.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N')
+    p.add_argument('--device', type=device_type, default='cpu', help='cpu, cuda or cuda:N')
     p.add_argument('--batch-size', type=count_type(1), default=1)
     p.add_argument('--shape', nargs='+', type=shape_type(), help=f'HxW, one or more ({DEFAULT_SHAPES_HELP})')
     p.add_argument('--dtype', choices=sorted(DTYPES), default='fp32', help='autocast precision')

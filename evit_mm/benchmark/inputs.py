@@ -41,6 +41,26 @@ def shape_type(dims: int = 2) -> Callable[[str], tuple[int, ...]]:
     return parse
 
 
+def device_type(text: str) -> str:
+    """An argparse ``type`` for ``--device``: ``cpu``, ``cuda`` or ``cuda:N`` where that device exists, so that a
+    machine without it gets a usage error naming what it has instead of a traceback from CUDA's initialisation."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ('cpu', 'cuda'):
+        raise argparse.ArgumentTypeError(f'choose cpu, cuda or cuda:N, got {text!r}')
+    if device.type == 'cuda':
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f'{text!r}: this machine has no CUDA device (torch.cuda.is_available() '
+                                             'is False); use cpu')
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f'{text!r}: this machine has {count} CUDA device(s), cuda:0 to '
+                                             f'cuda:{count - 1}')
+    return text
+
+
 def count_type(minimum: int) -> Callable[[str], int]:
     """An argparse ``type`` for a count of at least ``minimum`` (threads, repeats, batch size: 1; warm-up calls: 0),
     so that e.g. ``--threads 0`` is a usage error instead of being taken for "not given"."""

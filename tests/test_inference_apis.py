@@ -1,6 +1,7 @@
 """Inference from user code through mmdet's and mmseg's own APIs (``init_detector``/``inference_detector``,
-``init_model``/``inference_model``, ``DetInferencer``/``MMSegInferencer``), with a checkpoint such as ``tools/train.py`` writes and with the model deployed
-by :func:`evit_mm.deploy.optimize_for_inference`, as the README shows."""
+``init_model``/``inference_model``, ``DetInferencer``/``MMSegInferencer``), with a checkpoint such as
+``tools/train.py`` writes and with the model deployed by :func:`evit_mm.deploy.optimize_for_inference`, as the README
+shows."""
 from __future__ import annotations
 
 import numpy as np

@@ -5,6 +5,7 @@ from .errors import CheckpointMismatchError, CheckpointReadError
 from .io import local_checkpoint, read_checkpoint
 from .load import adapt_state_dict, load_backbone_state_dict, load_pretrained
 
-__all__ = ['CheckpointMismatchError', 'CheckpointReadError', 'adapt_state_dict', 'detect_format', 'load_backbone_state_dict',
-           'load_pretrained', 'local_checkpoint', 'read_checkpoint', 'rename_official_backbone_keys',
-           'resize_attention_biases', 'to_backbone_state_dict', 'to_timm_state_dict', 'unwrap_state_dict']
+__all__ = ['CheckpointMismatchError', 'CheckpointReadError', 'adapt_state_dict', 'detect_format',
+           'load_backbone_state_dict', 'load_pretrained', 'local_checkpoint', 'read_checkpoint',
+           'rename_official_backbone_keys', 'resize_attention_biases', 'to_backbone_state_dict', 'to_timm_state_dict',
+           'unwrap_state_dict']

@@ -160,7 +160,8 @@ def test_url_goes_through_hub_with_weights_only(monkeypatch, m0_reference):
     assert seen['url'] == url and seen['weights_only'] is True
 
 
-OFFICIAL_M0_URL = 'https://github.com/xinyuliu-jeffrey/EfficientViT_Model_Zoo/releases/download/v1.0/efficientvit_m0.pth'
+OFFICIAL_M0_URL = ('https://github.com/xinyuliu-jeffrey/EfficientViT_Model_Zoo/releases/download/v1.0/'
+                   'efficientvit_m0.pth')
 
 
 def test_url_read_from_torch_hubs_cache_without_network(monkeypatch, tmp_path, m0_reference):

@@ -50,7 +50,8 @@ def test_dist_test_runs_torchrun_on_test_py(tmp_path):
     argv = _run('dist_test.sh', ['configs/fpn_evit_m4_ade20k.py', 'ckpt.pth', '8', '--out', 'preds'], tmp_path)
     assert argv == [str(tmp_path), '-m', 'torch.distributed.run', '--nnodes=1', '--node_rank=0',
                     '--master_addr=127.0.0.1', '--nproc_per_node=8', '--master_port=29500',
-                    str(REPO_ROOT / 'tools/test.py'), 'configs/fpn_evit_m4_ade20k.py', 'ckpt.pth', '--launcher', 'pytorch',
+                    str(REPO_ROOT / 'tools/test.py'), 'configs/fpn_evit_m4_ade20k.py', 'ckpt.pth',
+                    '--launcher', 'pytorch',
                     '--out', 'preds']
 
 

@@ -164,7 +164,10 @@ class EfficientViTStage(nn.Module):
 
 
 def _per_stage(value: int | Sequence[int], num_stages: int, name: str) -> tuple[int, ...]:
-    values = (value,) * num_stages if isinstance(value, int) else tuple(value) if isinstance(value, Sequence) else ()
+    if isinstance(value, int):
+        values = (value,) * num_stages
+    else:
+        values = tuple(value) if isinstance(value, Sequence) else ()  # e.g. 7.5: refused below, with the choices
     if len(values) != num_stages or any(not isinstance(v, int) or v < 1 for v in values):
         raise ValueError(f'{name} must be a positive int or {num_stages} positive ints, got {value!r}')
     return values

@@ -70,6 +70,14 @@ def test_formats_load_to_identical_outputs(tmp_path, m0_reference, wrap):
     _assert_same(_outputs(model, x), expected)
 
 
+@pytest.mark.parametrize('init_cfg', [dict(type='Pretrained', chekpoint='m0.pth'),
+                                      dict(type='Pretrained', checkpoint='m0.pth', strict=False)])
+def test_pretrained_init_cfg_with_a_misspelt_or_unknown_key_raises(init_cfg):
+    with pytest.raises(ValueError, match=r"init_cfg=dict\(type='Pretrained', ...\) takes checkpoint \(required\), "
+                                         r"prefix and map_location; got keys \["):
+        EfficientViT('m0', init_cfg=init_cfg).init_weights()
+
+
 def test_two_dimensional_weights_reshaped_for_1x1_convs(tmp_path, m0_reference):
     timm_sd, x, expected = m0_reference
     flat = {k: (v.flatten(1) if v.dim() == 4 and v.shape[2:] == (1, 1) else v) for k, v in timm_sd.items()}

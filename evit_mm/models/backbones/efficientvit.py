@@ -297,6 +297,10 @@ class EfficientViT(BaseModule):
         """Initialise, loading and converting a checkpoint when ``init_cfg`` is ``type='Pretrained'``."""
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            unknown = sorted(set(cfg) - {'type', 'checkpoint', 'prefix', 'map_location'})
+            if 'checkpoint' not in cfg or unknown:
+                raise ValueError(f"init_cfg=dict(type='Pretrained', ...) takes checkpoint (required), prefix and "
+                                 f"map_location; got keys {sorted(cfg)}")
             load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
             self._is_init = True
         else:

@@ -18,6 +18,23 @@ from .io import read_checkpoint
 _OPTIONAL_SUFFIXES = ('num_batches_tracked',)
 
 
+def pretrained_checkpoint(init_cfg: object, keys: tuple[str, ...] = ('prefix', 'map_location')) -> dict | None:
+    """The arguments of ``init_cfg=dict(type='Pretrained', checkpoint=..., ...)``, or None for any other init_cfg.
+
+    ``keys``: the optional keys the caller acts on or may ignore (the weights are always read to the CPU).
+
+    Raises:
+        ValueError: If ``checkpoint`` is missing or another key is given (``chekpoint=``, ``strict=``): mmengine's
+            own initialiser would take neither, and a loader that ignored them would do so silently.
+    """
+    if not (isinstance(init_cfg, Mapping) and init_cfg.get('type') == 'Pretrained'):
+        return None
+    if 'checkpoint' not in init_cfg or set(init_cfg) - {'type', 'checkpoint', *keys}:
+        raise ValueError(f"init_cfg=dict(type='Pretrained', ...) takes checkpoint (required), {' and '.join(keys)}; "
+                         f'got keys {sorted(init_cfg)}')
+    return {key: value for key, value in init_cfg.items() if key != 'type'}
+
+
 def _list(keys: list[str], limit: int = 12) -> str:
     shown = ', '.join(keys[:limit])
     return shown + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')

@@ -11,7 +11,8 @@ from mmengine.logging import print_log
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from mmengine.registry import MODELS as ROOT_MODELS
 
-from ..checkpoint import adapt_state_dict, read_checkpoint, to_timm_state_dict, unwrap_state_dict
+from ..checkpoint import (adapt_state_dict, pretrained_checkpoint, read_checkpoint, to_timm_state_dict,
+                          unwrap_state_dict)
 from ..registry import register_model
 from .backbones import CLASSIFICATION_WINDOWS
 from .layers import BNLinear
@@ -127,9 +128,9 @@ class EfficientViTClassifier(BaseModel):
                       level=logging.WARNING)
 
     def init_weights(self) -> None:
-        cfg = self.init_cfg
-        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            self.load_checkpoint(cfg['checkpoint'])
+        pretrained = pretrained_checkpoint(self.init_cfg, keys=('map_location',))  # heads included: no prefix
+        if pretrained is not None:
+            self.load_checkpoint(pretrained['checkpoint'])
             self._is_init = True
             return
         super().init_weights()

@@ -13,7 +13,7 @@ import torch
 from evit_mm.checkpoint import (CheckpointMismatchError, CheckpointReadError, detect_format, load_pretrained,
                                 local_checkpoint, read_checkpoint, to_backbone_state_dict)
 from evit_mm.checkpoint.arch_match import matching_archs
-from evit_mm.models import EfficientViT
+from evit_mm.models import EfficientViT, EfficientViTClassifier
 from evit_mm.models.backbones.efficientvit import ARCH_SETTINGS
 from evit_mm.tools import convert as convert_tool
 from evit_mm.tools.convert import convert_checkpoint
@@ -76,6 +76,10 @@ def test_pretrained_init_cfg_with_a_misspelt_or_unknown_key_raises(init_cfg):
     with pytest.raises(ValueError, match=r"init_cfg=dict\(type='Pretrained', ...\) takes checkpoint \(required\), "
                                          r"prefix and map_location; got keys \["):
         EfficientViT('m0', init_cfg=init_cfg).init_weights()
+    with pytest.raises(ValueError, match=r"takes checkpoint \(required\), map_location; got keys \['checkpoint', "
+                                         r"'prefix', 'type'\]"):  # the classifier loads heads too: no prefix
+        EfficientViTClassifier(dict(type='EfficientViT', arch='m0'),
+                               init_cfg=dict(type='Pretrained', checkpoint='m0.pth', prefix='backbone.')).init_weights()
 
 
 def test_two_dimensional_weights_reshaped_for_1x1_convs(tmp_path, m0_reference):

@@ -19,7 +19,7 @@ from mmengine.model import BaseModule
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ...checkpoint import load_pretrained, rename_official_backbone_keys
+from ...checkpoint import load_pretrained, pretrained_checkpoint, rename_official_backbone_keys
 from ...compat import mmcv_ops
 from ...registry import register_model
 from ..attention import LocalWindowAttention
@@ -295,13 +295,9 @@ class EfficientViT(BaseModule):
     # ---- weights ---------------------------------------------------------------------------------------
     def init_weights(self) -> None:
         """Initialise, loading and converting a checkpoint when ``init_cfg`` is ``type='Pretrained'``."""
-        cfg = self.init_cfg
-        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            unknown = sorted(set(cfg) - {'type', 'checkpoint', 'prefix', 'map_location'})
-            if 'checkpoint' not in cfg or unknown:
-                raise ValueError(f"init_cfg=dict(type='Pretrained', ...) takes checkpoint (required), prefix and "
-                                 f"map_location; got keys {sorted(cfg)}")
-            load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
+        pretrained = pretrained_checkpoint(self.init_cfg)
+        if pretrained is not None:
+            load_pretrained(self, pretrained['checkpoint'], prefix=pretrained.get('prefix'))
             self._is_init = True
         else:
             super().init_weights()

@@ -45,3 +45,13 @@ def offline_hub(monkeypatch, tmp_path) -> Path:
     monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'hub'))
     monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
     return tmp_path / 'hub'
+
+
+@pytest.fixture
+def cuda_devices(monkeypatch):
+    """``cuda_devices(n)`` makes ``torch.cuda`` report ``n`` devices, for tests that only parse command lines naming
+    ``--device cuda`` (the benchmark tools check the device when they parse it)."""
+    def pretend(count: int) -> None:
+        monkeypatch.setattr(torch.cuda, 'is_available', lambda: count > 0)
+        monkeypatch.setattr(torch.cuda, 'device_count', lambda: count)
+    return pretend

@@ -126,7 +126,8 @@ def test_deploy_suffixes_deploy_one_listing_of_a_target(tmp_path, capsys):
     assert 'choose from @deploy, @deploy-bf16, @deploy-cuda-graphs' in capsys.readouterr().err
 
 
-def test_cuda_graphs_need_a_gpu(capsys):
+def test_cuda_graphs_need_a_gpu(capsys, cuda_devices):
+    cuda_devices(1)
     for argv in (['evit_m0@deploy-cuda-graphs'], ['evit_m0', '--deploy', '--cuda-graphs']):
         with pytest.raises(SystemExit):
             cli.parse_args(argv)
@@ -431,21 +432,20 @@ def test_counts_out_of_range_are_usage_errors(argv, message, capsys):
     assert cli.parse_args(['evit_m0', '--warmup', '0']).warmup == 0
 
 
-@pytest.mark.parametrize('cuda_devices, device, message', [
+@pytest.mark.parametrize('count, device, message', [
     (0, 'cuda', "argument --device: 'cuda': this machine has no CUDA device (torch.cuda.is_available() is False); "
                 'use cpu'),
     (2, 'cuda:2', "argument --device: 'cuda:2': this machine has 2 CUDA device(s), cuda:0 to cuda:1"),
     (2, 'gpu', "argument --device: choose cpu, cuda or cuda:N, got 'gpu'"),
     (0, 'mps', "argument --device: choose cpu, cuda or cuda:N, got 'mps'")])
-def test_devices_this_machine_lacks_are_usage_errors(monkeypatch, capsys, cuda_devices, device, message):
+def test_devices_this_machine_lacks_are_usage_errors(capsys, cuda_devices, count, device, message):
     """Both benchmark tools' ``--device``: a traceback from CUDA's initialisation before (no NVIDIA driver)."""
-    monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda_devices > 0)
-    monkeypatch.setattr(torch.cuda, 'device_count', lambda: cuda_devices)
+    cuda_devices(count)
     with pytest.raises(SystemExit) as exit_info:
         cli.parse_args(['evit_m0', '--device', device])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert cli.parse_args(['evit_m0', '--device', 'cpu']).device == 'cpu'
-    if cuda_devices:
+    if count:
         assert cli.parse_args(['evit_m0', '--device', 'cuda:1']).device == 'cuda:1'
 
 

@@ -98,7 +98,8 @@ def _pytest_paths(argv: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize('name, argv', _commands(), ids=[name for name, _ in _commands()])
-def test_every_step_parses_and_names_existing_targets(name, argv):
+def test_every_step_parses_and_names_existing_targets(name, argv, cuda_devices):
+    cuda_devices(1)  # as on the GPU machine
     assert argv[0] == 'python'
     if argv[1:3] == ['-m', 'pytest']:  # the CUDA tests: files that exist
         assert _pytest_paths(argv) and all((REPO_ROOT / path).is_file() for path in _pytest_paths(argv))

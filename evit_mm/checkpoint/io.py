@@ -140,7 +140,7 @@ def _read_torch_file(source: str, load: Callable[[], Any]) -> Any:
                 'unpickled: unpickling can run arbitrary code (torch.load(weights_only=True)). From a copy you '
                 "trust, save the weights alone: torch.save(torch.load(FILE, weights_only=False)['state_dict'], "
                 "'weights.pth') (or the whole model's .state_dict())") from error
-        reason = found.group(1).strip() if (found := _UNPICKLER_REASON.search(text)) else text.splitlines()[0]
+        reason = found.group(1).strip() if (found := _UNPICKLER_REASON.search(text)) else text.partition('\n')[0]
         raise CheckpointReadError(f'cannot read checkpoint {source!r}: not a file torch.save wrote ({reason}); '
                                   f'{_ACCEPTED}') from error
     except EOFError as error:

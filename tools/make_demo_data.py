@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
                                                ('size', args.size)) if value is not None}
     if options and args.layout not in SIZED_LAYOUTS:
         parser.error(f'--num-train, --num-val and --size apply to {" and ".join(SIZED_LAYOUTS)}, not {args.layout}')
+    if Path(args.root).exists() and not Path(args.root).is_dir():
+        parser.error(f'root {args.root!r} is a file; give a folder (made if missing)')
     print(f'demo data ready: {MAKERS[args.layout](args.root, seed=args.seed, **options)}')
 
 

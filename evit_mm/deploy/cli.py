@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -39,6 +40,7 @@ def main(argv: list[str]) -> int:
     if not dynamic_hw:
         print(f'note: segmentor exported for {height}x{width} inputs only (mmseg heads fix their upsampling '
               'sizes when traced); export once per input size')
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)  # as --work-dir: made if missing
     names = export_onnx(module, torch.randn(1, 3, height, width), args.output, opset=args.opset,
                         dynamic_hw=dynamic_hw)
     checks = [torch.randn(1, 3, height, width),

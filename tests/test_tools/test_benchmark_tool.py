@@ -364,7 +364,9 @@ def test_two_stage_detectors_are_refused_by_the_onnx_export_with_a_message(tmp_p
                                            ('evit_m0', True), (DET_DEMO, True)])
 def test_onnx_export_matches_pytorch(tmp_path, target, deploy, capsys):
     extra = ['--deploy'] if deploy else []
-    assert export_cli.main([target, str(tmp_path / 'm.onnx'), '--shape', '96x128', '--atol', '1e-3', *extra]) == 0
+    output = tmp_path / 'exports' / 'm.onnx'  # a folder that does not exist yet
+    assert export_cli.main([target, str(output), '--shape', '96x128', '--atol', '1e-3', *extra]) == 0
+    assert output.is_file()
     out = capsys.readouterr().out
     assert 'max |ORT - PyTorch|' in out
     assert ('deploy: Conv+BN folded in EfficientViT' in out) == deploy

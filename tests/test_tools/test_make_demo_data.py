@@ -25,3 +25,10 @@ def test_counts_and_size_are_refused_for_imagenet(tmp_path, capsys):
     with pytest.raises(SystemExit):
         load_tool('make_demo_data').main(['imagenet', str(tmp_path / 'in'), '--size', '64x64'])
     assert '--num-train, --num-val and --size apply to coco and ade20k, not imagenet' in capsys.readouterr().err
+
+
+def test_a_file_as_root_is_refused(tmp_path, capsys):
+    (tmp_path / 'notes.txt').write_text('x')
+    with pytest.raises(SystemExit):
+        load_tool('make_demo_data').main(['coco', str(tmp_path / 'notes.txt')])
+    assert f"root '{tmp_path / 'notes.txt'}' is a file; give a folder (made if missing)" in capsys.readouterr().err

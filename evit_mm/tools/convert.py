@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..benchmark.inputs import count_type
 from ..checkpoint import CheckpointMismatchError, load_backbone_state_dict, read_checkpoint, to_backbone_state_dict
 from ..checkpoint.arch_match import matching_archs
 from ..models import EfficientViT
@@ -55,13 +56,17 @@ def main(argv: list[str] | None = None) -> int:
                                                  'or evit_mm (classifier/detector/segmentor) EfficientViT checkpoint.')
     parser.add_argument('src', help='source checkpoint: local path, URL or hf-hub:ORG/NAME[@REVISION]')
     parser.add_argument('dst', help='output file (.pth or .safetensors)')
-    parser.add_argument('--arch', help='EfficientViT arch the checkpoint belongs to (m0-m5; default: the one whose '
-                                       'weights it holds)')
-    parser.add_argument('--window-size', type=int, nargs='+', default=[7],
-                        help='attention window per stage (one value for all); 7 = dense prediction geometry')
+    parser.add_argument('--arch', choices=sorted(ARCH_SETTINGS),
+                        help='EfficientViT arch the checkpoint belongs to (default: the one whose weights it holds)')
+    parser.add_argument('--window-size', type=count_type(1), nargs='+', default=[7],
+                        help='attention window per stage (one value for all, or one per stage); 7 = dense '
+                             'prediction geometry')
     parser.add_argument('--prefix', default=None, help="backbone key prefix in SRC (auto: 'backbone.' if present)")
     args = parser.parse_args(argv)
     window = args.window_size[0] if len(args.window_size) == 1 else tuple(args.window_size)
+    stages = ARCH_SETTINGS[args.arch or 'm4'].num_stages  # 3, as in every built-in arch
+    if len(args.window_size) not in (1, stages):
+        parser.error(f'--window-size takes one value or {stages} (one per stage), got {len(args.window_size)}')
     arch, count = convert_checkpoint(args.src, args.dst, arch=args.arch, window_size=window, prefix=args.prefix)
     print(f'wrote {count} tensors of EfficientViT-{arch.upper()} to {args.dst}')
     return 0

@@ -68,8 +68,12 @@ def check_datasets(cfg: Config, loaders: tuple[str, ...] = ('train_dataloader', 
 
 
 def num_classes_of_model(model: ConfigDict) -> list[tuple[str, int]]:
-    """Every ``num_classes`` a model config gives (its own and its heads'), with the option name that sets it."""
+    """Every ``num_classes`` a model config gives (its own, its heads' and its data preprocessor's, which makes
+    the classifier's mixup targets), with the option name that sets it."""
     found = [('model.num_classes', model['num_classes'])] if 'num_classes' in model else []
+    preprocessor = model.get('data_preprocessor')
+    if isinstance(preprocessor, dict) and 'num_classes' in preprocessor:
+        found.append(('model.data_preprocessor.num_classes', preprocessor['num_classes']))
     for head in ('bbox_head', 'decode_head', 'auxiliary_head', 'head'):
         cfg = model.get(head)
         if isinstance(cfg, dict) and 'num_classes' in cfg:

@@ -1,0 +1,32 @@
+"""The checks tools/train.py and tools/test.py run on a config before anything is built (the end-to-end runs also
+see them at work: tests/test_*_e2e.py, tests/test_classification.py)."""
+from __future__ import annotations
+
+import pytest
+from mmengine.config import Config
+
+from evit_mm.data.demo_imagenet import make_imagenet_demo
+from evit_mm.tools.preflight import PreflightError, check_num_classes, num_classes_of_model
+from tests.conftest import REPO_ROOT
+
+
+def test_every_num_classes_of_a_detector_is_found_and_checked():
+    cfg = Config.fromfile(str(REPO_ROOT / 'configs/demo/mask_rcnn_evit_m0_coco_demo.py'))
+    assert num_classes_of_model(cfg.model) == [('model.roi_head.bbox_head.num_classes', 4),
+                                               ('model.roi_head.mask_head.num_classes', 4)]
+    check_num_classes(cfg)
+    cfg.merge_from_dict({'model.roi_head.mask_head.num_classes': 80})
+    with pytest.raises(PreflightError, match=r'model.roi_head.mask_head.num_classes is 80, but the dataset has 4 '
+                                             r"classes \['circle', 'square', 'triangle', 'star'\]"):
+        check_num_classes(cfg)
+
+
+def test_the_classifiers_mixup_classes_are_checked_against_the_class_folders(tmp_path):
+    root = make_imagenet_demo(tmp_path / 'imagenet', train_per_class=1, val_per_class=1, size=32)
+    cfg = Config.fromfile(str(REPO_ROOT / 'configs/demo/evit_m0_in1k_demo.py'))
+    cfg.train_dataloader.dataset.data_root = str(root / 'train')
+    assert num_classes_of_model(cfg.model) == [('model.num_classes', 4), ('model.data_preprocessor.num_classes', 4)]
+    check_num_classes(cfg)
+    cfg.model.data_preprocessor.num_classes = 1000  # --cfg-options model.num_classes=... alone would leave this
+    with pytest.raises(PreflightError, match='model.data_preprocessor.num_classes is 1000, but the dataset has 4'):
+        check_num_classes(cfg)

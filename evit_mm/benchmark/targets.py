@@ -117,7 +117,11 @@ def _config_target(path: str, checkpoint: str | None, cfg_options: dict | None =
             model.load_checkpoint(checkpoint)
         else:
             from mmengine.runner import load_checkpoint
-            load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+
+            from ..checkpoint import local_checkpoint
+            from ..tools.preflight import check_checkpoint_fits
+            check_checkpoint_fits(model, checkpoint)  # the file's problem, or the weights that do not fit, by name
+            load_checkpoint(model, local_checkpoint(checkpoint), map_location='cpu', strict=True)
     else:
         # the model's own initialisation (e.g. RetinaNet's classification prior): with PyTorch's default init
         # instead, thousands of random candidates pass the score threshold and post-processing dominates

@@ -305,6 +305,16 @@ def test_checkpoints_per_target_listing_or_config(tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
+def test_checkpoints_that_cannot_be_read_or_do_not_fit_are_named(tmp_path):
+    (tmp_path / 'notes.pth').write_text('# not weights\n')
+    message = run(cli.main, [DET_DEMO, '--checkpoint', str(tmp_path / 'notes.pth'), '--shape', '64x64'])
+    assert message.startswith("error: cannot read checkpoint '") and 'not a file torch.save wrote' in message
+    seg_checkpoint = tmp_path / 'seg.pth'
+    torch.save({'state_dict': build_target(SEG_DEMO).model.state_dict()}, seg_checkpoint)
+    message = run(cli.main, [DET_DEMO, '--checkpoint', str(seg_checkpoint), '--shape', '64x64'])
+    assert message.startswith(f"error: '{seg_checkpoint}' does not fit this model (RetinaNet)")
+
+
 def _tiny_checkpoint(tmp_path) -> str:
     import torch
     from mmengine.config import Config

@@ -145,19 +145,27 @@ def _efficientvit_configs(node: Any) -> Iterator[dict]:
             yield from _efficientvit_configs(value)
 
 
-def check_backbone_arch(cfg: Config) -> None:
-    """Every EfficientViT in the model names a known (or a valid custom) arch."""
-    from ..models.backbones import ArchSpec
+def check_backbone_arguments(cfg: Config) -> None:
+    """Every EfficientViT in the model takes its arguments (arch, out_indices, window_size, frozen_stages, a
+    Pretrained init_cfg's keys, ...): each is built on the ``meta`` device, which allocates nothing and loads no
+    weights, so that a bad value stops the run before the data and the runner are set up."""
+    import torch
+
+    from ..checkpoint import pretrained_checkpoint
+    from ..models.backbones import EfficientViT
     for backbone in _efficientvit_configs(cfg.get('model', {})):
+        arguments = {key: value for key, value in backbone.items() if key != 'type'}
         try:
-            ArchSpec.from_any(backbone.get('arch', 'm4'))
+            pretrained_checkpoint(arguments.get('init_cfg'))
+            with torch.device('meta'):
+                EfficientViT(**arguments)
         except (TypeError, ValueError) as error:
             raise PreflightError(f'model backbone: {error}') from None
 
 
 def run_preflight(cfg: Config, loaders: tuple[str, ...]) -> None:
     """All config-level checks; model-level ones run once the runner has built the model."""
-    check_backbone_arch(cfg)
+    check_backbone_arguments(cfg)
     check_datasets(cfg, loaders)
     check_num_classes(cfg)
 

@@ -6,7 +6,7 @@ import pytest
 from mmengine.config import Config
 
 from evit_mm.data.demo_imagenet import make_imagenet_demo
-from evit_mm.tools.preflight import PreflightError, check_num_classes, num_classes_of_model
+from evit_mm.tools.preflight import PreflightError, check_backbone_arguments, check_num_classes, num_classes_of_model
 from tests.conftest import REPO_ROOT
 
 
@@ -30,3 +30,20 @@ def test_the_classifiers_mixup_classes_are_checked_against_the_class_folders(tmp
     cfg.model.data_preprocessor.num_classes = 1000  # --cfg-options model.num_classes=... alone would leave this
     with pytest.raises(PreflightError, match='model.data_preprocessor.num_classes is 1000, but the dataset has 4'):
         check_num_classes(cfg)
+
+
+@pytest.mark.parametrize('arguments, message', [
+    (dict(arch='m9'), "model backbone: Unknown EfficientViT arch 'm9'"),
+    (dict(window_size=7.5), 'model backbone: window_size must be a positive int or 3 positive ints'),
+    (dict(out_indices=(3,)), r'model backbone: out_indices must be non-empty ints in \[-3, 2\]'),
+    (dict(frozen_stages=4), r'model backbone: frozen_stages must be an int in \[-1, 3\]'),
+    (dict(archh='m0'), "model backbone: .*unexpected keyword argument 'archh'"),
+    (dict(init_cfg=dict(type='Pretrained', chekpoint='m0.pth')),
+     r"model backbone: init_cfg=dict\(type='Pretrained', ...\) takes checkpoint \(required\)"),
+])
+def test_backbone_arguments_are_checked_before_the_run(arguments, message):
+    cfg = Config.fromfile(str(REPO_ROOT / 'configs/demo/retinanet_evit_m0_coco_demo.py'))
+    check_backbone_arguments(cfg)  # the config as shipped
+    cfg.model.backbone.update(arguments)
+    with pytest.raises(PreflightError, match=message):
+        check_backbone_arguments(cfg)

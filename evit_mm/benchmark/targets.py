@@ -116,12 +116,11 @@ def _config_target(path: str, checkpoint: str | None, cfg_options: dict | None =
         if hasattr(model, 'load_checkpoint'):
             model.load_checkpoint(checkpoint)
         else:
-            from mmengine.runner import load_checkpoint
-
-            from ..checkpoint import local_checkpoint
             from ..tools.preflight import check_checkpoint_fits
-            check_checkpoint_fits(model, checkpoint)  # the file's problem, or the weights that do not fit, by name
-            load_checkpoint(model, local_checkpoint(checkpoint), map_location='cpu', strict=True)
+
+            # read once, as tools/test.py checks it: the file's problem, or the weights that do not fit, by name;
+            # every weight is there (only optional BatchNorm counters may be missing), hence strict=False
+            model.load_state_dict(check_checkpoint_fits(model, checkpoint), strict=False)
     else:
         # the model's own initialisation (e.g. RetinaNet's classification prior): with PyTorch's default init
         # instead, thousands of random candidates pass the score threshold and post-processing dominates

@@ -52,6 +52,10 @@ class ClsDataPreprocessor(BaseDataPreprocessor):
         return dict(inputs=inputs, data_samples=dict(labels=labels, targets=targets))
 
 
+#: The optional keys of the classifier's Pretrained init_cfg: no prefix, since it loads its heads too.
+PRETRAINED_KEYS = ('map_location',)
+
+
 @register_model
 class EfficientViTClassifier(BaseModel):
     """EfficientViT classifier for ImageNet-style training with ``tools/train.py``.
@@ -76,6 +80,7 @@ class EfficientViTClassifier(BaseModel):
                  init_cfg: dict | None = None) -> None:
         if head_mismatch not in ('error', 'reinit'):
             raise ValueError(f"head_mismatch must be 'error' or 'reinit', got {head_mismatch!r}")
+        pretrained_checkpoint(init_cfg, keys=PRETRAINED_KEYS)  # its keys checked at build time
         super().__init__(data_preprocessor=data_preprocessor or dict(type='ClsDataPreprocessor'),
                          init_cfg=init_cfg)
         backbone = dict(backbone)
@@ -128,7 +133,7 @@ class EfficientViTClassifier(BaseModel):
                       level=logging.WARNING)
 
     def init_weights(self) -> None:
-        pretrained = pretrained_checkpoint(self.init_cfg, keys=('map_location',))  # heads included: no prefix
+        pretrained = pretrained_checkpoint(self.init_cfg, keys=PRETRAINED_KEYS)
         if pretrained is not None:
             self.load_checkpoint(pretrained['checkpoint'])
             self._is_init = True

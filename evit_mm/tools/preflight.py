@@ -151,12 +151,10 @@ def check_backbone_arguments(cfg: Config) -> None:
     weights, so that a bad value stops the run before the data and the runner are set up."""
     import torch
 
-    from ..checkpoint import pretrained_checkpoint
     from ..models.backbones import EfficientViT
     for backbone in _efficientvit_configs(cfg.get('model', {})):
         arguments = {key: value for key, value in backbone.items() if key != 'type'}
         try:
-            pretrained_checkpoint(arguments.get('init_cfg'))
             with torch.device('meta'):
                 EfficientViT(**arguments)
         except (TypeError, ValueError) as error:
@@ -170,11 +168,12 @@ def run_preflight(cfg: Config, loaders: tuple[str, ...]) -> None:
     check_num_classes(cfg)
 
 
-def check_checkpoint_fits(model: Any, checkpoint: str) -> None:
+def check_checkpoint_fits(model: Any, checkpoint: str) -> dict:
     """A checkpoint given to test or fine-tune (``load_from``) must hold every weight of the model with its
     shape; mmengine would otherwise load it partially with only a warning (another arch, another task). An
     official downstream checkpoint's backbone keys are compared under the names they load as (the backbone's
-    ``load_state_dict`` hook renames them)."""
+    ``load_state_dict`` hook renames them). Returns the model's weights from the file, for a caller that loads
+    them itself rather than have mmengine read the file again."""
     from ..checkpoint import (CheckpointMismatchError, adapt_state_dict, read_checkpoint,
                               rename_official_backbone_keys, unwrap_state_dict)
     from ..checkpoint.arch_match import other_arch
@@ -184,7 +183,7 @@ def check_checkpoint_fits(model: Any, checkpoint: str) -> None:
         if isinstance(module, EfficientViT):
             rename_official_backbone_keys(state_dict, f'{name}.' if name else '')
     try:
-        adapt_state_dict(model.state_dict(), state_dict, adapt_shapes=False)
+        weights, _ = adapt_state_dict(model.state_dict(), state_dict, adapt_shapes=False)
     except CheckpointMismatchError as error:
         backbone = getattr(model, 'backbone', None)
         arch = other_arch(state_dict, backbone.arch) if isinstance(backbone, EfficientViT) else None
@@ -192,3 +191,4 @@ def check_checkpoint_fits(model: Any, checkpoint: str) -> None:
         raise PreflightError(
             f'{checkpoint!r} does not fit this model ({type(model).__name__}): {error}.{hint} ImageNet weights for '
             'the backbone go in model.backbone.init_cfg=dict(type="Pretrained", checkpoint=...) instead.') from None
+    return weights

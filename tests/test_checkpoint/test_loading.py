@@ -75,11 +75,11 @@ def test_formats_load_to_identical_outputs(tmp_path, m0_reference, wrap):
 def test_pretrained_init_cfg_with_a_misspelt_or_unknown_key_raises(init_cfg):
     with pytest.raises(ValueError, match=r"init_cfg=dict\(type='Pretrained', ...\) takes checkpoint \(required\), "
                                          r"prefix and map_location; got keys \["):
-        EfficientViT('m0', init_cfg=init_cfg).init_weights()
+        EfficientViT('m0', init_cfg=init_cfg)  # when the model is built, before any weight is read
     with pytest.raises(ValueError, match=r"takes checkpoint \(required\), map_location; got keys \['checkpoint', "
                                          r"'prefix', 'type'\]"):  # the classifier loads heads too: no prefix
         EfficientViTClassifier(dict(type='EfficientViT', arch='m0'),
-                               init_cfg=dict(type='Pretrained', checkpoint='m0.pth', prefix='backbone.')).init_weights()
+                               init_cfg=dict(type='Pretrained', checkpoint='m0.pth', prefix='backbone.'))
 
 
 def test_two_dimensional_weights_reshaped_for_1x1_convs(tmp_path, m0_reference):

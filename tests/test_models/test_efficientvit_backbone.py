@@ -89,6 +89,8 @@ def _custom_arch(**override) -> dict:
     (dict(in_channels=0), 'in_channels'),
     (dict(drop_path_rate=1.0), 'drop_path_rate'),
     (dict(window_size=7.5), 'window_size must be a positive int or 3 positive ints, got 7.5'),
+    (dict(window_size=True), 'window_size must be a positive int or 3 positive ints, got True'),  # was a window of 1
+    (dict(window_size=(7, 7, False)), 'window_size must be'),
     (dict(arch=_custom_arch(embed_dims=[0, 128, 192])), r'embed_dims must be positive, got \(0, 128, 192\)'),
     (dict(arch=_custom_arch(embed_dims=[-64, 128, 192])), 'embed_dims must be positive'),
     (dict(arch=_custom_arch(embed_dims=[60, 128, 192], num_heads=[3, 4, 4])),

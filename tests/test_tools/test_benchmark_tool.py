@@ -313,6 +313,9 @@ def test_checkpoints_that_cannot_be_read_or_do_not_fit_are_named(tmp_path):
     torch.save({'state_dict': build_target(SEG_DEMO).model.state_dict()}, seg_checkpoint)
     message = run(cli.main, [DET_DEMO, '--checkpoint', str(seg_checkpoint), '--shape', '64x64'])
     assert message.startswith(f"error: '{seg_checkpoint}' does not fit this model (RetinaNet)")
+    saved = torch.load(_tiny_checkpoint(tmp_path), weights_only=True)['state_dict']
+    loaded = build_target(DET_DEMO, str(tmp_path / 'det.pth')).model.state_dict()
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
 
 
 def _tiny_checkpoint(tmp_path) -> str:

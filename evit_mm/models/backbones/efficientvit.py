@@ -31,8 +31,13 @@ from ..layers import (BNLinear, ConvBN, ConvFFN, PatchEmbed, PatchMerging, Resid
                       ffn_residual)
 
 
+def _is_int(value: Any) -> bool:
+    """An integer (Python's or numpy's), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _integer(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not _is_int(value):
         raise TypeError(f'Custom EfficientViT arch: {key} must be an int, got {value!r}')
     return int(value)
 
@@ -164,13 +169,13 @@ class EfficientViTStage(nn.Module):
 
 
 def _per_stage(value: int | Sequence[int], num_stages: int, name: str) -> tuple[int, ...]:
-    if isinstance(value, int):
+    if _is_int(value):
         values = (value,) * num_stages
     else:
         values = tuple(value) if isinstance(value, Sequence) else ()  # e.g. 7.5: refused below, with the choices
-    if len(values) != num_stages or any(not isinstance(v, int) or v < 1 for v in values):
+    if len(values) != num_stages or any(not _is_int(v) or v < 1 for v in values):
         raise ValueError(f'{name} must be a positive int or {num_stages} positive ints, got {value!r}')
-    return values
+    return tuple(map(int, values))
 
 
 @register_model
@@ -241,6 +246,7 @@ class EfficientViT(BaseModule):
             print_log('EfficientViT: `pretrained` is deprecated, use init_cfg=dict(type="Pretrained", '
                       'checkpoint=...)', logger='current', level=logging.WARNING)
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        pretrained_checkpoint(init_cfg)  # its keys checked when the model is built, not when weights are loaded
         super().__init__(init_cfg=init_cfg)
         self.arch = spec = ArchSpec.from_any(arch)
         n = spec.num_stages

@@ -412,6 +412,14 @@ def test_flops_default_to_the_task_input_size():
     assert complexity('evit_m0')['shape'] == '224x224'
 
 
+def test_an_input_the_backbone_cannot_take_is_one_line_in_both_tools():
+    from evit_mm.benchmark.flops import main as get_flops
+    for tool, args in ((get_flops, ['evit_m0', '--shape', '8x64']),
+                       (cli.main, ['evit_m0', '--shape', '12x12', '--repeats', '1'])):
+        error = run(tool, args)
+        assert isinstance(error, str) and error.startswith('error: EfficientViT needs images of at least 16x16')
+
+
 def test_benchmark_defaults_to_each_target_kind_input_size(tmp_path):
     results = _run(tmp_path, DET_DEMO, 'evit_m0')
     assert [(r['kind'], r['shape']) for r in results] == [('detector', '800x1333'), ('backbone', '224x224')]

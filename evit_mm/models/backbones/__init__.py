@@ -1,3 +1,3 @@
-from .efficientvit import ARCH_SETTINGS, CLASSIFICATION_WINDOWS, ArchSpec, EfficientViT
+from .efficientvit import ARCH_SETTINGS, CLASSIFICATION_WINDOWS, ArchSpec, EfficientViT, ImageInputError
 
-__all__ = ['ARCH_SETTINGS', 'CLASSIFICATION_WINDOWS', 'ArchSpec', 'EfficientViT']
+__all__ = ['ARCH_SETTINGS', 'CLASSIFICATION_WINDOWS', 'ArchSpec', 'EfficientViT', 'ImageInputError']

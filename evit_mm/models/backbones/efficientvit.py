@@ -48,6 +48,11 @@ def _integers(key: str, value: Any) -> tuple[int, ...]:
     return tuple(_integer(key, item) for item in value)
 
 
+class ImageInputError(ValueError):
+    """Images the backbone cannot take (channels, size, a batch of one too small to train its BatchNorms); the tools
+    print its message as one line, as they do bad arguments."""
+
+
 @dataclass(frozen=True)
 class ArchSpec:
     """One EfficientViT variant (paper Table 1 / official model zoo)."""
@@ -404,7 +409,7 @@ class EfficientViT(BaseModule):
         modules = [*([self.patch_embed] if first == 0 else []), *self.stages[first:last + 1]]
         if any(m.training for module in modules for m in module.modules() if isinstance(m, _BatchNorm)):
             stride = self.stage_strides[first]
-            raise ValueError(
+            raise ImageInputError(
                 f'EfficientViT in training mode: a {height}x{width} image at batch 1 gives stage {first} (stride '
                 f'{stride}) a 1x1 map, and BatchNorm needs more than one value per channel to train; use a batch of '
                 f'2 or more, images larger than {stride} pixels in height or width, or BatchNorm statistics kept as '
@@ -412,10 +417,10 @@ class EfficientViT(BaseModule):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f'EfficientViT expects (N, {self.in_channels}, H, W) images, got shape '
+            raise ImageInputError(f'EfficientViT expects (N, {self.in_channels}, H, W) images, got shape '
                              f'{tuple(x.shape)}; set in_channels to match the data')
         if x.shape[2] < PatchEmbed.stride or x.shape[3] < PatchEmbed.stride:
-            raise ValueError(f'EfficientViT needs images of at least {PatchEmbed.stride}x{PatchEmbed.stride} '
+            raise ImageInputError(f'EfficientViT needs images of at least {PatchEmbed.stride}x{PatchEmbed.stride} '
                              f'pixels, got {x.shape[2]}x{x.shape[3]}')
         if self.training and x.shape[0] == 1:
             self._check_batch_statistics(x.shape[2], x.shape[3])

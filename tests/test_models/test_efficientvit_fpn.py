@@ -71,9 +71,19 @@ def test_invalid_number_of_transposed_convs_and_inputs():
         EfficientViTFPN([64, 128, 192], 32, num_outs=3, num_extra_trans_convs=3)
     with pytest.raises(ValueError, match=r'num_extra_trans_convs must be an int in \[0, num_outs=5\), got 1.5'):
         EfficientViTFPN([64, 128, 192], 32, num_outs=5, num_extra_trans_convs=1.5)
-    with pytest.raises(ValueError, match='num_outs=3 is too few: the 3 backbone levels from start_level and the 1 '
-                                         'transposed-conv levels need num_outs >= 4'):  # mmdet: a bare AssertionError
+    # mmdet's FPN: bare AssertionErrors for each of these
+    with pytest.raises(ValueError, match='num_outs=3 does not fit: the 3 backbone levels from start_level to '
+                                         'end_level and the 1 transposed-conv levels need num_outs >= 4'):
         EfficientViTFPN([64, 128, 192], 32, num_outs=3, num_extra_trans_convs=1)
+    with pytest.raises(ValueError, match=r'the 2 backbone levels .* need num_outs == 3 \(no coarser levels'):
+        EfficientViTFPN([64, 128, 192], 32, num_outs=4, num_extra_trans_convs=1, end_level=1)
+    for levels in (dict(end_level=3), dict(start_level=3), dict(start_level=2, end_level=1)):
+        with pytest.raises(ValueError, match=r'must index the 3 backbone levels \(0 <= start_level <= end_level <= 2'):
+            EfficientViTFPN([64, 128, 192], 32, num_outs=5, num_extra_trans_convs=1, **levels)
+    to_stage_1 = EfficientViTFPN([64, 128, 192], 32, num_outs=3, num_extra_trans_convs=1, end_level=1)
+    shapes = [tuple(out.shape[2:]) for out in to_stage_1(
+        (torch.zeros(1, 64, 8, 8), torch.zeros(1, 128, 4, 4), torch.zeros(1, 192, 2, 2)))]
+    assert shapes == [(16, 16), (8, 8), (4, 4)]
     from_stage_1 = EfficientViTFPN([64, 128, 192], 32, num_outs=3, num_extra_trans_convs=1, start_level=1)
     assert len(from_stage_1.lateral_convs) == 2
     neck = EfficientViTFPN([64, 128, 192], 32, num_outs=5, num_extra_trans_convs=2)

@@ -48,11 +48,8 @@ class EfficientViTFPN(FPN):
                 or not 0 <= num_extra_trans_convs < num_outs:
             raise ValueError(f'num_extra_trans_convs must be an int in [0, num_outs={num_outs}), '
                              f'got {num_extra_trans_convs!r}')
-        levels = len(in_channels) - kwargs.get('start_level', 0)
-        if kwargs.get('end_level', -1) == -1 and num_outs - num_extra_trans_convs < levels:  # mmdet's FPN asserts
-            raise ValueError(f'num_outs={num_outs} is too few: the {levels} backbone levels from start_level and the '
-                             f'{num_extra_trans_convs} transposed-conv levels need num_outs >= '
-                             f'{levels + num_extra_trans_convs}')
+        self._check_levels(len(in_channels), num_outs, num_extra_trans_convs, kwargs.get('start_level', 0),
+                           kwargs.get('end_level', -1))
         super().__init__(in_channels, out_channels, num_outs - num_extra_trans_convs,
                          no_norm_on_lateral=no_norm_on_lateral, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
                          act_cfg=act_cfg, **kwargs)
@@ -65,6 +62,26 @@ class EfficientViTFPN(FPN):
             ConvModule(out_channels, out_channels, 3, padding=1, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
                        act_cfg=act_cfg, inplace=False)
             for _ in range(num_extra_trans_convs))
+
+    @staticmethod
+    def _check_levels(num_ins: int, num_outs: int, num_extra_trans_convs: int, start_level: int,
+                      end_level: int) -> None:
+        """Raise where mmdet's FPN would assert: the levels it takes (``start_level`` to ``end_level``, inclusive;
+        -1: the last) must exist, and ``num_outs`` less the transposed-conv levels must cover them: at least them
+        where the FPN ends at the last input (it adds coarser levels), exactly them where it ends earlier."""
+        last = num_ins - 1
+        if not 0 <= start_level <= last or not (end_level == -1 or start_level <= end_level <= last):
+            raise ValueError(f'start_level={start_level} and end_level={end_level} must index the {num_ins} '
+                             f'backbone levels (0 <= start_level <= end_level <= {last}; end_level=-1: the last)')
+        ends_at_last = end_level in (-1, last)
+        levels = (last if ends_at_last else end_level) - start_level + 1
+        fpn_outs = num_outs - num_extra_trans_convs
+        if fpn_outs < levels or (fpn_outs != levels and not ends_at_last):
+            need = f'>= {levels + num_extra_trans_convs}' if ends_at_last else f'== {levels + num_extra_trans_convs}'
+            raise ValueError(f'num_outs={num_outs} does not fit: the {levels} backbone levels from start_level to '
+                             f'end_level and the {num_extra_trans_convs} transposed-conv levels need num_outs {need}'
+                             + ('' if ends_at_last else ' (no coarser levels are added where end_level is not the '
+                                                        'last input)'))
 
     def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """Pyramid levels, finest first: the transposed-conv levels, then mmdet FPN's.

@@ -81,6 +81,20 @@ def test_train_then_test_writes_checkpoint_metrics_and_predictions(coco_root, tm
             top_b = b['pred_instances']['scores'].sort(descending=True).values[:20]
             assert len(top_p) == len(top_b) > 0 and b['pred_instances']['bboxes'].dtype == torch.float32
             torch.testing.assert_close(top_b, top_p, rtol=0, atol=0.01)
+    # test-time augmentation (mmdet's defaults: the image and its flip, merged by NMS), deployed too
+    tta_out = tmp_path / 'preds_tta.pkl'
+    assert test_tool.main([DEMO_CONFIG, str(ckpt), '--work-dir', str(tmp_path / 'test_tta'), '--tta', '--deploy',
+                           '--out', str(tta_out), *_options(coco_root)]) == 0
+    assert 0.0 <= logged_metrics(tmp_path / 'test_tta', 'coco/bbox_mAP')['coco/bbox_mAP'] <= 1.0
+    assert "--tta: the config has no tta_model (DetTTAModel, NMS at IoU 0.5) and no tta_pipeline" in next(
+        (tmp_path / 'test_tta').glob('*/*.log')).read_text()
+    with open(out, 'rb') as f, open(tta_out, 'rb') as g:
+        plain, augmented = pickle.load(f), pickle.load(g)
+    assert [p['img_id'] for p in plain] == [a['img_id'] for a in augmented]
+    assert all(a['pred_instances']['bboxes'].shape[0] <= 100 for a in augmented)  # the TTA model's max_per_img
+    assert any(p['pred_instances']['bboxes'].shape != a['pred_instances']['bboxes'].shape
+               or not torch.equal(p['pred_instances']['bboxes'], a['pred_instances']['bboxes'])
+               for p, a in zip(plain, augmented))  # the flipped image's detections were merged in
     graphs = [DEMO_CONFIG, str(ckpt), '--work-dir', str(tmp_path / 'test_graphs'), '--deploy', '--cuda-graphs',
               *_options(coco_root)]
     if not torch.cuda.is_available():  # CUDA graphs on a CPU run: refused, not ignored

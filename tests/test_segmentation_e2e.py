@@ -49,6 +49,11 @@ def test_train_then_test_reports_miou(ade_root, tmp_path):
     for key in ('mIoU', 'mAcc', 'aAcc'):
         assert 0.0 <= metrics[key] <= 100.0
     assert len(list(out_dir.glob('*.png'))) == 3
+    # test-time augmentation from mmseg's base configs (six scales, each flipped), scored by the same tool
+    assert test_tool.main([DEMO_CONFIG, str(ckpt), '--work-dir', str(tmp_path / 'test_tta'), '--tta',
+                           *_options(ade_root)]) == 0
+    assert 0.0 <= logged_metrics(tmp_path / 'test_tta', 'mIoU')['mIoU'] <= 100.0
+    assert "type='SegTTAModel'" in next((tmp_path / 'test_tta').glob('*/*.log')).read_text()
 
 
 @pytest.mark.slow

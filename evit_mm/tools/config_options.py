@@ -6,10 +6,16 @@ The same tools serve detection (mmdet), segmentation (mmseg) and classification 
 from __future__ import annotations
 
 import argparse
+import copy
 import os.path as osp
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.device import get_device
+
+
+class ConfigOptionError(ValueError):
+    """A command-line option that the config cannot take (``--out`` of the wrong kind, ``--tta`` without a TTA
+    model, ...); the tools print it as one line."""
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,8 +51,8 @@ def enable_amp(cfg: Config, device: str | None = None) -> None:
     if wrapper in ('AmpOptimWrapper', 'CPUBfloat16OptimWrapper'):
         return
     if wrapper != 'OptimWrapper':
-        raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper, AmpOptimWrapper or CPUBfloat16OptimWrapper, '
-                         f'got {wrapper!r}')
+        raise ConfigOptionError(f'--amp needs optim_wrapper.type OptimWrapper, AmpOptimWrapper or '
+                                f'CPUBfloat16OptimWrapper, got {wrapper!r}')
     if (device or get_device()) != 'cpu':
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
@@ -58,7 +64,7 @@ def enable_amp(cfg: Config, device: str | None = None) -> None:
 
 def enable_auto_scale_lr(cfg: Config) -> None:
     if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
-        raise ValueError('--auto-scale-lr needs auto_scale_lr=dict(base_batch_size=...) in the config')
+        raise ConfigOptionError('--auto-scale-lr needs auto_scale_lr=dict(base_batch_size=...) in the config')
     cfg.auto_scale_lr.enable = True
 
 
@@ -78,7 +84,7 @@ def apply_show_dir(cfg: Config, show_dir: str, wait_time: float = 0.0) -> None:
     """Draw predictions into ``work_dir/<timestamp>/show_dir`` through the task's visualization hook."""
     hook = cfg.default_hooks.get('visualization')
     if hook is None:
-        raise ValueError(f'--show-dir needs a visualization hook in default_hooks (task: {_task(cfg)})')
+        raise ConfigOptionError(f'--show-dir needs a visualization hook in default_hooks (task: {_task(cfg)})')
     hook.draw = True
     hook.test_out_dir = show_dir
     hook.wait_time = wait_time
@@ -93,7 +99,45 @@ def apply_out(cfg: Config, out: str) -> None:
         cfg.test_evaluator['keep_results'] = True
         return
     if not out.endswith(('.pkl', '.pickle')):
-        raise ValueError(f'--out must be a .pkl file for {task} configs, got {out!r}')
+        raise ConfigOptionError(f'--out must be a .pkl file for {task} configs, got {out!r}')
     dump = dict(type='DumpDetResults' if task == 'mmdet' else 'DumpResults', out_file_path=out)
     evaluator = cfg.test_evaluator
     cfg.test_evaluator = [*evaluator, dump] if isinstance(evaluator, list) else [evaluator, dump]
+
+
+#: mmdet's ``tools/test.py --tta`` defaults, for configs that name no ``tta_model`` / ``tta_pipeline``: the detections
+#: of the image and its horizontal flip merged by NMS.
+DETECTION_TTA_MODEL = dict(type='DetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+DETECTION_TTA_META_KEYS = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip', 'flip_direction')
+
+
+def apply_tta(cfg: Config) -> list[str]:
+    """Test-time augmentation as mmdet's and mmseg's ``tools/test.py --tta`` apply it: the model wrapped in the
+    config's ``tta_model`` and the test data read through its ``tta_pipeline``. Detection configs without them get
+    mmdet's defaults (horizontal flip, detections merged by NMS at IoU 0.5); mmseg's base configs define both
+    (ADE20K: six scales, each flipped). Returns what was taken from defaults, for the log."""
+    task = _task(cfg)
+    if task not in ('mmdet', 'mmseg'):
+        raise ConfigOptionError(f'--tta is for detection (mmdet) and segmentation (mmseg) configs; this one is '
+                                f'{task}')
+    defaults = []
+    if task == 'mmdet' and 'tta_model' not in cfg:
+        cfg.tta_model = copy.deepcopy(DETECTION_TTA_MODEL)
+        defaults.append('tta_model (DetTTAModel, NMS at IoU 0.5)')
+    if task == 'mmdet' and 'tta_pipeline' not in cfg:
+        dataset = cfg.test_dataloader.dataset
+        while 'dataset' in dataset:  # dataset wrappers
+            dataset = dataset.dataset
+        pipeline = copy.deepcopy(dataset.pipeline)
+        pipeline[-1] = dict(type='TestTimeAug', transforms=[
+            [dict(type='RandomFlip', prob=1.0), dict(type='RandomFlip', prob=0.0)],
+            [dict(type='PackDetInputs', meta_keys=DETECTION_TTA_META_KEYS)]])
+        cfg.tta_pipeline = pipeline
+        defaults.append('tta_pipeline (the test pipeline on the image and its horizontal flip)')
+    missing = [key for key in ('tta_model', 'tta_pipeline') if key not in cfg]
+    if missing:
+        raise ConfigOptionError(f'--tta needs {" and ".join(missing)} in the config (mmseg\'s '
+                                f'_base_/default_runtime.py and dataset configs define them)')
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    return defaults

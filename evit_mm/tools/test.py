@@ -4,12 +4,13 @@ from __future__ import annotations
 import argparse
 
 from mmengine.device import get_device
+from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.runner import Runner
 
 from ..benchmark.allocator_option import add_allocator_argument, apply_allocator_argument
 from ..checkpoint import local_checkpoint
 from ..engine import prepare_cpu_distributed
-from .config_options import add_common_arguments, apply_out, apply_show_dir, load_config
+from .config_options import add_common_arguments, apply_out, apply_show_dir, apply_tta, load_config
 from .cpu_roi_align import use_separable_roi_align_on_cpu
 from .preflight import check_backbone_neck, check_checkpoint_fits, run_preflight
 
@@ -21,6 +22,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument('--out', help='write raw predictions (.pkl; a folder of maps for segmentation)')
     parser.add_argument('--show-dir', help='draw predictions into WORK_DIR/<timestamp>/SHOW_DIR')
     parser.add_argument('--wait-time', type=float, default=0.0, help='seconds between shown images')
+    parser.add_argument('--tta', action='store_true',
+                        help="test-time augmentation: the config's tta_model and tta_pipeline (detection without "
+                             "them: mmdet's defaults, the image and its horizontal flip merged by NMS)")
     parser.add_argument('--deploy', action='store_true',
                         help='evaluate the deployed model (evit_mm.deploy.optimize_for_inference: Conv+BN folding, '
                              'fused kernels, Winograd 3x3 on CPU), e.g. to check that it scores the same')
@@ -50,10 +54,15 @@ def main(argv: list[str]) -> int:
         apply_show_dir(cfg, args.show_dir, args.wait_time)
     if args.out:
         apply_out(cfg, args.out)
+    tta_defaults = apply_tta(cfg) if args.tta else []
     run_preflight(cfg, ('test_dataloader',))
     prepare_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
-    model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+    if tta_defaults:
+        runner.logger.info(f'--tta: the config has no {" and no ".join(tta_defaults)}: mmdet\'s defaults used')
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    if isinstance(model, BaseTTAModel):  # checks, checkpoint and deploy act on the model it wraps
+        model = model.module
     check_backbone_neck(model)
     use_separable_roi_align_on_cpu(model, runner.logger)
     if hasattr(model, 'load_checkpoint'):

@@ -6,8 +6,8 @@ import argparse
 import pytest
 from mmengine.config import Config
 
-from evit_mm.tools.config_options import (add_common_arguments, apply_out, apply_resume, apply_show_dir,
-                                          enable_auto_scale_lr, load_config)
+from evit_mm.tools.config_options import (ConfigOptionError, add_common_arguments, apply_out, apply_resume,
+                                          apply_show_dir, apply_tta, enable_auto_scale_lr, load_config)
 from tests.conftest import REPO_ROOT
 
 DETECTION = str(REPO_ROOT / 'configs/demo/retinanet_evit_m0_coco_demo.py')
@@ -74,3 +74,41 @@ def test_out_adds_the_task_dumper():
     assert [e['type'] for e in cls.test_evaluator] == ['TopKAccuracy', 'DumpResults']
     with pytest.raises(ValueError, match="--out must be a .pkl file for mmdet configs, got 'preds.json'"):
         apply_out(Config.fromfile(DETECTION), 'preds.json')
+
+
+def test_tta_wraps_the_model_and_reads_the_tta_pipeline():
+    det = Config.fromfile(DETECTION)
+    model, test_pipeline = det.model.to_dict(), det.test_dataloader.dataset.pipeline
+    assert apply_tta(det) == ['tta_model (DetTTAModel, NMS at IoU 0.5)',
+                              'tta_pipeline (the test pipeline on the image and its horizontal flip)']
+    assert det.model.type == 'DetTTAModel' and det.model.module.to_dict() == model
+    pipeline = det.test_dataloader.dataset.pipeline
+    assert pipeline[:-1] == test_pipeline[:-1] and pipeline[-1].type == 'TestTimeAug'
+    assert [t.prob for t in pipeline[-1].transforms[0]] == [1.0, 0.0]  # the image flipped and as it is
+    own = Config.fromfile(DETECTION)  # a config's own TTA is kept
+    own.tta_model = dict(type='DetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.6), max_per_img=5))
+    own.tta_pipeline = [dict(type='LoadImageFromFile'), dict(type='TestTimeAug', transforms=[])]
+    assert apply_tta(own) == []
+    assert own.model.tta_cfg.max_per_img == 5 and own.test_dataloader.dataset.pipeline == own.tta_pipeline
+    seg = Config.fromfile(SEGMENTATION)  # mmseg's base configs define both
+    model = seg.model.to_dict()
+    assert apply_tta(seg) == []
+    assert seg.model.type == 'SegTTAModel' and seg.model.module.to_dict() == model
+    assert seg.test_dataloader.dataset.pipeline[1].type == 'TestTimeAug'
+
+
+def test_tta_names_what_is_missing():
+    with pytest.raises(ConfigOptionError, match=r'--tta is for detection \(mmdet\) and segmentation \(mmseg\) '
+                                                r'configs; this one is evit_mm'):
+        apply_tta(Config.fromfile(CLASSIFICATION))
+    seg = Config.fromfile(SEGMENTATION)
+    seg._cfg_dict.pop('tta_pipeline')  # a config without it (mmengine's Config has no item deletion)
+    with pytest.raises(ConfigOptionError, match='--tta needs tta_pipeline in the config'):
+        apply_tta(seg)
+
+
+def test_the_tools_print_a_bad_option_as_one_line(tmp_path):
+    from evit_mm.tools import test as test_tool
+    from evit_mm.tools.entry import run
+    error = run(test_tool.main, [CLASSIFICATION, str(tmp_path / 'missing.pth'), '--tta'])
+    assert error == 'error: --tta is for detection (mmdet) and segmentation (mmseg) configs; this one is evit_mm'

@@ -6,6 +6,7 @@ import pytest
 from mmengine.config import Config
 
 from evit_mm.data.demo_imagenet import make_imagenet_demo
+from evit_mm.tools.config_options import apply_tta
 from evit_mm.tools.preflight import PreflightError, check_backbone_arguments, check_num_classes, num_classes_of_model
 from tests.conftest import REPO_ROOT
 
@@ -18,6 +19,9 @@ def test_every_num_classes_of_a_detector_is_found_and_checked():
     cfg.merge_from_dict({'model.roi_head.mask_head.num_classes': 80})
     with pytest.raises(PreflightError, match=r'model.roi_head.mask_head.num_classes is 80, but the dataset has 4 '
                                              r"classes \['circle', 'square', 'triangle', 'star'\]"):
+        check_num_classes(cfg)
+    apply_tta(cfg)  # tools/test.py --tta: the detector inside the TTA model is checked
+    with pytest.raises(PreflightError, match='model.roi_head.mask_head.num_classes is 80'):
         check_num_classes(cfg)
 
 

@@ -10,7 +10,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..models.fused_conv import FusedConv2d
 from ..models.layers import Residual
-from ..models.roi_align import convert_roi_aligns
+from ..models.roi_align import SeparableRoIAlign, convert_roi_aligns
 from ..models.winograd import DEFAULT_TILE, WinogradConv2d, convert_to_winograd
 from .bfloat16 import run_in_bfloat16, warn_unless_native_bfloat16
 from .cuda_graphs import use_cuda_graphs
@@ -18,7 +18,8 @@ from .cuda_graphs import use_cuda_graphs
 
 @dataclass
 class DeploySummary:
-    """What :func:`optimize_for_inference` changed."""
+    """What a model runs after :func:`optimize_for_inference`: each count is of the model's modules, so a second call
+    reports the same, except ``batch_norms_folded``, which counts what that call folded."""
 
     fused: str | None  # the module whose switch_to_deploy ran (Conv+BN folding, fused kernels), if any
     winograd_convs: int  # 3x3 convolutions now computed by Winograd F(m x m, 3x3) on CPU
@@ -101,9 +102,15 @@ def optimize_for_inference(model: nn.Module, fused_kernels: bool | None = None, 
         bfloat16_parts = run_in_bfloat16(model)
         parameter = next(model.parameters(), None)
         warn_unless_native_bfloat16('cpu' if parameter is None else parameter.device, 'bfloat16 deploy')
-    converted = convert_to_winograd(model, tile=winograd_tile) if winograd else 0
-    relus = _relus_into_winograd(model) if winograd else 0
-    roi_aligns = convert_roi_aligns(model) if roi_align else 0
+    if winograd:
+        convert_to_winograd(model, tile=winograd_tile)
+        _relus_into_winograd(model)
+    if roi_align:
+        convert_roi_aligns(model)
+    # counted in the model, not in what this call changed: a second call reports the same model
+    converted = sum(isinstance(m, WinogradConv2d) for m in model.modules())
+    relus = sum(isinstance(m, WinogradConv2d) and m.relu for m in model.modules())
+    roi_aligns = sum(isinstance(m, SeparableRoIAlign) for m in model.modules())
     identities = sum(isinstance(m, Residual) and m.identity_in_branch for m in model.modules())
     prepacked = sum(isinstance(m, FusedConv2d) and m.prepack_weights for m in model.modules())
     graphed = use_cuda_graphs(model) if cuda_graphs else ()  # last: graphs record what the parts became

@@ -90,13 +90,24 @@ def apply_show_dir(cfg: Config, show_dir: str, wait_time: float = 0.0) -> None:
     hook.wait_time = wait_time
 
 
+#: mmseg's metrics that write prediction maps into their ``output_dir``.
+SEGMENTATION_MAP_WRITERS = ('IoUMetric', 'CityscapesMetric', 'DepthMetric')
+
+
 def apply_out(cfg: Config, out: str) -> None:
     """Write raw predictions: mmdet's ``DumpDetResults`` (``.pkl``) for detection, mmseg's prediction maps
     (a folder) for segmentation, mmengine's ``DumpResults`` (``.pkl``) otherwise."""
     task = _task(cfg)
     if task == 'mmseg':
-        cfg.test_evaluator['output_dir'] = out
-        cfg.test_evaluator['keep_results'] = True
+        evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [cfg.test_evaluator]
+        writers = [e for e in evaluators if str(e.get('type', '')).split('.')[-1] in SEGMENTATION_MAP_WRITERS]
+        if not writers:
+            raise ConfigOptionError(f'--out for segmentation needs a test evaluator that writes prediction maps '
+                                    f'({", ".join(SEGMENTATION_MAP_WRITERS)}); this config has '
+                                    f'{[e.get("type") for e in evaluators]}')
+        for evaluator in writers:
+            evaluator['output_dir'] = out
+            evaluator['keep_results'] = True  # what mmseg's tools/test.py sets too
         return
     if not out.endswith(('.pkl', '.pickle')):
         raise ConfigOptionError(f'--out must be a .pkl file for {task} configs, got {out!r}')

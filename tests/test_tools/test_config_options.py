@@ -74,6 +74,14 @@ def test_out_adds_the_task_dumper():
     assert [e['type'] for e in cls.test_evaluator] == ['TopKAccuracy', 'DumpResults']
     with pytest.raises(ValueError, match="--out must be a .pkl file for mmdet configs, got 'preds.json'"):
         apply_out(Config.fromfile(DETECTION), 'preds.json')
+    seg = Config.fromfile(SEGMENTATION)  # several evaluators: the ones that write maps get the folder
+    seg.test_evaluator = [dict(type='IoUMetric', iou_metrics=['mIoU']), dict(type='DumpResults', out_file_path='x')]
+    apply_out(seg, 'maps')
+    assert seg.test_evaluator[0].output_dir == 'maps' and 'output_dir' not in seg.test_evaluator[1]
+    seg.test_evaluator = [dict(type='DumpResults', out_file_path='x')]
+    with pytest.raises(ConfigOptionError, match=r"--out for segmentation needs a test evaluator that writes "
+                                                r"prediction maps \(IoUMetric, .*this config has \['DumpResults'\]"):
+        apply_out(seg, 'maps')
 
 
 def test_tta_wraps_the_model_and_reads_the_tta_pipeline():

@@ -122,6 +122,12 @@ DETECTION_TTA_MODEL = dict(type='DetTTAModel', tta_cfg=dict(nms=dict(type='nms',
 DETECTION_TTA_META_KEYS = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip', 'flip_direction')
 
 
+def _has_key(node: object, key: str) -> bool:
+    if isinstance(node, dict):
+        return key in node or any(_has_key(value, key) for value in node.values())
+    return isinstance(node, (list, tuple)) and any(_has_key(value, key) for value in node)
+
+
 def apply_tta(cfg: Config) -> list[str]:
     """Test-time augmentation as mmdet's and mmseg's ``tools/test.py --tta`` apply it: the model wrapped in the
     config's ``tta_model`` and the test data read through its ``tta_pipeline``. Detection configs without them get
@@ -145,6 +151,11 @@ def apply_tta(cfg: Config) -> list[str]:
             [dict(type='PackDetInputs', meta_keys=DETECTION_TTA_META_KEYS)]])
         cfg.tta_pipeline = pipeline
         defaults.append('tta_pipeline (the test pipeline on the image and its horizontal flip)')
+    if (task == 'mmdet' and str(cfg.tta_model.get('type', '')).split('.')[-1] == 'DetTTAModel'
+            and _has_key(cfg.model, 'mask_head')):
+        raise ConfigOptionError('--tta: mmdet\'s DetTTAModel merges boxes only, and this model predicts masks '
+                                '(mmdet asserts "TTA of instance segmentation does not support now" at the first '
+                                'image); test it without --tta')
     missing = [key for key in ('tta_model', 'tta_pipeline') if key not in cfg]
     if missing:
         raise ConfigOptionError(f'--tta needs {" and ".join(missing)} in the config (mmseg\'s '

@@ -109,6 +109,9 @@ def test_tta_names_what_is_missing():
     with pytest.raises(ConfigOptionError, match=r'--tta is for detection \(mmdet\) and segmentation \(mmseg\) '
                                                 r'configs; this one is evit_mm'):
         apply_tta(Config.fromfile(CLASSIFICATION))
+    with pytest.raises(ConfigOptionError, match="--tta: mmdet's DetTTAModel merges boxes only, and this model "
+                                                'predicts masks'):
+        apply_tta(Config.fromfile(str(REPO_ROOT / 'configs/demo/mask_rcnn_evit_m0_coco_demo.py')))
     seg = Config.fromfile(SEGMENTATION)
     seg._cfg_dict.pop('tta_pipeline')  # a config without it (mmengine's Config has no item deletion)
     with pytest.raises(ConfigOptionError, match='--tta needs tta_pipeline in the config'):

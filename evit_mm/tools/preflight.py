@@ -164,11 +164,31 @@ def check_backbone_arguments(cfg: Config) -> None:
             raise PreflightError(f'model backbone: {error}') from None
 
 
+def check_mixup_batches(cfg: Config) -> None:
+    """The classifier's mixup/cutmix (timm's ``Mixup``, which pairs each image with its mirror in the batch) takes
+    even batches only: an odd ``batch_size``, or a last batch of any size (``drop_last`` off), would stop training
+    at its first or last step of an epoch."""
+    preprocessor = cfg.get('model', {}).get('data_preprocessor')
+    loader = cfg.get('train_dataloader')
+    if not isinstance(preprocessor, dict) or not preprocessor.get('mixup') or not loader:
+        return
+    if loader.get('batch_size', 1) % 2:
+        raise PreflightError(f'mixup/cutmix (model.data_preprocessor.mixup) needs an even batch size, and '
+                             f'train_dataloader.batch_size is {loader.get("batch_size", 1)}; make it even or set '
+                             f'model.data_preprocessor.mixup=None')
+    if not loader.get('drop_last', False):
+        raise PreflightError('mixup/cutmix (model.data_preprocessor.mixup) needs even batches, and without '
+                             'train_dataloader.drop_last=True the last batch of an epoch can be odd; set it (the '
+                             'ImageNet configs do)')
+
+
 def run_preflight(cfg: Config, loaders: tuple[str, ...]) -> None:
     """All config-level checks; model-level ones run once the runner has built the model."""
     check_backbone_arguments(cfg)
     check_datasets(cfg, loaders)
     check_num_classes(cfg)
+    if 'train_dataloader' in loaders:
+        check_mixup_batches(cfg)
 
 
 def check_checkpoint_fits(model: Any, checkpoint: str) -> dict:

@@ -7,7 +7,8 @@ from mmengine.config import Config
 
 from evit_mm.data.demo_imagenet import make_imagenet_demo
 from evit_mm.tools.config_options import apply_tta
-from evit_mm.tools.preflight import PreflightError, check_backbone_arguments, check_num_classes, num_classes_of_model
+from evit_mm.tools.preflight import (PreflightError, check_backbone_arguments, check_mixup_batches, check_num_classes,
+                                     num_classes_of_model)
 from tests.conftest import REPO_ROOT
 
 
@@ -20,9 +21,11 @@ def test_every_num_classes_of_a_detector_is_found_and_checked():
     with pytest.raises(PreflightError, match=r'model.roi_head.mask_head.num_classes is 80, but the dataset has 4 '
                                              r"classes \['circle', 'square', 'triangle', 'star'\]"):
         check_num_classes(cfg)
-    apply_tta(cfg)  # tools/test.py --tta: the detector inside the TTA model is checked
-    with pytest.raises(PreflightError, match='model.roi_head.mask_head.num_classes is 80'):
-        check_num_classes(cfg)
+    retinanet = Config.fromfile(str(REPO_ROOT / 'configs/demo/retinanet_evit_m0_coco_demo.py'))
+    retinanet.merge_from_dict({'model.bbox_head.num_classes': 80})
+    apply_tta(retinanet)  # tools/test.py --tta: the detector inside the TTA model is checked
+    with pytest.raises(PreflightError, match='model.bbox_head.num_classes is 80, but the dataset has 4'):
+        check_num_classes(retinanet)
 
 
 def test_the_classifiers_mixup_classes_are_checked_against_the_class_folders(tmp_path):
@@ -51,3 +54,16 @@ def test_backbone_arguments_are_checked_before_the_run(arguments, message):
     cfg.model.backbone.update(arguments)
     with pytest.raises(PreflightError, match=message):
         check_backbone_arguments(cfg)
+
+
+def test_mixup_needs_even_batches():
+    cfg = Config.fromfile(str(REPO_ROOT / 'configs/evit_m4_in1k.py'))
+    check_mixup_batches(cfg)  # 256 per GPU, drop_last=True
+    cfg.train_dataloader.batch_size = 7
+    with pytest.raises(PreflightError, match='needs an even batch size, and train_dataloader.batch_size is 7'):
+        check_mixup_batches(cfg)
+    cfg.train_dataloader.batch_size, cfg.train_dataloader.drop_last = 8, False
+    with pytest.raises(PreflightError, match='without train_dataloader.drop_last=True the last batch'):
+        check_mixup_batches(cfg)
+    cfg.model.data_preprocessor.mixup = None  # no mixup: any batch
+    check_mixup_batches(cfg)

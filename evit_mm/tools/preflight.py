@@ -126,6 +126,14 @@ def check_num_classes(cfg: Config) -> None:
                 f'set {name}={len(classes)} (or the dataset metainfo.classes to the classes you train on)')
 
 
+def runner_model(runner: Any) -> Any:
+    """The detector, segmentor or classifier a runner holds, without mmengine's distributed wrapper and a test-time
+    augmentation model around it (the model-level checks, checkpoints and deployment act on it)."""
+    from mmengine.model import BaseTTAModel, is_model_wrapper
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    return model.module if isinstance(model, BaseTTAModel) else model
+
+
 def check_backbone_neck(model: Any) -> None:
     """A built model's neck must take the channels its backbone gives (e.g. after changing ``arch``)."""
     backbone, neck = getattr(model, 'backbone', None), getattr(model, 'neck', None)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 
 from mmengine.device import get_device
-from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.runner import Runner
 
 from ..benchmark.allocator_option import add_allocator_argument, apply_allocator_argument
@@ -12,7 +11,7 @@ from ..checkpoint import local_checkpoint
 from ..engine import prepare_cpu_distributed
 from .config_options import add_common_arguments, apply_out, apply_show_dir, apply_tta, load_config
 from .cpu_roi_align import use_separable_roi_align_on_cpu
-from .preflight import check_backbone_neck, check_checkpoint_fits, run_preflight
+from .preflight import check_backbone_neck, check_checkpoint_fits, run_preflight, runner_model
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -60,9 +59,7 @@ def main(argv: list[str]) -> int:
     runner = Runner.from_cfg(cfg)
     if tta_defaults:
         runner.logger.info(f'--tta: the config has no {" and no ".join(tta_defaults)}: mmdet\'s defaults used')
-    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-    if isinstance(model, BaseTTAModel):  # checks, checkpoint and deploy act on the model it wraps
-        model = model.module
+    model = runner_model(runner)
     check_backbone_neck(model)
     use_separable_roi_align_on_cpu(model, runner.logger)
     if hasattr(model, 'load_checkpoint'):

@@ -11,7 +11,7 @@ from ..checkpoint import local_checkpoint
 from ..engine import prepare_cpu_distributed
 from .config_options import add_common_arguments, apply_resume, enable_amp, enable_auto_scale_lr, load_config
 from .cpu_roi_align import use_separable_roi_align_on_cpu
-from .preflight import check_backbone_neck, check_checkpoint_fits, run_preflight
+from .preflight import check_backbone_neck, check_checkpoint_fits, run_preflight, runner_model
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
     allocator = apply_allocator_argument(args, get_device())
     runner = Runner.from_cfg(cfg)
     runner.logger.info(f'memory allocator: {allocator}')
-    model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+    model = runner_model(runner)
     check_backbone_neck(model)
     use_separable_roi_align_on_cpu(model, runner.logger)
     if cfg.get('load_from'):

@@ -26,7 +26,6 @@ MODELS_NEEDING_PACKAGES = {
 __all__ = ['ClsDataPreprocessor', 'EfficientViT', 'EfficientViTClassifier']
 
 
-
 def _missing_package_error(name: str) -> ImportError:
     package, requirement, _ = MODELS_NEEDING_PACKAGES[name]
     return ImportError(f'evit_mm.{name} builds on {package}, which is not installed in this environment: '

@@ -123,6 +123,7 @@ DETECTION_TTA_META_KEYS = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scal
 
 
 def _has_key(node: object, key: str) -> bool:
+    """Whether ``key`` is a key of ``node`` or of a dict anywhere inside it (a config's nested dicts and lists)."""
     if isinstance(node, dict):
         return key in node or any(_has_key(value, key) for value in node.values())
     return isinstance(node, (list, tuple)) and any(_has_key(value, key) for value in node)

@@ -26,6 +26,7 @@ HASH_DIGITS = 8
 
 
 def file_sha256(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of a file, read in blocks."""
     digest = hashlib.sha256()
     with open(path, 'rb') as file:
         for block in iter(lambda: file.read(1 << 20), b''):
@@ -41,8 +42,12 @@ def publish_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[
         The published file's path and the number of tensors it holds.
 
     Raises:
+        ValueError: If ``dst`` does not end in ``.pth``.
         CheckpointReadError: If ``src`` holds no weights.
     """
+    dst = Path(dst)
+    if dst.suffix != '.pth':
+        raise ValueError(f'the published file is a torch file: give a name ending in .pth, got {os.fspath(dst)!r}')
     checkpoint = read_checkpoint(src)
     try:
         state_dict = unwrap_state_dict(checkpoint)
@@ -51,9 +56,6 @@ def publish_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[
     meta = checkpoint.get('meta') if isinstance(checkpoint.get('meta'), dict) else {}
     published = {'state_dict': {key: value.contiguous() for key, value in state_dict.items()},
                  'meta': {key: meta[key] for key in PUBLISHED_META_KEYS if key in meta}}
-    dst = Path(dst)
-    if dst.suffix != '.pth':
-        raise ValueError(f'the published file is a torch file: give a name ending in .pth, got {os.fspath(dst)!r}')
     dst.parent.mkdir(parents=True, exist_ok=True)
     torch.save(published, dst)
     final = dst.with_name(f'{dst.stem}-{file_sha256(dst)[:HASH_DIGITS]}{dst.suffix}')

@@ -62,3 +62,5 @@ def test_bad_sources_and_names(tmp_path):
         'error: checkpoint not found')
     with pytest.raises(SystemExit):
         main([str(empty), str(tmp_path / 'model.safetensors')])
+    with pytest.raises(ValueError, match="give a name ending in .pth, got '.*model.pt'"):
+        publish_checkpoint(empty, tmp_path / 'model.pt')

@@ -418,10 +418,10 @@ class EfficientViT(BaseModule):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ImageInputError(f'EfficientViT expects (N, {self.in_channels}, H, W) images, got shape '
-                             f'{tuple(x.shape)}; set in_channels to match the data')
+                                  f'{tuple(x.shape)}; set in_channels to match the data')
         if x.shape[2] < PatchEmbed.stride or x.shape[3] < PatchEmbed.stride:
             raise ImageInputError(f'EfficientViT needs images of at least {PatchEmbed.stride}x{PatchEmbed.stride} '
-                             f'pixels, got {x.shape[2]}x{x.shape[3]}')
+                                  f'pixels, got {x.shape[2]}x{x.shape[3]}')
         if self.training and x.shape[0] == 1:
             self._check_batch_statistics(x.shape[2], x.shape[3])
         if self.channels_last:

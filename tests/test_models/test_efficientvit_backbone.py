@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 import torch
 from mmengine.registry import MODELS as ROOT_MODELS
+from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from evit_mm.benchmark.precision import norm_relative_error
 from evit_mm.models import EfficientViT
 from evit_mm.models.attention import CascadedGroupAttention, LocalWindowAttention
 from evit_mm.models.backbones import ARCH_SETTINGS, ArchSpec
-
+from tests.conftest import REPO_ROOT
 from tests.helpers import DEVICES, OpCalls, randomize_
 
 
@@ -254,9 +255,21 @@ def test_registered_in_all_scopes():
     assert isinstance(SEG_MODELS.build(dict(type='EfficientViT', arch='m0')), EfficientViT)
 
 
-def test_no_weight_decay_keys():
-    keys = EfficientViT('m0').no_weight_decay_keys()
-    assert len(keys) == 6 and all(k.endswith('attention_biases') for k in keys)
+@pytest.mark.parametrize('config', ['retinanet_evit_m4.py', 'fpn_evit_m4_ade20k.py', 'evit_m4_in1k.py'])
+def test_the_configs_exempt_exactly_the_attention_bias_tables_from_weight_decay(config):
+    """The official recipes put no weight decay on the attention-bias tables: the configs' paramwise custom key
+    must reach each table (one per attention block) and nothing else, through mmengine's optimizer constructor."""
+    from mmengine.config import Config
+    from mmengine.optim import build_optim_wrapper
+    cfg = Config.fromfile(str(REPO_ROOT / 'configs' / config))
+    backbone = nn.Module()
+    backbone.backbone = EfficientViT('m0')  # the name the configs' models give it
+    groups = build_optim_wrapper(backbone, cfg.optim_wrapper).optimizer.param_groups
+    names = {id(p): n for n, p in backbone.named_parameters()}
+    undecayed = {names[id(p)] for g in groups if g['weight_decay'] == 0 for p in g['params']}
+    tables = {n for n, _ in backbone.named_parameters() if n.endswith('.attention_biases')}
+    assert len(tables) == sum(backbone.backbone.arch.depths) and undecayed >= tables
+    assert not {n for n in undecayed - tables if not n.endswith(('.bias', 'bn.weight'))}  # only norm/bias extras
 
 
 @pytest.mark.parametrize('training', [False, True])

@@ -321,10 +321,6 @@ class EfficientViT(BaseModule):
         official downstream detector checkpoint (``backbone.blocks1.0...``) as it is."""
         rename_official_backbone_keys(state_dict, prefix)
 
-    def no_weight_decay_keys(self) -> set[str]:
-        """Parameter names that should get no weight decay (the attention bias tables)."""
-        return {name for name, _ in self.named_parameters() if name.endswith('attention_biases')}
-
     # ---- freezing and modes ---------------------------------------------------------------------------
     def _frozen_modules(self) -> list[nn.Module]:
         if self.frozen_stages < 0:

@@ -34,6 +34,16 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def destination_problem(src: str | os.PathLike, dst: str | os.PathLike) -> str | None:
+    """Why ``dst`` cannot take the published ``src`` (not a ``.pth`` name, or the source file itself), or None."""
+    if Path(dst).suffix != '.pth':
+        return f'the published file is a torch file: give a name ending in .pth, got {os.fspath(dst)!r}'
+    if os.path.exists(src) and os.path.exists(dst) and os.path.samefile(src, dst):
+        return (f'{os.fspath(dst)!r} is the source checkpoint: publishing there would replace the training state it '
+                f'holds; give another name')
+    return None
+
+
 def publish_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[Path, int]:
     """Write the weights and plain metadata of the checkpoint ``src`` (a path, URL or ``hf-hub:`` name) to ``dst``
     with the SHA-256 prefix added to its name (``model.pth`` -> ``model-1a2b3c4d.pth``).
@@ -42,12 +52,13 @@ def publish_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[
         The published file's path and the number of tensors it holds.
 
     Raises:
-        ValueError: If ``dst`` does not end in ``.pth``.
+        ValueError: If ``dst`` does not end in ``.pth`` or is ``src`` itself.
         CheckpointReadError: If ``src`` holds no weights.
     """
+    problem = destination_problem(src, dst)
+    if problem:
+        raise ValueError(problem)
     dst = Path(dst)
-    if dst.suffix != '.pth':
-        raise ValueError(f'the published file is a torch file: give a name ending in .pth, got {os.fspath(dst)!r}')
     checkpoint = read_checkpoint(src)
     try:
         state_dict = unwrap_state_dict(checkpoint)
@@ -71,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('src', help='training checkpoint (work_dirs/.../epoch_12.pth), URL or hf-hub:ORG/NAME')
     parser.add_argument('dst', help='output .pth file; the published name adds -<sha256[:8]> before .pth')
     args = parser.parse_args(argv)
-    if not args.dst.endswith('.pth'):
-        parser.error(f'dst must end in .pth, got {args.dst!r}')
+    problem = destination_problem(args.src, args.dst)
+    if problem:
+        parser.error(problem)
     final, count = publish_checkpoint(args.src, args.dst)
     print(f'wrote {count} tensors to {final} ({final.stat().st_size / 2**20:.1f} MiB)')
     return 0

@@ -60,7 +60,12 @@ def test_bad_sources_and_names(tmp_path):
         f"error: {empty}: no tensors found in the checkpoint; top-level keys: ['meta']")
     assert run(main, [str(tmp_path / 'missing.pth'), str(tmp_path / 'model.pth')]).startswith(
         'error: checkpoint not found')
-    with pytest.raises(SystemExit):
-        main([str(empty), str(tmp_path / 'model.safetensors')])
+    for dst in (tmp_path / 'model.safetensors', empty):  # usage errors, as the function's ValueErrors below
+        with pytest.raises(SystemExit) as stop:
+            main([str(empty), str(dst)])
+        assert stop.value.code == 2
     with pytest.raises(ValueError, match="give a name ending in .pth, got '.*model.pt'"):
         publish_checkpoint(empty, tmp_path / 'model.pt')
+    with pytest.raises(ValueError, match='is the source checkpoint: publishing there would replace the training'):
+        publish_checkpoint(empty, empty)
+    assert torch.load(empty, weights_only=True) == {'meta': {'epoch': 1}}  # left as it was

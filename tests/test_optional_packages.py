@@ -1,8 +1,8 @@
 """evit_mm in an environment with only one of mmdet and mmseg (``pip install --no-deps`` into an existing setup).
 
-Each test runs a fresh interpreter in which the other package cannot be imported (``sys.modules[name] = None``, what
-Python does for a package that is not installed), imports evit_mm and builds and runs a model of the task that
-remains from the project's demo config.
+Each test runs a fresh interpreter in which the other package cannot be imported (``sys.modules[name] = None``: its
+imports fail and ``importlib.util.find_spec`` reports it absent, as for a package that is not installed), imports
+evit_mm and builds and runs a model of the task that remains from the project's demo config.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 
-from .conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT
 
 PROLOGUE = """
 import sys

@@ -136,8 +136,8 @@ def apply_tta(cfg: Config) -> list[str]:
     (ADE20K: six scales, each flipped). Returns what was taken from defaults, for the log."""
     task = _task(cfg)
     if task not in ('mmdet', 'mmseg'):
-        raise ConfigOptionError(f'--tta is for detection (mmdet) and segmentation (mmseg) configs; this one is '
-                                f'{task}')
+        raise ConfigOptionError(f'--tta is for detection (mmdet) and segmentation (mmseg) configs; this config\'s '
+                                f'default_scope is {task!r}')
     defaults = []
     if task == 'mmdet' and 'tta_model' not in cfg:
         cfg.tta_model = copy.deepcopy(DETECTION_TTA_MODEL)

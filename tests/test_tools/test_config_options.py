@@ -107,7 +107,7 @@ def test_tta_wraps_the_model_and_reads_the_tta_pipeline():
 
 def test_tta_names_what_is_missing():
     with pytest.raises(ConfigOptionError, match=r'--tta is for detection \(mmdet\) and segmentation \(mmseg\) '
-                                                r'configs; this one is evit_mm'):
+                                                r"configs; this config's default_scope is 'evit_mm'"):
         apply_tta(Config.fromfile(CLASSIFICATION))
     with pytest.raises(ConfigOptionError, match="--tta: mmdet's DetTTAModel merges boxes only, and this model "
                                                 'predicts masks'):
@@ -122,4 +122,5 @@ def test_the_tools_print_a_bad_option_as_one_line(tmp_path):
     from evit_mm.tools import test as test_tool
     from evit_mm.tools.entry import run
     error = run(test_tool.main, [CLASSIFICATION, str(tmp_path / 'missing.pth'), '--tta'])
-    assert error == 'error: --tta is for detection (mmdet) and segmentation (mmseg) configs; this one is evit_mm'
+    assert error == ("error: --tta is for detection (mmdet) and segmentation (mmseg) configs; this config's "
+                     "default_scope is 'evit_mm'")

@@ -14,3 +14,13 @@ def dense_parts(model: nn.Module) -> dict[str, nn.Module]:
     """The parts of ``model`` named in :data:`DENSE_PARTS`, or ``{'model': model}`` where it has none."""
     parts = {name: getattr(model, name) for name in DENSE_PARTS if isinstance(getattr(model, name, None), nn.Module)}
     return parts or {'model': model}
+
+
+def parts_wrapped_by(model: nn.Module, wrapper: type) -> tuple[str, ...]:
+    """The dense parts of ``model`` whose ``forward`` is wrapped, at any depth of the chain of deploy-time wrappers
+    (each keeps the forward it wraps as ``.forward``), by an instance of ``wrapper``."""
+    def wrapped(forward: object) -> bool:
+        while forward is not None and not isinstance(forward, wrapper):
+            forward = getattr(forward, 'forward', None)  # a bound method (the chain's end) has none
+        return forward is not None
+    return tuple(name for name, part in dense_parts(model).items() if wrapped(part.__dict__.get('forward')))

@@ -12,14 +12,16 @@ from ..models.fused_conv import FusedConv2d
 from ..models.layers import Residual
 from ..models.roi_align import SeparableRoIAlign, convert_roi_aligns
 from ..models.winograd import DEFAULT_TILE, WinogradConv2d, convert_to_winograd
-from .bfloat16 import run_in_bfloat16, warn_unless_native_bfloat16
-from .cuda_graphs import use_cuda_graphs
+from .bfloat16 import Bfloat16Forward, run_in_bfloat16, warn_unless_native_bfloat16
+from .cuda_graphs import CudaGraphForward, use_cuda_graphs
+from .dense_parts import parts_wrapped_by
 
 
 @dataclass
 class DeploySummary:
-    """What a model runs after :func:`optimize_for_inference`: each count is of the model's modules, so a second call
-    reports the same, except ``batch_norms_folded``, which counts what that call folded."""
+    """What a model runs after :func:`optimize_for_inference`: each count and list is read from the model's modules,
+    so a later call reports the same model (with what it added), except ``batch_norms_folded``, which counts what
+    that call folded."""
 
     fused: str | None  # the module whose switch_to_deploy ran (Conv+BN folding, fused kernels), if any
     winograd_convs: int  # 3x3 convolutions now computed by Winograd F(m x m, 3x3) on CPU
@@ -27,10 +29,10 @@ class DeploySummary:
     winograd_tile: int = DEFAULT_TILE  # the largest output tile m of those convolutions
     batch_norms_folded: int = 0  # BatchNorms outside switch_to_deploy (necks, heads) folded into their convs
     roi_aligns: int = 0  # mmcv RoIAlign layers (two-stage detectors) now computed as matrix products on CPU
-    bfloat16_parts: tuple[str, ...] = ()  # parts on bfloat16 weights (float32 in and out), if asked for
+    bfloat16_parts: tuple[str, ...] = ()  # parts on bfloat16 weights (float32 in and out)
     identities_folded: int = 0  # depthwise residuals x + DW(x) computed by their conv alone (Residual.fold_identity)
     prepacked_convs: int = 0  # deployed convs whose CPU oneDNN path takes weights reordered once (FusedConv2d)
-    cuda_graph_parts: tuple[str, ...] = ()  # parts replaying CUDA graphs at inference on a GPU, if asked for
+    cuda_graph_parts: tuple[str, ...] = ()  # parts replaying CUDA graphs at inference on a GPU
 
     def __str__(self) -> str:
         tiles = 'F(2x2,3x3)' if self.winograd_tile == 2 else (
@@ -97,9 +99,8 @@ def optimize_for_inference(model: nn.Module, fused_kernels: bool | None = None, 
             target.switch_to_deploy()
         fused = type(target).__name__
     folded = _fold_batch_norms(model) if fold_batch_norms else 0
-    bfloat16_parts = ()
     if bfloat16:
-        bfloat16_parts = run_in_bfloat16(model)
+        run_in_bfloat16(model)
         parameter = next(model.parameters(), None)
         warn_unless_native_bfloat16('cpu' if parameter is None else parameter.device, 'bfloat16 deploy')
     if winograd:
@@ -113,9 +114,11 @@ def optimize_for_inference(model: nn.Module, fused_kernels: bool | None = None, 
     roi_aligns = sum(isinstance(m, SeparableRoIAlign) for m in model.modules())
     identities = sum(isinstance(m, Residual) and m.identity_in_branch for m in model.modules())
     prepacked = sum(isinstance(m, FusedConv2d) and m.prepack_weights for m in model.modules())
-    graphed = use_cuda_graphs(model) if cuda_graphs else ()  # last: graphs record what the parts became
-    return DeploySummary(fused, converted, relus, winograd_tile, folded, roi_aligns, bfloat16_parts, identities,
-                         prepacked, graphed)
+    if cuda_graphs:
+        use_cuda_graphs(model)  # last: graphs record what the parts became
+    return DeploySummary(fused, converted, relus, winograd_tile, folded, roi_aligns,
+                         parts_wrapped_by(model, Bfloat16Forward), identities, prepacked,
+                         parts_wrapped_by(model, CudaGraphForward))
 
 
 def _fold_batch_norms(model: nn.Module) -> int:

@@ -97,6 +97,10 @@ def test_dense_pipelines_on_bfloat16_weights(config, parts):
     floats = (result.pred_instances.bboxes, result.pred_instances.scores) if 'retinanet' in config else (
         result.seg_logits.data,)
     assert all(t.dtype == torch.float32 for t in floats)
+    # a later call reports the model as it is: its parts still on bfloat16 weights, now also under CUDA graphs (the
+    # graph wrapper outside the bfloat16 one)
+    again = optimize_for_inference(target.model, cuda_graphs=True)
+    assert again.bfloat16_parts == again.cuda_graph_parts == parts
 
 
 def test_two_stage_detector_keeps_its_roi_head_in_float32():

@@ -208,6 +208,10 @@ def test_wrong_num_classes_stops_before_training(coco_root, tmp_path):
     with pytest.raises(PreflightError, match=r'model.bbox_head.num_classes is 80, but the dataset has 4 classes'):
         train_tool.main([DEMO_CONFIG, '--work-dir', str(tmp_path),
                          *_options(coco_root, **{'model.bbox_head.num_classes': '80'})])
+    # ...and testing, with the detector wrapped for test-time augmentation too (the checks read it unwrapped)
+    with pytest.raises(PreflightError, match=r'model.bbox_head.num_classes is 80, but the dataset has 4 classes'):
+        test_tool.main([DEMO_CONFIG, str(tmp_path / 'never_read.pth'), '--work-dir', str(tmp_path), '--tta',
+                        *_options(coco_root, **{'model.bbox_head.num_classes': '80'})])
 
 
 def test_unknown_arch_stops_before_training(coco_root, tmp_path):

@@ -116,10 +116,7 @@ def check_num_classes(cfg: Config) -> None:
     classes = _dataset_classes(leaves[0][1], cfg.get('default_scope'))
     if classes is None:
         return
-    model = cfg.model
-    while isinstance(model.get('module'), dict):  # a test-time augmentation model (tools/test.py --tta)
-        model = model.module
-    for name, value in num_classes_of_model(model):
+    for name, value in num_classes_of_model(cfg.model):
         if value != len(classes):
             raise PreflightError(
                 f'{name} is {value}, but the dataset has {len(classes)} classes {list(classes)[:8]}...; '

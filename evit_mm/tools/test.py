@@ -53,8 +53,8 @@ def main(argv: list[str]) -> int:
         apply_show_dir(cfg, args.show_dir, args.wait_time)
     if args.out:
         apply_out(cfg, args.out)
-    tta_defaults = apply_tta(cfg) if args.tta else []
     run_preflight(cfg, ('test_dataloader',))
+    tta_defaults = apply_tta(cfg) if args.tta else []  # after the checks, which read the model config unwrapped
     prepare_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
     if tta_defaults:

@@ -6,7 +6,6 @@ import pytest
 from mmengine.config import Config
 
 from evit_mm.data.demo_imagenet import make_imagenet_demo
-from evit_mm.tools.config_options import apply_tta
 from evit_mm.tools.preflight import (PreflightError, check_backbone_arguments, check_mixup_batches, check_num_classes,
                                      num_classes_of_model)
 from tests.conftest import REPO_ROOT
@@ -21,11 +20,6 @@ def test_every_num_classes_of_a_detector_is_found_and_checked():
     with pytest.raises(PreflightError, match=r'model.roi_head.mask_head.num_classes is 80, but the dataset has 4 '
                                              r"classes \['circle', 'square', 'triangle', 'star'\]"):
         check_num_classes(cfg)
-    retinanet = Config.fromfile(str(REPO_ROOT / 'configs/demo/retinanet_evit_m0_coco_demo.py'))
-    retinanet.merge_from_dict({'model.bbox_head.num_classes': 80})
-    apply_tta(retinanet)  # tools/test.py --tta: the detector inside the TTA model is checked
-    with pytest.raises(PreflightError, match='model.bbox_head.num_classes is 80, but the dataset has 4'):
-        check_num_classes(retinanet)
 
 
 def test_the_classifiers_mixup_classes_are_checked_against_the_class_folders(tmp_path):

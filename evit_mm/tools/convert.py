@@ -64,9 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--prefix', default=None, help="backbone key prefix in SRC (auto: 'backbone.' if present)")
     args = parser.parse_args(argv)
     window = args.window_size[0] if len(args.window_size) == 1 else tuple(args.window_size)
-    stages = ARCH_SETTINGS[args.arch or 'm4'].num_stages  # 3, as in every built-in arch
-    if len(args.window_size) not in (1, stages):
-        parser.error(f'--window-size takes one value or {stages} (one per stage), got {len(args.window_size)}')
+    try:  # the backbone's own rule for window sizes, before the file is read: built on meta, nothing allocated
+        with torch.device('meta'):
+            EfficientViT(args.arch or 'm4', window_size=window)  # every built-in arch has 3 stages
+    except ValueError as error:
+        parser.error(f'--window-size: {error}')
     arch, count = convert_checkpoint(args.src, args.dst, arch=args.arch, window_size=window, prefix=args.prefix)
     print(f'wrote {count} tensors of EfficientViT-{arch.upper()} to {args.dst}')
     return 0

@@ -246,7 +246,8 @@ def test_convert_tool_names_the_problem_without_a_traceback(tmp_path, m0_referen
     assert 'EfficientViT-M0' in capsys.readouterr().out
     usages = {('--arch', 'm9'): "argument --arch: invalid choice: 'm9' (choose from 'm0', 'm1'",
               ('--window-size', '0'): "argument --window-size: must be an integer of at least 1, got '0'",
-              ('--window-size', '7', '7'): '--window-size takes one value or 3 (one per stage), got 2'}
+              ('--window-size', '7', '7'): '--window-size: window_size must be a positive int or 3 positive ints, '
+                                           'got (7, 7)'}
     for options, usage in usages.items():
         with pytest.raises(SystemExit) as exit_info:
             convert_tool.main([str(tmp_path / 'm0.pth'), str(tmp_path / 'out.pth'), *options])

@@ -2,6 +2,7 @@
 downstream neck does (its computation and its parameter names, so that its COCO checkpoints load)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -71,6 +72,9 @@ def test_invalid_number_of_transposed_convs_and_inputs():
         EfficientViTFPN([64, 128, 192], 32, num_outs=3, num_extra_trans_convs=3)
     with pytest.raises(ValueError, match=r'num_extra_trans_convs must be an int in \[0, num_outs=5\), got 1.5'):
         EfficientViTFPN([64, 128, 192], 32, num_outs=5, num_extra_trans_convs=1.5)
+    with pytest.raises(ValueError, match=r'num_extra_trans_convs must be an int .*got True'):  # bool is no count
+        EfficientViTFPN([64, 128, 192], 32, num_outs=5, num_extra_trans_convs=True)
+    assert len(EfficientViTFPN([64, 128, 192], 32, num_outs=5, num_extra_trans_convs=np.int64(2)).extra_fpn_convs) == 2
     # mmdet's FPN: bare AssertionErrors for each of these
     with pytest.raises(ValueError, match='num_outs=3 does not fit: the 3 backbone levels from start_level to '
                                          'end_level and the 1 transposed-conv levels need num_outs >= 4'):

@@ -7,7 +7,6 @@ arXiv:2305.07027. Official code: github.com/microsoft/Cream (EfficientViT/). The
 from __future__ import annotations
 
 import logging
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ...checkpoint import load_pretrained, pretrained_checkpoint, rename_official_backbone_keys
 from ...compat import mmcv_ops
 from ...registry import register_model
+from ..arguments import is_int
 from ..attention import LocalWindowAttention
 from ..eager_kernels import own_kernels_measured_faster
 from ..fused_conv import FusedConv2d
@@ -31,13 +31,8 @@ from ..layers import (BNLinear, ConvBN, ConvFFN, PatchEmbed, PatchMerging, Resid
                       ffn_residual)
 
 
-def _is_int(value: Any) -> bool:
-    """An integer (Python's or numpy's), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _integer(key: str, value: Any) -> int:
-    if not _is_int(value):
+    if not is_int(value):
         raise TypeError(f'Custom EfficientViT arch: {key} must be an int, got {value!r}')
     return int(value)
 
@@ -174,11 +169,11 @@ class EfficientViTStage(nn.Module):
 
 
 def _per_stage(value: int | Sequence[int], num_stages: int, name: str) -> tuple[int, ...]:
-    if _is_int(value):
+    if is_int(value):
         values = (value,) * num_stages
     else:
         values = tuple(value) if isinstance(value, Sequence) else ()  # e.g. 7.5: refused below, with the choices
-    if len(values) != num_stages or any(not _is_int(v) or v < 1 for v in values):
+    if len(values) != num_stages or any(not is_int(v) or v < 1 for v in values):
         raise ValueError(f'{name} must be a positive int or {num_stages} positive ints, got {value!r}')
     return tuple(map(int, values))
 

@@ -15,6 +15,7 @@ from mmdet.models.necks import FPN
 from torch import nn
 
 from ...registry import register_model
+from ..arguments import is_int
 
 
 @register_model
@@ -44,10 +45,10 @@ class EfficientViTFPN(FPN):
     def __init__(self, in_channels: list[int], out_channels: int, num_outs: int,
                  num_extra_trans_convs: int = 1, no_norm_on_lateral: bool = False, conv_cfg: dict | None = None,
                  norm_cfg: dict | None = None, act_cfg: dict | None = None, **kwargs) -> None:
-        if isinstance(num_extra_trans_convs, bool) or not isinstance(num_extra_trans_convs, int) \
-                or not 0 <= num_extra_trans_convs < num_outs:
+        if not is_int(num_extra_trans_convs) or not 0 <= num_extra_trans_convs < num_outs:
             raise ValueError(f'num_extra_trans_convs must be an int in [0, num_outs={num_outs}), '
                              f'got {num_extra_trans_convs!r}')
+        num_extra_trans_convs = int(num_extra_trans_convs)
         self._check_levels(len(in_channels), num_outs, num_extra_trans_convs, kwargs.get('start_level', 0),
                            kwargs.get('end_level', -1))
         super().__init__(in_channels, out_channels, num_outs - num_extra_trans_convs,

@@ -144,6 +144,19 @@ def test_mask_rcnn_trains_evaluates_masks_and_deploys(coco_root, tmp_path):
         p, d = p['pred_instances'], d['pred_instances']
         assert len(p['scores']) == len(d['scores']) > 0 and len(d['masks']) == len(d['scores'])
         torch.testing.assert_close(d['scores'].sort().values, p['scores'].sort().values, rtol=0, atol=1e-4)
+    # test-time augmentation with masks: evit_mm's InstanceSegTTAModel (mmdet's DetTTAModel asserts on masks)
+    tta_out = tmp_path / 'tta.pkl'
+    assert test_tool.main([MASK_DEMO_CONFIG, str(work / 'epoch_1.pth'), '--work-dir', str(tmp_path / 'tta'), '--tta',
+                           '--deploy', '--out', str(tta_out), *options]) == 0
+    assert {'coco/bbox_mAP', 'coco/segm_mAP'} <= logged_metrics(tmp_path / 'tta', 'coco/segm_mAP').keys()
+    assert 'tta_model (InstanceSegTTAModel, NMS at IoU 0.5)' in next((tmp_path / 'tta').glob('*/*.log')).read_text()
+    with open(tta_out, 'rb') as f:
+        tta = pickle.load(f)
+    assert [t['img_id'] for t in tta] == [p['img_id'] for p in plain]
+    for t, p in zip(tta, plain):
+        t = t['pred_instances']
+        assert 0 < len(t['scores']) == len(t['masks']) <= 100
+        assert t['scores'].max() >= p['pred_instances']['scores'].max() - 1e-4  # the plain view's best is a candidate
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ from .classifier import ClsDataPreprocessor, EfficientViTClassifier
 #: Models that build on a downstream package: name -> (the package, its pip requirement, the submodule defining it).
 MODELS_NEEDING_PACKAGES = {
     'EfficientViTFPN': ('mmdet', 'mmdet>=3.0,<3.4', '.necks'),
+    'InstanceSegTTAModel': ('mmdet', 'mmdet>=3.0,<3.4', '.instance_seg_tta'),
     'ChannelsLastCrossEntropyLoss': ('mmseg', 'mmsegmentation>=1.0,<1.3', '.losses'),
 }
 

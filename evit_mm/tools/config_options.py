@@ -117,8 +117,11 @@ def apply_out(cfg: Config, out: str) -> None:
 
 
 #: mmdet's ``tools/test.py --tta`` defaults, for configs that name no ``tta_model`` / ``tta_pipeline``: the detections
-#: of the image and its horizontal flip merged by NMS.
-DETECTION_TTA_MODEL = dict(type='DetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+#: of the image and its horizontal flip merged by NMS; with masks (Mask R-CNN) through evit_mm's
+#: :class:`~evit_mm.models.instance_seg_tta.InstanceSegTTAModel`, since mmdet's ``DetTTAModel`` merges boxes only.
+DETECTION_TTA_CFG = dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100)
+DETECTION_TTA_MODEL = dict(type='DetTTAModel', tta_cfg=DETECTION_TTA_CFG)
+INSTANCE_SEG_TTA_MODEL = dict(type='InstanceSegTTAModel', tta_cfg=DETECTION_TTA_CFG)
 DETECTION_TTA_META_KEYS = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip', 'flip_direction')
 
 
@@ -139,9 +142,10 @@ def apply_tta(cfg: Config) -> list[str]:
         raise ConfigOptionError(f'--tta is for detection (mmdet) and segmentation (mmseg) configs; this config\'s '
                                 f'default_scope is {task!r}')
     defaults = []
+    masks = task == 'mmdet' and _has_key(cfg.model, 'mask_head')
     if task == 'mmdet' and 'tta_model' not in cfg:
-        cfg.tta_model = copy.deepcopy(DETECTION_TTA_MODEL)
-        defaults.append('tta_model (DetTTAModel, NMS at IoU 0.5)')
+        cfg.tta_model = copy.deepcopy(INSTANCE_SEG_TTA_MODEL if masks else DETECTION_TTA_MODEL)
+        defaults.append(f'tta_model ({cfg.tta_model.type}, NMS at IoU 0.5)')
     if task == 'mmdet' and 'tta_pipeline' not in cfg:
         dataset = cfg.test_dataloader.dataset
         while 'dataset' in dataset:  # dataset wrappers
@@ -152,11 +156,11 @@ def apply_tta(cfg: Config) -> list[str]:
             [dict(type='PackDetInputs', meta_keys=DETECTION_TTA_META_KEYS)]])
         cfg.tta_pipeline = pipeline
         defaults.append('tta_pipeline (the test pipeline on the image and its horizontal flip)')
-    if (task == 'mmdet' and str(cfg.tta_model.get('type', '')).split('.')[-1] == 'DetTTAModel'
-            and _has_key(cfg.model, 'mask_head')):
-        raise ConfigOptionError('--tta: mmdet\'s DetTTAModel merges boxes only, and this model predicts masks '
-                                '(mmdet asserts "TTA of instance segmentation does not support now" at the first '
-                                'image); test it without --tta')
+    if masks and str(cfg.tta_model.get('type', '')).split('.')[-1] == 'DetTTAModel':
+        raise ConfigOptionError("--tta: the config's tta_model is mmdet's DetTTAModel, which merges boxes only, and this "
+                                'model predicts masks (mmdet asserts "TTA of instance segmentation does not support '
+                                'now" at the first image); use type=\'InstanceSegTTAModel\' (evit_mm), which merges '
+                                'the masks with their boxes')
     missing = [key for key in ('tta_model', 'tta_pipeline') if key not in cfg]
     if missing:
         raise ConfigOptionError(f'--tta needs {" and ".join(missing)} in the config (mmseg\'s '

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
+from mmdet.registry import MODELS
 from mmengine.config import Config
 
 from evit_mm.tools.config_options import (ConfigOptionError, add_common_arguments, apply_out, apply_resume,
@@ -13,6 +14,7 @@ from tests.conftest import REPO_ROOT
 DETECTION = str(REPO_ROOT / 'configs/demo/retinanet_evit_m0_coco_demo.py')
 SEGMENTATION = str(REPO_ROOT / 'configs/demo/fpn_evit_m0_ade20k_demo.py')
 CLASSIFICATION = str(REPO_ROOT / 'configs/demo/evit_m0_in1k_demo.py')
+MASK_RCNN = str(REPO_ROOT / 'configs/demo/mask_rcnn_evit_m0_coco_demo.py')
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
@@ -98,6 +100,10 @@ def test_tta_wraps_the_model_and_reads_the_tta_pipeline():
     own.tta_pipeline = [dict(type='LoadImageFromFile'), dict(type='TestTimeAug', transforms=[])]
     assert apply_tta(own) == []
     assert own.model.tta_cfg.max_per_img == 5 and own.test_dataloader.dataset.pipeline == own.tta_pipeline
+    mask_rcnn = Config.fromfile(MASK_RCNN)  # masks: merged by evit_mm's TTA model, mmdet's merges boxes only
+    assert apply_tta(mask_rcnn)[0] == 'tta_model (InstanceSegTTAModel, NMS at IoU 0.5)'
+    assert mask_rcnn.model.type == 'InstanceSegTTAModel' and mask_rcnn.model.module.roi_head.mask_head
+    assert MODELS.build(mask_rcnn.model).tta_cfg.nms.iou_threshold == 0.5
     seg = Config.fromfile(SEGMENTATION)  # mmseg's base configs define both
     model = seg.model.to_dict()
     assert apply_tta(seg) == []
@@ -109,9 +115,11 @@ def test_tta_names_what_is_missing():
     with pytest.raises(ConfigOptionError, match=r'--tta is for detection \(mmdet\) and segmentation \(mmseg\) '
                                                 r"configs; this config's default_scope is 'evit_mm'"):
         apply_tta(Config.fromfile(CLASSIFICATION))
-    with pytest.raises(ConfigOptionError, match="--tta: mmdet's DetTTAModel merges boxes only, and this model "
-                                                'predicts masks'):
-        apply_tta(Config.fromfile(str(REPO_ROOT / 'configs/demo/mask_rcnn_evit_m0_coco_demo.py')))
+    mask_rcnn = Config.fromfile(MASK_RCNN)
+    mask_rcnn.tta_model = dict(type='DetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5)))
+    with pytest.raises(ConfigOptionError, match="--tta: the config's tta_model is mmdet's DetTTAModel, which merges "
+                                                r"boxes only, and this model predicts masks .*InstanceSegTTAModel"):
+        apply_tta(mask_rcnn)
     seg = Config.fromfile(SEGMENTATION)
     seg._cfg_dict.pop('tta_pipeline')  # a config without it (mmengine's Config has no item deletion)
     with pytest.raises(ConfigOptionError, match='--tta needs tta_pipeline in the config'):

@@ -45,11 +45,11 @@ class InstanceSegTTAModel(DetTTAModel):
         instances = [sample.pred_instances for sample in data_samples]
         if instances[0].get('masks', None) is None:
             return super()._merge_single_sample(data_samples)
-        shapes = {tuple(i.masks.shape[-2:]) for i in instances}
-        if len(shapes) > 1 or any(not isinstance(i.masks, torch.Tensor) for i in instances):
+        kinds = [type(i.get('masks', None)).__name__ for i in instances]
+        shapes = {tuple(i.masks.shape[-2:]) for i in instances if isinstance(i.get('masks', None), torch.Tensor)}
+        if kinds.count('Tensor') < len(instances) or len(shapes) > 1:
             raise ValueError(f'InstanceSegTTAModel merges views whose masks are tensors of the original image\'s size '
-                             f'(mmdet\'s mask heads with rescale=True); got {[type(i.masks).__name__ for i in instances]}'
-                             f' of sizes {sorted(shapes)}')
+                             f'(mmdet\'s mask heads with rescale=True); got {kinds} of sizes {sorted(shapes)}')
         metainfos = [sample.metainfo for sample in data_samples]
         bboxes, scores = self.merge_aug_bboxes([i.bboxes for i in instances], [i.scores for i in instances], metainfos)
         if bboxes.numel() == 0:

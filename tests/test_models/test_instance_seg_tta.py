@@ -91,9 +91,12 @@ def test_unflip_masks_per_direction_and_unknown_direction_named():
         unflip_masks(masks, dict(flip=True, flip_direction='sideways'))
 
 
-def test_views_with_masks_of_different_sizes_are_refused():
+def test_views_with_masks_of_different_sizes_or_without_masks_are_refused():
     model = InstanceSegTTAModel(module=_Detector(), tta_cfg=TTA_CFG)
     small = _view([[0, 0, 3, 4]], [0.9], [0], None)
     small.pred_instances.masks = small.pred_instances.masks[:, :4]
     with pytest.raises(ValueError, match="masks are tensors of the original image's size"):
         model.merge_preds([[small, _view([[0, 0, 3, 4]], [0.9], [0], None)]])
+    no_masks = _view([[0, 0, 3, 4]], [0.9], [0], None, masks=False)
+    with pytest.raises(ValueError, match=r"got \['Tensor', 'NoneType'\]"):
+        model.merge_preds([[_view([[0, 0, 3, 4]], [0.9], [0], None), no_masks]])

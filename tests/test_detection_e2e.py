@@ -149,7 +149,9 @@ def test_mask_rcnn_trains_evaluates_masks_and_deploys(coco_root, tmp_path):
     assert test_tool.main([MASK_DEMO_CONFIG, str(work / 'epoch_1.pth'), '--work-dir', str(tmp_path / 'tta'), '--tta',
                            '--deploy', '--out', str(tta_out), *options]) == 0
     assert {'coco/bbox_mAP', 'coco/segm_mAP'} <= logged_metrics(tmp_path / 'tta', 'coco/segm_mAP').keys()
-    assert 'tta_model (InstanceSegTTAModel, NMS at IoU 0.5)' in next((tmp_path / 'tta').glob('*/*.log')).read_text()
+    assert ('--tta: the config has no tta_model (InstanceSegTTAModel, NMS at IoU 0.5) and no tta_pipeline (the test '
+            'pipeline on the image and its horizontal flip): these defaults used') in next(
+        (tmp_path / 'tta').glob('*/*.log')).read_text()
     with open(tta_out, 'rb') as f:
         tta = pickle.load(f)
     assert [t['img_id'] for t in tta] == [p['img_id'] for p in plain]

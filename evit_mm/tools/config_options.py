@@ -135,7 +135,8 @@ def _has_key(node: object, key: str) -> bool:
 def apply_tta(cfg: Config) -> list[str]:
     """Test-time augmentation as mmdet's and mmseg's ``tools/test.py --tta`` apply it: the model wrapped in the
     config's ``tta_model`` and the test data read through its ``tta_pipeline``. Detection configs without them get
-    mmdet's defaults (horizontal flip, detections merged by NMS at IoU 0.5); mmseg's base configs define both
+    mmdet's defaults (horizontal flip, detections merged by NMS at IoU 0.5), a model with a mask head through
+    :data:`INSTANCE_SEG_TTA_MODEL` instead of mmdet's box-only ``DetTTAModel``; mmseg's base configs define both
     (ADE20K: six scales, each flipped). Returns what was taken from defaults, for the log."""
     task = _task(cfg)
     if task not in ('mmdet', 'mmseg'):
@@ -145,7 +146,7 @@ def apply_tta(cfg: Config) -> list[str]:
     masks = task == 'mmdet' and _has_key(cfg.model, 'mask_head')
     if task == 'mmdet' and 'tta_model' not in cfg:
         cfg.tta_model = copy.deepcopy(INSTANCE_SEG_TTA_MODEL if masks else DETECTION_TTA_MODEL)
-        defaults.append(f'tta_model ({cfg.tta_model.type}, NMS at IoU 0.5)')
+        defaults.append(f'tta_model ({cfg.tta_model.type}, NMS at IoU {cfg.tta_model.tta_cfg.nms.iou_threshold})')
     if task == 'mmdet' and 'tta_pipeline' not in cfg:
         dataset = cfg.test_dataloader.dataset
         while 'dataset' in dataset:  # dataset wrappers

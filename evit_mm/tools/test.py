@@ -23,7 +23,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument('--wait-time', type=float, default=0.0, help='seconds between shown images')
     parser.add_argument('--tta', action='store_true',
                         help="test-time augmentation: the config's tta_model and tta_pipeline (detection without "
-                             "them: mmdet's defaults, the image and its horizontal flip merged by NMS)")
+                             "them: the image and its horizontal flip merged by NMS, as mmdet's tool does; with "
+                             "masks through evit_mm's InstanceSegTTAModel)")
     parser.add_argument('--deploy', action='store_true',
                         help='evaluate the deployed model (evit_mm.deploy.optimize_for_inference: Conv+BN folding, '
                              'fused kernels, Winograd 3x3 on CPU), e.g. to check that it scores the same')
@@ -58,7 +59,7 @@ def main(argv: list[str]) -> int:
     prepare_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
     if tta_defaults:
-        runner.logger.info(f'--tta: the config has no {" and no ".join(tta_defaults)}: mmdet\'s defaults used')
+        runner.logger.info(f'--tta: the config has no {" and no ".join(tta_defaults)}: these defaults used')
     model = runner_model(runner)
     check_backbone_neck(model)
     use_separable_roi_align_on_cpu(model, runner.logger)

@@ -45,18 +45,18 @@ class InstanceSegTTAModel(DetTTAModel):
         instances = [sample.pred_instances for sample in data_samples]
         if instances[0].get('masks', None) is None:
             return super()._merge_single_sample(data_samples)
-        masks = [i.get('masks', None) for i in instances]
-        shapes = {tuple(m.shape[-2:]) for m in masks if isinstance(m, torch.Tensor)}
-        if not all(isinstance(m, torch.Tensor) for m in masks) or len(shapes) > 1:
+        view_masks = [i.get('masks', None) for i in instances]
+        shapes = {tuple(m.shape[-2:]) for m in view_masks if isinstance(m, torch.Tensor)}
+        if not all(isinstance(m, torch.Tensor) for m in view_masks) or len(shapes) > 1:
             raise ValueError(f'InstanceSegTTAModel merges views whose masks are tensors of the original image\'s size '
-                             f'(mmdet\'s mask heads with rescale=True); got {[type(m).__name__ for m in masks]} of '
-                             f'sizes {sorted(shapes)}')
+                             f'(mmdet\'s mask heads with rescale=True); got {[type(m).__name__ for m in view_masks]} '
+                             f'of sizes {sorted(shapes)}')
         metainfos = [sample.metainfo for sample in data_samples]
         bboxes, scores = self.merge_aug_bboxes([i.bboxes for i in instances], [i.scores for i in instances], metainfos)
         if bboxes.numel() == 0:
             return data_samples[0]
         labels = torch.cat([i.labels for i in instances])
-        masks = torch.cat([unflip_masks(m, meta) for m, meta in zip(masks, metainfos)])
+        masks = torch.cat([unflip_masks(m, meta) for m, meta in zip(view_masks, metainfos)])
         detections, keep = batched_nms(bboxes, scores, labels, self.tta_cfg.nms)
         keep = keep[:self.tta_cfg.max_per_img]
         detections = detections[:self.tta_cfg.max_per_img]

@@ -69,12 +69,11 @@ def test_max_per_img_keeps_the_best_boxes_with_their_masks():
 
 
 def test_without_masks_it_merges_as_mmdet_does():
-    views = [[_view([[0, 0, 3, 4], [1, 0, 3, 4]], [0.9, 0.5], [0, 0], 'horizontal', masks=False),
-              _view([[6, 1, 10, 6]], [0.8], [2], None, masks=False)]]
-    ours = InstanceSegTTAModel(module=_Detector(), tta_cfg=TTA_CFG).merge_preds(views)[0].pred_instances
-    views = [[_view([[0, 0, 3, 4], [1, 0, 3, 4]], [0.9, 0.5], [0, 0], 'horizontal', masks=False),
-              _view([[6, 1, 10, 6]], [0.8], [2], None, masks=False)]]
-    theirs = DetTTAModel(module=_Detector(), tta_cfg=TTA_CFG).merge_preds(views)[0].pred_instances
+    def views() -> list[list[DetDataSample]]:  # fresh for each model: the merge writes into the first view
+        return [[_view([[0, 0, 3, 4], [1, 0, 3, 4]], [0.9, 0.5], [0, 0], 'horizontal', masks=False),
+                 _view([[6, 1, 10, 6]], [0.8], [2], None, masks=False)]]
+    ours = InstanceSegTTAModel(module=_Detector(), tta_cfg=TTA_CFG).merge_preds(views())[0].pred_instances
+    theirs = DetTTAModel(module=_Detector(), tta_cfg=TTA_CFG).merge_preds(views())[0].pred_instances
     assert 'masks' not in ours
     for key in ('bboxes', 'scores', 'labels'):
         torch.testing.assert_close(ours[key], theirs[key])

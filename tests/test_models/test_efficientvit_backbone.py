@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from evit_mm.benchmark.precision import norm_relative_error
 from evit_mm.models import EfficientViT
 from evit_mm.models.attention import CascadedGroupAttention, LocalWindowAttention
-from evit_mm.models.backbones import ARCH_SETTINGS, ArchSpec
+from evit_mm.models.backbones import ARCH_SETTINGS, ArchSpec, ImageInputError
 from tests.conftest import REPO_ROOT
 from tests.helpers import DEVICES, OpCalls, randomize_
 
@@ -131,11 +131,50 @@ def test_custom_arch_takes_lists_tuples_and_numpy_ints():
 
 def test_wrong_input_channels_and_too_small_input_raise():
     model = EfficientViT('m0', in_channels=4).eval()
-    with pytest.raises(ValueError, match=r'expects \(N, 4, H, W\).*got shape \(1, 3, 32, 32\)'):
+    with pytest.raises(ImageInputError, match=r'expects a batch of images \(N, 4, H, W\), got shape \(1, 3, 32, 32\): '
+                       r'build the backbone with in_channels=3, or convert the images'):
         model(torch.randn(1, 3, 32, 32))
-    with pytest.raises(ValueError, match='at least 16x16'):
+    with pytest.raises(ImageInputError, match='at least 16x16'):
         model(torch.randn(1, 4, 15, 64))
     assert model(torch.randn(1, 4, 16, 16))[0].shape == (1, 64, 1, 1)
+
+
+@pytest.mark.parametrize('images, message', [
+    (torch.zeros(3, 32, 32), r'got one image of shape \(3, 32, 32\): add the batch dimension \(images\[None\]\)'),
+    (torch.zeros(1, 1, 3, 32, 32), r'got a 5-d tensor of shape \(1, 1, 3, 32, 32\)$'),
+    (torch.zeros(2, 32, 48, 3), r'got shape \(2, 32, 48, 3\): it looks channels-last \(N, H, W, C\): pass '
+                                r'images.permute\(0, 3, 1, 2\)'),
+    (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), r'floating-point images, got torch.uint8: normalise them first'),
+    (torch.zeros(1, 3, 32, 32, dtype=torch.float64), r'has torch.float32 weights but the images are torch.float64: '
+                                                     r'convert one of them \(images.to\(torch.float32\) or '
+                                                     r'model.to\(torch.float64\)\), or run under torch.autocast'),
+    (torch.zeros(1, 3, 32, 32, device='meta'), r"is on cpu but the images are on meta: move one of them "
+                                               r"\(images.to\('cpu'\) or model.to\('meta'\)\)"),
+])
+def test_images_it_cannot_take_are_named_with_the_fix(images, message):
+    """Layout, dtype and device mistakes stop with the backbone's message, not torch's ("expected scalar type Byte but
+    found Float"), in training and eval mode, deployed too."""
+    model = EfficientViT('m0')
+    for mode in ('train', 'eval', 'deploy'):
+        if mode == 'deploy':
+            model.switch_to_deploy()
+        model.train(mode == 'train')
+        with pytest.raises(ImageInputError, match=message):
+            model(images)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16])
+def test_autocast_takes_images_of_any_dtype_it_casts(dtype):
+    model = randomize_(EfficientViT('m0')).eval()
+    images = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        expected = model(images)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            outputs = model(images.to(dtype))
+            with pytest.raises(ImageInputError, match='images are torch.float64'):  # autocast leaves float64 alone
+                model(images.double())
+    assert all(out.dtype == torch.bfloat16 for out in outputs)
+    assert max(norm_relative_error(out.float(), ref) for out, ref in zip(outputs, expected)) < 0.05
 
 
 @pytest.mark.parametrize('side, kwargs, stage', [

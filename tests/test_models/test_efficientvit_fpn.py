@@ -93,6 +93,9 @@ def test_invalid_number_of_transposed_convs_and_inputs():
     neck = EfficientViTFPN([64, 128, 192], 32, num_outs=5, num_extra_trans_convs=2)
     with pytest.raises(ValueError, match='expects 3 feature maps, got 2'):
         neck((torch.zeros(1, 64, 8, 8), torch.zeros(1, 128, 4, 4)))
+    with pytest.raises(ValueError, match=r"built for maps of \[64, 128, 192\] channels, got \[128, 256, 384\]: set "
+                       r"the neck's in_channels to the backbone's out_channels"):  # an M4 backbone under M0's neck
+        neck(tuple(torch.zeros(1, c, 8 // 2**i, 8 // 2**i) for i, c in enumerate((128, 256, 384))))
 
 
 @pytest.mark.parametrize('extra', [

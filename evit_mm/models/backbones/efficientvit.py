@@ -29,6 +29,7 @@ from ..grad_layout import grad_in_layout
 from ..input_buffer import channels_last_image
 from ..layers import (BNLinear, ConvBN, ConvFFN, PatchEmbed, PatchMerging, Residual, depthwise_residual,
                       ffn_residual)
+from .image_checks import ImageInputError, check_image_dtype_and_device, check_image_layout
 
 
 def _integer(key: str, value: Any) -> int:
@@ -41,11 +42,6 @@ def _integers(key: str, value: Any) -> tuple[int, ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise TypeError(f'Custom EfficientViT arch: {key} must be a list or tuple of ints, got {value!r}')
     return tuple(_integer(key, item) for item in value)
-
-
-class ImageInputError(ValueError):
-    """Images the backbone cannot take (channels, size, a batch of one too small to train its BatchNorms); the tools
-    print its message as one line, as they do bad arguments."""
 
 
 @dataclass(frozen=True)
@@ -407,9 +403,8 @@ class EfficientViT(BaseModule):
                 f'they are there (norm_eval=True, or frozen_stages={last + 1})')
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ImageInputError(f'EfficientViT expects (N, {self.in_channels}, H, W) images, got shape '
-                                  f'{tuple(x.shape)}; set in_channels to match the data')
+        check_image_layout(x, self.in_channels)
+        check_image_dtype_and_device(x, self.patch_embed.conv1.conv.weight)
         if x.shape[2] < PatchEmbed.stride or x.shape[3] < PatchEmbed.stride:
             raise ImageInputError(f'EfficientViT needs images of at least {PatchEmbed.stride}x{PatchEmbed.stride} '
                                   f'pixels, got {x.shape[2]}x{x.shape[3]}')

@@ -92,6 +92,10 @@ class EfficientViTFPN(FPN):
         """
         if len(inputs) != len(self.in_channels):
             raise ValueError(f'EfficientViTFPN expects {len(self.in_channels)} feature maps, got {len(inputs)}')
+        channels = [x.shape[1] for x in inputs]
+        if channels != list(self.in_channels):  # torch would name a conv weight's size, not the config key
+            raise ValueError(f'EfficientViTFPN was built for maps of {list(self.in_channels)} channels, got '
+                             f"{channels}: set the neck's in_channels to the backbone's out_channels")
         laterals = [conv(inputs[i + self.start_level]) for i, conv in enumerate(self.lateral_convs)]
         for i in range(len(laterals) - 1, 0, -1):  # top-down, as mmdet's FPN
             size = {} if 'scale_factor' in self.upsample_cfg else dict(size=laterals[i - 1].shape[2:])

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_map_only
 
+from ..compat.torch_api import get_autocast_dtype, is_autocast_enabled
 from ..models.derived_cache import retaining_served_values
 from ..models.eager_kernels import exporting_or_compiling
 from .dense_parts import dense_parts
@@ -89,8 +90,8 @@ def graph_key(leaves: list, spec: TreeSpec) -> Hashable | None:
         return None
     described = tuple((tuple(leaf.shape), leaf.stride(), leaf.dtype, leaf.device)
                       if isinstance(leaf, torch.Tensor) else (type(leaf), leaf) for leaf in leaves)
-    numerics = (torch.is_inference_mode_enabled(), torch.is_autocast_enabled('cuda'),
-                torch.get_autocast_dtype('cuda'), torch.backends.cuda.matmul.allow_tf32,
+    numerics = (torch.is_inference_mode_enabled(), is_autocast_enabled('cuda'),
+                get_autocast_dtype('cuda'), torch.backends.cuda.matmul.allow_tf32,
                 torch.backends.cudnn.allow_tf32)
     return spec, described, numerics
 

@@ -5,6 +5,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..compat.torch_api import get_autocast_dtype, is_autocast_enabled, is_compiling
+
 #: ``torch.backends.cpu.get_cpu_capability()`` values of the CPUs on which evit_mm's own CPU kernels (GEMM
 #: convolutions in training, the deployed convolutions' fused ReLU and 1x1 GEMMs) were measured faster than
 #: PyTorch's oneDNN convolutions.
@@ -41,7 +43,7 @@ _in_onnx_export = _onnx_export_check()
 def tracing_or_exporting() -> bool:
     """Whether the current call is being traced (``torch.jit.trace``) or exported to ONNX: a graph recorded from
     this call must hold for every input size, so no shortcut on sizes may be taken."""
-    if torch.compiler.is_compiling():  # dynamo may not trace into the flags' module; torch's function it handles
+    if is_compiling():  # dynamo may not trace into the flags' module; torch's function it handles
         return torch.onnx.is_in_onnx_export()
     return torch.jit.is_tracing() or _in_onnx_export()
 
@@ -50,7 +52,7 @@ def exporting_or_compiling() -> bool:
     """Whether the current call is being traced, scripted, exported to ONNX or compiled (eager-only kernels off:
     graphs keep their convolutions, and ``torch.compile`` chooses its own kernels)."""
     # compilation first: dynamo may not trace into the ONNX flags' module (a graph break under fullgraph)
-    return (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
+    return (is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
             or _in_onnx_export())
 
 
@@ -73,11 +75,11 @@ def eager_autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     per layer on a GPU, which waits for kernel launches at small batches), where a deployed layer casts them once.
     """
     device = 'cuda' if x.is_cuda else 'cpu' if x.is_cpu else None  # not x.device.type (0.34 us)
-    if device is None or not torch.is_autocast_enabled(device):  # the cheapest rejections first
+    if device is None or not is_autocast_enabled(device):  # the cheapest rejections first
         return None
     if not x.is_floating_point() or x.dtype == torch.float64 or exporting_or_compiling():
         return None
-    return torch.get_autocast_dtype(device)
+    return get_autocast_dtype(device)
 
 
 def eager_conv_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..compat.torch_api import is_autocast_enabled
 from .eager_kernels import eager_channels_last_cpu
 
 #: Fewest input channels for which the im2col weight gradient is used (measured crossover on the CPU).
@@ -76,7 +77,7 @@ def im2col_weight_grad_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     return (conv.groups == 1 and conv.kernel_size != (1, 1) and conv.dilation == (1, 1) and conv.bias is None
             and conv.in_channels >= IM2COL_MIN_IN_CHANNELS and isinstance(conv.padding, tuple)
             and torch.is_grad_enabled() and conv.weight.requires_grad and x.dtype == conv.weight.dtype
-            and not torch.is_autocast_enabled('cpu'))
+            and not is_autocast_enabled('cpu'))
 
 
 def tap_bands(start: int, stop: int, in_size: int, kernel: int, stride: int,

@@ -22,6 +22,8 @@ import functools
 
 import torch
 
+from ..compat.torch_api import is_compiling
+
 
 def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     """``torch.channels_last`` for a 4-d map laid out channels-last (and not also NCHW-contiguous), else
@@ -41,6 +43,6 @@ def grad_in_layout(x: torch.Tensor, memory_format: torch.memory_format | None = 
     """Return ``x`` after registering a hook that hands its gradient on in ``memory_format`` (default: ``x``'s own
     layout, :func:`memory_format_of`), where a gradient will reach it; not while compiling (graphs choose their
     own layouts)."""
-    if x.requires_grad and not torch.compiler.is_compiling():
+    if x.requires_grad and not is_compiling():
         x.register_hook(functools.partial(_in_layout, memory_format or memory_format_of(x)))
     return x

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from ...compat.torch_api import is_autocast_enabled
+
 
 class ImageInputError(ValueError):
     """Images the backbone cannot take (layout, channels, dtype, device, size, a batch of one too small to train its
@@ -52,7 +54,7 @@ def check_image_dtype_and_device(images: torch.Tensor, weight: torch.Tensor) -> 
         raise ImageInputError(f'EfficientViT is on {weight.device} but the images are on {images.device}: move one '
                               f'of them (images.to({str(weight.device)!r}) or model.to({str(images.device)!r}))')
     if images.dtype != weight.dtype and (images.dtype == torch.float64
-                                         or not torch.is_autocast_enabled(images.device.type)):
+                                         or not is_autocast_enabled(images.device.type)):
         raise ImageInputError(
             f'EfficientViT has {weight.dtype} weights but the images are {images.dtype}: convert one of them '
             f'(images.to({weight.dtype}) or model.to({images.dtype})), or run under torch.autocast')

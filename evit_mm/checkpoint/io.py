@@ -1,4 +1,5 @@
-"""Reading checkpoint files safely: ``weights_only=True`` for torch pickles, safetensors otherwise.
+"""Reading checkpoint files safely: torch pickles weights only (``compat.safe_checkpoints.load_weights_only``),
+safetensors otherwise.
 
 Where a checkpoint can come from: a local file, a URL (through torch.hub's cache) or a Hugging Face Hub model
 repository, ``hf-hub:ORG/NAME[@REVISION]`` (the prefix timm uses; timm's EfficientViT weights are
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..compat.safe_checkpoints import load_weights_only
 from .errors import CheckpointReadError
 
 HF_HUB_PREFIX = 'hf-hub:'
@@ -80,8 +82,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Read a checkpoint from a local file (``.pth``/``.pt``/``.bin`` or ``.safetensors``), a URL or a Hugging Face
     Hub repository (``hf-hub:ORG/NAME[@REVISION]``).
 
-    Torch pickles are read with ``weights_only=True``: a file that holds arbitrary Python objects is refused
-    rather than executed. URLs go through torch.hub's cache (downloaded once, hash-checked by name), Hub
+    Torch pickles are read weights only (:func:`~evit_mm.compat.safe_checkpoints.load_weights_only`): a file
+    that holds arbitrary Python objects is refused rather than executed. URLs go through torch.hub's cache (downloaded once, hash-checked by name), Hub
     repositories through the Hugging Face Hub's cache (:func:`download_from_hf_hub`).
 
     Raises:
@@ -105,24 +107,28 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             return load_file(path, device=str(map_location))
         except SafetensorError as error:
             raise CheckpointReadError(f'cannot read checkpoint {path!r} as a safetensors file: {error}') from error
-    return _read_torch_file(path, lambda: torch.load(path, map_location=map_location, weights_only=True))
+    return _read_torch_file(path, lambda: load_weights_only(path, map_location))
 
 
 def _download(url: str, map_location: str | torch.device) -> dict[str, Any]:
-    """``url`` through torch.hub's cache; where it cannot be fetched, an error that says where the file may be put
-    by hand (offline clusters), instead of urllib's traceback."""
-    try:
-        return torch.hub.load_state_dict_from_url(url, map_location=map_location, weights_only=True,
-                                                  check_hash=False, progress=False)
-    except urllib.error.URLError as error:  # HTTPError too
-        cached = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(urllib.parse.urlparse(url).path))
-        raise FileNotFoundError(f'cannot download checkpoint {url!r} ({getattr(error, "reason", error)}); where '
-                                f'this machine is offline, fetch it elsewhere and put it at {cached!r} (torch.hub\'s '
-                                'cache, read before downloading) or give its local path instead') from error
+    """``url`` through torch.hub's cache (``<hub dir>/checkpoints/<file name>``, read before downloading, as
+    ``torch.hub.load_state_dict_from_url`` does), read by :func:`load_weights_only`; where it cannot be fetched, an
+    error that says where the file may be put by hand (offline clusters), instead of urllib's traceback."""
+    cached = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(urllib.parse.urlparse(url).path))
+    if not os.path.isfile(cached):
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, cached, progress=False)
+        except urllib.error.URLError as error:  # HTTPError too
+            raise FileNotFoundError(f'cannot download checkpoint {url!r} ({getattr(error, "reason", error)}); where '
+                                    f'this machine is offline, fetch it elsewhere and put it at {cached!r} '
+                                    "(torch.hub's cache, read before downloading) or give its local path "
+                                    'instead') from error
+    return load_weights_only(cached, map_location)
 
 
 _ACCEPTED = 'give a file written by torch.save (a state dict, or a checkpoint dict holding one) or a .safetensors file'
-_UNSUPPORTED_GLOBAL = re.compile(r'Unsupported global: GLOBAL (\S+)')
+_UNSUPPORTED_GLOBAL = re.compile(r'unsupported global(?:: GLOBAL)? (\S+)', re.IGNORECASE)  # also a blocked module's
 _UNPICKLER_REASON = re.compile(r'WeightsUnpickler error:\s*(.+)')
 
 

@@ -159,17 +159,23 @@ def test_unreadable_files_name_the_problem(tmp_path):
             load_pretrained(EfficientViT('m0'), path)
 
 
-def test_url_goes_through_hub_with_weights_only(monkeypatch, m0_reference):
-    seen = {}
+def test_url_is_downloaded_into_torch_hubs_cache_and_read_weights_only(monkeypatch, tmp_path, m0_reference):
+    served = {'https://example.org/weights/efficientvit_m0.pth': {'model': m0_reference[0]},
+              'https://example.org/weights/pickled_model.pth': {'model': EfficientViT('m0')}}
+    fetched = []
 
-    def fake_hub(url, **kwargs):
-        seen.update(kwargs, url=url)
-        return {'model': m0_reference[0]}
+    def fake_download(url, dst, **kwargs):
+        fetched.append(url)
+        torch.save(served[url], dst)
 
-    monkeypatch.setattr(torch.hub, 'load_state_dict_from_url', fake_hub)
-    url = 'https://github.com/xinyuliu-jeffrey/EfficientViT_Model_Zoo/releases/download/v1.0/efficientvit_m0.pth'
-    load_pretrained(EfficientViT('m0'), url)
-    assert seen['url'] == url and seen['weights_only'] is True
+    monkeypatch.setattr(torch.hub, '_hub_dir', str(tmp_path))
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', fake_download)
+    for _ in range(2):  # the second time from the cache
+        load_pretrained(EfficientViT('m0'), 'https://example.org/weights/efficientvit_m0.pth')
+    assert fetched == ['https://example.org/weights/efficientvit_m0.pth']
+    assert (tmp_path / 'checkpoints' / 'efficientvit_m0.pth').is_file()
+    with pytest.raises(CheckpointReadError, match=r'holds Python objects besides weights \(evit_mm\.models'):
+        load_pretrained(EfficientViT('m0'), 'https://example.org/weights/pickled_model.pth')
 
 
 OFFICIAL_M0_URL = ('https://github.com/xinyuliu-jeffrey/EfficientViT_Model_Zoo/releases/download/v1.0/'

@@ -58,6 +58,30 @@ REQUIRES_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUD
 DEVICES = ['cpu', pytest.param('cuda', marks=REQUIRES_CUDA)]
 
 
+def _cpu_autocast_takes_float16() -> bool:
+    try:
+        with torch.autocast('cpu', dtype=torch.float16):
+            return True
+    except RuntimeError:  # torch < 2.3: "AutocastCPU only support Bfloat16"
+        return False
+
+
+def _cpu_fused_adamw() -> bool:
+    try:
+        torch.optim.AdamW([torch.zeros(1, requires_grad=True)], fused=True)
+        return True
+    except RuntimeError:  # torch < 2.4: fused optimizers on GPUs only
+        return False
+
+
+CPU_AUTOCAST_FLOAT16 = _cpu_autocast_takes_float16()
+REQUIRES_CPU_AUTOCAST_FLOAT16 = pytest.mark.skipif(
+    not CPU_AUTOCAST_FLOAT16, reason=f'torch {torch.__version__}: CPU autocast takes bfloat16 only')
+CPU_FUSED_ADAMW = _cpu_fused_adamw()
+REQUIRES_CPU_FUSED_ADAMW = pytest.mark.skipif(
+    not CPU_FUSED_ADAMW, reason=f'torch {torch.__version__}: no fused AdamW on the CPU')
+
+
 class OpCalls(TorchDispatchMode):
     """Inside ``with OpCalls(op, ...) as seen``, ``seen.calls`` collects ``(op, args)`` of every call of those aten
     operators that reaches dispatch (forward and backward)."""

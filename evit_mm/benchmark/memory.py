@@ -67,7 +67,8 @@ def _cpu_call_peak(call: Callable[[], object]) -> float | None:
     except AttributeError:
         return None
     live = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
+    start = (lambda e: e.start_ns()) if events and hasattr(events[0], 'start_ns') else (lambda e: e.start_us())
+    for event in sorted(events, key=start):  # start_ns: torch >= 2.2
         live += event.nbytes()
         peak = max(peak, live)
     return peak / MIB

@@ -82,9 +82,10 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Read a checkpoint from a local file (``.pth``/``.pt``/``.bin`` or ``.safetensors``), a URL or a Hugging Face
     Hub repository (``hf-hub:ORG/NAME[@REVISION]``).
 
-    Torch pickles are read weights only (:func:`~evit_mm.compat.safe_checkpoints.load_weights_only`): a file
-    that holds arbitrary Python objects is refused rather than executed. URLs go through torch.hub's cache (downloaded once, hash-checked by name), Hub
-    repositories through the Hugging Face Hub's cache (:func:`download_from_hf_hub`).
+    Torch pickles are read weights only (:func:`~evit_mm.compat.safe_checkpoints.load_weights_only`): a file that
+    holds arbitrary Python objects is refused rather than executed. URLs go through torch.hub's cache (downloaded
+    once, hash-checked by name), Hub repositories through the Hugging Face Hub's cache
+    (:func:`download_from_hf_hub`).
 
     Raises:
         FileNotFoundError: If a local path does not exist, a URL cannot be downloaded, or a Hub repository's

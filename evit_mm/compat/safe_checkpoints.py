@@ -20,6 +20,7 @@ mmengine's loader for local files is replaced by it.
 from __future__ import annotations
 
 import builtins
+import codecs
 import os
 import pickle
 import types
@@ -74,6 +75,7 @@ def _allowed_globals() -> dict[str, Any]:
     allowed = dict(_weights_only_unpickler._get_allowed_globals())
     for name in ('set', 'complex', 'bytearray'):  # what torch >= 2.4 allows of them
         allowed[f'builtins.{name}'] = allowed[f'__builtin__.{name}'] = getattr(builtins, name)
+    allowed['_codecs.encode'] = codecs.encode  # protocol 2 writes bytes as encode(str, 'latin1')
     allowed.update(_numpy_globals())
     allowed['mmengine.logging.history_buffer.HistoryBuffer'] = HistoryBuffer
     return allowed

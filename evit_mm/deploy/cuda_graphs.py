@@ -83,6 +83,10 @@ class _Graph:
         return tree_map_only(torch.Tensor, torch.clone, self.outputs)
 
 
+#: torch < 2.2's ``TreeSpec`` is an unhashable dataclass; its text then stands for it in the keys
+_TREE_SPECS_HASHABLE = TreeSpec.__hash__ is not None
+
+
 def graph_key(leaves: list, spec: TreeSpec) -> Hashable | None:
     """What a graph of a call with these flattened arguments is captured for (module docstring), or None where a
     non-tensor argument is not of :data:`KEY_TYPES`."""
@@ -93,7 +97,7 @@ def graph_key(leaves: list, spec: TreeSpec) -> Hashable | None:
     numerics = (torch.is_inference_mode_enabled(), is_autocast_enabled('cuda'),
                 get_autocast_dtype('cuda'), torch.backends.cuda.matmul.allow_tf32,
                 torch.backends.cudnn.allow_tf32)
-    return spec, described, numerics
+    return (spec if _TREE_SPECS_HASHABLE else str(spec)), described, numerics
 
 
 class CudaGraphForward:

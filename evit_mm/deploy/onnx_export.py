@@ -1,12 +1,17 @@
 """ONNX export with dynamic batch, height and width, and a numerical check with ONNX Runtime."""
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
+
+#: The TorchScript exporter, which takes ``dynamic_axes``: torch >= 2.5 has a second (dynamo) exporter and a flag to
+#: choose, older torch has this one only
+TORCHSCRIPT_EXPORTER = {'dynamo': False} if 'dynamo' in inspect.signature(torch.onnx.export).parameters else {}
 
 
 def flatten_outputs(outputs) -> list[torch.Tensor]:
@@ -47,7 +52,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
     dynamic = {'input': {0: 'batch', 2: 'height', 3: 'width'} if dynamic_hw else {0: 'batch'}}
     dynamic.update({name: {0: 'batch'} for name in names})
     torch.onnx.export(wrapped, (example,), os.fspath(path), input_names=['input'], output_names=names,
-                      dynamic_axes=dynamic, opset_version=opset, dynamo=False)
+                      dynamic_axes=dynamic, opset_version=opset, **TORCHSCRIPT_EXPORTER)
     return names
 
 

@@ -143,7 +143,9 @@ def _unreadable_files(folder: Path) -> dict[str, tuple[Path, str]]:
     torch.save({'state_dict': torch.nn.Linear(8, 8).state_dict()}, folder / 'whole.pth')
     whole = (folder / 'whole.pth').read_bytes()
     files = {'empty.pth': (b'', 'the file is empty or cut short'),
-             'notes.pth': (b'# not weights\n', r'not a file torch\.save wrote \(Unsupported operand 35\)'),
+             # torch's weights-only unpickler's words, or pickle's (evit_mm's allow-list unpickler, torch < 2.4)
+             'notes.pth': (b'# not weights\n',
+                           r"not a file torch\.save wrote \((Unsupported operand 35|invalid load key, '#'\.)\)"),
              'half.pth': (whole[:len(whole) // 2], r'the file is damaged \(PytorchStreamReader failed reading zip'),
              'weights.safetensors': (b'nope', 'as a safetensors file: Error while deserializing header')}
     for name, (content, _) in files.items():

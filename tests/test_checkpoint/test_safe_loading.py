@@ -14,7 +14,6 @@ from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import _load_checkpoint
 from torch import nn
 
-import evit_mm  # noqa: F401  (installs the allow-list)
 from evit_mm.checkpoint import CheckpointReadError, read_checkpoint
 from evit_mm.compat.safe_checkpoints import _ALLOW_LIST_PICKLE, load_weights_only
 

@@ -4,6 +4,7 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import OPTIM_WRAPPERS
 
+from evit_mm.compat.torch_api import get_autocast_dtype, is_autocast_enabled
 from evit_mm.engine import CPUBfloat16OptimWrapper
 from evit_mm.tools import config_options
 from evit_mm.tools.config_options import enable_amp
@@ -17,10 +18,10 @@ def test_wrapper_runs_the_forward_pass_in_bfloat16_and_keeps_float32_weights():
     assert isinstance(wrapper, CPUBfloat16OptimWrapper)
     before = [p.detach().clone() for p in model.parameters()]
     with wrapper.optim_context(model):
-        assert torch.is_autocast_enabled('cpu') and torch.get_autocast_dtype('cpu') == torch.bfloat16
+        assert is_autocast_enabled('cpu') and get_autocast_dtype('cpu') == torch.bfloat16
         out = model(torch.randn(4, 8))
         loss = out.float().square().mean()
-    assert out.dtype == torch.bfloat16 and not torch.is_autocast_enabled('cpu')
+    assert out.dtype == torch.bfloat16 and not is_autocast_enabled('cpu')
     wrapper.update_params(loss)
     assert all(p.dtype == torch.float32 and p.grad is None for p in model.parameters())  # stepped, zeroed
     assert all(not torch.equal(p, b) for p, b in zip(model.parameters(), before))

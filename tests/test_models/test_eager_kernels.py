@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from evit_mm.compat.torch_api import is_compiling
+from evit_mm.deploy.onnx_export import TORCHSCRIPT_EXPORTER
 from evit_mm.models import eager_kernels
 from evit_mm.models.eager_kernels import eager_conv_dtype, exporting_or_compiling, tracing_or_exporting
 
@@ -20,7 +22,7 @@ class _Recorder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         graph = exporting_or_compiling()
-        if not torch.compiler.is_compiling():  # dynamo's graph holds no Python list: the output tells it instead
+        if not is_compiling():  # dynamo's graph holds no Python list: the output tells it instead
             self.seen.append(graph)
         return x + 1 if graph else x - 1
 
@@ -36,7 +38,7 @@ def test_jit_trace_and_onnx_export_are_seen():
     torch.jit.trace(recorder, torch.zeros(2), check_trace=False)  # the check reruns the module eagerly
     assert recorder.seen and all(recorder.seen)
     recorder.seen.clear()
-    torch.onnx.export(recorder, (torch.zeros(2),), io.BytesIO(), dynamo=False)
+    torch.onnx.export(recorder, (torch.zeros(2),), io.BytesIO(), **TORCHSCRIPT_EXPORTER)
     assert recorder.seen and all(recorder.seen)
 
 
@@ -44,8 +46,9 @@ def test_jit_trace_and_onnx_export_are_seen():
 def test_onnx_flags_are_read_where_torch_sets_them(monkeypatch, flag):
     """The direct read of torch's two ONNX-export flags (its public function imports two modules per call) follows
     both; the dynamo exporter needs onnxscript, which the stack does not install, so its flag is set by hand."""
-    from torch.onnx._internal.exporter import _flags
-    from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+    # torch < 2.6 keeps them elsewhere; eager_kernels then asks torch.onnx.is_in_onnx_export (the other tests)
+    _flags = pytest.importorskip('torch.onnx._internal.exporter._flags', reason='torch < 2.6: no such flags')
+    GLOBALS = pytest.importorskip('torch.onnx._internal.torchscript_exporter._globals').GLOBALS
     assert not exporting_or_compiling() and not tracing_or_exporting()
     if flag == 'torchscript':
         monkeypatch.setattr(GLOBALS, 'in_onnx_export', True)

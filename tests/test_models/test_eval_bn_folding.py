@@ -11,7 +11,7 @@ from evit_mm.models import EfficientViT
 from evit_mm.models.fused_conv import onednn_fusion_available
 from evit_mm.models.layers import ConvBN
 
-from tests.helpers import DEVICES, OpCalls, randomize_
+from tests.helpers import DEVICES, REQUIRES_CPU_FUSED_ADAMW, OpCalls, randomize_
 
 CL = torch.channels_last
 BATCH_NORM = torch.ops.aten.native_batch_norm.default
@@ -193,6 +193,7 @@ def test_eval_mode_runs_on_prepacked_folded_weights():
     assert all(m._derived_weights.empty for m in model.modules() if isinstance(m, ConvBN))
 
 
+@REQUIRES_CPU_FUSED_ADAMW
 def test_no_stale_caches_after_fused_optimizer_steps_in_eval_mode():
     """A model kept in eval mode, trained with a fused optimizer (which bumps no version counter), then evaluated:
     the folded weights and attention-bias tables cached before the steps must not be served afterwards."""

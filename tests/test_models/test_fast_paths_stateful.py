@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from evit_mm.models import EfficientViT
-from tests.helpers import randomize_
+from tests.helpers import CPU_FUSED_ADAMW, randomize_
 
 STEPS = ('eval', 'train', 'train', 'tune', 'deploy', 'load', 'in_place')
 
@@ -155,4 +155,6 @@ class Scenario:
     (1, torch.float32, False, False, 0.0),
 ])
 def test_fast_paths_follow_the_reference(seed, dtype, fused_optimizer, with_cp, drop_path_rate):
+    if fused_optimizer and not CPU_FUSED_ADAMW:
+        pytest.skip(f'torch {torch.__version__}: no fused AdamW on the CPU')
     Scenario(seed, dtype, fused_optimizer, with_cp, drop_path_rate).run(steps=8)

@@ -415,7 +415,7 @@ class EfficientViT(BaseModule):
         x = self.patch_embed(x)
         outs = []
         last = self.out_indices[-1]
-        for i, stage in enumerate(self.stages[:last + 1]):
+        for i, stage in zip(range(last + 1), self.stages):  # not a slice: torch 2.1's dynamo cannot trace that
             x = stage.downsample(x)
             for block in stage.blocks:
                 if self.with_cp and self.training and x.requires_grad:

@@ -10,7 +10,8 @@
 # - Installs evit_mm in editable mode.
 #
 # Environment: PYTHON (interpreter, default python3), EVIT_MM_CACHE (default ~/.cache/evit_mm),
-# MAX_JOBS (parallel compile jobs for mmcv, default: number of cores).
+# MAX_JOBS (parallel compile jobs for mmcv, default: number of cores), EVIT_MM_STACK (the pinned stack, default
+# requirements/stack.txt; requirements/stack-oldest.txt is the oldest one evit_mm supports, torch 2.1).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,7 +19,7 @@ cd "$ROOT"
 PYTHON="${PYTHON:-python3}"
 CACHE="${EVIT_MM_CACHE:-$HOME/.cache/evit_mm}"
 MMCV_VERSION="2.1.0"
-STACK="requirements/stack.txt"
+STACK="${EVIT_MM_STACK:-requirements/stack.txt}"
 
 die() { echo "setup: error: $*" >&2; exit 1; }
 say() { echo "setup: $*"; }

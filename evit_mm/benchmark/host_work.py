@@ -40,8 +40,25 @@ def is_operator(event_name: str) -> bool:
 
 def top_level_operators(events: list) -> list:
     """The profiled operator events called from Python, not from inside another operator (``conv2d`` counts once,
-    not with the ``convolution`` and ``mkldnn_convolution`` it dispatches to)."""
-    return [e for e in events if is_operator(e.name) and (e.cpu_parent is None or not is_operator(e.cpu_parent.name))]
+    not with the ``convolution`` and ``mkldnn_convolution`` it dispatches to).
+
+    An operator is nested where its parent is an operator or, since torch 2.1's profiler leaves some nested
+    operators without a parent (an ``mm`` inside a ``matmul``, a ``view`` inside a ``flatten``), where its time
+    range ends inside the last top-level operator's on its thread (ranges sorted by start, longer first: an outer
+    operator comes before what it contains)."""
+    operators = sorted((e for e in events if is_operator(e.name)),
+                       key=lambda e: (e.thread, e.time_range.start, -e.time_range.end))
+    top: list = []
+    last_end: dict[int, float] = {}  # per thread: where the last top-level operator ends
+    for event in operators:
+        parent = event.cpu_parent
+        if parent is not None and is_operator(parent.name):
+            continue
+        if event.thread in last_end and event.time_range.end <= last_end[event.thread]:
+            continue
+        top.append(event)
+        last_end[event.thread] = event.time_range.end
+    return top
 
 
 def count_host_work(model: nn.Module, *inputs: torch.Tensor) -> HostWork:

@@ -76,13 +76,15 @@ def count_type(minimum: int) -> Callable[[str], int]:
 
 
 def synthetic_batch(kind: str, batch: int, height: int, width: int, num_classes: int = 80,
-                    ground_truth: bool = False) -> dict:
+                    ground_truth: bool = False, with_images: bool = True) -> dict:
     """A packed batch (before the data preprocessor) of random ``uint8`` images with test-time metadata; with
     ``ground_truth``, also what a training step's losses read: boxes, labels and masks of a few objects per image
-    (detectors), a label map (segmentors), class labels (classifiers), all in ``[0, num_classes)``."""
+    (detectors), a label map (segmentors), class labels (classifiers), all in ``[0, num_classes)``. Without
+    ``with_images``, ``inputs`` is None: the samples alone, for a caller with its own images (no random numbers
+    drawn, so that a JIT trace can run it: torch < 2.2's tracer takes no ``Generator``)."""
     generator = torch.Generator().manual_seed(0)
     images = [torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
-              for _ in range(batch)]
+              for _ in range(batch)] if with_images else None
     meta = dict(img_shape=(height, width), ori_shape=(height, width), pad_shape=(height, width),
                 scale_factor=(1.0, 1.0), batch_input_shape=(height, width))
     if kind == 'detector':
@@ -109,7 +111,7 @@ def synthetic_batch(kind: str, batch: int, height: int, width: int, num_classes:
         return dict(inputs=images, data_samples=samples)
     if kind == 'classifier':
         labels = torch.randint(0, num_classes, (batch,), generator=generator).tolist()
-        return dict(inputs=[img.float() for img in images], data_samples=labels)
+        return dict(inputs=None if images is None else [img.float() for img in images], data_samples=labels)
     raise ValueError(f'no synthetic batch for {kind!r}')
 
 

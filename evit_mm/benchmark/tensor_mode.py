@@ -22,5 +22,6 @@ class TensorMode(nn.Module):
             return self.model(x)
         if self.kind == 'classifier':
             return self.model(x, None, mode='tensor')
-        samples = synthetic_batch(self.kind, x.shape[0], x.shape[2], x.shape[3])['data_samples']
+        batch, _, height, width = (int(size) for size in x.shape)  # plain ints also while traced (FLOPs, ONNX)
+        samples = synthetic_batch(self.kind, batch, height, width, with_images=False)['data_samples']
         return self.model(x, samples, mode='tensor')

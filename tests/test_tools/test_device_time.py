@@ -35,9 +35,13 @@ def test_busy_time_rejects_no_calls():
 
 def test_on_a_gpu_busy_time_is_the_device_tasks():
     """Kernels, copies and memsets on the device count (asynchronous ones do not); host events do not."""
+    starts = iter(range(0, 10_000, 1000))
+
     def event(kind, micros, is_async=False, name='volta_sgemm'):
+        start = next(starts)
         return SimpleNamespace(device_type=kind, device_time_total=micros, is_async=is_async, name=name,
-                               cpu_time_total=micros, cpu_parent=None)
+                               cpu_time_total=micros, cpu_parent=None, thread=1,
+                               time_range=SimpleNamespace(start=start, end=start + micros))
     events = [event(DeviceType.CUDA, 30.0), event(DeviceType.CUDA, 12.0, name='Memcpy HtoD'),
               event(DeviceType.CUDA, 99.0, is_async=True), event(DeviceType.CPU, 500.0, name='aten::mm')]
     assert device_time._busy(events, torch.device('cuda')) == (42.0, 2)

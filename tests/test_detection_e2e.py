@@ -200,7 +200,7 @@ def test_resume_continues_from_saved_iteration(coco_root, tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_processes_keep_identical_weights(coco_root, tmp_path):
     work = tmp_path / 'work'
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29531',
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',  # a free port
            str(REPO_ROOT / 'tests/dist_train_check.py'), DEMO_CONFIG, '--work-dir', str(work),
            '--launcher', 'pytorch', *_options(coco_root)]
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO_ROOT))

@@ -74,6 +74,10 @@ def _cpu_fused_adamw() -> bool:
         return False
 
 
+#: torch 2.1's profiler leaves some nested operators without a parent and stamps them in whole microseconds, so
+#: counts of top-level operators are approximate there (off by one now and then, by timing)
+REQUIRES_EXACT_OPERATOR_NESTING = pytest.mark.skipif(
+    torch.__version__ < '2.2', reason=f'torch {torch.__version__}: the profiler does not record every nesting')
 CPU_AUTOCAST_FLOAT16 = _cpu_autocast_takes_float16()
 REQUIRES_CPU_AUTOCAST_FLOAT16 = pytest.mark.skipif(
     not CPU_AUTOCAST_FLOAT16, reason=f'torch {torch.__version__}: CPU autocast takes bfloat16 only')

@@ -10,8 +10,10 @@ from torch.autograd import DeviceType
 
 from evit_mm.benchmark import device_time
 from evit_mm.benchmark.device_time import DeviceTime, busy_time, device_times, format_device_times
+from tests.helpers import REQUIRES_EXACT_OPERATOR_NESTING
 
 
+@REQUIRES_EXACT_OPERATOR_NESTING
 def test_busy_time_counts_top_level_operators_once_and_skips_views():
     a, b = torch.randn(64, 64), torch.randn(64, 64)
     # matmul is one top-level operator (its mm inside is not counted again); view is no task
@@ -48,6 +50,7 @@ def test_on_a_gpu_busy_time_is_the_device_tasks():
     assert device_time._busy(events, torch.device('cpu')) == (500.0, 1)
 
 
+@REQUIRES_EXACT_OPERATOR_NESTING
 def test_device_times_and_their_table():
     a = torch.randn(128, 128)
     times = device_times({'small': lambda: a @ a, 'large': lambda: (a @ a) @ (a @ a)}, torch.device('cpu'),

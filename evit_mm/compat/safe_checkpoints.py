@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import builtins
 import codecs
+import collections
 import os
 import pickle
 import types
@@ -69,10 +70,14 @@ def _history_buffer_state(self: HistoryBuffer) -> dict[str, Any]:
 
 def _allowed_globals() -> dict[str, Any]:
     """Every global the unpickler for torch < 2.4 resolves: torch's own weights-only allow-list (tensors, storages,
-    dtypes, ``OrderedDict``), the plain containers pickle writes by name (protocol 2 writes ``builtins`` as
-    ``__builtin__``), and :func:`_safe_types`."""
+    ``OrderedDict``), what torch >= 2.4 adds to it (``Counter``: mmengine's ``MultiStepLR`` keeps its milestones in
+    one; ``torch.device``; every dtype, torch 2.1 lists ten), the plain containers pickle writes by name (protocol 2
+    writes ``builtins`` as ``__builtin__``), and :func:`_safe_types`."""
     from torch import _weights_only_unpickler
     allowed = dict(_weights_only_unpickler._get_allowed_globals())
+    allowed['collections.Counter'] = collections.Counter
+    allowed['torch.device'] = torch.device
+    allowed.update({str(dtype): dtype for dtype in vars(torch).values() if isinstance(dtype, torch.dtype)})
     for name in ('set', 'complex', 'bytearray'):  # what torch >= 2.4 allows of them
         allowed[f'builtins.{name}'] = allowed[f'__builtin__.{name}'] = getattr(builtins, name)
     allowed['_codecs.encode'] = codecs.encode  # protocol 2 writes bytes as encode(str, 'latin1')

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 import numpy as np
 import pytest
@@ -42,6 +42,8 @@ def _training_checkpoint() -> dict:
         'message_hub': {'log_scalars': {'train/loss': losses}, 'runtime_info': {'max_iters': 12}},
         'numpy': {'array': np.arange(4, dtype=np.int64), 'scalar': np.float64(0.75), 'dtype': np.dtype('float32')},
         'containers': {'set': {1, 2}, 'complex': 1 + 2j, 'bytearray': bytearray(b'ab')},
+        'param_schedulers': [{'milestones': Counter({8: 1, 11: 1}), 'gamma': 0.1}],  # mmengine's MultiStepLR
+        'torch': {'device': torch.device('cpu'), 'dtypes': [torch.bfloat16, torch.bool, torch.uint8, torch.float32]},
     }
 
 
@@ -59,6 +61,20 @@ def test_training_checkpoints_load_weights_only(loader, tmp_path):
     np.testing.assert_array_equal(loaded['numpy']['array'], saved['numpy']['array'])
     assert loaded['numpy']['scalar'] == 0.75 and loaded['numpy']['dtype'] == np.dtype('float32')
     assert loaded['containers'] == saved['containers']
+    assert loaded['param_schedulers'] == saved['param_schedulers'] and loaded['torch'] == saved['torch']
+    assert type(loaded['param_schedulers'][0]['milestones']) is Counter
+
+
+@pytest.mark.parametrize('loader', LOADERS, ids=list(LOADERS))
+def test_a_real_mmengine_checkpoint_loads_weights_only(loader, tmp_path):
+    """What mmengine's runner saves (AdamW, LinearLR then MultiStepLR, the message hub) with evit_mm imported."""
+    from tests.tiny_runner import build_runner
+    runner, _ = build_runner(tmp_path, max_epochs=1)
+    runner.train()
+    loaded = LOADERS[loader](tmp_path / 'epoch_1.pth')
+    assert loaded['meta']['epoch'] == 1 and loaded['meta']['iter'] == 4
+    assert [type(state.get('milestones')) for state in loaded['param_schedulers']] == [type(None), Counter]
+    assert torch.equal(loaded['state_dict']['linear.weight'], runner.model.linear.weight.detach())
 
 
 class _RunsCodeWhenUnpickled:

@@ -224,9 +224,19 @@ def test_wrong_num_classes_stops_before_training(coco_root, tmp_path):
         train_tool.main([DEMO_CONFIG, '--work-dir', str(tmp_path),
                          *_options(coco_root, **{'model.bbox_head.num_classes': '80'})])
     # ...and testing, with the detector wrapped for test-time augmentation too (the checks read it unwrapped)
+    (tmp_path / 'never_read.pth').write_bytes(b'')  # exists: the tool names a missing file first
     with pytest.raises(PreflightError, match=r'model.bbox_head.num_classes is 80, but the dataset has 4 classes'):
         test_tool.main([DEMO_CONFIG, str(tmp_path / 'never_read.pth'), '--work-dir', str(tmp_path), '--tta',
                         *_options(coco_root, **{'model.bbox_head.num_classes': '80'})])
+
+
+def test_a_missing_checkpoint_is_named_before_anything_else(tmp_path):
+    absent = tmp_path / 'work_dirs' / 'epoch_12.pth'
+    options = ['--work-dir', str(tmp_path), '--cfg-options', f'test_dataloader.dataset.data_root={tmp_path}/nowhere/']
+    for tool, argv in ((test_tool, [DEMO_CONFIG, str(absent), *options]),
+                       (train_tool, [DEMO_CONFIG, '--resume', str(absent), *options])):  # the dataset is missing too
+        with pytest.raises(FileNotFoundError, match=f"checkpoint not found: '{absent}'"):
+            tool.main(argv)
 
 
 def test_unknown_arch_stops_before_training(coco_root, tmp_path):

@@ -73,9 +73,21 @@ def download_from_hf_hub(name: str) -> str:
 
 def local_checkpoint(path: str | os.PathLike) -> str:
     """``path`` as mmengine's checkpoint loader takes it: a Hub name (``hf-hub:ORG/NAME[@REVISION]``) becomes the
-    local file in the hub's cache (:func:`download_from_hf_hub`); paths and URLs are returned as they are."""
+    local file in the hub's cache (:func:`download_from_hf_hub`); local paths and URLs are returned as they are.
+
+    Raises:
+        FileNotFoundError: If a local path does not exist (the tools call this before building anything, so that a
+            mistyped checkpoint is named before a missing dataset or a model build), or a Hub repository's weights
+            cannot be had.
+        ValueError: If an ``hf-hub:`` name is malformed.
+    """
     path = os.fspath(path)
-    return download_from_hf_hub(path) if path.startswith(HF_HUB_PREFIX) else path
+    if path.startswith(HF_HUB_PREFIX):
+        return download_from_hf_hub(path)
+    if not is_url(path) and not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint not found: {path!r} (give a local .pth/.safetensors file, a URL or '
+                                f'{HF_HUB_PREFIX}ORG/NAME)')
+    return path
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 'cpu') -> dict[str, Any]:
@@ -84,8 +96,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
     Torch pickles are read weights only (:func:`~evit_mm.compat.safe_checkpoints.load_weights_only`): a file that
     holds arbitrary Python objects is refused rather than executed. URLs go through torch.hub's cache (downloaded
-    once, hash-checked by name), Hub repositories through the Hugging Face Hub's cache
-    (:func:`download_from_hf_hub`).
+    once, then read from there; not hash-checked, as the official release's file names carry no hash), Hub
+    repositories through the Hugging Face Hub's cache (:func:`download_from_hf_hub`).
 
     Raises:
         FileNotFoundError: If a local path does not exist, a URL cannot be downloaded, or a Hub repository's
@@ -98,9 +110,6 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if is_url(path):
         return _read_torch_file(path, lambda: _download(path, map_location))
     path = local_checkpoint(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'checkpoint not found: {path!r} (give a local .pth/.safetensors file, a URL or '
-                                f'{HF_HUB_PREFIX}ORG/NAME)')
     if path.endswith('.safetensors'):
         from safetensors import SafetensorError
         from safetensors.torch import load_file

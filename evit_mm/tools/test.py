@@ -17,7 +17,7 @@ from .preflight import check_backbone_neck, check_checkpoint_fits, run_preflight
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Evaluate an EfficientViT detector, segmentor or classifier')
     parser.add_argument('config', help='config file')
-    parser.add_argument('checkpoint', help='checkpoint file (local path or URL)')
+    parser.add_argument('checkpoint', help='checkpoint: a local file, a URL or hf-hub:ORG/NAME[@REVISION]')
     parser.add_argument('--out', help='write raw predictions (.pkl; a folder of maps for segmentation)')
     parser.add_argument('--show-dir', help='draw predictions into WORK_DIR/<timestamp>/SHOW_DIR')
     parser.add_argument('--wait-time', type=float, default=0.0, help='seconds between shown images')
@@ -48,6 +48,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    checkpoint = local_checkpoint(args.checkpoint)  # a missing file is named before anything is read or built
     cfg = load_config(args)
     cfg.load_from = None  # loaded below, after checking that it fits
     if args.show_dir:
@@ -65,10 +66,10 @@ def main(argv: list[str]) -> int:
     use_separable_roi_align_on_cpu(model, runner.logger)
     if hasattr(model, 'load_checkpoint'):
         # classifiers read official/timm/evit_mm checkpoints themselves (strict, heads converted)
-        model.load_checkpoint(args.checkpoint)
+        model.load_checkpoint(checkpoint)
     else:
-        check_checkpoint_fits(model, args.checkpoint)
-        runner.load_checkpoint(local_checkpoint(args.checkpoint))  # mmengine's loader does not know hf-hub: names
+        check_checkpoint_fits(model, checkpoint)
+        runner.load_checkpoint(checkpoint)  # a hub name made a local file above: mmengine's loader does not know them
     if args.cuda_graphs and next(model.parameters()).device.type != 'cuda':
         raise SystemExit('error: --cuda-graphs needs a GPU (CUDA graphs replay on a GPU only); this run is on '
                          f'{next(model.parameters()).device}')

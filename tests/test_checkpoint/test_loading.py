@@ -289,8 +289,11 @@ def test_hub_names_become_local_files_for_mmengines_loader(offline_hub, tmp_path
     hub_cache(offline_hub, 'me/retinanet', {'model.safetensors': lambda p: p.write_bytes(b'x')})
     local = local_checkpoint('hf-hub:me/retinanet')
     assert local.startswith(str(offline_hub)) and local.endswith('model.safetensors') and os.path.isfile(local)
-    for other in ('work_dirs/epoch_12.pth', 'https://example.com/a.pth', tmp_path / 'a.pth'):
+    (tmp_path / 'a.pth').write_bytes(b'x')
+    for other in ('https://example.com/a.pth', tmp_path / 'a.pth'):
         assert local_checkpoint(other) == os.fspath(other)
+    with pytest.raises(FileNotFoundError, match=r"checkpoint not found: 'work_dirs/epoch_12\.pth' \(give a local"):
+        local_checkpoint('work_dirs/epoch_12.pth')  # named before the tools build anything
 
 
 def test_hf_hub_errors_name_the_problem(offline_hub):

@@ -131,7 +131,8 @@ def test_the_tools_print_a_bad_option_as_one_line(tmp_path):
     from evit_mm.tools.entry import run
     from evit_mm.data.demo_imagenet import make_imagenet_demo
     root = make_imagenet_demo(tmp_path / 'imagenet', train_per_class=1, val_per_class=1, size=32)
-    error = run(test_tool.main, [CLASSIFICATION, str(tmp_path / 'missing.pth'), '--tta', '--cfg-options',
+    (tmp_path / 'never_read.pth').write_bytes(b'')  # exists: a missing checkpoint would be named first
+    error = run(test_tool.main, [CLASSIFICATION, str(tmp_path / 'never_read.pth'), '--tta', '--cfg-options',
                                  f'test_dataloader.dataset.data_root={root / "val"}'])
     assert error == ("error: --tta is for detection (mmdet) and segmentation (mmseg) configs; this config's "
                      "default_scope is 'evit_mm'")

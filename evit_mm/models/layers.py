@@ -10,7 +10,8 @@ import torch
 from timm.layers import DropPath, make_divisible
 from torch import nn
 
-from .depthwise_grad import depthwise_conv_float32_input_grad, float32_input_grad_applies
+from .depthwise_grad import (depthwise_conv_float32_input_grad, depthwise_conv_transposed_input_grad,
+                             float32_input_grad_applies, transposed_input_grad_applies)
 from .derived_cache import DerivedCache
 from .eager_kernels import exporting_or_compiling
 from .fused_conv import DerivedWeights, FusedConv2d, pointwise_linear
@@ -54,6 +55,9 @@ class ConvBN(nn.Module):
     #: In bfloat16 on the CPU (autocast), compute a strided depthwise conv's input gradient in float32, 35-90x faster
     #: than torch's bfloat16 kernel (:mod:`.depthwise_grad`; the forward pass and weight gradient unchanged).
     float32_depthwise_input_grad = True
+    #: In float32 on the CPU, where torch's kernel for a channels-last depthwise conv's input gradient is slow (torch
+    #: 2.1: 100-300x; measured once per process), compute that gradient as a transposed conv (:mod:`.depthwise_grad`).
+    transposed_depthwise_input_grad = True
 
     def __init__(
         self,
@@ -125,6 +129,8 @@ class ConvBN(nn.Module):
                                         derived=self._derived_weights, prepack=self.prepack_weights)
         if self.float32_depthwise_input_grad and float32_input_grad_applies(self.conv, x):
             y = depthwise_conv_float32_input_grad(self.conv, x)
+        elif self.transposed_depthwise_input_grad and transposed_input_grad_applies(self.conv, x):
+            y = depthwise_conv_transposed_input_grad(self.conv, x)
         elif self.gemm_convs:
             y = gemm_conv(self.conv, x)
         else:

@@ -1,6 +1,7 @@
-"""Strided depthwise convs in bfloat16 on the CPU with a float32 input gradient (evit_mm.models.depthwise_grad):
-the same forward values and weight gradient as bfloat16's kernel, the exact input gradient rounded once, used only
-where it applies, and switchable off."""
+"""Depthwise convs on the CPU whose input gradient is a transposed conv (evit_mm.models.depthwise_grad): strided
+ones in bfloat16 with a float32 input gradient (the same forward values and weight gradient as bfloat16's kernel, the
+exact input gradient rounded once), and float32 ones where torch's own kernel is slow (torch 2.1; forced here on any
+torch): the same values as torch's, used only where they apply, and switchable off."""
 from __future__ import annotations
 
 import pytest
@@ -8,13 +9,14 @@ import torch
 from torch import nn
 
 from evit_mm.models import EfficientViT, eager_kernels
-from evit_mm.models.depthwise_grad import float32_input_grad_applies
+from evit_mm.models import depthwise_grad
+from evit_mm.models.depthwise_grad import float32_input_grad_applies, transposed_input_grad_applies
 from evit_mm.models.layers import ConvBN
 
 from tests.helpers import REQUIRES_CPU_AUTOCAST_FLOAT16, randomize_
 
 CL = torch.channels_last
-NODE = '_DepthwiseConvFloat32InputGradBackward'
+NODE = '_DepthwiseConvTransposedInputGradBackward'
 
 
 def _nodes(output: torch.Tensor) -> list[str]:
@@ -164,3 +166,121 @@ def test_backbone_uses_it_under_autocast_and_can_switch_it_off():
         assert torch.equal(got, expected)
     for got, expected in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(got, expected, atol=2e-2 * expected.abs().max().item() + 1e-6, rtol=2e-2)
+
+
+@pytest.fixture
+def slow_torch_kernel(monkeypatch):
+    """As on torch 2.1, whose kernel for the input gradient measures 100-300x slower than a transposed conv."""
+    monkeypatch.setattr(depthwise_grad, 'torch_depthwise_input_grad_is_slow', lambda: True)
+
+
+def _float32_step(layer: ConvBN, x: torch.Tensor, grad: torch.Tensor, transposed: bool):
+    """Output, input gradient, conv weight gradient and autograd node names of one float32 step of ``layer``."""
+    layer.transposed_depthwise_input_grad = transposed
+    layer.zero_grad()
+    x = x.detach().requires_grad_().clone()
+    grad_x = []
+    x.register_hook(grad_x.append)
+    y = layer(x)
+    y.backward(grad)
+    return y.detach(), grad_x[0], layer.conv.weight.grad.clone(), _nodes(y)
+
+
+def _token_view(tokens: torch.Tensor, side: int) -> torch.Tensor:
+    """The attention's query: channels ``[:C]`` of ``(B, side * side, 3C)`` tokens as a ``(B, C, side, side)`` view,
+    channels innermost but neither NCHW nor channels-last contiguous."""
+    batch, _, width = tokens.shape
+    return tokens[..., :width // 3].reshape(batch, side, side, width // 3).permute(0, 3, 1, 2)
+
+
+# odd and even sizes, maps smaller than the kernel, strides 1 (the residual and query convs) and 2 (PatchMerging),
+# the query's 5x5 and 7x7 kernels, training and eval mode (gradients flowing: the BatchNorm is not folded then)
+@pytest.mark.parametrize('size, kernel, stride', [
+    ((15, 17), 3, 1), ((7, 7), 5, 1), ((7, 7), 7, 1), ((2, 3), 3, 1), ((15, 17), 3, 2), ((14, 13), 3, 2),
+    ((1, 1), 3, 2)])
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+def test_transposed_input_grad_gives_torchs_values(slow_torch_kernel, size, kernel, stride, training):
+    channels = 16
+    layer = randomize_(ConvBN(channels, channels, kernel, stride, kernel // 2, groups=channels)).train(training)
+    gen = torch.Generator().manual_seed(sum(size) + kernel + stride)
+    out_size = [(s + 2 * (kernel // 2) - kernel) // stride + 1 for s in size]
+    grad = torch.randn(3, channels, *out_size, generator=gen).contiguous(memory_format=CL)
+    maps = {'channels_last': torch.randn(3, channels, *size, generator=gen).contiguous(memory_format=CL)}
+    if size[0] == size[1]:
+        maps['token view'] = _token_view(torch.randn(3, size[0] * size[1], 3 * channels, generator=gen), size[0])
+    for name, x in maps.items():
+        y, grad_x, grad_w, nodes = _float32_step(layer, x, grad, transposed=True)
+        y_ref, grad_x_ref, grad_w_ref, nodes_ref = _float32_step(layer, x, grad, transposed=False)
+        assert NODE in nodes and NODE not in nodes_ref, name
+        assert torch.equal(y, y_ref), f'{name}: the forward pass is torch\'s own conv'
+        torch.testing.assert_close(grad_w, grad_w_ref, rtol=1e-5, atol=1e-5, msg=name)
+        torch.testing.assert_close(grad_x, grad_x_ref, rtol=1e-5, atol=1e-5, msg=name)
+        assert grad_x.is_contiguous(memory_format=CL), f'{name}: the gradient keeps the channels innermost'
+
+
+def _cl(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.randn(*shape, dtype=dtype).contiguous(memory_format=CL)
+
+
+@pytest.mark.parametrize('case, conv, x, autocast, grad, applies', [
+    ('depthwise, channels-last', _conv(F32, stride=1), _cl(2, 8, 9, 9), None, True, True),
+    ('strided depthwise, channels-last', _conv(F32), _cl(2, 8, 9, 9), None, True, True),
+    ("the attention's query, a view of tokens", _conv(F32, stride=1), _token_view(torch.randn(2, 49, 24), 7),
+     None, True, True),
+    ('NCHW', _conv(F32, stride=1), torch.randn(2, 8, 9, 9), None, True, False),
+    ('bfloat16', _conv(stride=1), _cl(2, 8, 9, 9, dtype=torch.bfloat16), None, True, False),
+    ('float32 under bfloat16 autocast', _conv(F32, stride=1), _cl(2, 8, 9, 9), torch.bfloat16, True, False),
+    ('no gradient', _conv(F32, stride=1), _cl(2, 8, 9, 9), None, False, False),
+    ('dense', _conv(F32, groups=1, stride=1), _cl(2, 8, 9, 9), None, True, False),
+    ('with a bias', _conv(F32, bias=True, stride=1), _cl(2, 8, 9, 9), None, True, False),
+    ('dilated', _conv(F32, dilation=2, stride=1), _cl(2, 8, 9, 9), None, True, False),
+])
+def test_transposed_input_grad_applies_only_to_float32_depthwise_convs(slow_torch_kernel, case, conv, x, autocast,
+                                                                       grad, applies):
+    with torch.autocast('cpu', dtype=autocast or torch.bfloat16, enabled=autocast is not None), \
+            torch.set_grad_enabled(grad):
+        assert transposed_input_grad_applies(conv, x.requires_grad_(grad)) == applies, case
+
+
+def test_transposed_input_grad_only_where_torchs_kernel_is_slow_and_not_while_compiling(monkeypatch):
+    conv, x = _conv(F32, stride=1), _cl(2, 8, 9, 9).requires_grad_()
+    monkeypatch.setattr(depthwise_grad, 'torch_depthwise_input_grad_is_slow', lambda: False)
+    assert not transposed_input_grad_applies(conv, x)
+    monkeypatch.setattr(depthwise_grad, 'torch_depthwise_input_grad_is_slow', lambda: True)
+    assert transposed_input_grad_applies(conv, x)
+    monkeypatch.setattr(eager_kernels, 'is_compiling', lambda: True)
+    assert not transposed_input_grad_applies(conv, x)
+
+
+@pytest.mark.parametrize('torch_kernel_s, transposed_s, slow', [(0.010, 0.0001, True), (0.0002, 0.0001, False),
+                                                                 (0.0004, 0.0001, False), (0.0005, 0.0001, True)])
+def test_torchs_kernel_counts_as_slow_beyond_the_factor(monkeypatch, torch_kernel_s, transposed_s, slow):
+    timed = iter([torch_kernel_s, transposed_s])
+    monkeypatch.setattr(depthwise_grad, '_best_time', lambda call: (call(), next(timed))[1])
+    depthwise_grad.torch_depthwise_input_grad_is_slow.cache_clear()
+    try:
+        assert depthwise_grad.torch_depthwise_input_grad_is_slow() == slow
+    finally:
+        depthwise_grad.torch_depthwise_input_grad_is_slow.cache_clear()  # measured anew where next asked
+
+
+def test_backbone_uses_the_transposed_input_grad_where_torchs_kernel_is_slow(slow_torch_kernel):
+    """M0 trained in float32: every depthwise conv (residual, PatchMerging, the attention's queries) takes the
+    transposed input gradient, the outputs are bit-identical with it off and the gradients the same."""
+    model = randomize_(EfficientViT('m0')).train()
+    x = torch.randn(2, 3, 97, 131)
+    results = []
+    for transposed in (True, False):
+        model.set_conv_bn_paths(transposed_depthwise_input_grad=transposed)
+        model.zero_grad()
+        outs = model(x)
+        sum((o * (i + 1)).mean() for i, o in enumerate(outs)).backward()
+        results.append(([o.detach() for o in outs], [p.grad.clone() for p in model.parameters()],
+                        _nodes(outs[-1])))
+    (outs, grads, nodes), (outs_ref, grads_ref, nodes_ref) = results
+    depthwise = [m for m in model.modules() if isinstance(m, ConvBN) and m.conv.groups > 1]
+    assert NODE not in nodes_ref and nodes.count(NODE) == len(depthwise)
+    for got, expected in zip(outs, outs_ref, strict=True):
+        assert torch.equal(got, expected)
+    for got, expected in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item() + 1e-7)

@@ -335,17 +335,21 @@ class EfficientViT(BaseModule):
 
     def set_conv_bn_paths(self, *, gemm_convs: bool | None = None, fold_eval_bn: bool | None = None,
                           prepack_weights: bool | None = None,
-                          float32_depthwise_input_grad: bool | None = None) -> 'EfficientViT':
+                          float32_depthwise_input_grad: bool | None = None,
+                          transposed_depthwise_input_grad: bool | None = None) -> 'EfficientViT':
         """Switch the fast paths of every unfused ConvBN on or off (``gemm_convs`` and ``fold_eval_bn`` as in the
         constructor; ``prepack_weights``: the convs with their eval-mode BatchNorm folded run on CPU on weights
         reordered once for oneDNN, on by default, :attr:`ConvBN.prepack_weights`; ``float32_depthwise_input_grad``:
         in bfloat16 on the CPU, the strided depthwise convs' input gradients computed in float32, on by default,
-        :attr:`ConvBN.float32_depthwise_input_grad`); None leaves a path as it is."""
+        :attr:`ConvBN.float32_depthwise_input_grad`; ``transposed_depthwise_input_grad``: in float32 on the CPU, the
+        depthwise convs' input gradients as transposed convs where torch's own kernel is slow (torch 2.1), on by
+        default, :attr:`ConvBN.transposed_depthwise_input_grad`); None leaves a path as it is."""
         for module in self.modules():
             if isinstance(module, ConvBN):
                 for name, value in (('gemm_convs', gemm_convs), ('fold_eval_bn', fold_eval_bn),
                                     ('prepack_weights', prepack_weights),
-                                    ('float32_depthwise_input_grad', float32_depthwise_input_grad)):
+                                    ('float32_depthwise_input_grad', float32_depthwise_input_grad),
+                                    ('transposed_depthwise_input_grad', transposed_depthwise_input_grad)):
                     if value is not None:
                         setattr(module, name, value)
         return self

@@ -3,7 +3,7 @@ own kernel for it is slow.
 
 Two cases, each switchable off on :class:`~.layers.ConvBN`:
 
-- **bfloat16, strided** (:func:`float32_input_grad_applies`). torch's CPU kernel for the bfloat16 input gradient of a
+- **bfloat16, strided, or any stride where torch's kernel is slow** (:func:`float32_input_grad_applies`). torch's CPU kernel for the bfloat16 input gradient of a
   strided depthwise convolution (torch 2.14.1, oneDNN, 2-core AVX512-BF16 machine) is 35-90x slower than float32's.
   EfficientViT's :class:`~.layers.PatchMerging` has one such conv (3x3, stride 2, 4x the channels) between stages,
   so under CPU autocast (``tools/train.py --amp``) the two of M4 took 37 of the 214 ms of a 16x224x224 training
@@ -85,11 +85,15 @@ def _records_gradient(conv: nn.Conv2d, x: torch.Tensor) -> bool:
 
 
 def float32_input_grad_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """Whether ``conv(x)`` is a strided depthwise convolution (bias-free, undilated, numeric padding) in bfloat16 on
-    the CPU, in an eager call that records a gradient: the case :func:`depthwise_conv_float32_input_grad` serves.
-    Device first: the cheapest rejection, where every call on a GPU ends."""
-    return (x.is_cpu and conv.stride != (1, 1) and _is_plain_depthwise(conv) and _records_gradient(conv, x)
-            and eager_conv_dtype(x, conv.weight) == torch.bfloat16 and not exporting_or_compiling())
+    """Whether ``conv(x)`` is a depthwise convolution (bias-free, undilated, numeric padding) in bfloat16 on the CPU,
+    in an eager call that records a gradient, and strided, or of any stride where torch's kernel for the input
+    gradient is slow (:func:`torch_depthwise_input_grad_is_slow`, measured in float32; torch 2.1's bfloat16 kernel at
+    stride 1 is 20-90x slower than the float32 transposed conv, torch 2.14's as fast): the case
+    :func:`depthwise_conv_float32_input_grad` serves. Device first: the cheapest rejection, where every call on a GPU
+    ends."""
+    return (x.is_cpu and _is_plain_depthwise(conv) and _records_gradient(conv, x)
+            and eager_conv_dtype(x, conv.weight) == torch.bfloat16 and not exporting_or_compiling()
+            and (conv.stride != (1, 1) or torch_depthwise_input_grad_is_slow()))
 
 
 def transposed_input_grad_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:

@@ -53,7 +53,8 @@ class ConvBN(nn.Module):
     #: deployed convs do (:class:`~.fused_conv.FusedConv2d`, ``prepack_weights``; cached with the folded weights).
     prepack_weights = True
     #: In bfloat16 on the CPU (autocast), compute a strided depthwise conv's input gradient in float32, 35-90x faster
-    #: than torch's bfloat16 kernel (:mod:`.depthwise_grad`; the forward pass and weight gradient unchanged).
+    #: than torch's bfloat16 kernel, and any depthwise conv's where torch's kernel is slow (torch 2.1: 20-90x at
+    #: stride 1) (:mod:`.depthwise_grad`; the forward pass and weight gradient unchanged).
     float32_depthwise_input_grad = True
     #: In float32 on the CPU, where torch's kernel for a channels-last depthwise conv's input gradient is slow (torch
     #: 2.1: 100-300x; measured once per process), compute that gradient as a transposed conv (:mod:`.depthwise_grad`).

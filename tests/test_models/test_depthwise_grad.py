@@ -134,11 +134,18 @@ F32 = torch.float32
     ('with a bias', _conv(bias=True), torch.bfloat16, None, True, False),
     ('dilated', _conv(dilation=2), torch.bfloat16, None, True, False),
 ])
-def test_applies_only_to_strided_depthwise_convs_in_bfloat16(case, conv, dtype, autocast, grad, applies):
+def test_applies_only_to_strided_depthwise_convs_in_bfloat16(fast_torch_kernel, case, conv, dtype, autocast, grad,
+                                                             applies):
     x = torch.randn(1, 8, 9, 9, dtype=dtype)
     with torch.autocast('cpu', dtype=autocast or torch.bfloat16, enabled=autocast is not None), \
             torch.set_grad_enabled(grad):
         assert float32_input_grad_applies(conv, x.requires_grad_(grad)) == applies, case
+
+
+def test_applies_at_stride_1_too_where_torchs_kernel_is_slow(slow_torch_kernel):
+    x = torch.randn(1, 8, 9, 9, dtype=torch.bfloat16, requires_grad=True)
+    assert float32_input_grad_applies(_conv(stride=1), x)
+    assert not float32_input_grad_applies(_conv(stride=1, groups=1), x)
 
 
 def test_not_while_compiling(monkeypatch):
@@ -146,9 +153,12 @@ def test_not_while_compiling(monkeypatch):
     assert not float32_input_grad_applies(_conv(), torch.randn(1, 8, 9, 9, dtype=torch.bfloat16, requires_grad=True))
 
 
-def test_backbone_uses_it_under_autocast_and_can_switch_it_off():
-    """M0 trained under CPU autocast: every PatchMerging's depthwise conv takes the float32 input gradient, the
-    outputs are bit-identical with it off, the gradients equal to bfloat16 rounding."""
+@pytest.mark.parametrize('slow', [False, True], ids=['fast torch kernel', 'slow torch kernel'])
+def test_backbone_uses_it_under_autocast_and_can_switch_it_off(monkeypatch, slow):
+    """M0 trained under CPU autocast: every PatchMerging's depthwise conv (with torch's kernel slow, every depthwise
+    conv) takes the float32 input gradient, the outputs are bit-identical with it off, the gradients equal to
+    bfloat16 rounding."""
+    monkeypatch.setattr(depthwise_grad, 'torch_depthwise_input_grad_is_slow', lambda: slow)
     model = randomize_(EfficientViT('m0')).train()
     x = torch.randn(2, 3, 97, 131)
     results = []
@@ -161,11 +171,19 @@ def test_backbone_uses_it_under_autocast_and_can_switch_it_off():
         nodes = _nodes(outs[-1])
         results.append(([o.detach() for o in outs], [p.grad.clone() for p in model.parameters()], nodes))
     (outs, grads, nodes), (outs_ref, grads_ref, nodes_ref) = results
-    assert nodes.count(NODE) == 2 and NODE not in nodes_ref  # one per stage after the first
+    depthwise = [m for m in model.modules() if isinstance(m, ConvBN) and m.conv.groups > 1]
+    # one per stage after the first, or every depthwise conv
+    assert nodes.count(NODE) == (len(depthwise) if slow else 2) and NODE not in nodes_ref
     for got, expected in zip(outs, outs_ref, strict=True):
         assert torch.equal(got, expected)
     for got, expected in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(got, expected, atol=2e-2 * expected.abs().max().item() + 1e-6, rtol=2e-2)
+
+
+@pytest.fixture
+def fast_torch_kernel(monkeypatch):
+    """As on torch 2.14, whose kernel for the input gradient is as fast as a transposed conv."""
+    monkeypatch.setattr(depthwise_grad, 'torch_depthwise_input_grad_is_slow', lambda: False)
 
 
 @pytest.fixture

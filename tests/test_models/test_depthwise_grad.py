@@ -153,27 +153,33 @@ def test_not_while_compiling(monkeypatch):
     assert not float32_input_grad_applies(_conv(), torch.randn(1, 8, 9, 9, dtype=torch.bfloat16, requires_grad=True))
 
 
+def _m0_training_steps(path: str, autocast: bool) -> tuple[tuple, tuple, int]:
+    """Outputs, parameter gradients and autograd node names of an M0 training step at 97x131 with ConvBN's ``path``
+    on, then off; and the number of depthwise ConvBNs."""
+    model = randomize_(EfficientViT('m0')).train()
+    x = torch.randn(2, 3, 97, 131)
+    results = []
+    for on in (True, False):
+        model.set_conv_bn_paths(**{path: on})
+        model.zero_grad()
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            outs = model(x)
+        sum((o.float() * (i + 1)).mean() for i, o in enumerate(outs)).backward()
+        results.append(([o.detach() for o in outs], [p.grad.clone() for p in model.parameters()], _nodes(outs[-1])))
+    depthwise = [m for m in model.modules() if isinstance(m, ConvBN) and m.conv.groups > 1]
+    return results[0], results[1], len(depthwise)
+
+
 @pytest.mark.parametrize('slow', [False, True], ids=['fast torch kernel', 'slow torch kernel'])
 def test_backbone_uses_it_under_autocast_and_can_switch_it_off(monkeypatch, slow):
     """M0 trained under CPU autocast: every PatchMerging's depthwise conv (with torch's kernel slow, every depthwise
     conv) takes the float32 input gradient, the outputs are bit-identical with it off, the gradients equal to
     bfloat16 rounding."""
     monkeypatch.setattr(depthwise_grad, 'torch_depthwise_input_grad_is_slow', lambda: slow)
-    model = randomize_(EfficientViT('m0')).train()
-    x = torch.randn(2, 3, 97, 131)
-    results = []
-    for fast in (True, False):
-        model.set_conv_bn_paths(float32_depthwise_input_grad=fast)
-        model.zero_grad()
-        with torch.autocast('cpu', dtype=torch.bfloat16):
-            outs = model(x)
-        sum((o.float() * (i + 1)).mean() for i, o in enumerate(outs)).backward()
-        nodes = _nodes(outs[-1])
-        results.append(([o.detach() for o in outs], [p.grad.clone() for p in model.parameters()], nodes))
-    (outs, grads, nodes), (outs_ref, grads_ref, nodes_ref) = results
-    depthwise = [m for m in model.modules() if isinstance(m, ConvBN) and m.conv.groups > 1]
+    (outs, grads, nodes), (outs_ref, grads_ref, nodes_ref), depthwise = _m0_training_steps(
+        'float32_depthwise_input_grad', autocast=True)
     # one per stage after the first, or every depthwise conv
-    assert nodes.count(NODE) == (len(depthwise) if slow else 2) and NODE not in nodes_ref
+    assert nodes.count(NODE) == (depthwise if slow else 2) and NODE not in nodes_ref
     for got, expected in zip(outs, outs_ref, strict=True):
         assert torch.equal(got, expected)
     for got, expected in zip(grads, grads_ref, strict=True):
@@ -285,19 +291,9 @@ def test_torchs_kernel_counts_as_slow_beyond_the_factor(monkeypatch, torch_kerne
 def test_backbone_uses_the_transposed_input_grad_where_torchs_kernel_is_slow(slow_torch_kernel):
     """M0 trained in float32: every depthwise conv (residual, PatchMerging, the attention's queries) takes the
     transposed input gradient, the outputs are bit-identical with it off and the gradients the same."""
-    model = randomize_(EfficientViT('m0')).train()
-    x = torch.randn(2, 3, 97, 131)
-    results = []
-    for transposed in (True, False):
-        model.set_conv_bn_paths(transposed_depthwise_input_grad=transposed)
-        model.zero_grad()
-        outs = model(x)
-        sum((o * (i + 1)).mean() for i, o in enumerate(outs)).backward()
-        results.append(([o.detach() for o in outs], [p.grad.clone() for p in model.parameters()],
-                        _nodes(outs[-1])))
-    (outs, grads, nodes), (outs_ref, grads_ref, nodes_ref) = results
-    depthwise = [m for m in model.modules() if isinstance(m, ConvBN) and m.conv.groups > 1]
-    assert NODE not in nodes_ref and nodes.count(NODE) == len(depthwise)
+    (outs, grads, nodes), (outs_ref, grads_ref, nodes_ref), depthwise = _m0_training_steps(
+        'transposed_depthwise_input_grad', autocast=False)
+    assert NODE not in nodes_ref and nodes.count(NODE) == depthwise
     for got, expected in zip(outs, outs_ref, strict=True):
         assert torch.equal(got, expected)
     for got, expected in zip(grads, grads_ref, strict=True):

@@ -3,8 +3,9 @@ own kernel for it is slow.
 
 Two cases, each switchable off on :class:`~.layers.ConvBN`:
 
-- **bfloat16, strided, or any stride where torch's kernel is slow** (:func:`float32_input_grad_applies`). torch's CPU kernel for the bfloat16 input gradient of a
-  strided depthwise convolution (torch 2.14.1, oneDNN, 2-core AVX512-BF16 machine) is 35-90x slower than float32's.
+- **bfloat16, strided, or at any stride where torch's kernel is slow** (:func:`float32_input_grad_applies`).
+  torch's CPU kernel for the bfloat16 input gradient of a strided depthwise convolution (torch 2.14.1, oneDNN,
+  2-core AVX512-BF16 machine) is 35-90x slower than float32's.
   EfficientViT's :class:`~.layers.PatchMerging` has one such conv (3x3, stride 2, 4x the channels) between stages,
   so under CPU autocast (``tools/train.py --amp``) the two of M4 took 37 of the 214 ms of a 16x224x224 training
   step, three quarters of what the backward passes of all its 1x1 convolutions took (``docs/benchmarks.md``,
@@ -12,8 +13,8 @@ Two cases, each switchable off on :class:`~.layers.ConvBN`:
   included: 0.18-0.53 ms against 9.7-23.7 ms. Its values are the exact gradient rounded once to bfloat16, as close
   to it as bfloat16's own kernel gets; the forward pass and the weight gradient (fast in bfloat16) stay bfloat16's,
   bit for bit.
-- **float32, channels-last, where torch's kernel is slow** (:func:`transposed_input_grad_applies`). torch 2.1's CPU
-  input gradient of a channels-last depthwise convolution is 100-300x slower than the same gradient as a transposed
+- **float32, channels innermost, where torch's kernel is slow** (:func:`transposed_input_grad_applies`). torch 2.1's
+  CPU input gradient of a channels-last depthwise convolution is 100-300x slower than the same gradient as a transposed
   convolution (at M4's shapes 6.4-110 ms against 0.06-0.34 ms; 671 against 8.9 ms for the stride-2 conv at
   1x800x1344), which made evit_mm's training step 0.48-0.56x timm's on the OpenMMLab stack ``mim`` installs; torch
   2.14's kernel is as fast as the transposed convolution. Which torch releases in between are slow is not known,

@@ -102,10 +102,11 @@ def transposed_input_grad_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     with its channels innermost (:func:`_channels_innermost`), outside autocast, in an eager call that records a
     gradient, under a torch whose own kernel for its input gradient is slow
     (:func:`torch_depthwise_input_grad_is_slow`): the case :func:`depthwise_conv_transposed_input_grad` serves."""
-    # the cached measurement before the costlier checks: where torch's kernel is fast, every call ends there
-    return (x.is_cpu and _is_plain_depthwise(conv) and _records_gradient(conv, x)
+    # eager calls only, checked before the measurement (dynamo cannot trace a timing); the cached measurement before
+    # the costlier checks: where torch's kernel is fast, every call ends there
+    return (x.is_cpu and _is_plain_depthwise(conv) and _records_gradient(conv, x) and not exporting_or_compiling()
             and torch_depthwise_input_grad_is_slow() and x.dtype == torch.float32 and _channels_innermost(x)
-            and eager_conv_dtype(x, conv.weight) == torch.float32 and not exporting_or_compiling())
+            and eager_conv_dtype(x, conv.weight) == torch.float32)
 
 
 class _DepthwiseConvTransposedInputGrad(torch.autograd.Function):

@@ -17,8 +17,8 @@ Two cases, each switchable off on :class:`~.layers.ConvBN`:
   CPU input gradient of a channels-last depthwise convolution is 100-300x slower than the same gradient as a transposed
   convolution (at M4's shapes 6.4-110 ms against 0.06-0.34 ms; 671 against 8.9 ms for the stride-2 conv at
   1x800x1344), which made evit_mm's training step 0.48-0.56x timm's on the OpenMMLab stack ``mim`` installs; torch
-  2.14's kernel is as fast as the transposed convolution. Which torch releases in between are slow is not known,
-  so each process measures it once (:func:`torch_depthwise_input_grad_is_slow`) and takes this path only there.
+  2.13's and 2.14's kernels are as fast as the transposed convolution. Which releases in between are slow is not
+  known, so each process measures it once (:func:`torch_depthwise_input_grad_is_slow`) and takes this path only there.
 """
 from __future__ import annotations
 

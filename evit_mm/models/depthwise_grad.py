@@ -3,7 +3,7 @@ own kernel for it is slow.
 
 Two cases, each switchable off on :class:`~.layers.ConvBN`:
 
-- **bfloat16, strided, or at any stride where torch's kernel is slow** (:func:`float32_input_grad_applies`).
+- **bfloat16, strided, or at any stride where torch's kernel is slow** (:func:`transposed_input_grad_dtype`).
   torch's CPU kernel for the bfloat16 input gradient of a strided depthwise convolution (torch 2.14.1, oneDNN,
   2-core AVX512-BF16 machine) is 35-90x slower than float32's.
   EfficientViT's :class:`~.layers.PatchMerging` has one such conv (3x3, stride 2, 4x the channels) between stages,
@@ -13,7 +13,7 @@ Two cases, each switchable off on :class:`~.layers.ConvBN`:
   included: 0.18-0.53 ms against 9.7-23.7 ms. Its values are the exact gradient rounded once to bfloat16, as close
   to it as bfloat16's own kernel gets; the forward pass and the weight gradient (fast in bfloat16) stay bfloat16's,
   bit for bit.
-- **float32, channels innermost, where torch's kernel is slow** (:func:`transposed_input_grad_applies`). torch 2.1's
+- **float32, channels innermost, where torch's kernel is slow** (:func:`transposed_input_grad_dtype`). torch 2.1's
   CPU input gradient of a channels-last depthwise convolution is 100-300x slower than the same gradient as a transposed
   convolution (at M4's shapes 6.4-110 ms against 0.06-0.34 ms; 671 against 8.9 ms for the stride-2 conv at
   1x800x1344), which made evit_mm's training step 0.48-0.56x timm's on the OpenMMLab stack ``mim`` installs; torch
@@ -85,28 +85,31 @@ def _records_gradient(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
 
 
-def float32_input_grad_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """Whether ``conv(x)`` is a depthwise convolution (bias-free, undilated, numeric padding) in bfloat16 on the CPU,
-    in an eager call that records a gradient, and strided, or of any stride where torch's kernel for the input
-    gradient is slow (:func:`torch_depthwise_input_grad_is_slow`, measured in float32; torch 2.1's bfloat16 kernel at
-    stride 1 is 20-90x slower than the float32 transposed conv, torch 2.14's as fast): the case
-    :func:`depthwise_conv_float32_input_grad` serves. Device first: the cheapest rejection, where every call on a GPU
-    ends."""
-    return (x.is_cpu and _is_plain_depthwise(conv) and _records_gradient(conv, x)
-            and eager_conv_dtype(x, conv.weight) == torch.bfloat16 and not exporting_or_compiling()
-            and (conv.stride != (1, 1) or torch_depthwise_input_grad_is_slow()))
+def transposed_input_grad_dtype(conv: nn.Conv2d, x: torch.Tensor, bfloat16: bool = True,
+                                float32: bool = True) -> torch.dtype | None:
+    """The dtype in which :func:`depthwise_conv_transposed_input_grad` computes ``conv(x)`` in this call, or None
+    where torch's own path runs. Both cases need a depthwise convolution (bias-free, undilated, numeric padding) of a
+    CPU map in an eager call that records a gradient; then, as the module's docstring says:
 
+    - with ``bfloat16``: bfloat16 where the conv computes in it (autocast, or bfloat16 operands) and is strided, or
+      at any stride where torch's kernel for the input gradient is slow (:func:`torch_depthwise_input_grad_is_slow`,
+      measured in float32; torch 2.1's bfloat16 kernel at stride 1 is 20-90x slower than the float32 transposed
+      conv, torch 2.14's as fast);
+    - with ``float32``: float32 where the conv computes in it, the map has its channels innermost
+      (:func:`_channels_innermost`) and torch's kernel is slow.
 
-def transposed_input_grad_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """Whether ``conv(x)`` is a depthwise convolution (bias-free, undilated, numeric padding) of a float32 CPU map
-    with its channels innermost (:func:`_channels_innermost`), outside autocast, in an eager call that records a
-    gradient, under a torch whose own kernel for its input gradient is slow
-    (:func:`torch_depthwise_input_grad_is_slow`): the case :func:`depthwise_conv_transposed_input_grad` serves."""
-    # eager calls only, checked before the measurement (dynamo cannot trace a timing); the cached measurement before
-    # the costlier checks: where torch's kernel is fast, every call ends there
-    return (x.is_cpu and _is_plain_depthwise(conv) and _records_gradient(conv, x) and not exporting_or_compiling()
-            and torch_depthwise_input_grad_is_slow() and x.dtype == torch.float32 and _channels_innermost(x)
-            and eager_conv_dtype(x, conv.weight) == torch.float32)
+    Device first: the cheapest rejection, where every call on a GPU ends; compiled and traced calls before the
+    measurement (dynamo cannot trace a timing), which comes before the costlier checks of the float32 case: where
+    torch's kernel is fast, every float32 call ends there."""
+    if not (x.is_cpu and _is_plain_depthwise(conv) and _records_gradient(conv, x)) or exporting_or_compiling():
+        return None
+    dtype = eager_conv_dtype(x, conv.weight)
+    if dtype == torch.bfloat16:
+        applies = bfloat16 and (conv.stride != (1, 1) or torch_depthwise_input_grad_is_slow())
+    else:
+        applies = (float32 and dtype == torch.float32 and torch_depthwise_input_grad_is_slow()
+                   and _channels_innermost(x))
+    return dtype if applies else None
 
 
 class _DepthwiseConvTransposedInputGrad(torch.autograd.Function):
@@ -141,14 +144,9 @@ class _DepthwiseConvTransposedInputGrad(torch.autograd.Function):
         return grad_input, grad_weight, None, None, None
 
 
-def depthwise_conv_float32_input_grad(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` in bfloat16, the same values as autocast's or a bfloat16 conv's, with the input gradient computed
-    in float32 (see the module's docstring). Only where :func:`float32_input_grad_applies`."""
-    return _DepthwiseConvTransposedInputGrad.apply(x.to(torch.bfloat16), conv.weight.to(torch.bfloat16),
-                                                   conv.stride, conv.padding, torch.float32)
-
-
-def depthwise_conv_transposed_input_grad(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)``, torch's own forward pass and weight gradient, with the input gradient as a transposed
-    convolution (see the module's docstring). Only where :func:`transposed_input_grad_applies`."""
-    return _DepthwiseConvTransposedInputGrad.apply(x, conv.weight, conv.stride, conv.padding, torch.float32)
+def depthwise_conv_transposed_input_grad(conv: nn.Conv2d, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``conv(x)`` computed in ``dtype`` (bfloat16: the same values as autocast's or a bfloat16 conv's), torch's own
+    forward pass and weight gradient, with the input gradient as a float32 transposed convolution, rounded once to
+    ``dtype`` (see the module's docstring). Only with the dtype :func:`transposed_input_grad_dtype` gives."""
+    return _DepthwiseConvTransposedInputGrad.apply(x.to(dtype), conv.weight.to(dtype), conv.stride, conv.padding,
+                                                   torch.float32)

@@ -10,8 +10,7 @@ import torch
 from timm.layers import DropPath, make_divisible
 from torch import nn
 
-from .depthwise_grad import (depthwise_conv_float32_input_grad, depthwise_conv_transposed_input_grad,
-                             float32_input_grad_applies, transposed_input_grad_applies)
+from .depthwise_grad import depthwise_conv_transposed_input_grad, transposed_input_grad_dtype
 from .derived_cache import DerivedCache
 from .eager_kernels import exporting_or_compiling
 from .fused_conv import DerivedWeights, FusedConv2d, pointwise_linear
@@ -128,10 +127,10 @@ class ConvBN(nn.Module):
         if folded is not None:  # run as deployed
             return FusedConv2d.apply_to(self.conv, x, *folded, residual, kernels=self.gemm_convs,
                                         derived=self._derived_weights, prepack=self.prepack_weights)
-        if self.float32_depthwise_input_grad and float32_input_grad_applies(self.conv, x):
-            y = depthwise_conv_float32_input_grad(self.conv, x)
-        elif self.transposed_depthwise_input_grad and transposed_input_grad_applies(self.conv, x):
-            y = depthwise_conv_transposed_input_grad(self.conv, x)
+        transposed_grad_dtype = transposed_input_grad_dtype(self.conv, x, bfloat16=self.float32_depthwise_input_grad,
+                                                            float32=self.transposed_depthwise_input_grad)
+        if transposed_grad_dtype is not None:
+            y = depthwise_conv_transposed_input_grad(self.conv, x, transposed_grad_dtype)
         elif self.gemm_convs:
             y = gemm_conv(self.conv, x)
         else:

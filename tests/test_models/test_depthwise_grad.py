@@ -10,7 +10,7 @@ from torch import nn
 
 from evit_mm.models import EfficientViT, eager_kernels
 from evit_mm.models import depthwise_grad
-from evit_mm.models.depthwise_grad import float32_input_grad_applies, transposed_input_grad_applies
+from evit_mm.models.depthwise_grad import transposed_input_grad_dtype
 from evit_mm.models.layers import ConvBN
 
 from tests.helpers import REQUIRES_CPU_AUTOCAST_FLOAT16, randomize_
@@ -139,18 +139,21 @@ def test_applies_only_to_strided_depthwise_convs_in_bfloat16(fast_torch_kernel, 
     x = torch.randn(1, 8, 9, 9, dtype=dtype)
     with torch.autocast('cpu', dtype=autocast or torch.bfloat16, enabled=autocast is not None), \
             torch.set_grad_enabled(grad):
-        assert float32_input_grad_applies(conv, x.requires_grad_(grad)) == applies, case
+        expected = torch.bfloat16 if applies else None
+        assert transposed_input_grad_dtype(conv, x.requires_grad_(grad)) == expected, case
 
 
 def test_applies_at_stride_1_too_where_torchs_kernel_is_slow(slow_torch_kernel):
     x = torch.randn(1, 8, 9, 9, dtype=torch.bfloat16, requires_grad=True)
-    assert float32_input_grad_applies(_conv(stride=1), x)
-    assert not float32_input_grad_applies(_conv(stride=1, groups=1), x)
+    assert transposed_input_grad_dtype(_conv(stride=1), x) == torch.bfloat16
+    assert transposed_input_grad_dtype(_conv(stride=1), x, bfloat16=False) is None  # switched off
+    assert transposed_input_grad_dtype(_conv(stride=1, groups=1), x) is None
 
 
 def test_not_while_compiling(monkeypatch):
     monkeypatch.setattr(eager_kernels, 'is_compiling', lambda: True)
-    assert not float32_input_grad_applies(_conv(), torch.randn(1, 8, 9, 9, dtype=torch.bfloat16, requires_grad=True))
+    x = torch.randn(1, 8, 9, 9, dtype=torch.bfloat16, requires_grad=True)
+    assert transposed_input_grad_dtype(_conv(), x) is None
 
 
 def _m0_training_steps(path: str, autocast: bool) -> tuple[tuple, tuple, int]:
@@ -263,17 +266,19 @@ def test_transposed_input_grad_applies_only_to_float32_depthwise_convs(slow_torc
                                                                        grad, applies):
     with torch.autocast('cpu', dtype=autocast or torch.bfloat16, enabled=autocast is not None), \
             torch.set_grad_enabled(grad):
-        assert transposed_input_grad_applies(conv, x.requires_grad_(grad)) == applies, case
+        expected = torch.float32 if applies else None  # the float32 case alone (the bfloat16 one: above)
+        assert transposed_input_grad_dtype(conv, x.requires_grad_(grad), bfloat16=False) == expected, case
 
 
 def test_transposed_input_grad_only_where_torchs_kernel_is_slow_and_not_while_compiling(monkeypatch):
     conv, x = _conv(F32, stride=1), _cl(2, 8, 9, 9).requires_grad_()
     monkeypatch.setattr(depthwise_grad, 'torch_depthwise_input_grad_is_slow', lambda: False)
-    assert not transposed_input_grad_applies(conv, x)
+    assert transposed_input_grad_dtype(conv, x) is None
     monkeypatch.setattr(depthwise_grad, 'torch_depthwise_input_grad_is_slow', lambda: True)
-    assert transposed_input_grad_applies(conv, x)
+    assert transposed_input_grad_dtype(conv, x) == torch.float32
+    assert transposed_input_grad_dtype(conv, x, float32=False) is None  # switched off
     monkeypatch.setattr(eager_kernels, 'is_compiling', lambda: True)
-    assert not transposed_input_grad_applies(conv, x)
+    assert transposed_input_grad_dtype(conv, x) is None
 
 
 @pytest.mark.parametrize('torch_kernel_s, transposed_s, slow', [(0.010, 0.0001, True), (0.0002, 0.0001, False),

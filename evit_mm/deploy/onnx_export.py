@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -51,8 +52,13 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
     names = [f'output_{i}' for i in range(count)]
     dynamic = {'input': {0: 'batch', 2: 'height', 3: 'width'} if dynamic_hw else {0: 'batch'}}
     dynamic.update({name: {0: 'batch'} for name in names})
-    torch.onnx.export(wrapped, (example,), os.fspath(path), input_names=['input'], output_names=names,
-                      dynamic_axes=dynamic, opset_version=opset, **TORCHSCRIPT_EXPORTER)
+    with warnings.catch_warnings():
+        # evit_mm's own Python decisions on shapes are input checks and choices between equal computations, which
+        # the trace may fix at the example's size; other libraries' warnings stay (check_onnx runs the graph at
+        # other sizes, as tools/export_onnx.py does)
+        warnings.filterwarnings('ignore', category=torch.jit.TracerWarning, module=r'evit_mm\.')
+        torch.onnx.export(wrapped, (example,), os.fspath(path), input_names=['input'], output_names=names,
+                          dynamic_axes=dynamic, opset_version=opset, **TORCHSCRIPT_EXPORTER)
     return names
 
 

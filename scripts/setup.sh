@@ -9,14 +9,14 @@
 #   The wheel is cached outside the repository, keyed by mmcv, torch and Python versions.
 # - Installs evit_mm in editable mode.
 #
-# Environment: PYTHON (interpreter, default python3), EVIT_MM_CACHE (default ~/.cache/evit_mm),
+# Environment: PYTHON (interpreter; default: the one .venv was made with, else python3, else the newest of
+# python3.12/3.11/3.10 that runs: scripts/choose_python.sh), EVIT_MM_CACHE (default ~/.cache/evit_mm),
 # MAX_JOBS (parallel compile jobs for mmcv, default: number of cores), EVIT_MM_STACK (the pinned stack, default
 # requirements/stack.txt; requirements/stack-oldest.txt is the oldest one evit_mm supports, torch 2.1).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-PYTHON="${PYTHON:-python3}"
 CACHE="${EVIT_MM_CACHE:-$HOME/.cache/evit_mm}"
 MMCV_VERSION="2.1.0"
 STACK="${EVIT_MM_STACK:-requirements/stack.txt}"
@@ -25,12 +25,12 @@ die() { echo "setup: error: $*" >&2; exit 1; }
 say() { echo "setup: $*"; }
 
 # ---- preconditions -------------------------------------------------------------------------------
-command -v "$PYTHON" >/dev/null 2>&1 || die "no Python interpreter '$PYTHON' found; install Python 3.10-3.12 or set PYTHON=/path/to/python3.11"
-PYVER="$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
-case "$PYVER" in
-  3.10|3.11|3.12) ;;
-  *) die "Python $PYVER is not supported: evit_mm's pinned stack (torch 2.14, mmcv 2.1 built from source) needs Python 3.10, 3.11 or 3.12. Set PYTHON=/path/to/python3.11." ;;
-esac
+# shellcheck source=choose_python.sh
+source "$ROOT/scripts/choose_python.sh"
+choose_python "$ROOT"
+[ -n "$PYVER" ] || die "no Python interpreter '$PYTHON' runs here; install Python 3.10-3.12 or set PYTHON=/path/to/python3.11"
+supported_python_version "$PYVER" || die "Python $PYVER ($PYTHON) is not supported: evit_mm's pinned stack (torch 2.14, mmcv 2.1 built from source) needs Python 3.10, 3.11 or 3.12. Install one (python3.12, python3.11 or python3.10 on PATH is found without PYTHON), or set PYTHON=/path/to/python3.11."
+say "Python $PYVER ($PYTHON)"
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || die "Python $PYVER lacks the venv/ensurepip modules (on Debian: apt-get install python3-venv)"
 
 KEY="$( (cat "$STACK"; echo "python=$PYVER"; echo "mmcv=$MMCV_VERSION") | sha256sum | cut -c1-12)"

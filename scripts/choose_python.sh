@@ -11,6 +11,10 @@
 #   Where none is supported, python3 is kept and setup.sh's check names its version and what to do.
 
 SUPPORTED_PYTHONS="3.10 3.11 3.12"
+BASE_INTERPRETER='
+import os, sys
+base = os.path.join(sys.base_prefix, "bin", "python%d.%d" % sys.version_info[:2])
+print(base if os.access(base, os.X_OK) else sys._base_executable)'
 
 python_version() {  # python_version PY: PY's major.minor, or nothing where PY does not run
   "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true
@@ -27,7 +31,8 @@ choose_python() {  # choose_python ROOT
     return
   fi
   if [ -x "$root/.venv/bin/python" ]; then
-    base="$("$root/.venv/bin/python" -c 'import sys; print(sys._base_executable)' 2>/dev/null || true)"
+    # the interpreter the environment was made from (Python 3.10's sys._base_executable names the venv's own)
+    base="$("$root/.venv/bin/python" -c "$BASE_INTERPRETER" 2>/dev/null || true)"
     if [ -n "$base" ]; then
       PYVER="$(python_version "$base")"
       if supported_python_version "$PYVER"; then

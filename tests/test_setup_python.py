@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,17 @@ def test_without_a_supported_python_the_check_names_python3(tmp_path):
 def test_supported_versions(version, accepted):
     done = subprocess.run(['bash', '-c', f'source {CHOOSE}; supported_python_version "{version}"'])
     assert (done.returncode == 0) == accepted
+
+
+def test_the_interpreter_an_environment_was_made_from_is_found():
+    """On this Python (a venv's, where `make test` runs): the base interpreter, outside the venv, the same version.
+    (Python 3.10's ``sys._base_executable`` names the venv's own interpreter.)"""
+    snippet = subprocess.run(['bash', '-c', f'source {CHOOSE}; printf %s "$BASE_INTERPRETER"'],
+                             capture_output=True, text=True, check=True).stdout
+    base = subprocess.run([sys.executable, '-c', snippet], capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(base).is_relative_to(sys.base_prefix)
+    if sys.prefix != sys.base_prefix:
+        assert not Path(base).is_relative_to(sys.prefix)
+    version = subprocess.run([base, '-c', 'import sys; print(sys.version_info[:2])'], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    assert version == str(sys.version_info[:2])

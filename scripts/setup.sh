@@ -64,7 +64,7 @@ if ! "$PY" -c 'import mmcv, mmcv.ops; assert mmcv.__version__ == "'"$MMCV_VERSIO
       || die "no C++ compiler found (needed once to build mmcv $MMCV_VERSION's ops); install one, e.g. apt-get install g++"
     "$PY" -c 'import sysconfig, os, sys; p = sysconfig.get_paths()["include"]; sys.exit(0 if os.path.exists(os.path.join(p, "Python.h")) else 1)' \
       || die "Python $PYVER development headers (Python.h) are missing; install them, e.g. apt-get install python3-dev"
-    say "building mmcv $MMCV_VERSION with CPU ops for torch $TORCH_VERSION (once per machine; ~8 min on 2 cores)"
+    say "building mmcv $MMCV_VERSION with CPU ops for torch $TORCH_VERSION (once per machine; ~8-10 min on 2 cores)"
     BUILD="$(mktemp -d)"
     trap 'rm -rf "$BUILD"' EXIT
     # mmcv 2.1.0's setup.py imports pkg_resources, which setuptools >= 81 no longer ships, and torch: both its

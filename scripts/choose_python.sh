@@ -5,7 +5,7 @@
 # - PYTHON given: that interpreter.
 # - Otherwise the one the checkout's environment (ROOT/.venv) was made with, where it still runs and is supported:
 #   `PYTHON=python3.12 make demo` followed by a plain `make test` stays on 3.12 rather than switching back.
-# - Otherwise python3 where it is 3.10-3.12, else the newest of python3.12, python3.11, python3.10 that runs (on a
+# - Otherwise python3 where it is supported, else the newest pythonX.Y of SUPPORTED_PYTHONS that runs (on a
 #   machine whose python3 is 3.13, a supported one installed beside it is found). Interpreters are run, not just
 #   looked up: a pyenv shim exists on PATH for every version pyenv knows but fails unless that one is selected.
 #   Where none is supported, python3 is kept and setup.sh's check names its version and what to do.
@@ -25,7 +25,7 @@ supported_python_version() {  # supported_python_version X.Y
 }
 
 choose_python() {  # choose_python ROOT
-  local root=$1 base candidate
+  local root=$1 base python3_version version
   if [ -n "${PYTHON:-}" ]; then
     PYVER="$(python_version "$PYTHON")"
     return
@@ -41,13 +41,14 @@ choose_python() {  # choose_python ROOT
       fi
     fi
   fi
-  for candidate in python3 python3.12 python3.11 python3.10; do
-    PYVER="$(python_version "$candidate")"
-    if supported_python_version "$PYVER"; then
-      PYTHON=$candidate
+  python3_version="$(python_version python3)"
+  PYTHON=python3 PYVER=$python3_version
+  supported_python_version "$PYVER" && return
+  for version in $(printf '%s\n' $SUPPORTED_PYTHONS | sort -rV); do  # newest first
+    if [ "$(python_version "python$version")" = "$version" ]; then
+      PYTHON=python$version PYVER=$version
       return
     fi
   done
-  PYTHON=python3
-  PYVER="$(python_version python3)"
+  PYTHON=python3 PYVER=$python3_version  # unsupported or absent: setup.sh's check names it
 }

@@ -29,7 +29,7 @@ say() { echo "setup: $*"; }
 source "$ROOT/scripts/choose_python.sh"
 choose_python "$ROOT"
 [ -n "$PYVER" ] || die "no Python interpreter '$PYTHON' runs here; install Python 3.10-3.12 or set PYTHON=/path/to/python3.11"
-supported_python_version "$PYVER" || die "Python $PYVER ($PYTHON) is not supported: evit_mm's pinned stack (torch 2.14, mmcv 2.1 built from source) needs Python 3.10, 3.11 or 3.12 (mmcv 2.1.0's setup.py fails on 3.13). Install one (python3.12, python3.11 or python3.10 on PATH is found without PYTHON), or set PYTHON=/path/to/python3.11."
+supported_python_version "$PYVER" || die "Python $PYVER ($PYTHON) is not supported: evit_mm's pinned stack (torch 2.14, mmcv 2.1 built from source) needs Python ${SUPPORTED_PYTHONS// /, } (mmcv 2.1.0's setup.py fails on 3.13). Install one (a pythonX.Y of these on PATH is found without PYTHON), or set PYTHON=/path/to/python3.11."
 say "Python $PYVER ($PYTHON)"
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || die "Python $PYVER lacks the venv/ensurepip modules (on Debian: apt-get install python3-venv)"
 

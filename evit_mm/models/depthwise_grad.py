@@ -113,14 +113,14 @@ def transposed_input_grad_dtype(conv: nn.Conv2d, x: torch.Tensor, bfloat16: bool
 
 
 class _DepthwiseConvTransposedInputGrad(torch.autograd.Function):
-    """Depthwise ``conv2d`` whose input gradient is a transposed convolution computed in ``grad_dtype``, cast to the
-    input's dtype and layout; the forward pass and the weight gradient are torch's own."""
+    """Depthwise ``conv2d`` whose input gradient is a transposed convolution computed in float32, cast to the input's
+    dtype and layout; the forward pass and the weight gradient are torch's own."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int],
-                grad_dtype: torch.dtype) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int],
+                padding: tuple[int, int]) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.stride, ctx.padding, ctx.grad_dtype = stride, padding, grad_dtype
+        ctx.stride, ctx.padding = stride, padding
         return F.conv2d(x, weight, None, stride, padding, 1, weight.shape[0])
 
     @staticmethod
@@ -133,20 +133,19 @@ class _DepthwiseConvTransposedInputGrad(torch.autograd.Function):
                 # the input rows and columns the conv's last window did not reach: the transposed conv adds them
                 output_padding = tuple((size + 2 * pad - k) % s for size, pad, k, s in
                                        zip(x.shape[2:], padding, weight.shape[2:], stride))
-                grad_input = F.conv_transpose2d(grad_output.to(ctx.grad_dtype), weight.to(ctx.grad_dtype), None,
-                                                stride, padding, output_padding, groups)
+                grad_input = F.conv_transpose2d(grad_output.float(), weight.float(), None, stride, padding,
+                                                output_padding, groups)
                 # in the map's layout: a BatchNorm backward below that mixes layouts runs ~10x slower
                 grad_input = grad_input.to(x.dtype, memory_format=_grad_layout(x))
             if ctx.needs_input_grad[1]:
                 grad_weight = torch.ops.aten.convolution_backward(
                     grad_output, x, weight, None, stride, padding, (1, 1), False, (0, 0), groups,
                     (False, True, False))[1]
-        return grad_input, grad_weight, None, None, None
+        return grad_input, grad_weight, None, None
 
 
 def depthwise_conv_transposed_input_grad(conv: nn.Conv2d, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``conv(x)`` computed in ``dtype`` (bfloat16: the same values as autocast's or a bfloat16 conv's), torch's own
     forward pass and weight gradient, with the input gradient as a float32 transposed convolution, rounded once to
     ``dtype`` (see the module's docstring). Only with the dtype :func:`transposed_input_grad_dtype` gives."""
-    return _DepthwiseConvTransposedInputGrad.apply(x.to(dtype), conv.weight.to(dtype), conv.stride, conv.padding,
-                                                   torch.float32)
+    return _DepthwiseConvTransposedInputGrad.apply(x.to(dtype), conv.weight.to(dtype), conv.stride, conv.padding)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .derived_cache import DerivedCache
-from .eager_kernels import eager_autocast_dtype, exporting_or_compiling, tracing_or_exporting
+from .eager_kernels import eager_autocast_dtype, exporting_or_compiling
 from .fused_conv import pointwise_linear
 from .grad_layout import grad_in_layout
 from .layers import ConvBN
@@ -34,7 +34,8 @@ def pointwise_tokens(layer: ConvBN, x: torch.Tensor) -> torch.Tensor:
         return pointwise_linear(x, *folded, layer._derived_weights)
     y = F.linear(x, layer.conv.weight.flatten(1), layer.conv.bias)
     channels = y.shape[-1]
-    if y.numel() <= CUDNN_BATCH_NORM_MAX_BATCH * channels:
+    # compiled graphs get their own BatchNorm kernels (and no guard on the size)
+    if exporting_or_compiling() or y.numel() <= CUDNN_BATCH_NORM_MAX_BATCH * channels:
         return layer.bn(y.reshape(-1, channels, 1, 1)).view(y.shape)
     image = y.reshape(1, -1, 1, channels).permute(0, 3, 1, 2)
     return layer.bn(image).permute(0, 2, 3, 1).reshape(y.shape)
@@ -180,8 +181,10 @@ class LocalWindowAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         ws = self.window_size
-        # Shortcuts on sizes only in eager mode: a traced graph (ONNX export) must hold for every input size.
-        general = tracing_or_exporting()
+        # Shortcuts on sizes only where the sizes are numbers: a traced graph (ONNX export) must hold for every input
+        # size, and under torch.compile with dynamic shapes each shortcut would become a guard (a recompilation
+        # whenever an image needs no padding where the last one did)
+        general = exporting_or_compiling()
         if not general and not self.fast and H == ws and W == ws:
             return self.attn(x)
         pad_b, pad_r = (-H) % ws, (-W) % ws
@@ -199,4 +202,6 @@ class LocalWindowAttention(nn.Module):
         x = x.reshape(B, nh * ws, nw * ws, C)
         if general or pad_b or pad_r:
             x = x[:, :H, :W]
-        return x.permute(0, 3, 1, 2)
+        x = x.permute(0, 3, 1, 2)
+        # channels-last whether or not it was padded: the residual add's output layout must not depend on the size
+        return x.clone(memory_format=torch.channels_last) if general else x

@@ -40,14 +40,6 @@ def _onnx_export_check() -> Callable[[], bool]:
 _in_onnx_export = _onnx_export_check()
 
 
-def tracing_or_exporting() -> bool:
-    """Whether the current call is being traced (``torch.jit.trace``) or exported to ONNX: a graph recorded from
-    this call must hold for every input size, so no shortcut on sizes may be taken."""
-    if is_compiling():  # dynamo may not trace into the flags' module; torch's function it handles
-        return torch.onnx.is_in_onnx_export()
-    return torch.jit.is_tracing() or _in_onnx_export()
-
-
 def exporting_or_compiling() -> bool:
     """Whether the current call is being traced, scripted, exported to ONNX or compiled (eager-only kernels off:
     graphs keep their convolutions, and ``torch.compile`` chooses its own kernels)."""

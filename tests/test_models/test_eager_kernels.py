@@ -10,7 +10,7 @@ from torch import nn
 from evit_mm.compat.torch_api import is_compiling
 from evit_mm.deploy.onnx_export import TORCHSCRIPT_EXPORTER
 from evit_mm.models import eager_kernels
-from evit_mm.models.eager_kernels import eager_conv_dtype, exporting_or_compiling, tracing_or_exporting
+from evit_mm.models.eager_kernels import eager_conv_dtype, exporting_or_compiling
 
 
 class _Recorder(nn.Module):
@@ -49,20 +49,19 @@ def test_onnx_flags_are_read_where_torch_sets_them(monkeypatch, flag):
     # torch < 2.6 keeps them elsewhere; eager_kernels then asks torch.onnx.is_in_onnx_export (the other tests)
     _flags = pytest.importorskip('torch.onnx._internal.exporter._flags', reason='torch < 2.6: no such flags')
     GLOBALS = pytest.importorskip('torch.onnx._internal.torchscript_exporter._globals').GLOBALS
-    assert not exporting_or_compiling() and not tracing_or_exporting()
+    assert not exporting_or_compiling()
     if flag == 'torchscript':
         monkeypatch.setattr(GLOBALS, 'in_onnx_export', True)
     else:
         monkeypatch.setattr(_flags, '_is_onnx_exporting', True)
     assert torch.onnx.is_in_onnx_export() and eager_kernels._in_onnx_export() and exporting_or_compiling()
-    assert tracing_or_exporting()
 
 
 def test_tracing_is_seen():
     seen = []
 
     def record(x: torch.Tensor) -> torch.Tensor:
-        seen.append(tracing_or_exporting())
+        seen.append(exporting_or_compiling())
         return x + 1
 
     torch.jit.trace(record, torch.zeros(2), check_trace=False)

@@ -548,28 +548,3 @@ def test_deployed_backbone_trains_through_plain_ops():
     assert model.patch_embed.conv1.conv.weight.grad is not None
     for g, e in zip(got, expected):
         torch.testing.assert_close(g.detach(), e, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize('variant', ['eval', 'deploy', 'deploy with autograd', 'train', 'train with autograd'])
-def test_backbone_compiles_without_graph_breaks(variant):
-    """torch.compile(fullgraph=True) traces the whole backbone in one graph (dynamo only: backend='eager'), also a
-    deployed one whose weights were prepacked by an eager call before (with autograd on, the copies are dropped)."""
-    import torch._dynamo
-    torch._dynamo.reset()
-    model = randomize_(EfficientViT('m0'))
-    x = torch.randn(2, 3, 97, 131)
-    if variant.startswith('deploy'):
-        model.switch_to_deploy().eval()
-        with torch.no_grad():
-            model(x)  # eager: prepacks where oneDNN runs
-    model.train(variant == 'train')
-    compiled = torch.compile(model, fullgraph=True, backend='eager')
-    with torch.set_grad_enabled(variant.endswith('with autograd')):
-        torch.manual_seed(0)
-        got = compiled(x)
-        torch.manual_seed(0)
-        expected = model(x)
-    for g, e in zip(got, expected):
-        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
-    if variant == 'deploy with autograd':
-        assert all(m._derived_weights.empty for m in model.modules() if isinstance(m, FusedConv2d))

@@ -46,6 +46,7 @@ test_evaluator = val_evaluator
 optim_wrapper = dict(
     type='AGCOptimWrapper', agc_clip_factor=0.02,
     optimizer=dict(type='AdamW', lr=base_lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.025),
+    constructor='PlainDictOptimWrapperConstructor',  # param groups torch.compile can trace (compile=True)
     paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0,
                        custom_keys={'attention_biases': dict(decay_mult=0.0)}))
 param_scheduler = [

@@ -49,6 +49,7 @@ optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=2e-4, weight_decay=1e-4),
+    constructor='PlainDictOptimWrapperConstructor',  # param groups torch.compile can trace (compile=True)
     paramwise_cfg=dict(custom_keys={'attention_biases': dict(decay_mult=0.0)}))
 param_scheduler = [dict(type='PolyLR', power=0.9, begin=0, end=40000, eta_min=0.0, by_epoch=False)]
 auto_scale_lr = dict(enable=False, base_batch_size=32)

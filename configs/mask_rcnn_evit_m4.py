@@ -38,6 +38,7 @@ optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    constructor='PlainDictOptimWrapperConstructor',  # param groups torch.compile can trace (compile=True)
     paramwise_cfg=dict(custom_keys={'attention_biases': dict(decay_mult=0.0)}))
 
 auto_scale_lr = dict(enable=False, base_batch_size=16)

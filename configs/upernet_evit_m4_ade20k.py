@@ -49,6 +49,7 @@ optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01),
+    constructor='PlainDictOptimWrapperConstructor',  # param groups torch.compile can trace (compile=True)
     paramwise_cfg=dict(custom_keys={'attention_biases': dict(decay_mult=0.0)}))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),

@@ -1,9 +1,10 @@
 """evit_mm: EfficientViT (Liu et al., CVPR 2023) as an OpenMMLab 2.0 backbone for mmdet and mmseg.
 
 Importing the package registers its modules (``type='EfficientViT'`` from the mmdet and mmseg scopes,
-``type='evit_mm.EfficientViT'`` anywhere; the classifier, dataset, metric, sampler and optimizer wrapper, and the
-neck and the segmentation loss where mmdet and mmseg are installed: see :mod:`evit_mm.models`) and makes mmengine's
-training checkpoints loadable with torch's safe ``weights_only`` loader (see :mod:`evit_mm.compat.safe_checkpoints`).
+``type='evit_mm.EfficientViT'`` anywhere; the classifier, dataset, metric, sampler, optimizer wrapper and
+constructor, and the neck and the segmentation loss where mmdet and mmseg are installed: see :mod:`evit_mm.models`)
+and makes mmengine's training checkpoints loadable with torch's safe ``weights_only`` loader (see
+:mod:`evit_mm.compat.safe_checkpoints`).
 Nothing else happens on import.
 """
 from . import engine, evaluation, models  # noqa: F401  (registration)

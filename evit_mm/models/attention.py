@@ -27,6 +27,8 @@ def pointwise_tokens(layer: ConvBN, x: torch.Tensor) -> torch.Tensor:
     on CUDA, torch leaves cuDNN for a slow fallback above that batch size (EfficientViT-M4 in fp16 eval at batch
     256 on an H200: 32.3 ms with ``(M, C, 1, 1)``, 19.4 ms with the one-image view, timm 21.2 ms), while below
     it the one-image view was the slower one (batch 64: 23.7 ms against 14.9 ms). On the CPU both cost the same.
+    Compiled and exported graphs always take the first view: their BatchNorm kernels are the compiler's or the
+    runtime's, and a test on the size would be a guard.
     """
     # deployed, or the eval-mode BatchNorm folded on the fly: no views, no BatchNorm call (host time on GPUs)
     folded = (layer.conv.weight, layer.conv.bias) if layer.fused else layer.eval_folded()
@@ -34,7 +36,6 @@ def pointwise_tokens(layer: ConvBN, x: torch.Tensor) -> torch.Tensor:
         return pointwise_linear(x, *folded, layer._derived_weights)
     y = F.linear(x, layer.conv.weight.flatten(1), layer.conv.bias)
     channels = y.shape[-1]
-    # compiled graphs get their own BatchNorm kernels (and no guard on the size)
     if exporting_or_compiling() or y.numel() <= CUDNN_BATCH_NORM_MAX_BATCH * channels:
         return layer.bn(y.reshape(-1, channels, 1, 1)).view(y.shape)
     image = y.reshape(1, -1, 1, channels).permute(0, 3, 1, 2)
@@ -181,9 +182,9 @@ class LocalWindowAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         ws = self.window_size
-        # Shortcuts on sizes only where the sizes are numbers: a traced graph (ONNX export) must hold for every input
-        # size, and under torch.compile with dynamic shapes each shortcut would become a guard (a recompilation
-        # whenever an image needs no padding where the last one did)
+        # Shortcuts on sizes only in eager calls: a traced graph (ONNX export) must hold for every input size, and
+        # under torch.compile with dynamic shapes each shortcut would become a guard (a recompilation whenever an
+        # image needs no padding where the last one did)
         general = exporting_or_compiling()
         if not general and not self.fast and H == ws and W == ws:
             return self.attn(x)

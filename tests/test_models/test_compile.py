@@ -1,4 +1,4 @@
-"""The backbone under ``torch.compile``: one graph, no graph breaks, and no recompilation when the image size changes."""
+"""The backbone under ``torch.compile``: one graph, no graph breaks, no recompilation when the image size changes."""
 import pytest
 import torch
 
@@ -33,6 +33,8 @@ def test_backbone_compiles_without_graph_breaks(variant):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(torch.__version__ < '2.14', reason=f'torch {torch.__version__}: graphs counted on torch 2.14, the '
+                    "pinned stack (torch 2.1's dynamo fails on meta tensors and breaks the graph); others untested")
 @pytest.mark.parametrize('mode', ['eval', 'deploy', 'train'])
 def test_one_graph_for_every_dense_prediction_size(mode):
     """``torch.compile(dynamic=True)`` traces the backbone once for the image sizes a detector or segmentor sees

@@ -25,7 +25,7 @@ supported_python_version() {  # supported_python_version X.Y
 }
 
 choose_python() {  # choose_python ROOT
-  local root=$1 base python3_version version
+  local root=$1 base version
   if [ -n "${PYTHON:-}" ]; then
     PYVER="$(python_version "$PYTHON")"
     return
@@ -41,8 +41,8 @@ choose_python() {  # choose_python ROOT
       fi
     fi
   fi
-  python3_version="$(python_version python3)"
-  PYTHON=python3 PYVER=$python3_version
+  # python3, kept where no supported one runs (unsupported or absent: setup.sh's check names it)
+  PYTHON=python3 PYVER="$(python_version python3)"
   supported_python_version "$PYVER" && return
   for version in $(printf '%s\n' $SUPPORTED_PYTHONS | sort -rV); do  # newest first
     if [ "$(python_version "python$version")" = "$version" ]; then
@@ -50,5 +50,4 @@ choose_python() {  # choose_python ROOT
       return
     fi
   done
-  PYTHON=python3 PYVER=$python3_version  # unsupported or absent: setup.sh's check names it
 }

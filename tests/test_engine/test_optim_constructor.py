@@ -12,14 +12,13 @@ from tests.test_configs import CONFIGS
 
 def _optim_wrapper_cfg() -> dict:
     """The RetinaNet config's optimizer settings as the runner reads them (ConfigDicts)."""
-    cfg = Config.fromfile(str(REPO_ROOT / 'configs/retinanet_evit_m4.py')).optim_wrapper
-    cfg.pop('constructor')
-    return cfg
+    return Config.fromfile(str(REPO_ROOT / 'configs/retinanet_evit_m4.py')).optim_wrapper
 
 
 def test_same_groups_as_mmengines_constructor_in_plain_dicts():
     cfg = _optim_wrapper_cfg()
     paramwise = cfg.pop('paramwise_cfg')
+    assert cfg.pop('constructor') == 'PlainDictOptimWrapperConstructor'
     model = EfficientViT('m0')
     ours = PlainDictOptimWrapperConstructor(cfg, paramwise)(model).optimizer.param_groups
     theirs = DefaultOptimWrapperConstructor(cfg, paramwise)(model).optimizer.param_groups
@@ -41,9 +40,7 @@ def test_compiled_training_step_with_paramwise_groups():
     torch._dynamo.reset()
     model = EfficientViT(dict(embed_dims=(16, 32, 48), depths=(1, 1, 1), num_heads=(1, 1, 1), kernels=(5,)),
                          out_indices=(2,))  # few groups: a short trace
-    cfg = _optim_wrapper_cfg()
-    cfg['constructor'] = 'PlainDictOptimWrapperConstructor'
-    optim_wrapper = build_optim_wrapper(model, cfg)
+    optim_wrapper = build_optim_wrapper(model, _optim_wrapper_cfg())
     before = model.patch_embed.conv1.conv.weight.detach().clone()
 
     def train_step(x: torch.Tensor) -> torch.Tensor:

@@ -6,11 +6,12 @@
 # - Otherwise the one the checkout's environment (ROOT/.venv) was made with, where it still runs and is supported:
 #   `PYTHON=python3.12 make demo` followed by a plain `make test` stays on 3.12 rather than switching back.
 # - Otherwise python3 where it is supported, else the newest pythonX.Y of SUPPORTED_PYTHONS that runs (on a
-#   machine whose python3 is 3.13, a supported one installed beside it is found). Interpreters are run, not just
+#   machine whose python3 is 3.14, a supported one installed beside it is found). Interpreters are run, not just
 #   looked up: a pyenv shim exists on PATH for every version pyenv knows but fails unless that one is selected.
 #   Where none is supported, python3 is kept and setup.sh's check names its version and what to do.
 
-SUPPORTED_PYTHONS="3.10 3.11 3.12"
+# the versions the whole suite has passed on (newer ones untested: mmcv 2.1.0 builds from source on each)
+SUPPORTED_PYTHONS="3.10 3.11 3.12 3.13"
 BASE_INTERPRETER='
 import os, sys
 base = os.path.join(sys.base_prefix, "bin", "python%d.%d" % sys.version_info[:2])

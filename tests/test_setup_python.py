@@ -27,7 +27,7 @@ def _fake(path: Path, body: str) -> Path:
 
 def _interpreters(bin_dir: Path, versions: dict[str, str | None]) -> None:
     """A fake for each of python3 and python3.1x: printing its version, or failing like a pyenv shim (None)."""
-    for name in ('python3', 'python3.10', 'python3.11', 'python3.12', 'python3.13'):
+    for name in ('python3', 'python3.10', 'python3.11', 'python3.12', 'python3.13', 'python3.14'):
         version = versions.get(name)
         _fake(bin_dir / name, SHIM_FAILURE if version is None else f'echo {version}')
 
@@ -48,11 +48,11 @@ def test_python3_is_taken_where_it_is_supported(tmp_path):
 
 
 def test_a_supported_python_beside_an_unsupported_python3_is_found(tmp_path):
-    """python3 is 3.13; python3.12 is a shim that fails (pyenv knows 3.12 but has not selected it): 3.11 is the
+    """python3 is 3.14; python3.13 is a shim that fails (pyenv knows 3.13 but has not selected it): 3.12 is the
     newest one that runs."""
-    _interpreters(tmp_path / 'bin', {'python3': '3.13', 'python3.13': '3.13', 'python3.12': None, 'python3.11': '3.11',
-                                     'python3.10': '3.10'})
-    assert _choose(tmp_path, tmp_path / 'bin') == ('python3.11', '3.11')
+    _interpreters(tmp_path / 'bin', {'python3': '3.14', 'python3.14': '3.14', 'python3.13': None, 'python3.12': '3.12',
+                                     'python3.11': '3.11'})
+    assert _choose(tmp_path, tmp_path / 'bin') == ('python3.12', '3.12')
 
 
 def test_the_environment_of_the_checkout_keeps_its_python(tmp_path):
@@ -70,18 +70,18 @@ def test_an_environment_whose_python_is_gone_is_not_followed(tmp_path):
 
 
 def test_python_given_is_taken_as_it_is(tmp_path):
-    _interpreters(tmp_path / 'bin', {'python3': '3.11', 'python3.13': '3.13'})
-    assert _choose(tmp_path, tmp_path / 'bin', python='python3.13') == ('python3.13', '3.13')
+    _interpreters(tmp_path / 'bin', {'python3': '3.11', 'python3.14': '3.14'})
+    assert _choose(tmp_path, tmp_path / 'bin', python='python3.14') == ('python3.14', '3.14')
     assert _choose(tmp_path, tmp_path / 'bin', python='python3.12') == ('python3.12', '')  # a failing shim: no version
 
 
 def test_without_a_supported_python_the_check_names_python3(tmp_path):
-    _interpreters(tmp_path / 'bin', {'python3': '3.13', 'python3.13': '3.13'})
-    assert _choose(tmp_path, tmp_path / 'bin') == ('python3', '3.13')
+    _interpreters(tmp_path / 'bin', {'python3': '3.14', 'python3.14': '3.14'})
+    assert _choose(tmp_path, tmp_path / 'bin') == ('python3', '3.14')
 
 
 @pytest.mark.parametrize('version,accepted', [('3.9', False), ('3.10', True), ('3.11', True), ('3.12', True),
-                                              ('3.13', False), ('3.1', False), ('', False)])
+                                              ('3.13', True), ('3.14', False), ('3.1', False), ('', False)])
 def test_supported_versions(version, accepted):
     done = subprocess.run(['bash', '-c', f'source {CHOOSE}; supported_python_version "{version}"'])
     assert (done.returncode == 0) == accepted

@@ -27,6 +27,8 @@ say() { echo "setup: $*"; }
 # ---- preconditions -------------------------------------------------------------------------------
 # shellcheck source=choose_python.sh
 source "$ROOT/scripts/choose_python.sh"
+# shellcheck source=mmcv_source.sh
+source "$ROOT/scripts/mmcv_source.sh"
 choose_python "$ROOT"
 [ -n "$PYVER" ] || die "no Python interpreter '$PYTHON' runs here; install Python 3.10-3.13 or set PYTHON=/path/to/python3.11"
 supported_python_version "$PYVER" || die "Python $PYVER ($PYTHON) is not supported: evit_mm's pinned stack (torch 2.14, mmcv 2.1 built from source) needs one of Python ${SUPPORTED_PYTHONS// /, } (the versions it is tested on). Install one (a pythonX.Y of these on PATH is found without PYTHON), or set PYTHON=/path/to/python3.11."
@@ -70,8 +72,8 @@ if ! "$PY" -c 'import mmcv, mmcv.ops; assert mmcv.__version__ == "'"$MMCV_VERSIO
     # mmcv 2.1.0's setup.py imports pkg_resources, which setuptools >= 81 no longer ships, and torch: both its
     # metadata step (in pip download) and its build run without isolation, in this environment, on the setuptools
     # requirements/stack.txt pins (< 80.9; built and tested with 80.8.0).
-    # On Python >= 3.13 that metadata step fails (get_version, below) after the sdist is fetched and unpacked: there
-    # pip's unpacked copy, kept by --no-clean in its temporary folder (under $BUILD), is the source to patch.
+    # On Python >= 3.13 that metadata step fails (get_version: scripts/mmcv_source.sh) after the sdist is fetched and
+    # unpacked: there pip's unpacked copy, kept by --no-clean in its temporary folder (under $BUILD), is the source.
     if TMPDIR="$BUILD" "$PY" -m pip download --no-clean --no-deps --no-binary :all: --no-build-isolation --quiet \
         -d "$BUILD" "mmcv==$MMCV_VERSION" 2>"$BUILD/download.log"; then
       tar -xzf "$BUILD"/mmcv-"$MMCV_VERSION".tar.gz -C "$BUILD"
@@ -81,16 +83,12 @@ if ! "$PY" -c 'import mmcv, mmcv.ops; assert mmcv.__version__ == "'"$MMCV_VERSIO
       [ "$SRC" != . ] || { cat "$BUILD/download.log" >&2; die "could not download mmcv $MMCV_VERSION's sdist (above)"; }
       say "pip could not read mmcv's metadata on Python $PYVER; building from its unpacked sdist, patched"
     fi
-    # torch >= 2.10's ATen headers refuse anything below C++20; mmcv 2.1.0's setup.py hard-codes C++17.
+    CXX20=no
     if grep -rqs "C++20 or later compatible compiler is required" "$("$PY" -c 'import torch.utils.cpp_extension as c; print(c.include_paths()[0])')"; then
       say "torch's headers require C++20: adapting mmcv's -std flag"
-      sed -i 's/-std=c++17/-std=c++20/g' "$SRC/setup.py"
+      CXX20=yes
     fi
-    # mmcv 2.1.0's get_version() execs version.py and then reads locals()['__version__'], which Python 3.13 no longer
-    # fills (PEP 667: exec cannot change a function's locals): a KeyError before anything builds. The same exec into a
-    # namespace of its own, the same version on every Python.
-    sed -i -e "s/exec(compile(f.read(), version_file, 'exec'))/exec(compile(f.read(), version_file, 'exec'), version_ns := {})/" \
-      -e "s/return locals()\['__version__'\]/return version_ns['__version__']/" "$SRC/setup.py"
+    patch_mmcv_setup "$SRC/setup.py" "$CXX20"
     mkdir -p "$WHEELS/$TAG"
     (cd "$SRC" && MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
       "$PY" -m pip wheel --no-build-isolation --no-deps -w "$WHEELS/$TAG" . )

@@ -10,7 +10,7 @@
 #   looked up: a pyenv shim exists on PATH for every version pyenv knows but fails unless that one is selected.
 #   Where none is supported, python3 is kept and setup.sh's check names its version and what to do.
 
-# the versions the whole suite has passed on (newer ones untested: mmcv 2.1.0 builds from source on each)
+# the versions the whole suite has passed on (newer ones untested; setup.sh's messages name these)
 SUPPORTED_PYTHONS="3.10 3.11 3.12 3.13"
 BASE_INTERPRETER='
 import os, sys

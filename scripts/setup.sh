@@ -30,7 +30,7 @@ source "$ROOT/scripts/choose_python.sh"
 # shellcheck source=mmcv_source.sh
 source "$ROOT/scripts/mmcv_source.sh"
 choose_python "$ROOT"
-[ -n "$PYVER" ] || die "no Python interpreter '$PYTHON' runs here; install Python 3.10-3.13 or set PYTHON=/path/to/python3.11"
+[ -n "$PYVER" ] || die "no Python interpreter '$PYTHON' runs here; install one of Python ${SUPPORTED_PYTHONS// /, } or set PYTHON=/path/to/python3.11"
 supported_python_version "$PYVER" || die "Python $PYVER ($PYTHON) is not supported: evit_mm's pinned stack (torch 2.14, mmcv 2.1 built from source) needs one of Python ${SUPPORTED_PYTHONS// /, } (the versions it is tested on). Install one (a pythonX.Y of these on PATH is found without PYTHON), or set PYTHON=/path/to/python3.11."
 say "Python $PYVER ($PYTHON)"
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || die "Python $PYVER lacks the venv/ensurepip modules (on Debian: apt-get install python3-venv)"

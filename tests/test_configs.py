@@ -121,3 +121,21 @@ def test_thin_retinanet_configs_only_change_arch(arch):
     assert thin.model.backbone.init_cfg.checkpoint.endswith(f'efficientvit_{arch}.pth')
     assert thin.optim_wrapper == base.optim_wrapper and thin.param_scheduler == base.param_scheduler
     assert Path(REPO_ROOT / f'configs/retinanet_evit_{arch}.py').read_text().count('\n') < 15
+
+
+@pytest.mark.parametrize('config', sorted(p.name for p in (REPO_ROOT / 'configs/demo').glob('*.py')))
+def test_demo_configs_name_the_classes_the_demo_data_holds(config):
+    """Each demo config repeats the generator's class names (configs cannot import them); the lists must agree, in
+    order, or labels would be reported under the wrong names (COCO maps category names to labels by this list)."""
+    from evit_mm.data.demo_ade20k import DEMO_SEG_CLASSES
+    from evit_mm.data.shapes import SHAPE_CLASSES
+    cfg = Config.fromfile(str(REPO_ROOT / 'configs/demo' / config))
+    if 'ade20k' in config:
+        assert tuple(cfg.metainfo['classes']) == DEMO_SEG_CLASSES
+        assert cfg.model.decode_head.num_classes == len(DEMO_SEG_CLASSES) == len(cfg.metainfo['palette'])
+    elif 'coco' in config:
+        assert tuple(cfg.metainfo['classes'][:len(SHAPE_CLASSES)]) == SHAPE_CLASSES
+        loaders = [cfg[name] for name in ('train_dataloader', 'val_dataloader', 'test_dataloader') if cfg[name]]
+        assert loaders and all(loader.dataset.metainfo == cfg.metainfo for loader in loaders)
+    else:  # ImageNet folder layout: the classes are the folder names the generator writes
+        assert cfg.model.num_classes == cfg.model.data_preprocessor.num_classes == len(SHAPE_CLASSES)

@@ -6,7 +6,7 @@ import argparse
 import torch
 
 from .flop_count import count_macs, count_params
-from .inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, shape_type
+from .inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, add_image_shape_option
 from .targets import build_target
 from .tensor_mode import TensorMode
 
@@ -33,7 +33,7 @@ def complexity(spec: str, shape: tuple[int, int] | None = None) -> dict:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description='Parameters and FLOPs (MACs) of a config or backbone')
     parser.add_argument('target', help='config file, evit_m0..evit_m5, resnet50, swin-t, timm:<model>')
-    parser.add_argument('--shape', type=shape_type(), help=f'HxW ({DEFAULT_SHAPES_HELP})')
+    add_image_shape_option(parser, f'HxW, H W or N for NxN ({DEFAULT_SHAPES_HELP})')
     args = parser.parse_args(argv)
     c = complexity(args.target, args.shape)
     print(f"{c['target']} at {c['shape']} (tensor mode, no pre/post-processing):\n"

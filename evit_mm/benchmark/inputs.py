@@ -8,7 +8,7 @@ import torch
 
 
 #: What each number of ``x``-joined sizes means, with an example, for :func:`parse_shape`'s errors.
-SHAPE_FORMS = {2: 'HxW, e.g. 800x1333', 3: 'BxHxW, e.g. 16x224x224',
+SHAPE_FORMS = {2: 'HxW, e.g. 800x1333, or N for NxN', 3: 'BxHxW, e.g. 16x224x224',
                4: 'CINxCOUTxHxW (a convolution), e.g. 256x256x100x167'}
 
 
@@ -20,11 +20,14 @@ DEFAULT_SHAPES_HELP = 'default: ' + ', '.join(f'{h}x{w} for {kind}s' for kind, (
 
 
 def parse_shape(text: str, dims: int = 2) -> tuple[int, ...]:
-    """``'800x1333'`` -> ``(800, 1333)``: ``dims`` positive integers joined by ``x`` (:data:`SHAPE_FORMS`)."""
+    """``'800x1333'`` -> ``(800, 1333)``: ``dims`` positive integers joined by ``x`` (:data:`SHAPE_FORMS`); for an
+    image size one integer is a square (``'512'`` -> ``(512, 512)``, as mmseg's and mmpretrain's tools read it)."""
     try:
         values = tuple(int(v) for v in text.lower().split('x'))
     except ValueError:
         values = ()
+    if dims == 2 and len(values) == 1:
+        values *= 2
     if len(values) != dims or min(values) < 1:
         raise ValueError(f'shape must be {SHAPE_FORMS[dims]}, got {text!r}')
     return values
@@ -39,6 +42,25 @@ def shape_type(dims: int = 2) -> Callable[[str], tuple[int, ...]]:
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
     return parse
+
+
+class _ImageShape(argparse.Action):
+    """``--shape`` for tools that take one image size: ``800x1333``, ``800 1333`` (what mmseg's and mmpretrain's
+    ``get_flops.py`` take) or ``512`` for a square, stored as ``(height, width)``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: list[str],
+                 option_string: str | None = None) -> None:
+        try:
+            setattr(namespace, self.dest, parse_shape('x'.join(values)))
+        except ValueError:
+            parser.error(f"argument {option_string}: shape must be HxW, H W or N (NxN), e.g. 800x1333, 800 1333 "
+                         f"or 512, got {' '.join(values)!r}")
+
+
+def add_image_shape_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """Add ``--shape`` (one image size, :class:`_ImageShape`) to ``parser``; ``args.shape`` is ``None`` when not
+    given."""
+    parser.add_argument('--shape', nargs='+', action=_ImageShape, metavar='SIZE', help=help)
 
 
 def device_type(text: str) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..benchmark.inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, shape_type
+from ..benchmark.inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, add_image_shape_option
 from ..benchmark.targets import build_target
 from ..benchmark.tensor_mode import TensorMode
 from ..tools.preflight import PreflightError
@@ -19,8 +19,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument('target', help='config file or evit_m0..evit_m5')
     parser.add_argument('output', help='.onnx file')
     parser.add_argument('--checkpoint', help='weights for a config target')
-    parser.add_argument('--shape', type=shape_type(),
-                        help=f"HxW used for tracing (a segmentor's only size; {DEFAULT_SHAPES_HELP})")
+    add_image_shape_option(parser, f"HxW, H W or N for NxN, used for tracing (a segmentor's only size; "
+                           f"{DEFAULT_SHAPES_HELP})")
     parser.add_argument('--deploy', action='store_true',
                         help='export the deployed model (optimize_for_inference: Conv+BN folded)')
     parser.add_argument('--opset', type=int, default=17)

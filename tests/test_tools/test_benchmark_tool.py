@@ -398,7 +398,7 @@ def test_onnx_export_matches_pytorch(tmp_path, target, deploy, capsys):
 def test_onnx_export_without_window_padding_holds_where_padding_is_needed(tmp_path, capsys):
     """At 448x448 every stage's map is a whole number of 7x7 windows, so the eager forward pads nothing; the traced
     graph must still pad at the check's other size (485x429), or its windows would straddle the map's edges."""
-    assert export_cli.main(['evit_m0', str(tmp_path / 'm.onnx'), '--shape', '448x448', '--atol', '1e-3']) == 0
+    assert export_cli.main(['evit_m0', str(tmp_path / 'm.onnx'), '--shape', '448', '448', '--atol', '1e-3']) == 0
     assert '(2, 3, 485, 429)' in capsys.readouterr().out
 
 
@@ -446,7 +446,8 @@ def test_shapes_parse_or_explain():
     from evit_mm.benchmark.inputs import parse_shape
     assert parse_shape('800X1333') == (800, 1333)
     assert parse_shape('16x224x224', dims=3) == (16, 224, 224)
-    for bad, dims in (('800', 2), ('800x', 2), ('0x224', 2), ('224x224', 3)):
+    assert parse_shape('512') == (512, 512)  # a square, as mmseg's and mmpretrain's tools read one number
+    for bad, dims in (('800x', 2), ('0x224', 2), ('0', 2), ('800x1333x3', 2), ('224x224', 3), ('224', 3)):
         with pytest.raises(ValueError, match='shape must be'):
             parse_shape(bad, dims)
 
@@ -484,9 +485,34 @@ def test_devices_this_machine_lacks_are_usage_errors(capsys, cuda_devices, count
 
 def test_a_malformed_shape_is_a_usage_error_before_anything_is_built(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(['evit_m0', '--shape', '224'])
+        cli.main(['evit_m0', '--shape', '224x'])
     assert exit_info.value.code == 2
-    assert "argument --shape: shape must be HxW, e.g. 800x1333, got '224'" in capsys.readouterr().err
+    assert "argument --shape: shape must be HxW, e.g. 800x1333, or N for NxN, got '224x'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('words, shape', [(['800x1333'], (800, 1333)), (['800', '1333'], (800, 1333)),
+                                          (['512'], (512, 512)), ([], None)])
+def test_one_size_tools_take_the_shape_as_openmmlab_tools_do(words, shape, monkeypatch):
+    """get_flops and export_onnx read ``--shape`` as ``HxW``, or as mmseg's and mmpretrain's ``get_flops.py`` do:
+    ``H W``, or one number for a square."""
+    import evit_mm.benchmark.flops as flops
+    seen = []
+    monkeypatch.setattr(flops, 'complexity', lambda spec, shape: seen.append(shape) or dict(
+        target=spec, shape='', gflops=0.0, params_m=0.0, backbone_gflops=0.0, backbone_params_m=0.0))
+    assert flops.main(['evit_m0', *(['--shape', *words] if words else [])]) == 0
+    assert seen == [shape]
+
+
+@pytest.mark.parametrize('tool', ['get_flops', 'export_onnx'])
+@pytest.mark.parametrize('words', [['800', '1333', '3'], ['800x1333', '3'], ['big'], ['0', '64']])
+def test_one_size_tools_explain_a_malformed_shape(tool, words, capsys):
+    from evit_mm.benchmark.flops import main as get_flops
+    main, args = (get_flops, ['evit_m0']) if tool == 'get_flops' else (export_cli.main, ['evit_m0', 'out.onnx'])
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, '--shape', *words])
+    assert exit_info.value.code == 2
+    assert (f"argument --shape: shape must be HxW, H W or N (NxN), e.g. 800x1333, 800 1333 or 512, "
+            f"got {' '.join(words)!r}") in capsys.readouterr().err
 
 
 def test_compile_mode_implies_compile_and_reaches_torch_compile(tmp_path, monkeypatch, capsys):

@@ -62,7 +62,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         'the target; onnx: backbone in ONNX Runtime')
     p.add_argument('--device', type=device_type, default='cpu', help='cpu, cuda or cuda:N')
     p.add_argument('--batch-size', type=count_type(1), default=1)
-    p.add_argument('--shape', nargs='+', type=shape_type(), help=f'HxW or N for NxN, one or more ({DEFAULT_SHAPES_HELP})')
+    p.add_argument('--shape', nargs='+', type=shape_type(),
+                   help=f'HxW or N for NxN, one or more ({DEFAULT_SHAPES_HELP})')
     p.add_argument('--dtype', choices=sorted(DTYPES), default='fp32', help='autocast precision')
     p.add_argument('--images', choices=('synthetic', 'dataset'), default='synthetic',
                    help="forward and predict modes: random images at --shape, or the first batch of each config's "

@@ -305,3 +305,50 @@ def test_hf_hub_errors_name_the_problem(offline_hub):
     for bad in ('hf-hub:efficientvit_m4', 'hf-hub:timm/efficientvit_m4@', 'hf-hub:a/b/c'):
         with pytest.raises(ValueError, match='write hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION'):
             read_checkpoint(bad)
+
+
+def _timm_from_file(arch: str, path: Path, num_classes: int):
+    """timm's model from a local file, as the convert tool tells its users to load it."""
+    return timm.create_model(f'efficientvit_{arch}', pretrained=True,
+                             pretrained_cfg_overlay=dict(file=str(path), num_classes=num_classes)).eval()
+
+
+@pytest.mark.parametrize('suffix', ['.safetensors', '.pth'])
+def test_timm_export_of_an_evit_mm_classifier_gives_its_logits_in_timm(tmp_path, suffix, capsys):
+    """An ImageNet pretraining run's checkpoint (mmengine's layout) becomes a file timm's own loader takes, with the
+    head's number of classes, and timm's model computes the classifier's logits."""
+    classifier = randomize_(EfficientViTClassifier(dict(type='EfficientViT', arch='m0'), num_classes=7), seed=4).eval()
+    torch.save({'state_dict': classifier.state_dict(), 'meta': {'epoch': 310}}, tmp_path / 'epoch_310.pth')
+    out = tmp_path / f'timm{suffix}'
+    assert convert_tool.main([str(tmp_path / 'epoch_310.pth'), str(out), '--to', 'timm']) == 0
+    assert f"pretrained_cfg_overlay=dict(file='{out}', num_classes=7)" in capsys.readouterr().out
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = classifier(x)
+        torch.testing.assert_close(_timm_from_file('m0', out, 7)(x), expected, atol=1e-5 * expected.abs().max(),
+                                   rtol=1e-5)
+
+
+def test_timm_export_of_the_official_release_gives_the_official_logits(tmp_path, golden_dir):
+    golden = torch.load(golden_dir / 'efficientvit_m4_golden.pt', weights_only=True)
+    out = tmp_path / 'efficientvit_m4.safetensors'
+    assert convert_tool.main([str(golden_dir / 'efficientvit_m4_random.pth'), str(out), '--to', 'timm']) == 0
+    with torch.no_grad():
+        logits = _timm_from_file('m4', out, golden['logits_224'].shape[1])(golden['input_224'])
+    torch.testing.assert_close(logits, golden['logits_224'], atol=1e-4, rtol=0)
+
+
+def test_timm_export_refuses_what_timm_cannot_hold(tmp_path, m0_reference, capsys):
+    backbone = to_backbone_state_dict(m0_reference[0])
+    torch.save({'state_dict': backbone}, tmp_path / 'backbone.pth')
+    message = run(convert_tool.main, [str(tmp_path / 'backbone.pth'), str(tmp_path / 'out.pth'), '--to', 'timm'])
+    assert message.startswith('error: ') and 'no classification head (head.linear.weight or head.l.weight)' in message
+    distilled = EfficientViTClassifier(dict(type='EfficientViT', arch='m0'), num_classes=3, distillation=True)
+    torch.save({'state_dict': distilled.state_dict()}, tmp_path / 'distilled.pth')
+    message = run(convert_tool.main, [str(tmp_path / 'distilled.pth'), str(tmp_path / 'out.pth'), '--to', 'timm'])
+    assert message.startswith('error: ') and "has a distillation head (head_dist), which timm's" in message
+    assert not (tmp_path / 'out.pth').exists()
+    for options in (('--window-size', '7'), ('--prefix', 'model.')):
+        with pytest.raises(SystemExit) as exit_info:
+            convert_tool.main([str(tmp_path / 'distilled.pth'), str(tmp_path / 'out.pth'), '--to', 'timm', *options])
+        assert exit_info.value.code == 2 and f'{options[0]}: for --to evit_mm-backbone only' in capsys.readouterr().err

@@ -8,7 +8,8 @@ if [ $# -lt 3 ]; then
     exit 2
 fi
 GPUS=${GPUS:-8}
-GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+# a job of fewer than 8 GPUs asks for only those (GPUS=4 on one node: gpu:4, not a whole 8-GPU node's worth)
+GPUS_PER_NODE=${GPUS_PER_NODE:-$((GPUS < 8 ? GPUS : 8))}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 SRUN_ARGS=${SRUN_ARGS:-""}
 PYTHON=${PYTHON:-python}

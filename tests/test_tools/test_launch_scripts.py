@@ -70,6 +70,14 @@ def test_slurm_scripts_run_one_task_per_gpu(tmp_path, script, positional, tool):
                     '--time=1:00:00', python, '-u', *tool, '--launcher', 'slurm', '--cfg-options', 'x=2']
 
 
+@pytest.mark.parametrize('gpus, per_node, expected', [('4', None, '4'), ('1', None, '1'), ('4', '2', '2')])
+def test_slurm_jobs_of_few_gpus_ask_for_only_those(tmp_path, gpus, per_node, expected):
+    """A job of fewer GPUs than a node's 8 used to ask for gpu:8 per node (and 8 tasks per node) whatever GPUS said."""
+    env = {'GPUS': gpus, **({'GPUS_PER_NODE': per_node} if per_node else {})}
+    argv = _run('slurm_train.sh', ['part', 'job', 'cfg.py', 'work'], tmp_path, **env)
+    assert argv[4:7] == [f'--gres=gpu:{expected}', f'--ntasks={gpus}', f'--ntasks-per-node={expected}']
+
+
 @pytest.mark.parametrize('script, args', [('dist_train.sh', ['cfg.py']), ('slurm_test.sh', ['part', 'job', 'cfg.py'])])
 def test_missing_arguments_stop_the_script_with_its_usage(tmp_path, script, args):
     with pytest.raises(subprocess.CalledProcessError) as error:

@@ -8,6 +8,12 @@ if [ $# -lt 3 ]; then
     exit 2
 fi
 GPUS=${GPUS:-8}
+for name in GPUS GPUS_PER_NODE CPUS_PER_TASK; do
+    if [ -n "${!name:-}" ] && ! [[ "${!name}" =~ ^[1-9][0-9]*$ ]]; then
+        echo "slurm_launch.sh: $name must be a positive integer, got '${!name}'" >&2
+        exit 2
+    fi
+done
 # a job of fewer than 8 GPUs asks for only those (GPUS=4 on one node: gpu:4, not a whole 8-GPU node's worth)
 GPUS_PER_NODE=${GPUS_PER_NODE:-$((GPUS < 8 ? GPUS : 8))}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}

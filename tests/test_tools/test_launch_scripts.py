@@ -78,6 +78,16 @@ def test_slurm_jobs_of_few_gpus_ask_for_only_those(tmp_path, gpus, per_node, exp
     assert argv[4:7] == [f'--gres=gpu:{expected}', f'--ntasks={gpus}', f'--ntasks-per-node={expected}']
 
 
+@pytest.mark.parametrize('name, value', [('GPUS', 'eight'), ('GPUS', '0'), ('GPUS_PER_NODE', '4x'),
+                                         ('CPUS_PER_TASK', '-1')])
+def test_slurm_counts_that_are_not_positive_integers_stop_before_srun(tmp_path, name, value):
+    with pytest.raises(subprocess.CalledProcessError) as error:
+        _run('slurm_train.sh', ['part', 'job', 'cfg.py', 'work'], tmp_path, **{name: value})
+    assert error.value.returncode == 2
+    assert f"{name} must be a positive integer, got '{value}'" in error.value.stderr
+    assert not (tmp_path / 'argv.txt').exists()
+
+
 @pytest.mark.parametrize('script, args', [('dist_train.sh', ['cfg.py']), ('slurm_test.sh', ['part', 'job', 'cfg.py'])])
 def test_missing_arguments_stop_the_script_with_its_usage(tmp_path, script, args):
     with pytest.raises(subprocess.CalledProcessError) as error:

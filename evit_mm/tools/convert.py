@@ -77,7 +77,8 @@ def export_timm_classifier(src: str | os.PathLike, dst: str | os.PathLike, arch:
 
     Raises:
         CheckpointMismatchError: If ``src`` holds no classification head, a distillation head (timm's model has none,
-            so its logits would differ from the source's), or weights of no (or another) arch.
+            so its logits would differ from the source's), bias tables for other windows than timm's (resized, they
+            would change the logits too), or weights of no (or another) arch.
     """
     import timm
 
@@ -94,7 +95,14 @@ def export_timm_classifier(src: str | os.PathLike, dst: str | os.PathLike, arch:
                                       '(the official model averages both heads)')
     arch = arch or _arch_of(to_backbone_state_dict(checkpoint), src)
     classifier = EfficientViTClassifier(dict(type='EfficientViT', arch=arch), num_classes=head.shape[0])
-    classifier.load_checkpoint(os.fspath(src))  # strict: names and shapes checked, bias tables resized
+    # bias tables of other windows would be resized to timm's: a model that computes other logits than the source's
+    target = classifier.state_dict()
+    resized = [key for key, value in classifier.convert_checkpoint(checkpoint).items()
+               if key.endswith('attention_biases') and key in target and value.shape != target[key].shape]
+    if resized:
+        raise CheckpointMismatchError(f'{os.fspath(src)}: attention-bias tables for other windows than timm\'s at '
+                                      f'224x224 (7, 7, 4), e.g. {resized[0]}: a timm model would compute other logits')
+    classifier.load_checkpoint(os.fspath(src))  # strict: names and shapes checked
     state_dict = {k.removeprefix('backbone.'): v.contiguous() for k, v in classifier.state_dict().items()}
     reference = timm.create_model(f'efficientvit_{arch}', pretrained=False, num_classes=head.shape[0])
     reference.load_state_dict(state_dict, strict=True)

@@ -347,6 +347,10 @@ def test_timm_export_refuses_what_timm_cannot_hold(tmp_path, m0_reference, capsy
     torch.save({'state_dict': distilled.state_dict()}, tmp_path / 'distilled.pth')
     message = run(convert_tool.main, [str(tmp_path / 'distilled.pth'), str(tmp_path / 'out.pth'), '--to', 'timm'])
     assert message.startswith('error: ') and "has a distillation head (head_dist), which timm's" in message
+    dense = EfficientViTClassifier(dict(type='EfficientViT', arch='m0', window_size=7), num_classes=3)
+    torch.save({'state_dict': dense.state_dict()}, tmp_path / 'dense.pth')
+    message = run(convert_tool.main, [str(tmp_path / 'dense.pth'), str(tmp_path / 'out.pth'), '--to', 'timm'])
+    assert message.startswith('error: ') and "tables for other windows than timm's at 224x224 (7, 7, 4)" in message
     assert not (tmp_path / 'out.pth').exists()
     for options in (('--window-size', '7'), ('--prefix', 'model.')):
         with pytest.raises(SystemExit) as exit_info:

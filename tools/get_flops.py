@@ -3,6 +3,7 @@
 
     python tools/get_flops.py configs/retinanet_evit_m4.py --shape 800x1333
     python tools/get_flops.py evit_m4 --shape 224x224
+    python tools/get_flops.py configs/upernet_evit_m4_ade20k.py --shape 512 1024 --show-table --max-depth 1
 """
 from __future__ import annotations
 

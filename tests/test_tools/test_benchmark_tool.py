@@ -422,6 +422,28 @@ def test_flops_default_to_the_task_input_size():
     assert complexity('evit_m0')['shape'] == '224x224'
 
 
+def test_flops_table_breaks_the_model_down_by_module(capsys):
+    """``--show-table``: mmengine's per-module table under the totals, to the depth asked for, its rows adding up."""
+    from evit_mm.benchmark.flops import main as get_flops
+    assert get_flops([DET_DEMO, '--shape', '128', '--show-table', '--max-depth', '1']) == 0
+    out = capsys.readouterr().out
+    rows = {cells[0].strip(): cells[1:] for cells in (
+        [cell.strip() for cell in line.strip('|').split('|')] for line in out.splitlines() if line.startswith('| '))}
+    assert set(rows) == {'module', 'model', 'backbone', 'neck', 'bbox_head'}
+
+    def giga(text: str) -> float:
+        return float(text[:-1]) * {'G': 1.0, 'M': 1e-3, 'K': 1e-6, 'T': 1e3}[text[-1]]
+    totals = complexity(DET_DEMO, (128, 128))
+    assert giga(rows['model'][1]) == pytest.approx(totals['gflops'], rel=5e-3)  # the table shows 3-4 digits
+    assert giga(rows['backbone'][1]) == pytest.approx(totals['backbone_gflops'], rel=5e-3)
+    assert sum(giga(rows[name][1]) for name in ('backbone', 'neck', 'bbox_head')) == pytest.approx(
+        totals['gflops'], rel=1e-2)
+    assert get_flops([DET_DEMO, '--shape', '128', '--show-table']) == 0  # default depth 2: the parts too
+    assert '|   backbone.stages ' in capsys.readouterr().out
+    assert get_flops([DET_DEMO, '--shape', '128']) == 0
+    assert '| module' not in capsys.readouterr().out
+
+
 def test_an_input_the_backbone_cannot_take_is_one_line_in_both_tools():
     from evit_mm.benchmark.flops import main as get_flops
     for tool, args in ((get_flops, ['evit_m0', '--shape', '8x64']),

@@ -57,7 +57,9 @@ def test_train_then_test_writes_checkpoint_metrics_and_predictions(coco_root, tm
     test_dir = tmp_path / 'test'
     out = tmp_path / 'preds.pkl'
     assert test_tool.main([DEMO_CONFIG, str(ckpt), '--work-dir', str(test_dir), '--out', str(out),
-                           *_options(coco_root)]) == 0
+                           '--show-dir', 'vis', *_options(coco_root)]) == 0
+    drawn = sorted(path.stem for path in test_dir.glob('*/vis/*.png'))  # ground truth and prediction side by side
+    assert drawn == sorted(path.stem for path in (coco_root / 'val2017').iterdir())
     metrics = logged_metrics(test_dir, 'coco/bbox_mAP')
     for name in ('mAP', 'mAP_50', 'mAP_75', 'mAP_s', 'mAP_m', 'mAP_l'):
         assert 0.0 <= metrics[f'coco/bbox_{name}'] <= 1.0 or metrics[f'coco/bbox_{name}'] == -1.0

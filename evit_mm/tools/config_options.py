@@ -80,14 +80,20 @@ def _task(cfg: Config) -> str:
     return cfg.get('default_scope') or 'mmengine'
 
 
-def apply_show_dir(cfg: Config, show_dir: str, wait_time: float = 0.0) -> None:
-    """Draw predictions into ``work_dir/<timestamp>/show_dir`` through the task's visualization hook."""
+def apply_show(cfg: Config, show_dir: str | None = None, show: bool = False, wait_time: float = 0.0) -> None:
+    """Draw predictions through the task's visualization hook: into ``work_dir/<timestamp>/show_dir`` and/or on
+    screen (``show``, each image for ``wait_time`` seconds; 0: until a key is pressed), as mmdet's and mmseg's
+    ``tools/test.py`` do."""
     hook = cfg.default_hooks.get('visualization')
     if hook is None:
-        raise ConfigOptionError(f'--show-dir needs a visualization hook in default_hooks (task: {_task(cfg)})')
+        option = '--show-dir' if show_dir else '--show'
+        raise ConfigOptionError(f'{option} needs a visualization hook in default_hooks (task: {_task(cfg)})')
     hook.draw = True
-    hook.test_out_dir = show_dir
-    hook.wait_time = wait_time
+    if show_dir:
+        hook.test_out_dir = show_dir
+    if show:
+        hook.show = True
+        hook.wait_time = wait_time
 
 
 #: mmseg's metrics that write prediction maps into their ``output_dir``.

@@ -9,7 +9,7 @@ from mmengine.runner import Runner
 from ..benchmark.allocator_option import add_allocator_argument, apply_allocator_argument
 from ..checkpoint import local_checkpoint
 from ..engine import prepare_cpu_distributed
-from .config_options import add_common_arguments, apply_out, apply_show_dir, apply_tta, load_config
+from .config_options import add_common_arguments, apply_out, apply_show, apply_tta, load_config
 from .cpu_roi_align import use_separable_roi_align_on_cpu
 from .preflight import check_backbone_neck, check_checkpoint_fits, run_preflight, runner_model
 
@@ -20,7 +20,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument('checkpoint', help='checkpoint: a local file, a URL or hf-hub:ORG/NAME[@REVISION]')
     parser.add_argument('--out', help='write raw predictions (.pkl; a folder of maps for segmentation)')
     parser.add_argument('--show-dir', help='draw predictions into WORK_DIR/<timestamp>/SHOW_DIR')
-    parser.add_argument('--wait-time', type=float, default=0.0, help='seconds between shown images')
+    parser.add_argument('--show', action='store_true', help='show each prediction in a window (needs a display)')
+    parser.add_argument('--wait-time', type=float, help='with --show: seconds each image is shown (default 2; 0: until '
+                                                        'a key is pressed)')
     parser.add_argument('--tta', action='store_true',
                         help="test-time augmentation: the config's tta_model and tta_pipeline (detection without "
                              "them: the image and its horizontal flip merged by NMS, as mmdet's tool does; with "
@@ -40,6 +42,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         'CPU at the same peak memory. Default: on where the run is on the CPU and the C library is glibc'))
     add_common_arguments(parser)
     args = parser.parse_args(argv)
+    if args.wait_time is not None and not args.show:
+        parser.error('--wait-time is how long --show shows each image; add --show')
     for flag, name in ((args.bfloat16, '--bfloat16'), (args.cuda_graphs, '--cuda-graphs')):
         if flag and not args.deploy:
             parser.error(f'{name} changes the deployed model; add --deploy')
@@ -51,8 +55,8 @@ def main(argv: list[str]) -> int:
     checkpoint = local_checkpoint(args.checkpoint)  # a missing file is named before anything is read or built
     cfg = load_config(args)
     cfg.load_from = None  # loaded below, after checking that it fits
-    if args.show_dir:
-        apply_show_dir(cfg, args.show_dir, args.wait_time)
+    if args.show_dir or args.show:
+        apply_show(cfg, args.show_dir, args.show, 2.0 if args.wait_time is None else args.wait_time)
     if args.out:
         apply_out(cfg, args.out)
     run_preflight(cfg, ('test_dataloader',))

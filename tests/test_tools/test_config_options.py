@@ -8,7 +8,7 @@ from mmdet.registry import MODELS
 from mmengine.config import Config
 
 from evit_mm.tools.config_options import (ConfigOptionError, add_common_arguments, apply_out, apply_resume,
-                                          apply_show_dir, apply_tta, enable_auto_scale_lr, load_config)
+                                          apply_show, apply_tta, enable_auto_scale_lr, load_config)
 from tests.conftest import REPO_ROOT
 
 DETECTION = str(REPO_ROOT / 'configs/demo/retinanet_evit_m0_coco_demo.py')
@@ -54,13 +54,44 @@ def test_resume_latest_or_a_given_file(resume, expected):
     assert (cfg.resume, cfg.load_from) == expected
 
 
-def test_show_dir_turns_drawing_on_or_names_the_missing_hook():
+def test_show_dir_and_show_turn_drawing_on_or_name_the_missing_hook():
     cfg = Config.fromfile(SEGMENTATION)
-    apply_show_dir(cfg, 'vis', wait_time=0.5)
+    apply_show(cfg, 'vis')
     hook = cfg.default_hooks.visualization
-    assert (hook.type, hook.draw, hook.test_out_dir, hook.wait_time) == ('SegVisualizationHook', True, 'vis', 0.5)
-    with pytest.raises(ValueError, match=r'--show-dir needs a visualization hook in default_hooks \(task: evit_mm\)'):
-        apply_show_dir(Config.fromfile(CLASSIFICATION), 'vis')
+    assert (hook.type, hook.draw, hook.test_out_dir, hook.get('show', False)) == ('SegVisualizationHook', True, 'vis',
+                                                                                   False)
+    cfg = Config.fromfile(DETECTION)
+    apply_show(cfg, show=True, wait_time=0.5)
+    hook = cfg.default_hooks.visualization
+    assert (hook.type, hook.draw, hook.show, hook.wait_time) == ('DetVisualizationHook', True, True, 0.5)
+    assert 'test_out_dir' not in hook
+    for show_dir, show, option in (('vis', False, '--show-dir'), (None, True, '--show')):
+        message = f'{option} needs a visualization hook in default_hooks \\(task: evit_mm\\)'
+        with pytest.raises(ValueError, match=message):
+            apply_show(Config.fromfile(CLASSIFICATION), show_dir, show)
+
+
+@pytest.mark.parametrize('argv, wait_time', [(['--show'], 2.0), (['--show', '--wait-time', '0'], 0.0),
+                                             (['--show-dir', 'vis'], None)])
+def test_test_tool_shows_for_the_wait_time_asked(argv, wait_time, monkeypatch):
+    """``--show`` as mmdet's and mmseg's test tools have it (2 s per image unless --wait-time says otherwise)."""
+    from evit_mm.tools import test as test_tool
+    calls = []
+    monkeypatch.setattr(test_tool, 'apply_show', lambda cfg, show_dir, show, wait: calls.append((show_dir, show, wait)))
+    monkeypatch.setattr(test_tool, 'run_preflight', lambda *args: (_ for _ in ()).throw(SystemExit('stop here')))
+    with pytest.raises(SystemExit, match='stop here'):
+        test_tool.main([DETECTION, __file__, *argv])
+    show_dir = 'vis' if '--show-dir' in argv else None
+    assert calls == [(show_dir, '--show' in argv, 2.0 if wait_time is None else wait_time)]
+
+
+def test_wait_time_without_show_is_a_usage_error(capsys):
+    """``--wait-time`` alone used to be accepted and do nothing (the hook waits only where it shows)."""
+    from evit_mm.tools import test as test_tool
+    with pytest.raises(SystemExit) as exit_info:
+        test_tool.parse_args([DETECTION, 'ckpt.pth', '--show-dir', 'vis', '--wait-time', '1'])
+    assert exit_info.value.code == 2
+    assert '--wait-time is how long --show shows each image; add --show' in capsys.readouterr().err
 
 
 def test_out_adds_the_task_dumper():

@@ -519,7 +519,7 @@ def test_one_size_tools_take_the_shape_as_openmmlab_tools_do(words, shape, monke
     ``H W``, or one number for a square."""
     import evit_mm.benchmark.flops as flops
     seen = []
-    monkeypatch.setattr(flops, 'complexity', lambda spec, shape: seen.append(shape) or dict(
+    monkeypatch.setattr(flops, 'complexity', lambda spec, shape, table_depth: seen.append(shape) or dict(
         target=spec, shape='', gflops=0.0, params_m=0.0, backbone_gflops=0.0, backbone_params_m=0.0))
     assert flops.main(['evit_m0', *(['--shape', *words] if words else [])]) == 0
     assert seen == [shape]

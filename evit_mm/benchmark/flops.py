@@ -6,7 +6,7 @@ import argparse
 import torch
 from mmengine.analysis.print_helper import complexity_stats_table
 
-from .flop_count import count_macs, count_params, macs_analyzer
+from .flop_count import count_params, macs_analyzer
 from .inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, add_image_shape_option, count_type
 from .targets import build_target
 from .tensor_mode import TensorMode
@@ -24,10 +24,12 @@ def complexity(spec: str, shape: tuple[int, int] | None = None, table_depth: int
     """
     target = build_target(spec)
     height, width = shape or DEFAULT_SHAPES[target.kind]
-    x = torch.randn(1, 3, height, width)
+    module = TensorMode(target).eval()
     with torch.no_grad():
-        analyzer = macs_analyzer(TensorMode(target).eval(), (x,))
-        total, backbone = int(analyzer.total()), count_macs(target.backbone, (x,))
+        analyzer = macs_analyzer(module, (torch.randn(1, 3, height, width),))
+    # the backbone's share from the same trace (its module's count), not a second one
+    backbone_name = next(name for name, part in module.named_modules() if part is target.backbone)
+    total, backbone = int(analyzer.total()), int(analyzer.total(backbone_name))
     result = dict(target=target.name, shape=f'{height}x{width}', gflops=total / 1e9,
                   params_m=count_params(target.model),
                   backbone_gflops=backbone / 1e9,

@@ -95,7 +95,8 @@ class EfficientViTClassifier(BaseModel):
         self.head_dist = BNLinear(dim, num_classes, drop=drop) if distillation else None
 
     # ---- checkpoints ----------------------------------------------------------------------------------
-    def convert_checkpoint(self, checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    @staticmethod
+    def convert_checkpoint(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Map an official (``head.l``), timm (``head.linear``) or evit_mm classifier checkpoint to this
         model's keys (``backbone.*``, ``head.*``, ``head_dist.*``)."""
         state = unwrap_state_dict(checkpoint)
@@ -110,7 +111,12 @@ class EfficientViTClassifier(BaseModel):
         Heads trained for another number of classes stop the load, or are re-initialised with a warning when
         ``head_mismatch='reinit'``.
         """
-        state = self.convert_checkpoint(read_checkpoint(checkpoint))
+        self.load_state(self.convert_checkpoint(read_checkpoint(checkpoint)), checkpoint)
+
+    def load_state(self, state: dict[str, torch.Tensor], checkpoint: str, adapt_shapes: bool = True) -> None:
+        """:meth:`load_checkpoint` of a checkpoint already read and converted (:meth:`convert_checkpoint`);
+        ``checkpoint`` names it in messages. ``adapt_shapes=False`` refuses bias tables trained for other windows
+        instead of resizing them (:func:`~evit_mm.checkpoint.adapt_state_dict`)."""
         ckpt_classes = state['head.linear.weight'].shape[0] if 'head.linear.weight' in state else None
         target = self.state_dict()
         if ckpt_classes is not None and ckpt_classes != self.num_classes:
@@ -124,7 +130,7 @@ class EfficientViTClassifier(BaseModel):
         if self.head_dist is not None and 'head_dist.linear.weight' not in state and 'head.linear.weight' in state:
             # a checkpoint without a distillation head: start it as a copy of the class head
             state.update({k.replace('head.', 'head_dist.', 1): v for k, v in state.items() if k.startswith('head.')})
-        adapted, unused = adapt_state_dict(target, state)
+        adapted, unused = adapt_state_dict(target, state, adapt_shapes=adapt_shapes)
         self.load_state_dict(adapted, strict=False)
         if unused:
             hint = (' (a distillation head: distillation=True averages it in as the official code does)'

@@ -9,8 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from ..benchmark.inputs import count_type
-from ..checkpoint import (CheckpointMismatchError, load_backbone_state_dict, read_checkpoint, to_backbone_state_dict,
-                          unwrap_state_dict)
+from ..checkpoint import CheckpointMismatchError, load_backbone_state_dict, read_checkpoint, to_backbone_state_dict
 from ..checkpoint.arch_match import matching_archs
 from ..models import EfficientViT, EfficientViTClassifier
 from ..models.backbones.efficientvit import ARCH_SETTINGS
@@ -83,8 +82,8 @@ def export_timm_classifier(src: str | os.PathLike, dst: str | os.PathLike, arch:
     import timm
 
     checkpoint = read_checkpoint(src)
-    state = unwrap_state_dict(checkpoint)
-    head = next((state[k] for k in ('head.linear.weight', 'head.l.weight') if k in state), None)
+    state = EfficientViTClassifier.convert_checkpoint(checkpoint)  # official head.l named head.linear
+    head = state.get('head.linear.weight')
     if head is None:
         raise CheckpointMismatchError(f'{os.fspath(src)}: no classification head (head.linear.weight or head.l.weight) '
                                       'to export; timm classifiers come from ImageNet classifier checkpoints, a '
@@ -95,14 +94,12 @@ def export_timm_classifier(src: str | os.PathLike, dst: str | os.PathLike, arch:
                                       '(the official model averages both heads)')
     arch = arch or _arch_of(to_backbone_state_dict(checkpoint), src)
     classifier = EfficientViTClassifier(dict(type='EfficientViT', arch=arch), num_classes=head.shape[0])
-    # bias tables of other windows would be resized to timm's: a model that computes other logits than the source's
-    target = classifier.state_dict()
-    resized = [key for key, value in classifier.convert_checkpoint(checkpoint).items()
-               if key.endswith('attention_biases') and key in target and value.shape != target[key].shape]
-    if resized:
-        raise CheckpointMismatchError(f'{os.fspath(src)}: attention-bias tables for other windows than timm\'s at '
-                                      f'224x224 (7, 7, 4), e.g. {resized[0]}: a timm model would compute other logits')
-    classifier.load_checkpoint(os.fspath(src))  # strict: names and shapes checked
+    try:  # strict, and no bias table resized: tables of other windows would give other logits than the source's
+        classifier.load_state(state, os.fspath(src), adapt_shapes=False)
+    except CheckpointMismatchError as error:
+        raise CheckpointMismatchError(f"{os.fspath(src)}: {error} (timm's efficientvit_{arch} at 224x224 has windows "
+                                      '(7, 7, 4); tables for other windows are not resized for timm, which would '
+                                      'change the logits)') from None
     state_dict = {k.removeprefix('backbone.'): v.contiguous() for k, v in classifier.state_dict().items()}
     reference = timm.create_model(f'efficientvit_{arch}', pretrained=False, num_classes=head.shape[0])
     reference.load_state_dict(state_dict, strict=True)

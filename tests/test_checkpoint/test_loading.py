@@ -350,7 +350,10 @@ def test_timm_export_refuses_what_timm_cannot_hold(tmp_path, m0_reference, capsy
     dense = EfficientViTClassifier(dict(type='EfficientViT', arch='m0', window_size=7), num_classes=3)
     torch.save({'state_dict': dense.state_dict()}, tmp_path / 'dense.pth')
     message = run(convert_tool.main, [str(tmp_path / 'dense.pth'), str(tmp_path / 'out.pth'), '--to', 'timm'])
-    assert message.startswith('error: ') and "tables for other windows than timm's at 224x224 (7, 7, 4)" in message
+    assert message.startswith('error: ') and '3 shape mismatches: backbone.stages.2.blocks.0.mixer.m.attn.' \
+        'attention_biases: checkpoint (4, 49) vs model (4, 16)' in message
+    assert "(timm's efficientvit_m0 at 224x224 has windows (7, 7, 4); tables for other windows are not " \
+        'resized' in message
     assert not (tmp_path / 'out.pth').exists()
     for options in (('--window-size', '7'), ('--prefix', 'model.')):
         with pytest.raises(SystemExit) as exit_info:

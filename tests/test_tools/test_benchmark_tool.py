@@ -410,6 +410,9 @@ def test_flops_of_config_and_backbone():
 
     from evit_mm.benchmark.flop_count import count_macs
     from evit_mm.models import EfficientViT
+    # the backbone's share of the whole model's trace is what the backbone alone counts
+    alone = count_macs(build_target(DET_DEMO).backbone.eval(), (torch.randn(1, 3, 224, 224),))
+    assert c['backbone_gflops'] == pytest.approx(alone / 1e9, rel=1e-9)
     classification = count_macs(EfficientViT('m4', window_size=(7, 7, 4)).eval(), (torch.randn(1, 3, 224, 224),))
     assert classification / 1e9 == pytest.approx(0.299, abs=0.004)  # paper: 299M MACs (head included there)
     assert dense > classification / 1e9

@@ -10,7 +10,8 @@ from ..benchmark.inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, add_image_sh
 from ..benchmark.targets import build_target
 from ..benchmark.tensor_mode import TensorMode
 from ..tools.preflight import PreflightError
-from .onnx_export import check_onnx, export_onnx
+from .onnx_export import EXPORTERS, check_onnx, dynamo_exporter_available, export_onnx
+from .program_export import DYNAMIC_EXPORT_TORCH, SizeSpecialisedError
 from .optimize import optimize_for_inference
 
 
@@ -23,9 +24,16 @@ def main(argv: list[str]) -> int:
                            f"{DEFAULT_SHAPES_HELP})")
     parser.add_argument('--deploy', action='store_true',
                         help='export the deployed model (optimize_for_inference: Conv+BN folded)')
-    parser.add_argument('--opset', type=int, default=17)
+    parser.add_argument('--exporter', choices=EXPORTERS, default='torchscript',
+                        help="torch's ONNX exporter: torchscript (default; every supported torch), or dynamo, which "
+                             'translates a torch.export program (torch >= 2.7 with onnxscript; segmentors keep dynamic '
+                             'sizes where their heads allow)')
+    parser.add_argument('--opset', type=int, help='ONNX opset (default: 17 with torchscript, 18 with dynamo)')
     parser.add_argument('--atol', type=float, default=1e-3, help='largest accepted ORT-PyTorch difference')
     args = parser.parse_args(argv)
+    if args.exporter == 'dynamo' and not dynamo_exporter_available():
+        raise PreflightError(f'--exporter dynamo needs torch >= {DYNAMIC_EXPORT_TORCH} and onnxscript (this is torch '
+                             f'{torch.__version__}); --exporter torchscript works with every supported torch')
     target = build_target(args.target, args.checkpoint)
     if target.kind == 'detector' and getattr(target.model, 'with_rpn', False):
         raise PreflightError('two-stage detectors (RPN + RoI heads) are not exported in tensor mode; export the '
@@ -34,15 +42,24 @@ def main(argv: list[str]) -> int:
         print(optimize_for_inference(target.model))
     module = TensorMode(target).eval()
     height, width = args.shape or DEFAULT_SHAPES[target.kind]
-    # mmseg's decode heads compute upsampling sizes with Python ints, which tracing freezes: a segmentor's graph
-    # holds for the export size only (dynamic batch); backbones, detectors and classifiers take any size.
-    dynamic_hw = target.kind != 'segmentor'
-    if not dynamic_hw:
-        print(f'note: segmentor exported for {height}x{width} inputs only (mmseg heads fix their upsampling '
-              'sizes when traced); export once per input size')
+    example = torch.randn(1, 3, height, width)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)  # as --work-dir: made if missing
-    names = export_onnx(module, torch.randn(1, 3, height, width), args.output, opset=args.opset,
-                        dynamic_hw=dynamic_hw)
+    # mmseg's decode heads compute upsampling sizes with Python numbers, which tracing freezes: the TorchScript
+    # exporter gives a segmentor's graph for the export size only (dynamic batch); the dynamo exporter's program
+    # is checked at a second size and falls back to that where the head fixes a size (FPNHead's Upsample)
+    dynamic_hw = target.kind != 'segmentor' or args.exporter == 'dynamo'
+    try:
+        names = export_onnx(module, example, args.output, opset=args.opset, dynamic_hw=dynamic_hw,
+                            exporter=args.exporter)
+    except SizeSpecialisedError as error:
+        if target.kind != 'segmentor':
+            raise PreflightError(str(error)) from error
+        print(f'note: {error}')
+        dynamic_hw = False
+        names = export_onnx(module, example, args.output, opset=args.opset, dynamic_hw=False, exporter=args.exporter)
+    if not dynamic_hw:
+        print(f'note: segmentor exported for {height}x{width} inputs only (its head fixes upsampling sizes when '
+              'traced); export once per input size')
     checks = [torch.randn(1, 3, height, width),
               torch.randn(2, 3, height + 37, width - 19) if dynamic_hw else torch.randn(2, 3, height, width)]
     errors = check_onnx(args.output, module, checks)

@@ -1,8 +1,11 @@
-"""ONNX export with dynamic batch, height and width, and a numerical check with ONNX Runtime."""
+"""ONNX export with dynamic batch, height and width (torch's TorchScript exporter, or its dynamo exporter on a
+``torch.export`` program), and a numerical check with ONNX Runtime."""
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import os
+import re
 import warnings
 from collections.abc import Sequence
 
@@ -10,47 +13,51 @@ import numpy as np
 import torch
 from torch import nn
 
+from .flat_outputs import FlatOutputs
+from .program_export import DYNAMIC_EXPORT_TORCH, dynamic_export_available, export_program
+
 #: The TorchScript exporter, which takes ``dynamic_axes``: torch >= 2.5 has a second (dynamo) exporter and a flag to
 #: choose, older torch has this one only
 TORCHSCRIPT_EXPORTER = {'dynamo': False} if 'dynamo' in inspect.signature(torch.onnx.export).parameters else {}
 
+#: ``export_onnx``'s exporters: torch's TorchScript-based one (deprecated in torch 2.9+, every supported torch) and its
+#: dynamo one, which translates a ``torch.export`` program (torch >= 2.7 with onnxscript)
+EXPORTERS = ('torchscript', 'dynamo')
 
-def flatten_outputs(outputs) -> list[torch.Tensor]:
-    """The tensors of a model's output (a tensor, or nested tuples/lists/dicts of them), in order."""
-    if isinstance(outputs, torch.Tensor):
-        return [outputs]
-    if isinstance(outputs, dict):
-        outputs = list(outputs.values())
-    flat: list[torch.Tensor] = []
-    for item in outputs:
-        flat += flatten_outputs(item)
-    return flat
+#: The smallest opset each exporter writes by default (the dynamo exporter's own minimum is 18)
+DEFAULT_OPSETS = {'torchscript': 17, 'dynamo': 18}
+
+#: Names of the input's dynamic dimensions in the ONNX graph, by index
+INPUT_DIMS = {0: 'batch', 2: 'height', 3: 'width'}
 
 
-class _FlatOutputs(nn.Module):
-    """Wraps a module so that it returns a flat tuple of tensors (nested tuples/lists become one tuple)."""
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike, opset: int | None = None,
+                dynamic_hw: bool = True, exporter: str = 'torchscript') -> list[str]:
+    """Export ``model(x)`` to ONNX with dynamic batch (and height and width unless ``dynamic_hw=False``).
 
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(flatten_outputs(self.module(x)))
-
-
-def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike, opset: int = 17,
-                dynamic_hw: bool = True) -> list[str]:
-    """Export ``model(x)`` to ONNX with dynamic batch (and height and width unless ``dynamic_hw=False``),
-    with the TorchScript-based exporter.
+    Args:
+        model: A module called as ``model(x)``, its outputs tensors or nested tuples/lists/dicts of them.
+        example: An input to trace with.
+        path: The ``.onnx`` file to write.
+        opset: ONNX opset; default :data:`DEFAULT_OPSETS` of the exporter.
+        dynamic_hw: Leave height and width dynamic.
+        exporter: One of :data:`EXPORTERS`. ``'dynamo'`` exports the program of :func:`export_program` (which
+            checks it at a second size) and needs onnxscript.
 
     Returns:
         The output names, one per tensor of the flattened output.
     """
-    wrapped = _FlatOutputs(model).eval()
+    if exporter not in EXPORTERS:
+        raise ValueError(f'unknown exporter {exporter!r}; choose one of {", ".join(EXPORTERS)}')
+    wrapped = FlatOutputs(model).eval()
     with torch.no_grad():
         count = len(wrapped(example))
     names = [f'output_{i}' for i in range(count)]
-    dynamic = {'input': {0: 'batch', 2: 'height', 3: 'width'} if dynamic_hw else {0: 'batch'}}
+    opset = opset or DEFAULT_OPSETS[exporter]
+    if exporter == 'dynamo':
+        _export_dynamo(wrapped, example, os.fspath(path), names, opset, dynamic_hw)
+        return names
+    dynamic = {'input': INPUT_DIMS if dynamic_hw else {0: INPUT_DIMS[0]}}
     dynamic.update({name: {0: 'batch'} for name in names})
     with warnings.catch_warnings():
         # evit_mm's own Python decisions on shapes are input checks and choices between equal computations, which
@@ -62,11 +69,52 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
     return names
 
 
+def dynamo_exporter_available() -> bool:
+    """Whether torch's dynamo ONNX exporter can export :func:`export_program`'s programs here."""
+    return dynamic_export_available() and importlib.util.find_spec('onnxscript') is not None
+
+
+def _export_dynamo(model: nn.Module, example: torch.Tensor, path: str, names: list[str], opset: int,
+                   dynamic_hw: bool) -> None:
+    """The dynamo exporter on :func:`export_program`'s program; the input's symbolic dimensions renamed to
+    :data:`INPUT_DIMS` (torch names them after its symbols, ``s77``)."""
+    if not dynamo_exporter_available():
+        raise RuntimeError(f'the dynamo ONNX exporter needs torch >= {DYNAMIC_EXPORT_TORCH} and onnxscript (this is '
+                           f'torch {torch.__version__}, onnxscript '
+                           f'{"present" if importlib.util.find_spec("onnxscript") else "missing"}); the TorchScript '
+                           'exporter works with every supported torch')
+    program = export_program(model, example, dynamic_hw=dynamic_hw)
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', category=UserWarning, module=r'torch\.onnx\.')
+        torch.onnx.export(program, (example,), path, input_names=['input'], output_names=names,
+                          opset_version=opset, dynamo=True, verbose=False)
+    _name_input_dims(path)
+
+
+def _name_input_dims(path: str) -> None:
+    """Rename the symbols of the input's dynamic dimensions to :data:`INPUT_DIMS`, wherever they occur."""
+    import onnx
+    onnx_model = onnx.load(path)
+    dims = onnx_model.graph.input[0].type.tensor_type.shape.dim
+    renames = {dims[index].dim_param: name for index, name in INPUT_DIMS.items() if dims[index].dim_param}
+    for value in (*onnx_model.graph.input, *onnx_model.graph.output, *onnx_model.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param = _renamed(dim.dim_param, renames)
+    onnx.save(onnx_model, path)
+
+
+def _renamed(expression: str, renames: dict[str, str]) -> str:
+    """``expression`` (a symbol, or an expression of symbols such as ``((s53 - 1)//16) + 1``) with each symbol
+    renamed."""
+    return re.sub(r'\b[a-z]\d+\b', lambda match: renames.get(match.group(0), match.group(0)), expression)
+
+
 def check_onnx(path: str | os.PathLike, model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[float]:
     """Largest absolute difference between ONNX Runtime and PyTorch outputs, per input (any sizes)."""
     import onnxruntime as ort
     session = ort.InferenceSession(os.fspath(path), providers=['CPUExecutionProvider'])
-    wrapped = _FlatOutputs(model).eval()
+    wrapped = FlatOutputs(model).eval()
     errors = []
     for x in inputs:
         with torch.no_grad():

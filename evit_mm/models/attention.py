@@ -195,11 +195,17 @@ class LocalWindowAttention(nn.Module):
         # Partition through an NHWC view: for channels-last input (the backbone's default) the windows come out
         # channels-last as well, so the convolutions inside never reorder memory.
         windows = x.permute(0, 2, 3, 1).reshape(B, nh, ws, nw, ws, C).transpose(2, 3)
+        if general:
+            # reshaping copies unless a side is one window wide; explicit copies keep that out of graphs (an exported
+            # program would hold for one of the two cases)
+            windows = windows.clone(memory_format=torch.contiguous_format)
         if self.fast:
             windows = self.attn.forward_tokens(windows.reshape(B * nh * nw, ws * ws, C))
         else:
             windows = self.attn(windows.reshape(B * nh * nw, ws, ws, C).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         x = windows.reshape(B, nh, nw, ws, ws, C).transpose(2, 3)
+        if general:
+            x = x.clone(memory_format=torch.contiguous_format)
         x = x.reshape(B, nh * ws, nw * ws, C)
         if general or pad_b or pad_r:
             x = x[:, :H, :W]

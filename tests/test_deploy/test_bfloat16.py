@@ -10,7 +10,7 @@ from evit_mm.benchmark.targets import build_target
 from evit_mm.benchmark.tensor_mode import TensorMode
 from evit_mm.deploy import optimize_for_inference, run_in_bfloat16
 from evit_mm.deploy.bfloat16 import Bfloat16Forward
-from evit_mm.deploy.onnx_export import flatten_outputs
+from evit_mm.deploy.flat_outputs import flatten_outputs
 from evit_mm.models import EfficientViT
 from evit_mm.models.winograd import WinogradConv2d
 from evit_mm.tools import test as test_tool

@@ -9,7 +9,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from evit_mm.benchmark.targets import build_target
 from evit_mm.benchmark.tensor_mode import TensorMode
 from evit_mm.deploy import optimize_for_inference
-from evit_mm.deploy.onnx_export import flatten_outputs
+from evit_mm.deploy.flat_outputs import flatten_outputs
 from evit_mm.models.fused_conv import FusedConv2d
 from evit_mm.models.roi_align import SeparableRoIAlign
 from evit_mm.models.winograd import WinogradConv2d

@@ -19,6 +19,7 @@ from evit_mm.benchmark.targets import build_target
 from evit_mm.benchmark.training import optim_wrapper_config, training_copy, training_iteration
 from evit_mm.data.demo_coco import make_coco_demo
 from evit_mm.deploy import cli as export_cli
+from evit_mm.deploy.onnx_export import dynamo_exporter_available
 from evit_mm.tools.entry import run
 from tests.conftest import REPO_ROOT
 
@@ -400,6 +401,58 @@ def test_onnx_export_without_window_padding_holds_where_padding_is_needed(tmp_pa
     graph must still pad at the check's other size (485x429), or its windows would straddle the map's edges."""
     assert export_cli.main(['evit_m0', str(tmp_path / 'm.onnx'), '--shape', '448', '448', '--atol', '1e-3']) == 0
     assert '(2, 3, 485, 429)' in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not dynamo_exporter_available(), reason=f'torch {torch.__version__} has no dynamo ONNX exporter for '
+                    'programs with symbolic sizes; test_dynamo_exporter_refused_where_torch_lacks_it covers it')
+def test_dynamo_onnx_export_keeps_every_size_dynamic(tmp_path, capsys):
+    """A deployed detector (the backbone alone: tests/test_deploy/test_program_export.py) through the dynamo exporter:
+    checked with ONNX Runtime at a second size, its input's dimensions named as the TorchScript exporter names them."""
+    import onnx
+    output = tmp_path / 'm.onnx'
+    assert export_cli.main([DET_DEMO, str(output), '--exporter', 'dynamo', '--shape', '160x192', '--deploy']) == 0
+    assert '(2, 3, 197, 173)' in capsys.readouterr().out
+    graph = onnx.load(output).graph
+    assert [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] == [
+        'batch', 3, 'height', 'width']
+    assert graph.output[0].type.tensor_type.shape.dim[0].dim_param == 'batch'
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not dynamo_exporter_available(), reason=f'torch {torch.__version__} has no dynamo ONNX exporter for '
+                    'programs with symbolic sizes; test_dynamo_exporter_refused_where_torch_lacks_it covers it')
+def test_dynamo_onnx_export_of_a_segmentor_whose_head_fixes_sizes_falls_back_to_one_size(tmp_path, capsys):
+    """mmseg's FPNHead upsamples to ``int(h * 2.0)``, which the program keeps at the traced size: found by the check
+    at a second size, and exported for the traced size only, as the TorchScript exporter does."""
+    import onnx
+    output = tmp_path / 'm.onnx'
+    assert export_cli.main([SEG_DEMO, str(output), '--exporter', 'dynamo', '--shape', '96x128']) == 0
+    out = capsys.readouterr().out
+    assert 'the model computes a size from the input with Python numbers' in out
+    assert 'segmentor exported for 96x128 inputs only' in out and '(2, 3, 96, 128)' in out
+    dims = onnx.load(output).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ['batch', 3, 96, 128]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not dynamo_exporter_available(), reason=f'torch {torch.__version__} has no dynamo ONNX exporter for '
+                    'programs with symbolic sizes; test_dynamo_exporter_refused_where_torch_lacks_it covers it')
+def test_dynamo_onnx_export_traced_where_a_map_is_one_pixel_is_refused(tmp_path):
+    """At 96x128 RetinaNet's stride-128 map is 1x1 and torch chooses the layout of the convolutions on it by that:
+    the program would take heights up to 128 only, which the user hears before an ONNX file is written."""
+    message = run(export_cli.main, [DET_DEMO, str(tmp_path / 'm.onnx'), '--exporter', 'dynamo', '--shape', '96x128'])
+    assert message.startswith('error: the exported program takes height 65-128, width 65-128 only (traced at (1, 3, '
+                              '96, 128))') and message.endswith('trace at a larger size')
+    assert not (tmp_path / 'm.onnx').exists()
+
+
+def test_dynamo_exporter_refused_where_torch_lacks_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(export_cli, 'dynamo_exporter_available', lambda: False)
+    monkeypatch.setattr(export_cli, 'build_target', lambda *args: pytest.fail('a target was built'))
+    message = run(export_cli.main, ['evit_m0', str(tmp_path / 'm.onnx'), '--exporter', 'dynamo'])
+    assert message == (f'error: --exporter dynamo needs torch >= 2.7 and onnxscript (this is torch {torch.__version__}); '
+                       '--exporter torchscript works with every supported torch')
 
 
 def test_flops_of_config_and_backbone():

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .flat_outputs import FlatOutputs
-from .program_export import DYNAMIC_EXPORT_TORCH, dynamic_export_available, export_program
+from .program_export import DYNAMIC_EXPORT_TORCH, INPUT_DIM_NAMES, dynamic_export_available, export_program
 
 #: The TorchScript exporter, which takes ``dynamic_axes``: torch >= 2.5 has a second (dynamo) exporter and a flag to
 #: choose, older torch has this one only
@@ -27,8 +27,8 @@ EXPORTERS = ('torchscript', 'dynamo')
 #: The smallest opset each exporter writes by default (the dynamo exporter's own minimum is 18)
 DEFAULT_OPSETS = {'torchscript': 17, 'dynamo': 18}
 
-#: Names of the input's dynamic dimensions in the ONNX graph, by index
-INPUT_DIMS = {0: 'batch', 2: 'height', 3: 'width'}
+#: The input's dynamic dimensions in the ONNX graph, by index, with their names
+INPUT_DIMS = {dim: INPUT_DIM_NAMES[dim] for dim in (0, 2, 3)}
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike, opset: int | None = None,
@@ -84,10 +84,8 @@ def _export_dynamo(model: nn.Module, example: torch.Tensor, path: str, names: li
                            f'{"present" if importlib.util.find_spec("onnxscript") else "missing"}); the TorchScript '
                            'exporter works with every supported torch')
     program = export_program(model, example, dynamic_hw=dynamic_hw)
-    with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', category=UserWarning, module=r'torch\.onnx\.')
-        torch.onnx.export(program, (example,), path, input_names=['input'], output_names=names,
-                          opset_version=opset, dynamo=True, verbose=False)
+    torch.onnx.export(program, (example,), path, input_names=['input'], output_names=names, opset_version=opset,
+                      dynamo=True, verbose=False)
     _name_input_dims(path)
 
 

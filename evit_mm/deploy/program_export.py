@@ -12,7 +12,6 @@ from .flat_outputs import flatten_outputs
 #: The torch that :func:`export_program` needs: ``Dim.DYNAMIC``, deferred runtime assertions, size-oblivious strides.
 DYNAMIC_EXPORT_TORCH = '2.7'
 
-
 #: Names of an image batch's dimensions, by index
 INPUT_DIM_NAMES = {0: 'batch', 1: 'channels', 2: 'height', 3: 'width'}
 
@@ -60,8 +59,9 @@ def export_program(model: nn.Module, example: torch.Tensor, dynamic_hw: bool = T
         atol: Largest accepted difference between program and model at the second size.
 
     Raises:
-        RuntimeError: torch older than :data:`DYNAMIC_EXPORT_TORCH`.
-        SizeSpecialisedError: the program differs from the model at the second size.
+        RuntimeError: torch older than :data:`DYNAMIC_EXPORT_TORCH` (tested with torch 2.14).
+        SizeSpecialisedError: the program differs from the model at the second size, or takes sizes up to a
+            bound only (a map of the example is 1 pixel wide).
     """
     if not dynamic_export_available():
         raise RuntimeError(f'exporting with symbolic sizes needs torch >= {DYNAMIC_EXPORT_TORCH} (torch.export.Dim.'

@@ -35,12 +35,12 @@ def main(argv: list[str]) -> int:
         raise PreflightError(f'--exporter dynamo needs torch >= {DYNAMIC_EXPORT_TORCH} and onnxscript (this is torch '
                              f'{torch.__version__}); --exporter torchscript works with every supported torch')
     target = build_target(args.target, args.checkpoint)
-    if target.kind == 'detector' and getattr(target.model, 'with_rpn', False):
+    module = TensorMode(target).eval()
+    if module.needs_samples:  # proposals from test-time metadata: a two-stage detector
         raise PreflightError('two-stage detectors (RPN + RoI heads) are not exported in tensor mode; export the '
                              'backbone (evit_m*) or a single-stage detector/segmentor/classifier')
     if args.deploy:  # the exported graph has the folded convs; fused kernels and Winograd are eager-CPU only
         print(optimize_for_inference(target.model))
-    module = TensorMode(target).eval()
     height, width = args.shape or DEFAULT_SHAPES[target.kind]
     example = torch.randn(1, 3, height, width)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)  # as --work-dir: made if missing

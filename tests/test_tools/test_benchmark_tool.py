@@ -24,6 +24,9 @@ from evit_mm.tools.entry import run
 from tests.conftest import REPO_ROOT
 
 DET_DEMO = str(REPO_ROOT / 'configs/demo/retinanet_evit_m0_coco_demo.py')
+needs_dynamo_exporter = pytest.mark.skipif(
+    not dynamo_exporter_available(), reason=f'torch {torch.__version__} has no dynamo ONNX exporter for programs with '
+    'symbolic sizes; test_dynamo_exporter_refused_where_torch_lacks_it covers it')
 SEG_DEMO = str(REPO_ROOT / 'configs/demo/fpn_evit_m0_ade20k_demo.py')
 FIELDS = {'target', 'kind', 'mode', 'device', 'dtype', 'batch', 'shape', 'images_per_s', 'latency_p50_ms',
           'latency_p90_ms', 'latency_p99_ms', 'peak_memory_mb', 'memory_kind', 'page_faults_per_call', 'params_m',
@@ -404,8 +407,7 @@ def test_onnx_export_without_window_padding_holds_where_padding_is_needed(tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not dynamo_exporter_available(), reason=f'torch {torch.__version__} has no dynamo ONNX exporter for '
-                    'programs with symbolic sizes; test_dynamo_exporter_refused_where_torch_lacks_it covers it')
+@needs_dynamo_exporter
 def test_dynamo_onnx_export_keeps_every_size_dynamic(tmp_path, capsys):
     """A deployed detector (the backbone alone: tests/test_deploy/test_program_export.py) through the dynamo exporter:
     checked with ONNX Runtime at a second size, its input's dimensions named as the TorchScript exporter names them."""
@@ -420,8 +422,7 @@ def test_dynamo_onnx_export_keeps_every_size_dynamic(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not dynamo_exporter_available(), reason=f'torch {torch.__version__} has no dynamo ONNX exporter for '
-                    'programs with symbolic sizes; test_dynamo_exporter_refused_where_torch_lacks_it covers it')
+@needs_dynamo_exporter
 def test_dynamo_onnx_export_of_a_segmentor_whose_head_fixes_sizes_falls_back_to_one_size(tmp_path, capsys):
     """mmseg's FPNHead upsamples to ``int(h * 2.0)``, which the program keeps at the traced size: found by the check
     at a second size, and exported for the traced size only, as the TorchScript exporter does."""
@@ -436,8 +437,7 @@ def test_dynamo_onnx_export_of_a_segmentor_whose_head_fixes_sizes_falls_back_to_
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not dynamo_exporter_available(), reason=f'torch {torch.__version__} has no dynamo ONNX exporter for '
-                    'programs with symbolic sizes; test_dynamo_exporter_refused_where_torch_lacks_it covers it')
+@needs_dynamo_exporter
 def test_dynamo_onnx_export_traced_where_a_map_is_one_pixel_is_refused(tmp_path):
     """At 96x128 RetinaNet's stride-128 map is 1x1 and torch chooses the layout of the convolutions on it by that:
     the program would take heights up to 128 only, which the user hears before an ONNX file is written."""

@@ -102,7 +102,8 @@ CASES = {
     'deploy with CPU kernels vs timm as shipped': (KERNEL_DEPLOY, 'timm'),  # the default on AVX2 CPUs only
     'deploy without prepacked weights vs timm as shipped': (UNPACKED_DEPLOY, 'timm'),
     'train without GEMM convs': ('evit_mm train, no GEMM convs', 'timm train'),
-    'train with GEMM convs': ('evit_mm train, GEMM convs', 'timm train'),  # the default on AVX2 CPUs only
+    # the default on AVX2 CPUs (the 1x1 GEMMs alone on Intel's AVX-512 ones)
+    'train with GEMM convs': ('evit_mm train, GEMM convs', 'timm train'),
     # with dtype bf16: the strided depthwise convs' input gradients in bfloat16 (evit_mm.models.depthwise_grad)
     'train without float32 depthwise input gradients': ('evit_mm train, bf16 depthwise input grads', 'timm train'),
     # option bfloat16: both deployed on bfloat16 weights (float32 in and out, evit_mm.deploy.run_in_bfloat16)
@@ -194,7 +195,8 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
             on-the-fly BatchNorm folding (``fold_eval_bn=False``), deployed with plain ops
             (``switch_to_deploy(fused_kernels=False, prepack_weights=False)``), with the CPU fused kernels and GEMMs
             (``fused_kernels=True``), without prepacked weights (``prepack_weights=False``) and, with ``train``,
-            training without and with the GEMM convolutions (``gemm_convs=False / True``) and, with ``dtype``
+            training without and with both GEMM convolutions (``set_conv_bn_paths`` with ``gemm_convs`` and
+            ``im2col_weight_grads`` both False / both True) and, with ``dtype``
             ``bf16``, without the float32 input gradients of the strided depthwise convs
             (``float32_depthwise_input_grad=False``); the default of the CPU kernels and of the GEMM convolutions
             depends on the CPU.
@@ -233,9 +235,9 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
         if train:  # on copies: training-mode BatchNorm updates running statistics
             steps = {'evit_mm train': training_step(copy.deepcopy(ours).train(), x, precision),
                      'timm train': training_step(copy.deepcopy(reference).train(), x, precision)}
-            if ablate:  # GEMM convs both ways: their default depends on the CPU (own_kernels_measured_faster)
-                paths = {'evit_mm train, no GEMM convs': dict(gemm_convs=False),
-                         'evit_mm train, GEMM convs': dict(gemm_convs=True)}
+            if ablate:  # GEMM convs both ways: their defaults depend on the CPU (eager_kernels)
+                paths = {'evit_mm train, no GEMM convs': dict(gemm_convs=False, im2col_weight_grads=False),
+                         'evit_mm train, GEMM convs': dict(gemm_convs=True, im2col_weight_grads=True)}
                 if dtype == 'bf16':  # the only precision in which that path applies
                     paths['evit_mm train, bf16 depthwise input grads'] = dict(float32_depthwise_input_grad=False)
                 for name, switches in paths.items():

@@ -1,6 +1,7 @@
 """When evit_mm's own CPU kernels (GEMM convs, fused convs, Winograd) may replace PyTorch's convolution."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -11,16 +12,45 @@ from ..compat.torch_api import get_autocast_dtype, is_autocast_enabled, is_compi
 #: convolutions in training, the deployed convolutions' fused ReLU and 1x1 GEMMs) were measured faster than
 #: PyTorch's oneDNN convolutions.
 OWN_KERNELS_CPU_CAPABILITIES = frozenset({'AVX2'})
+#: ``(vendor, capability)`` pairs on which, beyond :data:`OWN_KERNELS_CPU_CAPABILITIES`, the training step's 1x1
+#: convolutions as GEMMs (torch's GEMM is MKL's; its verbose mode names its AVX-512 kernels on such a CPU) were
+#: measured faster than oneDNN's, while the other own kernels were not.
+POINTWISE_GEMM_CPUS = frozenset({('GenuineIntel', 'AVX512')})
+
+
+@functools.cache
+def cpu_vendor() -> str | None:
+    """The x86 CPU's vendor string as Linux reports it (``GenuineIntel``, ``AuthenticAMD``), or None where it is
+    not known (another OS or architecture)."""
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8', errors='replace') as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(':')
+                if key.strip() == 'vendor_id':
+                    return value.strip()
+    except OSError:
+        pass
+    return None
 
 
 def own_kernels_measured_faster() -> bool:
     """Whether this CPU's vector ISA is one where evit_mm's own convolution kernels beat oneDNN's
-    (:data:`OWN_KERNELS_CPU_CAPABILITIES`), the default of ``EfficientViT(gemm_convs=...)`` and
-    ``switch_to_deploy(fused_kernels=...)``. AVX2, several sessions: M4 training steps 1.07-1.15x, the deployed
-    forward pass 1.07-1.14x. AVX-512 (a 2-core AVX512-BF16 machine, ``docs/benchmarks.md``): oneDNN's convolutions
-    won, training steps 1.06-1.08x and the deployed forward 1.02-1.05x. Elsewhere (ARM, ...) unmeasured: PyTorch's
-    own path."""
+    (:data:`OWN_KERNELS_CPU_CAPABILITIES`), the default of ``switch_to_deploy(fused_kernels=...)`` and of the stem's
+    im2col weight gradients in training. AVX2, several sessions: M4 training steps 1.07-1.15x, the deployed
+    forward pass 1.07-1.14x. AVX-512 (a 2-core AMD EPYC, Zen 4, ``docs/benchmarks.md``): oneDNN's convolutions
+    won, training steps 1.06-1.08x and the deployed forward 1.02-1.05x; on a 2-core Intel Xeon the deployed forward
+    was level either way (0.98-1.02x) and the im2col weight gradients 0.96-0.97x. Elsewhere (ARM, ...) unmeasured:
+    PyTorch's own path."""
     return torch.backends.cpu.get_cpu_capability() in OWN_KERNELS_CPU_CAPABILITIES
+
+
+def pointwise_gemms_measured_faster() -> bool:
+    """Whether the training step's 1x1 convolutions run faster as GEMMs than as oneDNN's convolutions on this CPU,
+    the default of ``EfficientViT(gemm_convs=...)`` for them: where :func:`own_kernels_measured_faster`, and on the
+    CPUs of :data:`POINTWISE_GEMM_CPUS` (a 2-core Intel Xeon with AVX-512: M4 training steps 1.07x at 16x224x224
+    and 1x800x1344, interleaved with oneDNN's; on AMD's Zen 4, AVX-512 too, 0.96x)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return capability in OWN_KERNELS_CPU_CAPABILITIES or (cpu_vendor(), capability) in POINTWISE_GEMM_CPUS
 
 
 def _onnx_export_check() -> Callable[[], bool]:

@@ -11,9 +11,11 @@ Two cases, both on channels-last CPU maps, both the same values as ``nn.Conv2d``
 Why (``docs/benchmarks.md``, "Training and deploy through GEMMs"): on 2 AVX2 cores torch's oneDNN 1x1 convolution
 ran the backward pass of EfficientViT-M4's FFN shapes at 45-59 GMAC/s, torch's GEMMs at 68-71; oneDNN's
 channels-last weight gradient of the stem's 32->64 conv at 1x800x1344 took 17-36 ms, im2col plus one GEMM 9 ms.
-On AVX-512 CPUs the balance turns: oneDNN's convolutions there made M4's training step 1.06-1.08x faster than these
-GEMMs (2-core AVX512-BF16 machine, 20 interleaved steps; "bfloat16 weights on a CPU ..." in ``docs/benchmarks.md``),
-so :func:`~.eager_kernels.own_kernels_measured_faster` chooses by the CPU's vector ISA.
+On AVX-512 CPUs the balance depends on the CPU: on AMD's Zen 4 oneDNN's convolutions made M4's training step
+1.06-1.08x faster than these GEMMs (20 interleaved steps; "bfloat16 weights on a CPU ..." in ``docs/benchmarks.md``);
+on an Intel Xeon the 1x1 GEMMs made it 1.07x faster while the im2col weight gradients lost (0.96-0.97x). So each
+case has its own default by the CPU (:func:`~.eager_kernels.pointwise_gemms_measured_faster`,
+:func:`~.eager_kernels.own_kernels_measured_faster`).
 
 The im2col matrix is built and multiplied in chunks of at most :data:`IM2COL_CHUNK_ELEMENTS`: a whole matrix of the
 16->32 conv at 1x800x1344 (39 MB) is above glibc's largest mmap threshold and page-faulted on every step (28 ms
@@ -181,14 +183,15 @@ class _Conv2dIm2colWeightGrad(torch.autograd.Function):
         return grad_input, grad_weight, None, None
 
 
-def gemm_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)``, through a GEMM where one of the two cases of this module applies:
-    only in eager calls on channels-last CPU maps (traced, exported and compiled graphs keep the conv), and for 1x1
-    convs only while autograd records (the gain is in the backward pass; inference measured the same either way)."""
+def gemm_conv(conv: nn.Conv2d, x: torch.Tensor, pointwise: bool = True, im2col: bool = True) -> torch.Tensor:
+    """``conv(x)``, through a GEMM where one of the two cases of this module applies and is asked for (``pointwise``,
+    ``im2col``): only in eager calls on channels-last CPU maps (traced, exported and compiled graphs keep the conv),
+    and for 1x1 convs only while autograd records (the gain is in the backward pass; inference measured the same
+    either way)."""
     if not eager_channels_last_cpu(x):
         return conv(x)
-    if is_pointwise(conv) and torch.is_grad_enabled():
+    if pointwise and is_pointwise(conv) and torch.is_grad_enabled():
         return pointwise_gemm(x, conv.weight, conv.bias)
-    if im2col_weight_grad_applies(conv, x):
+    if im2col and im2col_weight_grad_applies(conv, x):
         return _Conv2dIm2colWeightGrad.apply(x, conv.weight, conv.stride, conv.padding)
     return conv(x)

@@ -41,13 +41,23 @@ class ConvBN(nn.Module):
     """
 
     accepts_residual = True  # forward(x, residual): see Residual
-    #: Before fusion, compute the conv through torch's GEMM (:mod:`.gemm_conv`). ``EfficientViT`` sets it on its layers
-    #: by the CPU (:func:`.eager_kernels.own_kernels_measured_faster`); on a standalone layer it is on.
+    #: Before fusion, while autograd records, compute a 1x1 conv through torch's GEMM (:mod:`.gemm_conv`).
+    #: ``EfficientViT`` sets it on its layers by the CPU (:func:`.eager_kernels.pointwise_gemms_measured_faster`); on a
+    #: standalone layer it is on.
     gemm_convs = True
+    #: In training, compute a dense strided conv's weight gradient by im2col and GEMMs (:mod:`.gemm_conv`; the stem's
+    #: convs). ``EfficientViT`` sets it on its layers by the CPU (:func:`.eager_kernels.own_kernels_measured_faster`);
+    #: on a standalone layer it is on.
+    im2col_weight_grads = True
     #: While the BatchNorm is in eval mode and no gradient reaches this layer's parameters (inference before
     #: deployment, validation, frozen stages), fold its running statistics into the conv weights on the fly: one
     #: conv with a bias instead of a conv and a BatchNorm pass over the map (:meth:`eval_folded`).
     fold_eval_bn = True
+    #: With the BatchNorm folded on the fly, run the folded conv through the deployed convs' CPU kernels (a 1x1 conv
+    #: as one GEMM: :class:`~.fused_conv.FusedConv2d`), as ``switch_to_deploy(fused_kernels=...)`` does.
+    #: ``EfficientViT`` sets it on its layers by the CPU (:func:`.eager_kernels.own_kernels_measured_faster`, as for
+    #: deployment); on a standalone layer it is on.
+    fused_kernels = True
     #: With the BatchNorm folded on the fly, run the folded conv on CPU on weights reordered once for oneDNN, as
     #: deployed convs do (:class:`~.fused_conv.FusedConv2d`, ``prepack_weights``; cached with the folded weights).
     prepack_weights = True
@@ -125,14 +135,14 @@ class ConvBN(nn.Module):
             return self.conv(x, residual)
         folded = self.eval_folded()
         if folded is not None:  # run as deployed
-            return FusedConv2d.apply_to(self.conv, x, *folded, residual, kernels=self.gemm_convs,
+            return FusedConv2d.apply_to(self.conv, x, *folded, residual, kernels=self.fused_kernels,
                                         derived=self._derived_weights, prepack=self.prepack_weights)
         transposed_grad_dtype = transposed_input_grad_dtype(self.conv, x, bfloat16=self.float32_depthwise_input_grad,
                                                             float32=self.transposed_depthwise_input_grad)
         if transposed_grad_dtype is not None:
             y = depthwise_conv_transposed_input_grad(self.conv, x, transposed_grad_dtype)
-        elif self.gemm_convs:
-            y = gemm_conv(self.conv, x)
+        elif self.gemm_convs or self.im2col_weight_grads:
+            y = gemm_conv(self.conv, x, pointwise=self.gemm_convs, im2col=self.im2col_weight_grads)
         else:
             y = self.conv(x)
         y = self.bn(y)

@@ -1,11 +1,13 @@
 """Convolutions through GEMMs (evit_mm.models.gemm_conv): same values as oneDNN's conv, used only where they apply."""
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from evit_mm.models import EfficientViT
+from evit_mm.models import EfficientViT, eager_kernels
 from evit_mm.models.fused_conv import FusedConv2d
 from evit_mm.models.gemm_conv import IM2COL_MIN_IN_CHANNELS, im2col_weight_grad
 from evit_mm.models.layers import ConvBN
@@ -97,20 +99,24 @@ def _dense_in_channels(shapes):
     return sorted(s[1] for s in shapes if s[2:] == (3, 3) and s[1] > 1)
 
 
-@pytest.mark.parametrize('gemm_convs', [True, False])
-def test_backbone_routes_convs_through_gemms_only_where_they_apply(gemm_convs):
-    """Training on channels-last CPU maps: no 1x1 ConvBN conv reaches oneDNN, and the dense stem convs with at
-    least IM2COL_MIN_IN_CHANNELS inputs take no oneDNN weight gradient; gemm_convs=False and inference with the
-    BatchNorm unfolded keep every conv (bias-free 1x1 convs: equal either way in inference)."""
-    model = randomize_(EfficientViT('m1', gemm_convs=gemm_convs)).train()  # stem 3 -> 16 -> 32 -> 64 -> 128
+@pytest.mark.parametrize('pointwise, im2col', [(True, True), (True, False), (False, True), (False, False)])
+def test_backbone_routes_convs_through_gemms_only_where_they_apply(pointwise, im2col):
+    """Training on channels-last CPU maps: with ``gemm_convs`` no 1x1 ConvBN conv reaches oneDNN, with
+    ``im2col_weight_grads`` the dense stem convs with at least IM2COL_MIN_IN_CHANNELS inputs take no oneDNN weight
+    gradient, each independently; off, and in inference with the BatchNorm unfolded, every conv is oneDNN's
+    (bias-free 1x1 convs: equal either way in inference)."""
+    model = randomize_(EfficientViT('m1')).train()  # stem 3 -> 16 -> 32 -> 64 -> 128
+    model.set_conv_bn_paths(gemm_convs=pointwise, im2col_weight_grads=im2col)
     x = torch.randn(2, 3, 97, 131)
     forward_weights, weight_grads = _convolutions(True, model, x)
     stem_inputs = [3, 16, 32, 64]  # input channels of the four dense 3x3 convs (depthwise ones have 1)
-    if gemm_convs:
+    if pointwise:
         assert _pointwise(forward_weights) == []
-        assert _dense_in_channels(weight_grads) == [c for c in stem_inputs if c < IM2COL_MIN_IN_CHANNELS]
     else:
         assert len(_pointwise(forward_weights)) > 20
+    if im2col:
+        assert _dense_in_channels(weight_grads) == [c for c in stem_inputs if c < IM2COL_MIN_IN_CHANNELS]
+    else:
         assert _dense_in_channels(weight_grads) == stem_inputs
     inference_weights, _ = _convolutions(False, model.set_conv_bn_paths(fold_eval_bn=False).eval(), x)
     assert len(_pointwise(inference_weights)) > 20
@@ -136,7 +142,7 @@ def test_gemm_convs_backbone_equals_conv_backbone_in_training():
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=name)
 
 
-CONV_BN_PATHS = ('gemm_convs', 'fold_eval_bn', 'prepack_weights')
+CONV_BN_PATHS = ('gemm_convs', 'im2col_weight_grads', 'fused_kernels', 'fold_eval_bn', 'prepack_weights')
 
 
 @pytest.mark.parametrize('path', CONV_BN_PATHS)
@@ -149,15 +155,41 @@ def test_set_conv_bn_paths_switches_one_path_of_every_convbn(path):
     assert not any(m.fold_eval_bn for m in EfficientViT('m0', fold_eval_bn=False).modules() if isinstance(m, ConvBN))
 
 
-@pytest.mark.parametrize('capability, expected', [('AVX2', True), ('AVX512', False), ('DEFAULT', False)])
-def test_own_kernels_by_default_only_on_the_cpus_where_measured_faster(monkeypatch, capability, expected):
-    """GEMM convs in training and fused kernels once deployed: on by default only on AVX2 CPUs, where they were
-    faster; oneDNN's convolutions won on AVX-512; elsewhere unmeasured. Explicit arguments always win."""
+@pytest.mark.parametrize('vendor, capability, pointwise, others', [
+    ('GenuineIntel', 'AVX2', True, True), ('AuthenticAMD', 'AVX2', True, True), (None, 'AVX2', True, True),
+    ('GenuineIntel', 'AVX512', True, False), ('AuthenticAMD', 'AVX512', False, False), (None, 'AVX512', False, False),
+    (None, 'DEFAULT', False, False)])
+def test_own_kernels_by_default_only_on_the_cpus_where_measured_faster(monkeypatch, vendor, capability, pointwise,
+                                                                     others):
+    """GEMM convs in training and fused kernels once deployed: on by default only where they were faster, AVX2 CPUs,
+    and for the training step's 1x1 GEMMs Intel's AVX-512 CPUs too (AMD's: oneDNN's convolutions won; elsewhere
+    unmeasured); inference before deployment follows deployment. An explicit ``gemm_convs`` sets all three;
+    explicit arguments always win."""
     monkeypatch.setattr(torch.backends.cpu, 'get_cpu_capability', lambda: capability)
+    monkeypatch.setattr(eager_kernels, 'cpu_vendor', lambda: vendor)
     layers = [m for m in EfficientViT('m0').modules() if isinstance(m, ConvBN)]
-    assert layers and all(m.gemm_convs is expected for m in layers)
-    assert all(m.gemm_convs for m in EfficientViT('m0', gemm_convs=True).modules() if isinstance(m, ConvBN))
+    assert layers and all(m.gemm_convs is pointwise and m.im2col_weight_grads is others and m.fused_kernels is others
+                          for m in layers)
+    for forced in (True, False):
+        assert all(m.gemm_convs is forced and m.im2col_weight_grads is forced and m.fused_kernels is forced
+                   for m in EfficientViT('m0', gemm_convs=forced).modules() if isinstance(m, ConvBN))
     deployed = [m for m in EfficientViT('m0').switch_to_deploy().modules() if isinstance(m, FusedConv2d)]
-    assert deployed and all(m.use_fused_kernel is expected for m in deployed)
+    assert deployed and all(m.use_fused_kernel is others for m in deployed)
     forced = EfficientViT('m0').switch_to_deploy(fused_kernels=True).modules()
     assert all(m.use_fused_kernel for m in forced if isinstance(m, FusedConv2d))
+
+
+@pytest.mark.parametrize('cpuinfo, expected', [
+    ('processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\n', 'GenuineIntel'),
+    ('processor\t: 0\nvendor_id\t: AuthenticAMD\n', 'AuthenticAMD'),
+    ('processor\t: 0\nCPU implementer\t: 0x41\n', None),  # aarch64 names no vendor_id
+    (None, None)])  # no /proc/cpuinfo (macOS, Windows)
+def test_cpu_vendor_reads_linux_cpuinfo(monkeypatch, cpuinfo, expected):
+    def fake_open(path, *args, **kwargs):
+        assert path == '/proc/cpuinfo'
+        if cpuinfo is None:
+            raise FileNotFoundError(path)
+        return io.StringIO(cpuinfo)
+
+    monkeypatch.setattr(eager_kernels, 'open', fake_open, raising=False)
+    assert eager_kernels.cpu_vendor.__wrapped__() == expected

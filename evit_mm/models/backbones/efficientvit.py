@@ -23,7 +23,7 @@ from ...compat import mmcv_ops
 from ...registry import register_model
 from ..arguments import is_int
 from ..attention import LocalWindowAttention
-from ..eager_kernels import own_kernels_measured_faster
+from ..eager_kernels import own_kernels_measured_faster, pointwise_gemms_measured_faster
 from ..fused_conv import FusedConv2d
 from ..grad_layout import grad_in_layout
 from ..input_buffer import channels_last_image
@@ -203,8 +203,12 @@ class EfficientViT(BaseModule):
             NCHW memory whatever the strides; and float32 ones on the CPU, under CPU autocast). Defaults to True.
         gemm_convs: Before deployment, on channels-last CPU maps, compute every 1x1 conv as one GEMM over the
             pixels and the stem convs' weight gradients by im2col and GEMMs (:mod:`~evit_mm.models.gemm_conv`;
-            same values); False keeps oneDNN's convolutions. Defaults to None: on where that trained faster, AVX2
-            CPUs (:func:`~evit_mm.models.eager_kernels.own_kernels_measured_faster`; oneDNN won on AVX-512).
+            same values); False keeps oneDNN's convolutions. Defaults to None: each where it measured faster, in
+            training the 1x1 GEMMs on AVX2 CPUs and Intel's AVX-512 ones
+            (:func:`~evit_mm.models.eager_kernels.pointwise_gemms_measured_faster`), the im2col weight gradients,
+            and in inference the 1x1 GEMMs, on AVX2 CPUs
+            (:func:`~evit_mm.models.eager_kernels.own_kernels_measured_faster`, as ``switch_to_deploy``'s
+            ``fused_kernels``; oneDNN won on AMD's AVX-512 CPUs at all three).
         fold_eval_bn: Wherever a BatchNorm is in eval mode and no gradient reaches its layer (``model.eval()``
             before deployment, validation, frozen stages), fold its running statistics into the conv weights on the
             fly (:meth:`ConvBN.eval_folded`, cached): one conv with a bias instead of conv + BatchNorm, same values.
@@ -277,9 +281,10 @@ class EfficientViT(BaseModule):
         self.stage_strides = tuple(PatchEmbed.stride * 2 ** i for i in range(n))
         self.out_channels = [spec.embed_dims[i] for i in self.out_indices]
         self.out_strides = [self.stage_strides[i] for i in self.out_indices]
-        if gemm_convs is None:
-            gemm_convs = own_kernels_measured_faster()
-        self.set_conv_bn_paths(gemm_convs=gemm_convs, fold_eval_bn=fold_eval_bn)
+        own_kernels = own_kernels_measured_faster() if gemm_convs is None else gemm_convs
+        self.set_conv_bn_paths(
+            gemm_convs=pointwise_gemms_measured_faster() if gemm_convs is None else gemm_convs,
+            im2col_weight_grads=own_kernels, fused_kernels=own_kernels, fold_eval_bn=fold_eval_bn)
         self._freeze_stages()
         self._register_load_state_dict_pre_hook(self._rename_official_keys)
 
@@ -333,20 +338,33 @@ class EfficientViT(BaseModule):
                     module.eval()
         return self
 
-    def set_conv_bn_paths(self, *, gemm_convs: bool | None = None, fold_eval_bn: bool | None = None,
+    def set_conv_bn_paths(self, *, gemm_convs: bool | None = None, im2col_weight_grads: bool | None = None,
+                          fused_kernels: bool | None = None, fold_eval_bn: bool | None = None,
                           prepack_weights: bool | None = None,
                           float32_depthwise_input_grad: bool | None = None,
                           transposed_depthwise_input_grad: bool | None = None) -> 'EfficientViT':
-        """Switch the fast paths of every unfused ConvBN on or off (``gemm_convs`` and ``fold_eval_bn`` as in the
-        constructor; ``prepack_weights``: the convs with their eval-mode BatchNorm folded run on CPU on weights
-        reordered once for oneDNN, on by default, :attr:`ConvBN.prepack_weights`; ``float32_depthwise_input_grad``:
-        in bfloat16 on the CPU, the strided depthwise convs' input gradients computed in float32, on by default,
-        :attr:`ConvBN.float32_depthwise_input_grad`; ``transposed_depthwise_input_grad``: in float32 on the CPU, the
-        depthwise convs' input gradients as transposed convs where torch's own kernel is slow (torch 2.1), on by
-        default, :attr:`ConvBN.transposed_depthwise_input_grad`); None leaves a path as it is."""
+        """Switch the fast paths of every unfused ConvBN on or off; None leaves a path as it is. Each path computes
+        the same values as without it.
+
+        Args:
+            gemm_convs: In training, the 1x1 convs as GEMMs (:attr:`ConvBN.gemm_convs`).
+            im2col_weight_grads: In training, the stem convs' weight gradients by im2col and GEMMs
+                (:attr:`ConvBN.im2col_weight_grads`).
+            fused_kernels: The convs with their eval-mode BatchNorm folded run through the deployed convs' CPU
+                kernels (:attr:`ConvBN.fused_kernels`). The constructor's ``gemm_convs`` sets these three.
+            fold_eval_bn: As in the constructor (:attr:`ConvBN.fold_eval_bn`).
+            prepack_weights: The convs with their eval-mode BatchNorm folded run on CPU on weights reordered once for
+                oneDNN; on by default (:attr:`ConvBN.prepack_weights`).
+            float32_depthwise_input_grad: In bfloat16 on the CPU, the strided depthwise convs' input gradients
+                computed in float32; on by default (:attr:`ConvBN.float32_depthwise_input_grad`).
+            transposed_depthwise_input_grad: In float32 on the CPU, the depthwise convs' input gradients as
+                transposed convs where torch's own kernel is slow (torch 2.1); on by default
+                (:attr:`ConvBN.transposed_depthwise_input_grad`).
+        """
         for module in self.modules():
             if isinstance(module, ConvBN):
-                for name, value in (('gemm_convs', gemm_convs), ('fold_eval_bn', fold_eval_bn),
+                for name, value in (('gemm_convs', gemm_convs), ('im2col_weight_grads', im2col_weight_grads),
+                                    ('fused_kernels', fused_kernels), ('fold_eval_bn', fold_eval_bn),
                                     ('prepack_weights', prepack_weights),
                                     ('float32_depthwise_input_grad', float32_depthwise_input_grad),
                                     ('transposed_depthwise_input_grad', transposed_depthwise_input_grad)):
@@ -365,8 +383,8 @@ class EfficientViT(BaseModule):
                 as one GEMM that starts from the bias or the residual
                 (:class:`~evit_mm.models.fused_conv.FusedConv2d`; same values, fewer passes over memory). Defaults
                 to None: on where that measured faster, AVX2 CPUs
-                (:func:`~evit_mm.models.eager_kernels.own_kernels_measured_faster`; on AVX-512 oneDNN's plain
-                convolutions were 1.02-1.05x faster).
+                (:func:`~evit_mm.models.eager_kernels.own_kernels_measured_faster`; on AMD's AVX-512 CPUs oneDNN's
+                plain convolutions were 1.02-1.05x faster, on an Intel one level).
             fold_identities: Fold the identity of each depthwise residual into its kernel (same values up to float
                 rounding; one conv instead of a conv and an add). Defaults to True.
             prepack_weights: On CPU, run the convolutions that oneDNN computes on weights reordered once for it

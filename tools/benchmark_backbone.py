@@ -41,6 +41,7 @@ from evit_mm.benchmark.inputs import count_type, device_type, shape_type  # noqa
 from evit_mm.benchmark.isolated import compare_isolated  # noqa: E402
 from evit_mm.benchmark.precision import DTYPES  # noqa: E402
 from evit_mm.models.backbones.efficientvit import ARCH_SETTINGS  # noqa: E402
+from evit_mm.models.eager_kernels import cpu_description  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = tuple(args.shapes)
-    where = torch.cuda.get_device_name(args.device) if args.device.startswith('cuda') else 'cpu'
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith('cuda') else f'cpu ({cpu_description()})'
     allocator = apply_allocator_argument(args)
     print(f'torch {torch.__version__}, {where}, {torch.get_num_threads()} CPU threads, {args.dtype}, {allocator}')
     print(format_rows(compare(args.arch, shapes, args.warmup, args.repeats, args.train, compile_mode_from(args),

@@ -19,6 +19,7 @@ import torch  # noqa: E402
 from evit_mm.benchmark.allocator_option import add_allocator_argument, apply_allocator_argument  # noqa: E402
 from evit_mm.benchmark.inputs import count_type, shape_type  # noqa: E402
 from evit_mm.benchmark.winograd_convs import RETINANET_HEAD_SHAPES, compare_winograd, format_conv_rows  # noqa: E402
+from evit_mm.models.eager_kernels import cpu_description  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = tuple(args.shapes)
-    print(f'torch {torch.__version__}, cpu, {torch.get_num_threads()} threads, float32, '
+    print(f'torch {torch.__version__}, cpu ({cpu_description()}), {torch.get_num_threads()} threads, float32, '
           f'{apply_allocator_argument(args)}')
     print(format_conv_rows(compare_winograd(shapes, args.warmup, args.repeats)))
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from mmengine.config import DictAction
 
+from ..models.eager_kernels import cpu_description
 from ..models.winograd import DEFAULT_TILE, WINOGRAD_POINTS
 from .allocator_option import add_allocator_argument, apply_allocator_argument
 from .compilation import add_compile_arguments, compile_mode_from
@@ -199,7 +200,7 @@ def _speed_cell(r: Result) -> str:
 def write_outputs(results: list[Result], args: argparse.Namespace) -> None:
     records = [r.as_dict() for r in results]
     env = dict(torch=torch.__version__, device=args.device, threads=torch.get_num_threads(),
-               cpu=platform.processor() or platform.machine(), python=platform.python_version(),
+               cpu=cpu_description(), python=platform.python_version(),
                keep_freed_memory=args.keep_freed_memory)
     if args.json:
         Path(args.json).write_text(json.dumps(dict(environment=env, results=records), indent=2))
@@ -231,7 +232,8 @@ def main(argv: list[str]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     allocator = apply_allocator_argument(args)
-    print(f'torch {torch.__version__} | {args.device} | {torch.get_num_threads()} threads | {args.dtype} | {allocator}',
+    where = f'{args.device} ({cpu_description()})' if args.device == 'cpu' else args.device
+    print(f'torch {torch.__version__} | {where} | {torch.get_num_threads()} threads | {args.dtype} | {allocator}',
           file=sys.stderr)
     deploy_options = {name: getattr(args, name) for name in DEPLOY_SWITCHES}
     prepared: dict[str, tuple[Target, torch.device]] = {}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import platform
 from collections.abc import Callable
 
 import torch
@@ -19,18 +20,34 @@ POINTWISE_GEMM_CPUS = frozenset({('GenuineIntel', 'AVX512')})
 
 
 @functools.cache
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields in Linux's ``/proc/cpuinfo`` (``vendor_id``, ``model name``, ...); empty where
+    there is no such file (another OS)."""
+    fields: dict[str, str] = {}
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8', errors='replace') as lines:
+            for line in lines:
+                if not line.strip():  # the end of the first processor's block
+                    break
+                key, _, value = line.partition(':')
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
 def cpu_vendor() -> str | None:
     """The x86 CPU's vendor string as Linux reports it (``GenuineIntel``, ``AuthenticAMD``), or None where it is
     not known (another OS or architecture)."""
-    try:
-        with open('/proc/cpuinfo', encoding='utf-8', errors='replace') as cpuinfo:
-            for line in cpuinfo:
-                key, _, value = line.partition(':')
-                if key.strip() == 'vendor_id':
-                    return value.strip()
-    except OSError:
-        pass
-    return None
+    return cpuinfo().get('vendor_id')
+
+
+def cpu_description() -> str:
+    """The CPU as the benchmark tools name it: its model name where Linux reports it (else the machine type), and
+    the vector ISA torch's CPU kernels run (``torch.backends.cpu.get_cpu_capability()``), which, with the vendor,
+    decides evit_mm's CPU kernel defaults."""
+    name = cpuinfo().get('model name') or platform.processor() or platform.machine() or 'unknown CPU'
+    return f'{name}, {torch.backends.cpu.get_cpu_capability()}'
 
 
 def own_kernels_measured_faster() -> bool:

@@ -179,12 +179,13 @@ def test_own_kernels_by_default_only_on_the_cpus_where_measured_faster(monkeypat
     assert all(m.use_fused_kernel for m in forced if isinstance(m, FusedConv2d))
 
 
-@pytest.mark.parametrize('cpuinfo, expected', [
-    ('processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\n', 'GenuineIntel'),
-    ('processor\t: 0\nvendor_id\t: AuthenticAMD\n', 'AuthenticAMD'),
-    ('processor\t: 0\nCPU implementer\t: 0x41\n', None),  # aarch64 names no vendor_id
-    (None, None)])  # no /proc/cpuinfo (macOS, Windows)
-def test_cpu_vendor_reads_linux_cpuinfo(monkeypatch, cpuinfo, expected):
+@pytest.mark.parametrize('cpuinfo, vendor, model', [
+    ('processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\n\nprocessor\t: 1\n'
+     'vendor_id\t: Other\n', 'GenuineIntel', 'Intel(R) Xeon(R) Processor'),
+    ('processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\n', 'AuthenticAMD', 'AMD EPYC 9R14'),
+    ('processor\t: 0\nCPU implementer\t: 0x41\n', None, None),  # aarch64 names no vendor_id
+    (None, None, None)])  # no /proc/cpuinfo (macOS, Windows)
+def test_cpu_vendor_and_description_read_linux_cpuinfo(monkeypatch, cpuinfo, vendor, model):
     def fake_open(path, *args, **kwargs):
         assert path == '/proc/cpuinfo'
         if cpuinfo is None:
@@ -192,4 +193,8 @@ def test_cpu_vendor_reads_linux_cpuinfo(monkeypatch, cpuinfo, expected):
         return io.StringIO(cpuinfo)
 
     monkeypatch.setattr(eager_kernels, 'open', fake_open, raising=False)
-    assert eager_kernels.cpu_vendor.__wrapped__() == expected
+    monkeypatch.setattr(eager_kernels, 'cpuinfo', eager_kernels.cpuinfo.__wrapped__)  # not the cached fields
+    monkeypatch.setattr(torch.backends.cpu, 'get_cpu_capability', lambda: 'AVX512')
+    assert eager_kernels.cpu_vendor() == vendor
+    description = eager_kernels.cpu_description()
+    assert description.endswith(', AVX512') and (model is None or description == f'{model}, AVX512')

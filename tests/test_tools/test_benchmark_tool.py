@@ -40,6 +40,7 @@ def _run(tmp_path, *args: str) -> list[dict]:
                      str(tmp_path / 'r.csv'), '--threads', '2']) == 0
     data = json.loads(out.read_text())
     assert data['environment']['threads'] == 2 and data['environment']['keep_freed_memory'] is False
+    assert data['environment']['cpu'].endswith(f', {torch.backends.cpu.get_cpu_capability()}')  # what chose the kernels
     rows = list(csv.DictReader(open(tmp_path / 'r.csv')))
     assert len(rows) == len(data['results'])
     for record in data['results']:

@@ -12,7 +12,7 @@ from ..models.fused_conv import FusedConv2d
 from ..models.layers import Residual
 from ..models.roi_align import SeparableRoIAlign, convert_roi_aligns
 from ..models.winograd import DEFAULT_TILE, WinogradConv2d, convert_to_winograd
-from .bfloat16 import Bfloat16Forward, run_in_bfloat16, warn_unless_native_bfloat16
+from .bfloat16 import Bfloat16Forward, run_in_bfloat16, warn_where_bfloat16_is_slow
 from .cuda_graphs import CudaGraphForward, use_cuda_graphs
 from .dense_parts import parts_wrapped_by
 
@@ -102,7 +102,7 @@ def optimize_for_inference(model: nn.Module, fused_kernels: bool | None = None, 
     if bfloat16:
         run_in_bfloat16(model)
         parameter = next(model.parameters(), None)
-        warn_unless_native_bfloat16('cpu' if parameter is None else parameter.device, 'bfloat16 deploy')
+        warn_where_bfloat16_is_slow('cpu' if parameter is None else parameter.device, 'bfloat16 deploy')
     if winograd:
         convert_to_winograd(model, tile=winograd_tile)
         _relus_into_winograd(model)

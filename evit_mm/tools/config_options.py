@@ -57,8 +57,8 @@ def enable_amp(cfg: Config, device: str | None = None) -> None:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
         return
-    from ..deploy.bfloat16 import warn_unless_native_bfloat16
-    warn_unless_native_bfloat16('cpu', '--amp (bfloat16 autocast)')
+    from ..deploy.bfloat16 import warn_where_bfloat16_is_slow
+    warn_where_bfloat16_is_slow('cpu', '--amp (bfloat16 autocast)')
     cfg.optim_wrapper.type = 'CPUBfloat16OptimWrapper'
 
 

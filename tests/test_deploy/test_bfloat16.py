@@ -1,5 +1,7 @@
 """Deployment on bfloat16 weights: which parts convert, float32 at their boundaries, outputs close to float32."""
 import copy
+import math
+import warnings
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ from evit_mm.benchmark.precision import norm_relative_error
 from evit_mm.benchmark.targets import build_target
 from evit_mm.benchmark.tensor_mode import TensorMode
 from evit_mm.deploy import optimize_for_inference, run_in_bfloat16
-from evit_mm.deploy.bfloat16 import Bfloat16Forward
+from evit_mm.deploy.bfloat16 import Bfloat16Forward, cpu_bfloat16_speedup
 from evit_mm.deploy.flat_outputs import flatten_outputs
 from evit_mm.models import EfficientViT
 from evit_mm.models.winograd import WinogradConv2d
@@ -126,6 +128,25 @@ def test_warns_where_the_cpu_has_no_native_bfloat16(monkeypatch):
     monkeypatch.setattr('evit_mm.deploy.bfloat16.native_bfloat16', lambda device: False)
     with pytest.warns(UserWarning, match='bfloat16 deploy on cpu, which has no native bfloat16 arithmetic'):
         optimize_for_inference(EfficientViT('m0', window_size=7).eval(), bfloat16=True)
+
+
+def test_warns_where_the_cpus_bfloat16_measured_slower(monkeypatch):
+    """oneDNN's flag says the CPU has bfloat16 instructions, not that they are faster: an Intel Xeon without AMX
+    ran the deployed M4 0.68x as fast on bfloat16 weights."""
+    monkeypatch.setattr('evit_mm.deploy.bfloat16.native_bfloat16', lambda device: True)
+    monkeypatch.setattr('evit_mm.deploy.bfloat16.cpu_bfloat16_speedup', lambda: 0.68)
+    with pytest.warns(UserWarning, match=r'bfloat16 deploy on this CPU \(.+, [A-Z0-9_]+\): its bfloat16 instructions '
+                                         r'measured slower than float32 \(a 1x1 convolution 0.68x as fast\)'):
+        optimize_for_inference(EfficientViT('m0', window_size=7).eval(), bfloat16=True)
+    monkeypatch.setattr('evit_mm.deploy.bfloat16.cpu_bfloat16_speedup', lambda: 1.6)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        optimize_for_inference(EfficientViT('m0', window_size=7).eval(), bfloat16=True)
+
+
+def test_cpu_bfloat16_speedup_is_a_measured_ratio():
+    speedup = cpu_bfloat16_speedup.__wrapped__(rounds=1)  # emulated where the CPU has no bfloat16: still a ratio
+    assert math.isfinite(speedup) and 0 < speedup < 100
 
 
 def test_test_tool_asks_for_deploy_with_bfloat16(capsys):

@@ -1,4 +1,6 @@
 """tools/train.py --amp: mmengine's AmpOptimWrapper where an accelerator trains, bfloat16 autocast on the CPU."""
+import warnings
+
 import pytest
 import torch
 from mmengine.config import Config
@@ -34,9 +36,16 @@ def _config(wrapper_type: str = 'OptimWrapper') -> Config:
 def test_amp_on_the_cpu_chooses_bfloat16_autocast(monkeypatch):
     monkeypatch.setattr(config_options, 'get_device', lambda: 'cpu')
     monkeypatch.setattr('evit_mm.deploy.bfloat16.native_bfloat16', lambda device: True)
+    monkeypatch.setattr('evit_mm.deploy.bfloat16.cpu_bfloat16_speedup', lambda: 1.5)
     cfg = _config()
-    enable_amp(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # native and faster: nothing to say
+        enable_amp(cfg)
     assert cfg.optim_wrapper.type == 'CPUBfloat16OptimWrapper' and 'loss_scale' not in cfg.optim_wrapper
+    monkeypatch.setattr('evit_mm.deploy.bfloat16.cpu_bfloat16_speedup', lambda: 0.7)
+    with pytest.warns(UserWarning, match=r'--amp \(bfloat16 autocast\) on this CPU \(.+\): its bfloat16 '
+                                         r'instructions measured slower than float32 \(a 1x1 convolution 0.70x'):
+        enable_amp(_config())
     monkeypatch.setattr('evit_mm.deploy.bfloat16.native_bfloat16', lambda device: False)
     with pytest.warns(UserWarning, match=r'--amp \(bfloat16 autocast\) on cpu, which has no native bfloat16 '
                                          'arithmetic'):

@@ -1,11 +1,11 @@
 """The dense parts of a deployed model on bfloat16 weights, float32 at their boundaries.
 
 An opt-in deploy step, not an exact one: bfloat16 keeps 8 bits of mantissa, so features move by about 0.3-1% of
-their scale. What it buys is speed where the hardware multiplies bfloat16 natively and faster than float32 (x86 CPUs with
-AVX512-BF16 or AMX, through oneDNN; GPUs): on a 2-core AMD Zen 4 (AVX512-BF16) the deployed EfficientViT-M4 backbone
-ran 1.54-1.64x faster than in float32 and RetinaNet-EViT-M4's whole prediction 1.53x; on a 2-core Intel Xeon with
-AVX512-BF16 but no AMX the backbone ran 0.68-0.69x as fast, which :func:`warn_where_bfloat16_is_slow` tells the user
-(``docs/benchmarks.md``).
+their scale. What it buys is speed where the hardware multiplies bfloat16 natively and faster than float32 (x86
+CPUs with AVX512-BF16 or AMX, through oneDNN; GPUs): on a 2-core AMD Zen 4 (AVX512-BF16) the deployed
+EfficientViT-M4 backbone ran 1.54-1.64x faster than in float32 and RetinaNet-EViT-M4's whole prediction 1.53x; on a
+2-core Intel Xeon with AVX512-BF16 but no AMX the backbone ran 0.68-0.69x as fast, which
+:func:`warn_where_bfloat16_is_slow` tells the user (``docs/benchmarks.md``).
 
 Why weights rather than ``torch.autocast``: autocast casts every weight on every call and leaves the elementwise
 passes between the products in float32; a deployed model casts its weights once. Why float32 at the boundaries:

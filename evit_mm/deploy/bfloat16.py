@@ -50,8 +50,9 @@ def cpu_bfloat16_speedup(rounds: int = 3) -> float:
     Intel Xeon with AVX512-BF16 but no AMX it ran 0.68-0.69x, its training step under bfloat16 autocast 0.73-0.77x,
     and this probe measured 0.68-0.70x there (``docs/benchmarks.md``)."""
     (batch, channels, height, width), out_channels = SPEEDUP_PROBE
-    x = torch.randn(batch, channels, height, width).contiguous(memory_format=torch.channels_last)
-    weight = torch.randn(out_channels, channels, 1, 1)
+    generator = torch.Generator().manual_seed(0)  # the caller's random stream stays untouched
+    x = torch.randn(batch, channels, height, width, generator=generator).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(out_channels, channels, 1, 1, generator=generator)
     operands = {dtype: (x.to(dtype), weight.to(dtype)) for dtype in (torch.float32, torch.bfloat16)}
     best = dict.fromkeys(operands, float('inf'))
     with torch.inference_mode():

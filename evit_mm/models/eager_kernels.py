@@ -64,7 +64,7 @@ def own_kernels_measured_faster() -> bool:
 def pointwise_gemms_measured_faster() -> bool:
     """Whether the training step's 1x1 convolutions run faster as GEMMs than as oneDNN's convolutions on this CPU,
     the default of ``EfficientViT(gemm_convs=...)`` for them: where :func:`own_kernels_measured_faster`, and on the
-    CPUs of :data:`POINTWISE_GEMM_CPUS` (a 2-core Intel Xeon with AVX-512: M4 training steps 1.07x at 16x224x224
+    CPUs of :data:`POINTWISE_GEMM_CPUS` (a 2-core Intel Xeon with AVX-512: M4 training steps 1.06-1.09x at 16x224x224
     and 1x800x1344, interleaved with oneDNN's; on AMD's Zen 4, AVX-512 too, 0.96x)."""
     capability = torch.backends.cpu.get_cpu_capability()
     return capability in OWN_KERNELS_CPU_CAPABILITIES or (cpu_vendor(), capability) in POINTWISE_GEMM_CPUS

@@ -144,9 +144,13 @@ def test_warns_where_the_cpus_bfloat16_measured_slower(monkeypatch):
         optimize_for_inference(EfficientViT('m0', window_size=7).eval(), bfloat16=True)
 
 
-def test_cpu_bfloat16_speedup_is_a_measured_ratio():
+def test_cpu_bfloat16_speedup_is_a_measured_ratio_that_leaves_the_random_stream_alone():
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
     speedup = cpu_bfloat16_speedup.__wrapped__(rounds=1)  # emulated where the CPU has no bfloat16: still a ratio
     assert math.isfinite(speedup) and 0 < speedup < 100
+    assert torch.equal(torch.rand(3), expected)  # optimize_for_inference(bfloat16=True) draws nothing of the user's
 
 
 def test_test_tool_asks_for_deploy_with_bfloat16(capsys):

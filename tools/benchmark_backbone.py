@@ -61,7 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--ablate', action='store_true',
                         help='also time evit_mm with each fast path switched (eval without BatchNorm folding, deploy '
                              'with plain ops, with CPU fused kernels and GEMMs, without prepacked weights; with '
-                             '--train, training without and with GEMM convs and, with --dtype bf16, without the '
+                             '--train, training without and with both GEMM convs and with each alone (1x1 GEMMs, '
+                             'im2col weight gradients) and, with --dtype bf16, without the '
                              'float32 input gradients of strided depthwise convs; the defaults of the CPU kernels and '
                              'GEMM convs depend on the CPU), in the same rounds')
     parser.add_argument('--bfloat16', action='store_true',

@@ -101,9 +101,12 @@ CASES = {
     'deploy without CPU kernels vs timm as shipped': (PLAIN_DEPLOY, 'timm'),
     'deploy with CPU kernels vs timm as shipped': (KERNEL_DEPLOY, 'timm'),  # the default on AVX2 CPUs only
     'deploy without prepacked weights vs timm as shipped': (UNPACKED_DEPLOY, 'timm'),
+    # the GEMM convs (evit_mm.models.gemm_conv): both the default on AVX2 CPUs, the 1x1 GEMMs alone on Intel's
+    # AVX-512 ones, neither elsewhere; each alone too, so that a CPU's own numbers can decide each default
     'train without GEMM convs': ('evit_mm train, no GEMM convs', 'timm train'),
-    # the default on AVX2 CPUs (the 1x1 GEMMs alone on Intel's AVX-512 ones)
     'train with GEMM convs': ('evit_mm train, GEMM convs', 'timm train'),
+    'train with the 1x1 GEMMs alone': ('evit_mm train, 1x1 GEMMs', 'timm train'),
+    'train with the im2col weight gradients alone': ('evit_mm train, im2col weight gradients', 'timm train'),
     # with dtype bf16: the strided depthwise convs' input gradients in bfloat16 (evit_mm.models.depthwise_grad)
     'train without float32 depthwise input gradients': ('evit_mm train, bf16 depthwise input grads', 'timm train'),
     # option bfloat16: both deployed on bfloat16 weights (float32 in and out, evit_mm.deploy.run_in_bfloat16)
@@ -196,7 +199,7 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
             (``switch_to_deploy(fused_kernels=False, prepack_weights=False)``), with the CPU fused kernels and GEMMs
             (``fused_kernels=True``), without prepacked weights (``prepack_weights=False``) and, with ``train``,
             training without and with both GEMM convolutions (``set_conv_bn_paths`` with ``gemm_convs`` and
-            ``im2col_weight_grads`` both False / both True) and, with ``dtype``
+            ``im2col_weight_grads`` both False / both True) and with each alone and, with ``dtype``
             ``bf16``, without the float32 input gradients of the strided depthwise convs
             (``float32_depthwise_input_grad=False``); the default of the CPU kernels and of the GEMM convolutions
             depends on the CPU.
@@ -237,7 +240,9 @@ def compare(arch: str = 'm4', shapes: tuple[tuple[int, int, int], ...] = ((16, 2
                      'timm train': training_step(copy.deepcopy(reference).train(), x, precision)}
             if ablate:  # GEMM convs both ways: their defaults depend on the CPU (eager_kernels)
                 paths = {'evit_mm train, no GEMM convs': dict(gemm_convs=False, im2col_weight_grads=False),
-                         'evit_mm train, GEMM convs': dict(gemm_convs=True, im2col_weight_grads=True)}
+                         'evit_mm train, GEMM convs': dict(gemm_convs=True, im2col_weight_grads=True),
+                         'evit_mm train, 1x1 GEMMs': dict(gemm_convs=True, im2col_weight_grads=False),
+                         'evit_mm train, im2col weight gradients': dict(gemm_convs=False, im2col_weight_grads=True)}
                 if dtype == 'bf16':  # the only precision in which that path applies
                     paths['evit_mm train, bf16 depthwise input grads'] = dict(float32_depthwise_input_grad=False)
                 for name, switches in paths.items():

@@ -124,7 +124,7 @@ def inference_candidates(arch: str, device: torch.device | str = 'cpu', ablation
     ``evit_mm deploy`` (``switch_to_deploy``) and ``timm fused`` (the same Conv+BN folding); with
     ``ablations`` also evit_mm deployed with plain ops (neither the CPU fused kernels nor prepacked weights: the path
     a GPU runs), with the CPU fused kernels (the default depends on the CPU,
-    :func:`~evit_mm.models.eager_kernels.own_kernels_measured_faster`), without prepacked weights, and evit_mm in
+    :func:`~evit_mm.models.eager_kernels.own_kernel_measured_faster`), without prepacked weights, and evit_mm in
     eval mode without its on-the-fly BatchNorm folding; with ``bfloat16`` also evit_mm deployed and timm as shipped on
     bfloat16 weights, float32 in and out (:func:`~evit_mm.deploy.bfloat16.run_in_bfloat16` on both); with
     ``cuda_graphs`` also evit_mm deployed and timm fused replaying CUDA graphs on a GPU

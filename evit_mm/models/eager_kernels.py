@@ -9,14 +9,17 @@ import torch
 
 from ..compat.torch_api import get_autocast_dtype, is_autocast_enabled, is_compiling
 
-#: ``torch.backends.cpu.get_cpu_capability()`` values of the CPUs on which evit_mm's own CPU kernels (GEMM
-#: convolutions in training, the deployed convolutions' fused ReLU and 1x1 GEMMs) were measured faster than
-#: PyTorch's oneDNN convolutions.
-OWN_KERNELS_CPU_CAPABILITIES = frozenset({'AVX2'})
-#: ``(vendor, capability)`` pairs on which, beyond :data:`OWN_KERNELS_CPU_CAPABILITIES`, the training step's 1x1
-#: convolutions as GEMMs (torch's GEMM is MKL's; its verbose mode names its AVX-512 kernels on such a CPU) were
-#: measured faster than oneDNN's, while the other own kernels were not.
-POINTWISE_GEMM_CPUS = frozenset({('GenuineIntel', 'AVX512')})
+#: Where each of evit_mm's own CPU kernels measured faster than PyTorch's oneDNN convolutions, by the ``ConvBN``
+#: switch that turns it on: ``(vendor, capability)`` pairs of :func:`cpu_vendor` and
+#: ``torch.backends.cpu.get_cpu_capability()``, vendor None for any. ``gemm_convs``: the training step's 1x1 convs
+#: as GEMMs (torch's GEMM is MKL's, whose verbose mode names its AVX-512 kernels on an Intel CPU);
+#: ``im2col_weight_grads``: the stem convs' weight gradients by im2col; ``fused_kernels``: the deployed convs' fused
+#: ReLU and 1x1 GEMMs (also the eval-mode convs folded on the fly).
+OWN_KERNEL_CPUS = {
+    'gemm_convs': frozenset({(None, 'AVX2'), ('GenuineIntel', 'AVX512')}),
+    'im2col_weight_grads': frozenset({(None, 'AVX2')}),
+    'fused_kernels': frozenset({(None, 'AVX2')}),
+}
 
 
 @functools.cache
@@ -50,24 +53,24 @@ def cpu_description() -> str:
     return f'{name}, {torch.backends.cpu.get_cpu_capability()}'
 
 
-def own_kernels_measured_faster() -> bool:
-    """Whether this CPU's vector ISA is one where evit_mm's own convolution kernels beat oneDNN's
-    (:data:`OWN_KERNELS_CPU_CAPABILITIES`), the default of ``switch_to_deploy(fused_kernels=...)`` and of the stem's
-    im2col weight gradients in training. AVX2, several sessions: M4 training steps 1.07-1.15x, the deployed
-    forward pass 1.07-1.14x. AVX-512 (a 2-core AMD EPYC, Zen 4, ``docs/benchmarks.md``): oneDNN's convolutions
-    won, training steps 1.06-1.08x and the deployed forward 1.02-1.05x; on a 2-core Intel Xeon the deployed forward
-    was level either way (0.98-1.02x) and the im2col weight gradients 0.96-0.97x. Elsewhere (ARM, ...) unmeasured:
-    PyTorch's own path."""
-    return torch.backends.cpu.get_cpu_capability() in OWN_KERNELS_CPU_CAPABILITIES
+def own_kernel_measured_faster(switch: str) -> bool:
+    """Whether this CPU is one of those where the own kernel behind ``switch`` (a key of :data:`OWN_KERNEL_CPUS`)
+    beat oneDNN's convolutions: the default of ``EfficientViT(gemm_convs=...)`` for each switch and of
+    ``switch_to_deploy(fused_kernels=...)``. Measured (M4, interleaved, ``docs/benchmarks.md``): on AVX2 CPUs, several
+    sessions, training steps 1.07-1.15x and the deployed forward pass 1.07-1.14x with every own kernel; on a 2-core
+    AMD EPYC (Zen 4, AVX-512) oneDNN won at all three (training steps 1.06-1.08x, the 1x1 GEMMs alone 0.96x, the
+    deployed forward 1.02-1.05x); on a 2-core Intel Xeon (AVX-512) the 1x1 GEMMs made training steps 1.06-1.09x
+    faster, the im2col weight gradients 0.96-0.97x, the deployed forward level (0.98-1.02x). Elsewhere (ARM, ...)
+    unmeasured: PyTorch's own path.
 
-
-def pointwise_gemms_measured_faster() -> bool:
-    """Whether the training step's 1x1 convolutions run faster as GEMMs than as oneDNN's convolutions on this CPU,
-    the default of ``EfficientViT(gemm_convs=...)`` for them: where :func:`own_kernels_measured_faster`, and on the
-    CPUs of :data:`POINTWISE_GEMM_CPUS` (a 2-core Intel Xeon with AVX-512: M4 training steps 1.06-1.09x at 16x224x224
-    and 1x800x1344, interleaved with oneDNN's; on AMD's Zen 4, AVX-512 too, 0.96x)."""
+    Raises:
+        ValueError: ``switch`` is not one of :data:`OWN_KERNEL_CPUS`.
+    """
+    if switch not in OWN_KERNEL_CPUS:
+        raise ValueError(f'unknown own-kernel switch {switch!r}; choose one of {", ".join(OWN_KERNEL_CPUS)}')
+    cpus = OWN_KERNEL_CPUS[switch]
     capability = torch.backends.cpu.get_cpu_capability()
-    return capability in OWN_KERNELS_CPU_CAPABILITIES or (cpu_vendor(), capability) in POINTWISE_GEMM_CPUS
+    return (None, capability) in cpus or (cpu_vendor(), capability) in cpus
 
 
 def _onnx_export_check() -> Callable[[], bool]:

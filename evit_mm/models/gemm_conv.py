@@ -14,8 +14,7 @@ channels-last weight gradient of the stem's 32->64 conv at 1x800x1344 took 17-36
 On AVX-512 CPUs the balance depends on the CPU: on AMD's Zen 4 oneDNN's convolutions made M4's training step
 1.06-1.08x faster than these GEMMs (20 interleaved steps; "bfloat16 weights on a CPU ..." in ``docs/benchmarks.md``);
 on an Intel Xeon the 1x1 GEMMs made it 1.06-1.09x faster while the im2col weight gradients lost (0.96-0.97x). So each
-case has its own default by the CPU (:func:`~.eager_kernels.pointwise_gemms_measured_faster`,
-:func:`~.eager_kernels.own_kernels_measured_faster`).
+case has its own default by the CPU (:func:`~.eager_kernels.own_kernel_measured_faster`).
 
 The im2col matrix is built and multiplied in chunks of at most :data:`IM2COL_CHUNK_ELEMENTS`: a whole matrix of the
 16->32 conv at 1x800x1344 (39 MB) is above glibc's largest mmap threshold and page-faulted on every step (28 ms

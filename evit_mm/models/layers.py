@@ -42,11 +42,11 @@ class ConvBN(nn.Module):
 
     accepts_residual = True  # forward(x, residual): see Residual
     #: Before fusion, while autograd records, compute a 1x1 conv through torch's GEMM (:mod:`.gemm_conv`).
-    #: ``EfficientViT`` sets it on its layers by the CPU (:func:`.eager_kernels.pointwise_gemms_measured_faster`); on a
+    #: ``EfficientViT`` sets it on its layers by the CPU (:func:`.eager_kernels.own_kernel_measured_faster`); on a
     #: standalone layer it is on.
     gemm_convs = True
     #: In training, compute a dense strided conv's weight gradient by im2col and GEMMs (:mod:`.gemm_conv`; the stem's
-    #: convs). ``EfficientViT`` sets it on its layers by the CPU (:func:`.eager_kernels.own_kernels_measured_faster`);
+    #: convs). ``EfficientViT`` sets it on its layers by the CPU (:func:`.eager_kernels.own_kernel_measured_faster`);
     #: on a standalone layer it is on.
     im2col_weight_grads = True
     #: While the BatchNorm is in eval mode and no gradient reaches this layer's parameters (inference before
@@ -55,7 +55,7 @@ class ConvBN(nn.Module):
     fold_eval_bn = True
     #: With the BatchNorm folded on the fly, run the folded conv through the deployed convs' CPU kernels (a 1x1 conv
     #: as one GEMM: :class:`~.fused_conv.FusedConv2d`), as ``switch_to_deploy(fused_kernels=...)`` does.
-    #: ``EfficientViT`` sets it on its layers by the CPU (:func:`.eager_kernels.own_kernels_measured_faster`, as for
+    #: ``EfficientViT`` sets it on its layers by the CPU (:func:`.eager_kernels.own_kernel_measured_faster`, as for
     #: deployment); on a standalone layer it is on.
     fused_kernels = True
     #: With the BatchNorm folded on the fly, run the folded conv on CPU on weights reordered once for oneDNN, as

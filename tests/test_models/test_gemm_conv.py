@@ -179,6 +179,12 @@ def test_own_kernels_by_default_only_on_the_cpus_where_measured_faster(monkeypat
     assert all(m.use_fused_kernel for m in forced if isinstance(m, FusedConv2d))
 
 
+def test_own_kernel_switches_are_named():
+    with pytest.raises(ValueError, match="unknown own-kernel switch 'gemm'; choose one of gemm_convs, "
+                                         'im2col_weight_grads, fused_kernels'):
+        eager_kernels.own_kernel_measured_faster('gemm')
+
+
 @pytest.mark.parametrize('cpuinfo, vendor, model', [
     ('processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\n\nprocessor\t: 1\n'
      'vendor_id\t: Other\n', 'GenuineIntel', 'Intel(R) Xeon(R) Processor'),

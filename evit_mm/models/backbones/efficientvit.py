@@ -23,7 +23,7 @@ from ...compat import mmcv_ops
 from ...registry import register_model
 from ..arguments import is_int
 from ..attention import LocalWindowAttention
-from ..eager_kernels import own_kernels_measured_faster, pointwise_gemms_measured_faster
+from ..eager_kernels import OWN_KERNEL_CPUS, own_kernel_measured_faster
 from ..fused_conv import FusedConv2d
 from ..grad_layout import grad_in_layout
 from ..input_buffer import channels_last_image
@@ -203,12 +203,10 @@ class EfficientViT(BaseModule):
             NCHW memory whatever the strides; and float32 ones on the CPU, under CPU autocast). Defaults to True.
         gemm_convs: Before deployment, on channels-last CPU maps, compute every 1x1 conv as one GEMM over the
             pixels and the stem convs' weight gradients by im2col and GEMMs (:mod:`~evit_mm.models.gemm_conv`;
-            same values); False keeps oneDNN's convolutions. Defaults to None: each where it measured faster, in
-            training the 1x1 GEMMs on AVX2 CPUs and Intel's AVX-512 ones
-            (:func:`~evit_mm.models.eager_kernels.pointwise_gemms_measured_faster`), the im2col weight gradients,
-            and in inference the 1x1 GEMMs, on AVX2 CPUs
-            (:func:`~evit_mm.models.eager_kernels.own_kernels_measured_faster`, as ``switch_to_deploy``'s
-            ``fused_kernels``; oneDNN won on AMD's AVX-512 CPUs at all three).
+            same values); False keeps oneDNN's convolutions. Defaults to None: each where it measured faster
+            (:func:`~evit_mm.models.eager_kernels.own_kernel_measured_faster`): in training the 1x1 GEMMs on AVX2
+            CPUs and Intel's AVX-512 ones, the im2col weight gradients, and in inference the 1x1 GEMMs (as
+            ``switch_to_deploy``'s ``fused_kernels``), on AVX2 CPUs; oneDNN won on AMD's AVX-512 CPUs at all three.
         fold_eval_bn: Wherever a BatchNorm is in eval mode and no gradient reaches its layer (``model.eval()``
             before deployment, validation, frozen stages), fold its running statistics into the conv weights on the
             fly (:meth:`ConvBN.eval_folded`, cached): one conv with a bias instead of conv + BatchNorm, same values.
@@ -281,10 +279,9 @@ class EfficientViT(BaseModule):
         self.stage_strides = tuple(PatchEmbed.stride * 2 ** i for i in range(n))
         self.out_channels = [spec.embed_dims[i] for i in self.out_indices]
         self.out_strides = [self.stage_strides[i] for i in self.out_indices]
-        own_kernels = own_kernels_measured_faster() if gemm_convs is None else gemm_convs
-        self.set_conv_bn_paths(
-            gemm_convs=pointwise_gemms_measured_faster() if gemm_convs is None else gemm_convs,
-            im2col_weight_grads=own_kernels, fused_kernels=own_kernels, fold_eval_bn=fold_eval_bn)
+        own_kernels = {switch: own_kernel_measured_faster(switch) if gemm_convs is None else gemm_convs
+                       for switch in OWN_KERNEL_CPUS}
+        self.set_conv_bn_paths(**own_kernels, fold_eval_bn=fold_eval_bn)
         self._freeze_stages()
         self._register_load_state_dict_pre_hook(self._rename_official_keys)
 
@@ -383,7 +380,7 @@ class EfficientViT(BaseModule):
                 as one GEMM that starts from the bias or the residual
                 (:class:`~evit_mm.models.fused_conv.FusedConv2d`; same values, fewer passes over memory). Defaults
                 to None: on where that measured faster, AVX2 CPUs
-                (:func:`~evit_mm.models.eager_kernels.own_kernels_measured_faster`; on AMD's AVX-512 CPUs oneDNN's
+                (:func:`~evit_mm.models.eager_kernels.own_kernel_measured_faster`; on AMD's AVX-512 CPUs oneDNN's
                 plain convolutions were 1.02-1.05x faster, on an Intel one level).
             fold_identities: Fold the identity of each depthwise residual into its kernel (same values up to float
                 rounding; one conv instead of a conv and an add). Defaults to True.
@@ -392,7 +389,7 @@ class EfficientViT(BaseModule):
                 same values up to float rounding; a second copy of those weights). Defaults to True.
         """
         if fused_kernels is None:
-            fused_kernels = own_kernels_measured_faster()
+            fused_kernels = own_kernel_measured_faster('fused_kernels')
         for module in self.modules():
             if isinstance(module, (ConvBN, ConvFFN, PatchMerging, PatchEmbed)):
                 module.fuse(use_fused_kernel=fused_kernels)

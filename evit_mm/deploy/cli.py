@@ -10,8 +10,8 @@ from ..benchmark.inputs import DEFAULT_SHAPES, DEFAULT_SHAPES_HELP, add_image_sh
 from ..benchmark.targets import build_target
 from ..benchmark.tensor_mode import TensorMode
 from ..tools.preflight import PreflightError
-from .onnx_export import EXPORTERS, check_onnx, dynamo_exporter_available, export_onnx
-from .program_export import DYNAMIC_EXPORT_TORCH, SizeSpecialisedError
+from .onnx_export import EXPORTERS, check_onnx, dynamo_exporter_missing, export_onnx
+from .program_export import SizeSpecialisedError
 from .optimize import optimize_for_inference
 
 
@@ -31,9 +31,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument('--opset', type=int, help='ONNX opset (default: 17 with torchscript, 18 with dynamo)')
     parser.add_argument('--atol', type=float, default=1e-3, help='largest accepted ORT-PyTorch difference')
     args = parser.parse_args(argv)
-    if args.exporter == 'dynamo' and not dynamo_exporter_available():
-        raise PreflightError(f'--exporter dynamo needs torch >= {DYNAMIC_EXPORT_TORCH} and onnxscript (this is torch '
-                             f'{torch.__version__}); --exporter torchscript works with every supported torch')
+    if args.exporter == 'dynamo' and (reason := dynamo_exporter_missing()):
+        raise PreflightError(f'--exporter dynamo {reason}; --exporter torchscript works with every supported torch')
     target = build_target(args.target, args.checkpoint)
     module = TensorMode(target).eval()
     if module.needs_samples:  # proposals from test-time metadata: a two-stage detector

@@ -69,20 +69,28 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
     return names
 
 
+def dynamo_exporter_missing() -> str | None:
+    """Why torch's dynamo ONNX exporter cannot export :func:`export_program`'s programs here (``'needs torch ...'``),
+    or None where it can: the one wording of the refusal for the library and ``tools/export_onnx.py``."""
+    onnxscript = importlib.util.find_spec('onnxscript') is not None
+    if dynamic_export_available() and onnxscript:
+        return None
+    return (f'needs torch >= {DYNAMIC_EXPORT_TORCH} and onnxscript (this is torch {torch.__version__}, onnxscript '
+            f'{"present" if onnxscript else "missing"})')
+
+
 def dynamo_exporter_available() -> bool:
     """Whether torch's dynamo ONNX exporter can export :func:`export_program`'s programs here."""
-    return dynamic_export_available() and importlib.util.find_spec('onnxscript') is not None
+    return dynamo_exporter_missing() is None
 
 
 def _export_dynamo(model: nn.Module, example: torch.Tensor, path: str, names: list[str], opset: int,
                    dynamic_hw: bool) -> None:
     """The dynamo exporter on :func:`export_program`'s program; the input's symbolic dimensions renamed to
     :data:`INPUT_DIMS` (torch names them after its symbols, ``s77``)."""
-    if not dynamo_exporter_available():
-        raise RuntimeError(f'the dynamo ONNX exporter needs torch >= {DYNAMIC_EXPORT_TORCH} and onnxscript (this is '
-                           f'torch {torch.__version__}, onnxscript '
-                           f'{"present" if importlib.util.find_spec("onnxscript") else "missing"}); the TorchScript '
-                           'exporter works with every supported torch')
+    if reason := dynamo_exporter_missing():
+        raise RuntimeError(f'the dynamo ONNX exporter {reason}; the TorchScript exporter works with every supported '
+                           'torch')
     program = export_program(model, example, dynamic_hw=dynamic_hw)
     torch.onnx.export(program, (example,), path, input_names=['input'], output_names=names, opset_version=opset,
                       dynamo=True, verbose=False)

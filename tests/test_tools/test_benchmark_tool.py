@@ -3,6 +3,7 @@ ONNX export matches PyTorch; FLOPs are counted. No timing is asserted."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import re
 import warnings
@@ -19,6 +20,7 @@ from evit_mm.benchmark.targets import build_target
 from evit_mm.benchmark.training import optim_wrapper_config, training_copy, training_iteration
 from evit_mm.data.demo_coco import make_coco_demo
 from evit_mm.deploy import cli as export_cli
+from evit_mm.deploy import onnx_export
 from evit_mm.deploy.onnx_export import dynamo_exporter_available
 from evit_mm.tools.entry import run
 from tests.conftest import REPO_ROOT
@@ -449,11 +451,16 @@ def test_dynamo_onnx_export_traced_where_a_map_is_one_pixel_is_refused(tmp_path)
 
 
 def test_dynamo_exporter_refused_where_torch_lacks_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(export_cli, 'dynamo_exporter_available', lambda: False)
+    monkeypatch.setattr(onnx_export, 'dynamic_export_available', lambda: False)
     monkeypatch.setattr(export_cli, 'build_target', lambda *args: pytest.fail('a target was built'))
     message = run(export_cli.main, ['evit_m0', str(tmp_path / 'm.onnx'), '--exporter', 'dynamo'])
-    assert message == (f'error: --exporter dynamo needs torch >= 2.7 and onnxscript (this is torch {torch.__version__}); '
-                       '--exporter torchscript works with every supported torch')
+    onnxscript = 'present' if importlib.util.find_spec('onnxscript') else 'missing'
+    assert message == (f'error: --exporter dynamo needs torch >= 2.7 and onnxscript (this is torch '
+                       f'{torch.__version__}, onnxscript {onnxscript}); --exporter torchscript works with every '
+                       'supported torch')
+    with pytest.raises(RuntimeError, match=r'^the dynamo ONNX exporter needs torch >= 2\.7 .*the TorchScript exporter'):
+        onnx_export.export_onnx(torch.nn.Identity(), torch.randn(1, 3, 8, 8), tmp_path / 'i.onnx', exporter='dynamo')
+    assert not (tmp_path / 'i.onnx').exists()
 
 
 def test_flops_of_config_and_backbone():
